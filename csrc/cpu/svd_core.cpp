@@ -1,0 +1,277 @@
+// CPU SVD engine for the TRP ops.
+//
+// Algorithm, by input dtype:
+//  * float32: the Gram matrix of the short side, G = A A^T with A the k x L orientation of the
+//    matrix (k = min(m, n), L = max(m, n)), is formed in float64 from the exact float32 values,
+//    and LAPACK's symmetric divide-and-conquer eigensolver (syevd) gives G = Q diag(s^2) Q^T.
+//    The short-side singular vectors are Q; the long-side ones are A^T q_i / s_i.
+//    Accuracy: every eigenvalue of G carries an absolute error of about (L + k) eps64 s_1^2, so
+//    s_i is accurate to about 1e-13 s_1^2 / s_i -- far below float32 rounding for every s_i
+//    above 1e-8 s_1 -- and the long-side vectors are orthonormal to about eps64 s_1^2/(s_i s_j).
+//    Eigenvalues at or below that noise floor are taken as exact zeros (rank-deficient matrices
+//    then report exact zeros), and a long-side vector whose singular value is zero is completed
+//    by Gram-Schmidt so that the kept factors stay orthonormal. U_r S_r V_r^T equals Q_r Q_r^T A
+//    exactly, i.e. the projection is an orthogonal projection of the input.
+//    Why: for the wide/tall TRP matrices (16x144 ... 512x4608) the Gram matrix is k^2 L work
+//    in a single GEMM and the eigensolver runs on k x k only, which is several times faster
+//    than a bidiagonalising SVD of the k x L matrix, at an accuracy float32 outputs cannot tell.
+//  * float64: LAPACK's divide-and-conquer SVD (gesdd) on the matrix itself, so the small
+//    singular values keep full float64 accuracy (the Gram route would square the condition
+//    number, which float64 callers would notice).
+// Both call LAPACK through ATen's thin wrappers (at::native::lapackSyevd / lapackSvd) and BLAS
+// through its standard Fortran entry point dgemm_, all resolved from the LAPACK/BLAS that torch
+// links (MKL or OpenBLAS), on raw pointers: a small matrix costs no dispatcher or tensor overhead.
+
+#include "svd_core.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/native/BatchLinearAlgebra.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+
+extern "C" void dgemm_(const char* transa, const char* transb, const int* m, const int* n,
+                       const int* k, const double* alpha, const double* a, const int* lda,
+                       const double* b, const int* ldb, const double* beta, double* c,
+                       const int* ldc);
+
+namespace trp::cpu {
+namespace {
+
+int lapack_int(int64_t v) {
+  TORCH_CHECK(v <= std::numeric_limits<int>::max(), "matrix dimension ", v,
+              " is too large for LAPACK");
+  return static_cast<int>(v);
+}
+
+constexpr char kN = 'N';
+constexpr char kT = 'T';
+
+// C = op(A) op(B), column-major, BLAS conventions.
+void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
+          const double* b, int64_t ldb, double* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int64_t j = 0; j < n; ++j) std::fill_n(c + j * ldc, m, 0.0);
+    return;
+  }
+  const int im = lapack_int(m), in = lapack_int(n), ik = lapack_int(k);
+  const int ilda = lapack_int(lda), ildb = lapack_int(ldb), ildc = lapack_int(ldc);
+  const double one = 1.0, zero = 0.0;
+  dgemm_(&ta, &tb, &im, &in, &ik, &one, a, &ilda, b, &ildb, &zero, c, &ildc);
+}
+
+// Makes column j of the n-row column-major `basis` a unit vector orthogonal to its columns
+// 0..j-1 (already orthonormal). The seed is the canonical vector e_t with the largest component
+// outside their span: those squared components sum to n - j, so the largest is >= 1/n and the
+// two Gram-Schmidt passes below are numerically safe.
+void complete_column(double* basis, int64_t n, int64_t j) {
+  int64_t best = 0;
+  double best_outside = -1.0;
+  for (int64_t t = 0; t < n; ++t) {
+    double inside = 0.0;
+    for (int64_t c = 0; c < j; ++c) inside += basis[t + c * n] * basis[t + c * n];
+    if (1.0 - inside > best_outside) {
+      best_outside = 1.0 - inside;
+      best = t;
+    }
+  }
+  double* v = basis + j * n;
+  std::fill(v, v + n, 0.0);
+  v[best] = 1.0;
+  for (int pass = 0; pass < 2; ++pass) {  // "twice is enough" for Gram-Schmidt
+    for (int64_t c = 0; c < j; ++c) {
+      const double* q = basis + c * n;
+      double dot = 0.0;
+      for (int64_t i = 0; i < n; ++i) dot += q[i] * v[i];
+      for (int64_t i = 0; i < n; ++i) v[i] -= dot * q[i];
+    }
+  }
+  double norm = 0.0;
+  for (int64_t i = 0; i < n; ++i) norm += v[i] * v[i];
+  norm = std::sqrt(norm);
+  for (int64_t i = 0; i < n; ++i) v[i] /= norm;
+}
+
+// Reusable buffers of one worker thread; one matrix at a time.
+class SvdWorkspace {
+ public:
+  // Fills `out` for the row-major m x n matrix M; returns false if M holds a non-finite value.
+  template <typename scalar_t>
+  bool compute(const scalar_t* M, int64_t m, int64_t n, const RankRule& rule, MatrixSVD& out) {
+    const int64_t count = m * n;
+    a_.resize(count);
+    bool finite = true;
+    for (int64_t i = 0; i < count; ++i) {
+      a_[i] = static_cast<double>(M[i]);
+      finite &= std::isfinite(M[i]);
+    }
+    if (!finite) return false;
+    out.m = m;
+    out.n = n;
+    out.k = std::min(m, n);
+    out.sigma.assign(out.k, 0.0);
+    out.rank = 0;
+    if (out.k == 0) return true;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      gram_svd(out, rule);
+    } else {
+      lapack_svd(out, rule);
+    }
+    return true;
+  }
+
+ private:
+  // The row-major m x n input in a_ is, read column-major, the n x m matrix M^T (ld n).
+  void gram_svd(MatrixSVD& out, const RankRule& rule) {
+    const int64_t m = out.m, n = out.n, k = out.k;
+    const int64_t L = std::max(m, n);
+    const bool wide = m <= n;  // the short side is the rows of M
+    g_.resize(k * k);
+    if (wide) {
+      gemm(kT, kN, m, m, n, a_.data(), n, a_.data(), n, g_.data(), m);  // M M^T
+    } else {
+      gemm(kN, kT, n, n, m, a_.data(), n, a_.data(), n, g_.data(), n);  // M^T M
+    }
+    w_.resize(k);
+    syevd(k);
+    // Descending order; eigenvalues in the rounding noise of G are exact zeros.
+    const double floor =
+        std::max(w_[k - 1], 0.0) * static_cast<double>(L + k) * std::numeric_limits<double>::epsilon();
+    sigma_sq_.resize(k);
+    for (int64_t i = 0; i < k; ++i) {
+      const double v = w_[k - 1 - i];
+      sigma_sq_[i] = v > floor ? v : 0.0;
+    }
+    const int64_t r = select_rank(sigma_sq_.data(), k, rule);
+    out.rank = r;
+    for (int64_t i = 0; i < r; ++i) out.sigma[i] = std::sqrt(sigma_sq_[i]);
+    if (r == 0) return;
+    q_.resize(k * r);  // short-side vectors, descending
+    for (int64_t i = 0; i < r; ++i) {
+      std::copy_n(g_.data() + (k - 1 - i) * k, k, q_.data() + i * k);
+    }
+    y_.resize(L * r);  // long-side vectors: M^T q_i (wide) or M q_i (tall), then / s_i
+    if (wide) {
+      gemm(kN, kN, n, r, m, a_.data(), n, q_.data(), m, y_.data(), n);
+    } else {
+      gemm(kT, kN, m, r, n, a_.data(), n, q_.data(), n, y_.data(), m);
+    }
+    for (int64_t i = 0; i < r; ++i) {
+      double* y = y_.data() + i * L;
+      if (out.sigma[i] > 0.0) {
+        const double inv = 1.0 / out.sigma[i];
+        for (int64_t t = 0; t < L; ++t) y[t] *= inv;
+      } else {
+        complete_column(y_.data(), L, i);
+      }
+    }
+    out.left = wide ? q_.data() : y_.data();
+    out.right = wide ? y_.data() : q_.data();
+  }
+
+  void syevd(int64_t k) {
+    const int nk = lapack_int(k);
+    int info = 0;
+    double work_query = 0.0;
+    int iwork_query = 0;
+    at::native::lapackSyevd<double, double>('V', 'L', nk, g_.data(), nk, w_.data(), &work_query,
+                                            -1, nullptr, 0, &iwork_query, -1, &info);
+    TORCH_CHECK(info == 0, "syevd workspace query failed with info ", info);
+    work_.resize(static_cast<size_t>(work_query));
+    iwork_.resize(static_cast<size_t>(iwork_query));
+    at::native::lapackSyevd<double, double>('V', 'L', nk, g_.data(), nk, w_.data(), work_.data(),
+                                            lapack_int(work_.size()), nullptr, 0, iwork_.data(),
+                                            lapack_int(iwork_.size()), &info);
+    TORCH_CHECK(info == 0, "the symmetric eigensolver (syevd) did not converge, info ", info);
+  }
+
+  // gesdd on M^T (n x m, column-major, the input as stored): M^T = u diag(s) vt, so
+  // U = vt^T (m x k) and V = u (n x k).
+  void lapack_svd(MatrixSVD& out, const RankRule& rule) {
+    const int64_t m = out.m, n = out.n, k = out.k;
+    const int nn = lapack_int(n), nm = lapack_int(m), nk = lapack_int(k);
+    y_.resize(n * k);  // u
+    g_.resize(k * m);  // vt
+    iwork_.resize(8 * k);
+    int info = 0;
+    double work_query = 0.0;
+    at::native::lapackSvd<double, double>('S', nn, nm, a_.data(), nn, out.sigma.data(), y_.data(),
+                                          nn, g_.data(), nk, &work_query, -1, nullptr,
+                                          iwork_.data(), &info);
+    TORCH_CHECK(info == 0, "gesdd workspace query failed with info ", info);
+    work_.resize(static_cast<size_t>(work_query));
+    at::native::lapackSvd<double, double>('S', nn, nm, a_.data(), nn, out.sigma.data(), y_.data(),
+                                          nn, g_.data(), nk, work_.data(),
+                                          lapack_int(work_.size()), nullptr, iwork_.data(), &info);
+    TORCH_CHECK(info == 0, "the SVD (gesdd) did not converge, info ", info);
+    sigma_sq_.resize(k);
+    for (int64_t i = 0; i < k; ++i) sigma_sq_[i] = out.sigma[i] * out.sigma[i];
+    const int64_t r = select_rank(sigma_sq_.data(), k, rule);
+    out.rank = r;
+    std::fill(out.sigma.begin() + r, out.sigma.end(), 0.0);
+    q_.resize(m * r);
+    for (int64_t j = 0; j < r; ++j) {
+      for (int64_t i = 0; i < m; ++i) q_[i + j * m] = g_[j + i * k];
+    }
+    out.left = q_.data();
+    out.right = y_.data();
+  }
+
+  std::vector<double> a_, g_, w_, q_, y_, work_, sigma_sq_;
+  std::vector<int> iwork_;
+};
+
+}  // namespace
+
+void compose_low_rank(const MatrixSVD& svd, bool with_sigma, double* out) {
+  const int64_t m = svd.m, n = svd.n, r = svd.rank;
+  if (r == 0) {
+    std::fill(out, out + m * n, 0.0);
+    return;
+  }
+  const double* right = svd.right;
+  thread_local std::vector<double> scaled;
+  if (with_sigma) {
+    scaled.resize(n * r);
+    for (int64_t j = 0; j < r; ++j) {
+      for (int64_t i = 0; i < n; ++i) scaled[i + j * n] = right[i + j * n] * svd.sigma[j];
+    }
+    right = scaled.data();
+  }
+  // Column-major n x m (= row-major m x n): right_r (n x r) times left_r^T (r x m).
+  gemm(kN, kT, n, m, r, right, n, svd.left, m, out, n);
+}
+
+void batched_svd(const at::Tensor& W, const RankRule& rule,
+                 const std::function<void(int64_t, const MatrixSVD&)>& emit) {
+  TORCH_INTERNAL_ASSERT(W.is_contiguous());
+  const int64_t m = W.size(-2), n = W.size(-1);
+  const int64_t count = c10::multiply_integers(W.sizes().slice(0, W.dim() - 2));
+  std::atomic<int64_t> first_bad{count};
+  AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "trp_batched_svd", [&] {
+    const scalar_t* data = W.const_data_ptr<scalar_t>();
+    // One matrix per task: the matrices are few and each is milliseconds of LAPACK; with fewer
+    // matrices than threads, parallel_for runs inline and BLAS/LAPACK may use the threads.
+    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+      SvdWorkspace ws;
+      MatrixSVD svd;
+      for (int64_t b = begin; b < end; ++b) {
+        if (!ws.compute(data + b * m * n, m, n, rule, svd)) {
+          int64_t expected = first_bad.load();
+          while (b < expected && !first_bad.compare_exchange_weak(expected, b)) {
+          }
+          continue;
+        }
+        emit(b, svd);
+      }
+    });
+  });
+  const int64_t bad = first_bad.load();
+  TORCH_CHECK_VALUE(bad == count, "W holds non-finite values (inf or nan) in matrix ", bad,
+                    " of the batch");
+}
+
+}  // namespace trp::cpu

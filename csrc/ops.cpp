@@ -1,0 +1,37 @@
+// Every schema of the trp library, in one place. The backends register their kernels with
+// TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/; fake (meta) kernels and autograd formulas are
+// registered in Python (trp_kernels/_ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import trp_kernels._C` loads this shared library, which runs the registrations below; the
+// Python module itself is empty (no pybind11 needed).
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+}
+
+TORCH_LIBRARY(trp, m) {
+  // Batched truncated SVD with the rank rule (energy / threshold / max_rank). Entries at
+  // positions >= rank are exactly zero. Not differentiable.
+  m.def(
+      "truncated_svd(Tensor W, float? energy=None, float? threshold=None, int? max_rank=None)"
+      " -> (Tensor U, Tensor S, Tensor V, Tensor rank)");
+  // TRP projection W_low = U_r S_r V_r^T and nuclear-norm sub-gradient U_r V_r^T in one call.
+  m.def(
+      "lowrank_project(Tensor W, float? energy=None, float? threshold=None, int? max_rank=None)"
+      " -> (Tensor W_low, Tensor subgrad, Tensor rank)");
+  // Low-rank convolution: conv(x, weight1) followed by conv(., weight2) + bias, with the
+  // geometry split of the scheme ("channel" or "spatial").
+  m.def(
+      "lowrank_conv2d(Tensor x, Tensor weight1, Tensor weight2, Tensor? bias, int[2] stride,"
+      " int[2] padding, int[2] dilation, str scheme) -> Tensor");
+  // Its backward; output_mask selects (grad_x, grad_weight1, grad_weight2, grad_bias), and an
+  // unselected gradient comes back as an empty tensor.
+  m.def(
+      "lowrank_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight1, Tensor weight2,"
+      " int[2] stride, int[2] padding, int[2] dilation, str scheme, bool[4] output_mask)"
+      " -> (Tensor grad_x, Tensor grad_weight1, Tensor grad_weight2, Tensor grad_bias)");
+}

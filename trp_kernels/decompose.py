@@ -1,0 +1,162 @@
+"""decompose_model: replace the decomposable convs of a model by LowRankConv2d layers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from . import _checks, factorization
+from .flops import conv_costs
+from .layers import LowRankConv2d
+
+
+def is_decomposable(module: nn.Module) -> bool:
+    """An nn.Conv2d with groups 1 and a kernel larger than 1x1 (what TRP factorises)."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and module.kernel_size[0] * module.kernel_size[1] > 1
+    )
+
+
+@dataclass
+class LayerDecomposition:
+    name: str
+    weight_shape: tuple[int, int, int, int]
+    rank: int
+    full_rank: int
+    params_before: int
+    params_after: int
+    macs_before: int | None = None   # per sample; None without an example input
+    macs_after: int | None = None
+
+
+@dataclass
+class DecompositionReport:
+    scheme: str
+    layers: list[LayerDecomposition] = field(default_factory=list)
+    conv_macs_before: int | None = None   # every conv of the model, per sample
+    conv_macs_after: int | None = None
+
+    @property
+    def params_before(self) -> int:
+        return sum(l.params_before for l in self.layers)
+
+    @property
+    def params_after(self) -> int:
+        return sum(l.params_after for l in self.layers)
+
+    @property
+    def flops_speedup(self) -> float | None:
+        """Conv MACs of the model before / after (the TRP papers' "speed-up")."""
+        if not self.conv_macs_before or not self.conv_macs_after:
+            return None
+        return self.conv_macs_before / self.conv_macs_after
+
+    def to_dict(self) -> dict:
+        return {
+            "scheme": self.scheme,
+            "layers": [asdict(l) for l in self.layers],
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "conv_macs_before": self.conv_macs_before,
+            "conv_macs_after": self.conv_macs_after,
+            "flops_speedup": self.flops_speedup,
+        }
+
+    def __str__(self) -> str:
+        def mega(v):
+            return "-" if v is None else f"{v / 1e6:.3f}"
+
+        lines = [f"{'layer':<28} {'weight':>18} {'rank':>9} {'params':>15} {'MMACs':>17}"]
+        for l in self.layers:
+            shape = "x".join(map(str, l.weight_shape))
+            lines.append(
+                f"{l.name:<28} {shape:>18} {l.rank:>4}/{l.full_rank:<4} "
+                f"{l.params_before:>7}->{l.params_after:<7} "
+                f"{mega(l.macs_before):>8}->{mega(l.macs_after):<8}"
+            )
+        lines.append(f"decomposed layers: {len(self.layers)}, scheme {self.scheme}, params "
+                     f"{self.params_before} -> {self.params_after}")
+        if self.flops_speedup is not None:
+            lines.append(f"model conv MMACs {mega(self.conv_macs_before)} -> "
+                         f"{mega(self.conv_macs_after)} (FLOP speed-up {self.flops_speedup:.2f}x)")
+        return "\n".join(lines)
+
+
+def _layer_max_rank(rank, full: int):
+    """``rank`` as an int (an upper bound, capped at the layer's full rank) or a float in (0, 1]
+    (a fraction of the layer's full rank, rounded up)."""
+    if rank is None:
+        return None
+    if isinstance(rank, float):
+        return max(1, math.ceil(rank * full))
+    return min(rank, full)
+
+
+def _check_rank(rank):
+    if rank is None:
+        return None
+    if isinstance(rank, bool) or not isinstance(rank, (int, float)):
+        raise TypeError(f"rank must be an int, a float in (0, 1] or None, got {rank!r}")
+    if isinstance(rank, float) and not 0.0 < rank <= 1.0:
+        raise ValueError(f"rank as a fraction of the full rank must be in (0, 1], got {rank}")
+    if isinstance(rank, int) and rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    return rank
+
+
+def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=None, rank=None,
+                    skip=(), example_input: torch.Tensor | None = None) -> DecompositionReport:
+    """Replaces, in place, every decomposable conv of ``model`` (nn.Conv2d, groups 1, kernel
+    larger than 1x1, not named in ``skip``) by ``LowRankConv2d.from_conv`` with the given rank
+    rule, and returns a report. ``rank`` is a per-layer cap (int) or a fraction of each layer's
+    full rank (float). With ``example_input`` (one batch), the report also holds per-layer and
+    whole-model conv MACs per sample."""
+    _checks.scheme(scheme)
+    rank = _check_rank(rank)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(model, nn.Conv2d):
+        raise ValueError("model is a single conv; use LowRankConv2d.from_conv(conv) instead")
+    skip = set(skip)
+    names = {name for name, _ in model.named_modules()}
+    unknown = sorted(skip - names)
+    if unknown:
+        raise ValueError(f"skip names layers the model does not have: {unknown}")
+    before = {}
+    if example_input is not None:
+        before = {c.name: c for c in conv_costs(model, example_input)}
+
+    report = DecompositionReport(scheme)
+    targets = [(name, m) for name, m in model.named_modules()
+               if name not in skip and is_decomposable(m)]
+    for name, conv in targets:
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"layer {name!r} uses padding_mode='{conv.padding_mode}', which "
+                             f"cannot be decomposed; pass skip=[{name!r}]")
+        full = factorization.full_rank(conv.weight.shape, scheme)
+        layer = LowRankConv2d.from_conv(conv, scheme=scheme, energy=energy, threshold=threshold,
+                                        rank=_layer_max_rank(rank, full))
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layer)
+        report.layers.append(LayerDecomposition(
+            name=name,
+            weight_shape=tuple(conv.weight.shape),
+            rank=layer.rank,
+            full_rank=full,
+            params_before=sum(p.numel() for p in conv.parameters()),
+            params_after=sum(p.numel() for p in layer.parameters()),
+        ))
+
+    if example_input is not None:
+        after = {c.name: c for c in conv_costs(model, example_input)}
+        for entry in report.layers:
+            entry.macs_before = before[entry.name].macs
+            entry.macs_after = after[entry.name].macs
+        report.conv_macs_before = sum(c.macs for c in before.values())
+        report.conv_macs_after = sum(c.macs for c in after.values())
+    return report

@@ -1,0 +1,118 @@
+"""Batched truncated SVD with the TRP rank rule, and the fused TRP projection.
+
+The rank rule (DESIGN.md section 1), per matrix with singular values s_1 >= ... >= s_k:
+``energy`` e in (0, 1] keeps the smallest r with s_1^2 + ... + s_r^2 >= e * sum(s^2);
+``threshold`` t >= 0 keeps the s_i > t; ``max_rank`` caps r. Criteria combine by taking the
+smallest r; with none, r = k = min(m, n). An all-zero matrix has rank 0.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import NamedTuple, Sequence
+
+import torch
+
+from . import _checks
+from ._ops import ops
+
+
+class TruncatedSVD(NamedTuple):
+    U: torch.Tensor
+    S: torch.Tensor
+    V: torch.Tensor
+    rank: torch.Tensor
+
+
+class LowRankProjection(NamedTuple):
+    W_low: torch.Tensor
+    subgrad: torch.Tensor
+    rank: torch.Tensor
+
+
+def _rule(energy, threshold, max_rank):
+    return (
+        _checks.optional_real(energy, "energy"),
+        _checks.optional_real(threshold, "threshold"),
+        _checks.optional_int(max_rank, "max_rank"),
+    )
+
+
+def truncated_svd(W, energy=None, threshold=None, max_rank=None) -> TruncatedSVD:
+    """SVD of every matrix of ``W`` ([..., m, n], float32 or float64), truncated by the rank rule.
+
+    Returns ``(U, S, V, rank)`` with U [..., m, k], S [..., k] descending, V [..., n, k]
+    (k = min(m, n)) and rank int64 [...]; entries of U, S, V at positions >= rank are exactly
+    zero, so ``U @ diag(S) @ V.mT`` is the rank-r approximation. Not differentiable.
+
+    Accuracy: float64 inputs get LAPACK's SVD; float32 inputs go through the float64 Gram matrix
+    of the short side (see csrc/cpu/svd_core.cpp), accurate to ~1e-13 s_1^2 / s_i.
+    """
+    _checks.tensor(W, "W")
+    return TruncatedSVD(*ops.truncated_svd(W, *_rule(energy, threshold, max_rank)))
+
+
+def lowrank_project(W, energy=None, threshold=None, max_rank=None) -> LowRankProjection:
+    """TRP projection of every matrix of ``W``: ``W_low = U_r S_r V_r^T`` and the nuclear-norm
+    sub-gradient ``subgrad = U_r V_r^T``, both shaped like ``W``, and the ranks."""
+    _checks.tensor(W, "W")
+    return LowRankProjection(*ops.lowrank_project(W, *_rule(energy, threshold, max_rank)))
+
+
+def project_matrices(matrices: Sequence[torch.Tensor], energy=None, threshold=None,
+                     max_rank=None) -> list[LowRankProjection]:
+    """``lowrank_project`` of a list of matrices of mixed shapes: matrices of one shape, dtype
+    and device are stacked and projected in one call. Results come back in input order."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, M in enumerate(matrices):
+        _checks.tensor(M, f"matrices[{i}]")
+        if M.dim() != 2:
+            raise ValueError(f"matrices[{i}] must be 2-D, got shape {tuple(M.shape)}")
+        groups[(tuple(M.shape), M.dtype, M.device)].append(i)
+    results: list[LowRankProjection | None] = [None] * len(matrices)
+    for indices in groups.values():
+        batch = torch.stack([matrices[i] for i in indices])
+        low, sub, rank = lowrank_project(batch, energy, threshold, max_rank)
+        for j, i in enumerate(indices):
+            results[i] = LowRankProjection(low[j], sub[j], rank[j])
+    return results  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure-torch references (float64 LAPACK SVD + the rule written with tensor ops). The tests hold
+# the fused ops to these; they are also a readable statement of what the ops compute.
+
+
+def reference_rank(S: torch.Tensor, energy=None, threshold=None, max_rank=None) -> torch.Tensor:
+    """The rank rule applied to descending singular values S [..., k]; int64 [...]."""
+    k = S.shape[-1]
+    S = S.double()
+    rank = torch.full(S.shape[:-1], k, dtype=torch.int64, device=S.device)
+    if k == 0:
+        return rank
+    if energy is not None:
+        running = torch.cumsum(S * S, dim=-1)
+        below = running < energy * running[..., -1:]
+        rank = torch.minimum(rank, (below.sum(-1) + 1).clamp(max=k))
+    if threshold is not None:
+        rank = torch.minimum(rank, (S > threshold).sum(-1))
+    if max_rank is not None:
+        rank = rank.clamp(max=max_rank)
+    return torch.where(S[..., 0] > 0, rank, torch.zeros_like(rank))
+
+
+def reference_truncated_svd(W, energy=None, threshold=None, max_rank=None) -> TruncatedSVD:
+    U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+    rank = reference_rank(S, energy, threshold, max_rank)
+    keep = torch.arange(S.shape[-1], device=S.device) < rank.unsqueeze(-1)
+    U = U * keep.unsqueeze(-2)
+    V = Vh.mT * keep.unsqueeze(-2)
+    S = S * keep
+    return TruncatedSVD(U.to(W.dtype), S.to(W.dtype), V.to(W.dtype), rank)
+
+
+def reference_lowrank_project(W, energy=None, threshold=None, max_rank=None) -> LowRankProjection:
+    U, S, V, rank = reference_truncated_svd(W.double(), energy, threshold, max_rank)
+    low = (U * S.unsqueeze(-2)) @ V.mT
+    sub = U @ V.mT
+    return LowRankProjection(low.to(W.dtype), sub.to(W.dtype), rank)
