@@ -1,0 +1,48 @@
+"""The decomposable convs of ResNet-20/56 (CIFAR) and ResNet-18/50 (ImageNet), conv by conv.
+
+bench/layer_sets.json is a copy of the project's shared/layer_sets.json (kept in the repository
+so a clone benchmarks without it); tests/test_bench_data.py checks the copy when shared/ is
+present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+import torch
+
+PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "layer_sets.json")
+NETWORKS = ("resnet20", "resnet56", "resnet18", "resnet50")
+
+
+def load() -> dict:
+    with open(PATH) as f:
+        data = json.load(f)
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def matrix_shapes(network: str, scheme: str) -> list[tuple[int, int]]:
+    """The TRP matrix of every decomposable conv, in forward order."""
+    return [tuple(layer[f"{scheme}_matrix"]) for layer in load()[network]]
+
+
+def weights(network: str, scheme: str, device="cpu", dtype=torch.float32, seed=0):
+    """Random matrices (never zeros) of a network's layers, one per layer, in forward order."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g).to(device=device, dtype=dtype)
+            for s in matrix_shapes(network, scheme)]
+
+
+def groups(matrices):
+    """Same-shaped matrices stacked: one tensor per shape, as TRP projects them."""
+    by_shape: dict[tuple, list] = {}
+    for M in matrices:
+        by_shape.setdefault(tuple(M.shape), []).append(M)
+    return [torch.stack(v) for v in by_shape.values()]
+
+
+def describe(network: str, scheme: str) -> str:
+    counts = Counter(matrix_shapes(network, scheme))
+    return ", ".join(f"{n}x {a}x{b}" for (a, b), n in counts.items())
