@@ -15,7 +15,9 @@ PyMODINIT_FUNC PyInit__C(void) {
 
 TORCH_LIBRARY(trp, m) {
   // Batched truncated SVD with the rank rule (energy / threshold / max_rank). Entries at
-  // positions >= rank are exactly zero. Not differentiable.
+  // positions >= rank are exactly zero. Not differentiable. A matrix holding inf/nan: the CPU
+  // kernel raises ValueError; device kernels (which must not synchronise) give it rank -1 and
+  // NaN outputs, and the Python wrappers raise on that unless check_finite=False.
   m.def(
       "truncated_svd(Tensor W, float? energy=None, float? threshold=None, int? max_rank=None)"
       " -> (Tensor U, Tensor S, Tensor V, Tensor rank)");

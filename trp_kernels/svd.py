@@ -38,29 +38,52 @@ def _rule(energy, threshold, max_rank):
     )
 
 
-def truncated_svd(W, energy=None, threshold=None, max_rank=None) -> TruncatedSVD:
+def _raise_if_nonfinite(rank: torch.Tensor) -> None:
+    # Device ops cannot raise without a host synchronisation, so they mark a matrix holding
+    # inf/nan with rank -1 (and NaN factors); the CPU ops raise ValueError themselves.
+    bad = (rank.reshape(-1) < 0).nonzero()
+    if bad.numel():
+        raise ValueError(
+            f"W holds non-finite values (inf or nan) in matrix {int(bad[0])} of the batch"
+        )
+
+
+def truncated_svd(W, energy=None, threshold=None, max_rank=None, *,
+                  check_finite=True) -> TruncatedSVD:
     """SVD of every matrix of ``W`` ([..., m, n], float32 or float64), truncated by the rank rule.
 
     Returns ``(U, S, V, rank)`` with U [..., m, k], S [..., k] descending, V [..., n, k]
     (k = min(m, n)) and rank int64 [...]; entries of U, S, V at positions >= rank are exactly
     zero, so ``U @ diag(S) @ V.mT`` is the rank-r approximation. Not differentiable.
 
+    Non-finite input raises ValueError. On CUDA that check costs one host synchronisation;
+    ``check_finite=False`` skips it (the op then marks such a matrix with rank -1 and NaNs),
+    which keeps a training step free of syncs and CUDA-graph capturable.
+
     Accuracy: float64 inputs get LAPACK's SVD; float32 inputs go through the float64 Gram matrix
     of the short side (see csrc/cpu/svd_core.cpp), accurate to ~1e-13 s_1^2 / s_i.
     """
     _checks.tensor(W, "W")
-    return TruncatedSVD(*ops.truncated_svd(W, *_rule(energy, threshold, max_rank)))
+    out = TruncatedSVD(*ops.truncated_svd(W, *_rule(energy, threshold, max_rank)))
+    if check_finite and W.device.type != "cpu":
+        _raise_if_nonfinite(out.rank)
+    return out
 
 
-def lowrank_project(W, energy=None, threshold=None, max_rank=None) -> LowRankProjection:
+def lowrank_project(W, energy=None, threshold=None, max_rank=None, *,
+                    check_finite=True) -> LowRankProjection:
     """TRP projection of every matrix of ``W``: ``W_low = U_r S_r V_r^T`` and the nuclear-norm
-    sub-gradient ``subgrad = U_r V_r^T``, both shaped like ``W``, and the ranks."""
+    sub-gradient ``subgrad = U_r V_r^T``, both shaped like ``W``, and the ranks.
+    ``check_finite`` as in ``truncated_svd``."""
     _checks.tensor(W, "W")
-    return LowRankProjection(*ops.lowrank_project(W, *_rule(energy, threshold, max_rank)))
+    out = LowRankProjection(*ops.lowrank_project(W, *_rule(energy, threshold, max_rank)))
+    if check_finite and W.device.type != "cpu":
+        _raise_if_nonfinite(out.rank)
+    return out
 
 
 def project_matrices(matrices: Sequence[torch.Tensor], energy=None, threshold=None,
-                     max_rank=None) -> list[LowRankProjection]:
+                     max_rank=None, *, check_finite=True) -> list[LowRankProjection]:
     """``lowrank_project`` of a list of matrices of mixed shapes: matrices of one shape, dtype
     and device are stacked and projected in one call. Results come back in input order."""
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -72,7 +95,8 @@ def project_matrices(matrices: Sequence[torch.Tensor], energy=None, threshold=No
     results: list[LowRankProjection | None] = [None] * len(matrices)
     for indices in groups.values():
         batch = torch.stack([matrices[i] for i in indices])
-        low, sub, rank = lowrank_project(batch, energy, threshold, max_rank)
+        low, sub, rank = lowrank_project(batch, energy, threshold, max_rank,
+                                         check_finite=check_finite)
         for j, i in enumerate(indices):
             results[i] = LowRankProjection(low[j], sub[j], rank[j])
     return results  # type: ignore[return-value]
