@@ -3,7 +3,8 @@
 // the tiling, docs/cuda_conv.md for the design). Included by one instantiation file per element
 // type (csrc/cuda/lowrank_conv2d_fused_*.cu).
 //
-// Per block (256 threads, 8 warps), for tile_rows x tile_cols output pixels of one image:
+// Per block (256 threads, 8 warps), for tile_rows x tile_cols output pixels (tile rows are
+// consecutive output rows of the batch, possibly of several images):
 //  1. intermediate = implicit GEMM [tile_rows * mid_cols pixels] x [C * kh1 * kw1] x [r]:
 //     per step, the input window of 32 bytes of channels goes global -> registers -> shared
 //     memory (prefetched one step ahead) while packed weight1 arrives by cp.async; ldmatrix
@@ -145,38 +146,45 @@ __device__ __forceinline__ int b_lane_offset_bytes(int lane, int row_bytes) {
 }
 
 // The input window of a tile for one step of channels, staged global -> registers -> shared
-// memory in 16-byte units (two per pixel; pixel stride kPatchPixelBytes). Channels-last units
-// are 16 contiguous bytes; NCHW units gather one element per channel plane, threads running
-// along the width so that each load instruction is coalesced. Outside the image: zeros.
+// memory in 16-byte units (two per pixel; pixel stride kPatchPixelBytes). Window row
+// tile_row * kh1 + ki holds input row oh * stride - pad + ki * dil of the image of that tile
+// row. Channels-last units are 16 contiguous bytes; NCHW units gather one element per channel
+// plane, threads running along the width so that each load instruction is coalesced. Outside
+// the image (and past the last row of the batch): zeros.
 template <typename T, bool kChannelsLast>
 class PatchLoader {
  public:
   static constexpr int kUnitChannels = 16 / sizeof(T);
 
   __device__ PatchLoader(const T* x, const FusedConvShape& s, const FusedConvPlan& p,
-                         int64_t image, int first_row, int first_col)
+                         int64_t first_out_row, int first_col)
       : x_(reinterpret_cast<const Bits<T>*>(x)),
         channel_stride_(kChannelsLast ? 1 : static_cast<int64_t>(s.height) * s.width),
         channels_(s.channels),
         vector_(kChannelsLast && s.channels % kUnitChannels == 0 &&
                 reinterpret_cast<uintptr_t>(x) % 16 == 0) {
     const int pixels = p.patch_rows * p.patch_cols;
+    const int64_t out_rows = s.batch * s.out_height;
 #pragma unroll
     for (int i = 0; i < kPatchUnitsPerThread; ++i) {
       const int unit = static_cast<int>(threadIdx.x) + i * kFusedThreads;
       const int pixel = kChannelsLast ? unit / 2 : unit % pixels;
       const int half = kChannelsLast ? unit % 2 : unit / pixels;
-      const int row = first_row + pixel / p.patch_cols;
+      const int window_row = pixel / p.patch_cols;
+      const int64_t out_row = first_out_row + window_row / s.kh1;
+      const int64_t image = out_row / s.out_height;
+      const int row = static_cast<int>(out_row % s.out_height) * s.stride1[0] - s.pad1[0] +
+                      (window_row % s.kh1) * s.dil1[0];
       const int col = first_col + pixel % p.patch_cols;
-      const bool inside = row >= 0 && row < s.height && col >= 0 && col < s.width;
-      first_channel_[i] = half * kUnitChannels;
+      const bool inside =
+          out_row < out_rows && row >= 0 && row < s.height && col >= 0 && col < s.width;
       smem_offset_[i] = unit < 2 * pixels ? pixel * kPatchPixelBytes + half * 16 : -1;
       if (!inside) {
         offset_[i] = -1;
       } else if (kChannelsLast) {
-        offset_[i] = ((image * s.height + row) * s.width + col) * s.channels + first_channel_[i];
+        offset_[i] = ((image * s.height + row) * s.width + col) * s.channels + half * kUnitChannels;
       } else {
-        offset_[i] = (image * s.channels + first_channel_[i]) * channel_stride_ +
+        offset_[i] = (image * s.channels + half * kUnitChannels) * channel_stride_ +
                      static_cast<int64_t>(row) * s.width + col;
       }
     }
@@ -186,7 +194,7 @@ class PatchLoader {
   __device__ __forceinline__ void load(int c0) {
 #pragma unroll
     for (int i = 0; i < kPatchUnitsPerThread; ++i) {
-      const int channel = c0 + first_channel_[i];
+      const int channel = c0 + first_channel(smem_offset_[i]);
       uint4 v = make_uint4(0u, 0u, 0u, 0u);
       if (smem_offset_[i] >= 0 && offset_[i] >= 0 && channel < channels_) {
         const Bits<T>* src = x_ + offset_[i] + c0 * channel_stride_;
@@ -229,9 +237,15 @@ class PatchLoader {
   int64_t channel_stride_;
   int channels_;
   bool vector_;
+  // The unit's first channel relative to c0: its half of the pixel's 32 bytes, read back from
+  // the shared-memory offset (pixel * 48 + half * 16) instead of costing a register.
+  static __device__ __forceinline__ int first_channel(int smem_offset) {
+    static_assert(kPatchPixelBytes == 3 * 16, "a window pixel is three 16-byte words");
+    return (smem_offset / 16) % 3 * kUnitChannels;
+  }
+
   int64_t offset_[kPatchUnitsPerThread];  // element of the unit's first channel at c0 = 0
   int smem_offset_[kPatchUnitsPerThread];  // -1: this thread has no such unit
-  int first_channel_[kPatchUnitsPerThread];
   uint4 staged_[kPatchUnitsPerThread];
 };
 
@@ -294,16 +308,15 @@ __device__ __forceinline__ void store_intermediate(const float (&acc)[kTilesPerC
 template <typename T, bool kChannelsLast, Tf32Mode kMode>
 __device__ __forceinline__ void compute_intermediate(const FusedConvTensors<T>& t,
                                                      const FusedConvShape& s,
-                                                     const FusedConvPlan& p, int64_t image,
-                                                     int out_row0, int mid_col0,
+                                                     const FusedConvPlan& p,
+                                                     int64_t out_row0, int mid_col0,
                                                      const unsigned char* zeros,
                                                      unsigned char* mid, unsigned char* stages) {
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int taps = s.kh1 * s.kw1;
   const int stage_bytes = p.patch_bytes + p.weight1_stage_bytes;
   const int weight1_row_bytes = taps * 32 + kRowPadBytes;
-  PatchLoader<T, kChannelsLast> window(t.x, s, p, image, out_row0 * s.stride1[0] - s.pad1[0],
-                                       mid_col0 * s.stride1[1] - s.pad1[1]);
+  PatchLoader<T, kChannelsLast> window(t.x, s, p, out_row0, mid_col0 * s.stride1[1] - s.pad1[1]);
 
   // This lane's A row is intermediate pixel `slot`; its taps read the window from a_row_byte.
   const int mid_pixels = p.tile_rows * p.mid_cols;
@@ -311,7 +324,7 @@ __device__ __forceinline__ void compute_intermediate(const FusedConvTensors<T>& 
   const int slot = warp * 16 + (lane & 15);
   const bool slot_valid = slot < mid_pixels;
   const int a_row_byte =
-      ((slot / p.mid_cols) * s.stride1[0] * p.patch_cols + (slot % p.mid_cols) * s.stride1[1]) *
+      ((slot / p.mid_cols) * s.kh1 * p.patch_cols + (slot % p.mid_cols) * s.stride1[1]) *
       kPatchPixelBytes;
   const int a_half = a_lane_half_bytes(lane);
   const int b_offset = b_lane_offset_bytes(lane, weight1_row_bytes);
@@ -348,7 +361,7 @@ __device__ __forceinline__ void compute_intermediate(const FusedConvTensors<T>& 
       const uint32_t weight1 = shared_address(patch + p.patch_bytes) + b_offset;
       for (int ki = 0; ki < s.kh1; ++ki) {
         for (int kj = 0; kj < s.kw1; ++kj) {
-          const int tap_byte = (ki * s.dil1[0] * p.patch_cols + kj * s.dil1[1]) * kPatchPixelBytes;
+          const int tap_byte = (ki * p.patch_cols + kj * s.dil1[1]) * kPatchPixelBytes;
           const unsigned char* a_row = slot_valid ? patch + a_row_byte + tap_byte : zeros;
           mma_row_of_tiles<T, kMode>(acc, shared_address(a_row + a_half),
                                      weight1 + (ki * s.kw1 + kj) * 32, 16 * weight1_row_bytes,
@@ -370,8 +383,7 @@ template <typename T, bool kChannelsLast>
 __device__ __forceinline__ void store_output(const float (&acc)[kTilesPerChunk][4],
                                              const FusedConvTensors<T>& t,
                                              const FusedConvShape& s, const FusedConvPlan& p,
-                                             int64_t image, int out_row0, int out_col0,
-                                             int out_chunk) {
+                                             int64_t out_row0, int out_col0, int out_chunk) {
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int g = lane >> 2, q = lane & 3;
   const int n_total = s.out_channels;
@@ -379,9 +391,14 @@ __device__ __forceinline__ void store_output(const float (&acc)[kTilesPerChunk][
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int pixel = warp * 16 + g + 8 * half;
-    const int row = out_row0 + pixel / p.tile_cols, col = out_col0 + pixel % p.tile_cols;
-    if (pixel >= p.tile_rows * p.tile_cols || row >= s.out_height || col >= s.out_width) continue;
-    const int64_t at = (image * s.out_height + row) * s.out_width + col;  // pixel index
+    const int64_t out_row = out_row0 + pixel / p.tile_cols;  // image * out_height + row
+    const int col = out_col0 + pixel % p.tile_cols;
+    if (pixel >= p.tile_rows * p.tile_cols || out_row >= s.batch * s.out_height ||
+        col >= s.out_width) {
+      continue;
+    }
+    const int64_t image = out_row / s.out_height;
+    const int64_t at = out_row * s.out_width + col;  // pixel index in the batch
 #pragma unroll
     for (int tile = 0; tile < kTilesPerChunk; ++tile) {
       const int n = out_chunk * kOutChunk + tile * 8 + 2 * q;
@@ -409,7 +426,7 @@ __device__ __forceinline__ void store_output(const float (&acc)[kTilesPerChunk][
 template <typename T, bool kChannelsLast, Tf32Mode kMode>
 __device__ __forceinline__ void compute_output(const FusedConvTensors<T>& t,
                                                const FusedConvShape& s, const FusedConvPlan& p,
-                                               int64_t image, int out_row0, int out_col0,
+                                               int64_t out_row0, int out_col0,
                                                int mid_col0, const unsigned char* zeros,
                                                const unsigned char* mid, unsigned char* stages) {
   constexpr int kRowBytes = kRankChunk * static_cast<int>(sizeof(T)) + kRowPadBytes;
@@ -468,7 +485,7 @@ __device__ __forceinline__ void compute_output(const FusedConvTensors<T>& t,
     }
     if (within == steps_per_out_chunk - 1) {
       if (warp_active) {
-        store_output<T, kChannelsLast>(acc, t, s, p, image, out_row0, out_col0, out_chunk);
+        store_output<T, kChannelsLast>(acc, t, s, p, out_row0, out_col0, out_chunk);
       }
       zero(acc);
     }
@@ -484,12 +501,9 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
   __trap();
 #else
   extern __shared__ __align__(16) unsigned char smem[];
-  int64_t tile = blockIdx.x;
-  const int col_tile = static_cast<int>(tile % p.col_tiles);
-  tile /= p.col_tiles;
-  const int row_tile = static_cast<int>(tile % p.row_tiles);
-  const int64_t image = tile / p.row_tiles;
-  const int out_row0 = row_tile * p.tile_rows, out_col0 = col_tile * p.tile_cols;
+  const int col_tile = static_cast<int>(blockIdx.x % p.col_tiles);
+  const int64_t out_row0 = blockIdx.x / p.col_tiles * p.tile_rows;  // image * out_height + row
+  const int out_col0 = col_tile * p.tile_cols;
   const int mid_col0 = out_col0 * s.stride2 - s.pad2;
 
   unsigned char* const zeros = smem;  // read by the first barrier's readers, written before it
@@ -497,11 +511,10 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
   unsigned char* const mid = smem + p.mid_offset;
   unsigned char* const stages = smem + p.stage_offset;
 
-  compute_intermediate<T, kChannelsLast, kMode>(t, s, p, image, out_row0, mid_col0, zeros, mid,
-                                                stages);
+  compute_intermediate<T, kChannelsLast, kMode>(t, s, p, out_row0, mid_col0, zeros, mid, stages);
   __syncthreads();  // the intermediate is complete and the staging buffers are free
-  compute_output<T, kChannelsLast, kMode>(t, s, p, image, out_row0, out_col0, mid_col0, zeros,
-                                          mid, stages);
+  compute_output<T, kChannelsLast, kMode>(t, s, p, out_row0, out_col0, mid_col0, zeros, mid,
+                                          stages);
 #endif
 }
 

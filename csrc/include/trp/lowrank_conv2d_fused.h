@@ -33,10 +33,12 @@ struct FusedConvShape {
 // (a = big + small, a*b ~ big*big + big*small + small*big), accurate to about fp32.
 enum class Tf32Mode : int { kSingle = 0, kSplit3 = 1 };
 
-// Block shape. A block computes tile_rows x tile_cols output pixels of one image: first the
-// intermediate for the tile_rows x mid_cols pixels they need (the second conv's halo included)
-// into shared memory, then the output, 64 channels at a time. Eight warps each own 16 pixel
-// rows of a GEMM, so a tile has at most 128 intermediate and 128 output pixels.
+// Block shape. A block computes tile_rows x tile_cols output pixels: tile_rows consecutive
+// output rows of the batch (image-major, so a tile may span images and small images still fill
+// it), tile_cols columns. First the intermediate for the tile_rows x mid_cols pixels they need
+// (the second conv's halo included) goes into shared memory, then the output, 64 channels at a
+// time. Eight warps each own 16 pixel rows of a GEMM, so a tile has at most 128 intermediate
+// and 128 output pixels. The input window holds kh1 input rows per tile row.
 constexpr int kFusedThreads = 256;
 constexpr int kMaxTilePixels = 128;
 // Ranks per pass of the first GEMM and output channels per step of the second: a warp's
@@ -55,7 +57,7 @@ constexpr int kPatchPixelBytes = 32 + kRowPadBytes;
 struct FusedConvPlan {
   int tile_rows, tile_cols;
   int mid_cols;                  // intermediate columns per tile row
-  int patch_rows, patch_cols;    // input window of a tile
+  int patch_rows, patch_cols;    // input window of a tile: tile_rows * kh1 rows
   int channel_chunk;             // channels per step of the first GEMM (32 bytes of them)
   int channel_chunks;
   int rank_pad;                  // r rounded up to 16
@@ -83,36 +85,34 @@ inline bool plan_fused_conv(const FusedConvShape& s, int element_bytes,
   if (s.rank < 1 || s.out_channels < 1 || s.batch < 1) return false;
   FusedConvPlan p{};
   const auto mid_cols_for = [&](int cols) { return (cols - 1) * s.stride2 + (s.kw2 - 1) * s.dil2 + 1; };
-  const auto patch_rows_for = [&](int rows) {
-    return (rows - 1) * s.stride1[0] + (s.kh1 - 1) * s.dil1[0] + 1;
-  };
   const auto patch_cols_for = [&](int mid_cols) {
     return (mid_cols - 1) * s.stride1[1] + (s.kw1 - 1) * s.dil1[1] + 1;
   };
   const auto fits = [&](int rows, int cols) {
     const int mid_cols = mid_cols_for(cols);
     return rows * mid_cols <= kMaxTilePixels &&
-           patch_rows_for(rows) * patch_cols_for(mid_cols) <= kMaxPatchPixels;
+           rows * s.kh1 * patch_cols_for(mid_cols) <= kMaxPatchPixels;
   };
   // The widest column tile that fits, then as many rows as fit.
   int cols = std::min(s.out_width, kMaxTilePixels);
   while (cols > 1 && !fits(1, cols)) --cols;
   if (!fits(1, cols)) return false;
   cols = static_cast<int>(div_up(s.out_width, div_up(s.out_width, cols)));  // even tiles
-  int rows = std::min(s.out_height, kMaxTilePixels / mid_cols_for(cols));
+  const int64_t total_rows = s.batch * s.out_height;
+  int rows = static_cast<int>(std::min<int64_t>(total_rows, kMaxTilePixels / mid_cols_for(cols)));
   while (rows > 1 && !fits(rows, cols)) --rows;
-  // Small problems: shorter tiles, so that every multiprocessor gets two blocks.
+  // Small problems: shorter tiles, so that every multiprocessor gets a block.
   const int64_t col_tiles = div_up(s.out_width, cols);
-  const int64_t wanted_blocks = 2 * static_cast<int64_t>(device.sm_count);
-  while (rows > 1 && s.batch * div_up(s.out_height, rows) * col_tiles < wanted_blocks) {
-    rows = (rows + 1) / 2;
+  if (div_up(total_rows, rows) * col_tiles < device.sm_count) {
+    rows = static_cast<int>(std::clamp<int64_t>(div_up(total_rows * col_tiles, device.sm_count),
+                                                1, rows));
   }
-  rows = static_cast<int>(div_up(s.out_height, div_up(s.out_height, rows)));
+  rows = static_cast<int>(div_up(total_rows, div_up(total_rows, rows)));
 
   p.tile_rows = rows;
   p.tile_cols = cols;
   p.mid_cols = mid_cols_for(cols);
-  p.patch_rows = patch_rows_for(rows);
+  p.patch_rows = rows * s.kh1;
   p.patch_cols = patch_cols_for(p.mid_cols);
   p.channel_chunk = 32 / element_bytes;
   p.channel_chunks = static_cast<int>(div_up(s.channels, p.channel_chunk));
@@ -120,9 +120,9 @@ inline bool plan_fused_conv(const FusedConvShape& s, int element_bytes,
   p.rank_passes = static_cast<int>(div_up(p.rank_pad, kRankChunk));
   p.packed_rank_cols = round_up(p.rank_pad, kRankChunk);
   p.out_chunks = static_cast<int>(div_up(s.out_channels, kOutChunk));
-  p.row_tiles = div_up(s.out_height, rows);
+  p.row_tiles = div_up(total_rows, rows);
   p.col_tiles = col_tiles;
-  p.blocks = s.batch * p.row_tiles * p.col_tiles;
+  p.blocks = p.row_tiles * p.col_tiles;
   if (p.blocks > INT32_MAX) return false;
 
   const int taps = s.kh1 * s.kw1;
