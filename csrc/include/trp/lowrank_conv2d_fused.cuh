@@ -145,25 +145,47 @@ __device__ __forceinline__ int b_lane_offset_bytes(int lane, int row_bytes) {
   return ((lane & 7) + ((lane >> 4) << 3)) * row_bytes + ((lane >> 3) & 1) * 16;
 }
 
+// How the tile's rows map to rows of its input window. A tile inside one image shares input
+// rows between its rows: tap ki of tile row tr reads window row tr * stride + ki * dil, so the
+// window is the input rows the tile spans, each loaded once. A tile that crosses images (small
+// feature maps) keeps kh1 window rows per tile row: window row tr * kh1 + ki. The plan sizes
+// the window for the second form; the first is used when it is not taller.
+struct WindowRows {
+  int rows;      // window rows in use
+  int row_step;  // between the window rows of consecutive tile rows
+  int tap_step;  // between the window rows of consecutive kernel rows
+  bool shared;
+};
+
+__device__ __forceinline__ WindowRows window_rows(const FusedConvShape& s, const FusedConvPlan& p,
+                                                  int64_t out_row0) {
+  const int64_t out_rows = s.batch * s.out_height;
+  const int64_t last = (out_row0 + p.tile_rows < out_rows ? out_row0 + p.tile_rows : out_rows) - 1;
+  const int shared_rows = (p.tile_rows - 1) * s.stride1[0] + (s.kh1 - 1) * s.dil1[0] + 1;
+  if (out_row0 / s.out_height == last / s.out_height && shared_rows <= p.patch_rows) {
+    return {shared_rows, s.stride1[0], s.dil1[0], true};
+  }
+  return {p.patch_rows, s.kh1, 1, false};
+}
+
 // The input window of a tile for one step of channels, staged global -> registers -> shared
-// memory in 16-byte units (two per pixel; pixel stride kPatchPixelBytes). Window row
-// tile_row * kh1 + ki holds input row oh * stride - pad + ki * dil of the image of that tile
-// row. Channels-last units are 16 contiguous bytes; NCHW units gather one element per channel
-// plane, threads running along the width so that each load instruction is coalesced. Outside
-// the image (and past the last row of the batch): zeros.
+// memory in 16-byte units (two per pixel; pixel stride kPatchPixelBytes), rows as WindowRows
+// lays them out. Channels-last units are 16 contiguous bytes; NCHW units gather one element per
+// channel plane, threads running along the width so that each load instruction is coalesced.
+// Outside the image (and past the last row of the batch): zeros.
 template <typename T, bool kChannelsLast>
 class PatchLoader {
  public:
   static constexpr int kUnitChannels = 16 / sizeof(T);
 
   __device__ PatchLoader(const T* x, const FusedConvShape& s, const FusedConvPlan& p,
-                         int64_t first_out_row, int first_col)
+                         const WindowRows& window, int64_t first_out_row, int first_col)
       : x_(reinterpret_cast<const Bits<T>*>(x)),
         channel_stride_(kChannelsLast ? 1 : static_cast<int64_t>(s.height) * s.width),
         channels_(s.channels),
         vector_(kChannelsLast && s.channels % kUnitChannels == 0 &&
                 reinterpret_cast<uintptr_t>(x) % 16 == 0) {
-    const int pixels = p.patch_rows * p.patch_cols;
+    const int pixels = window.rows * p.patch_cols;
     const int64_t out_rows = s.batch * s.out_height;
 #pragma unroll
     for (int i = 0; i < kPatchUnitsPerThread; ++i) {
@@ -171,10 +193,12 @@ class PatchLoader {
       const int pixel = kChannelsLast ? unit / 2 : unit % pixels;
       const int half = kChannelsLast ? unit % 2 : unit / pixels;
       const int window_row = pixel / p.patch_cols;
-      const int64_t out_row = first_out_row + window_row / s.kh1;
+      // The output row whose first input row anchors this window row, and the offset from it.
+      const int64_t out_row = first_out_row + (window.shared ? 0 : window_row / s.kh1);
+      const int below = window.shared ? window_row : (window_row % s.kh1) * s.dil1[0];
       const int64_t image = out_row / s.out_height;
-      const int row = static_cast<int>(out_row % s.out_height) * s.stride1[0] - s.pad1[0] +
-                      (window_row % s.kh1) * s.dil1[0];
+      const int row =
+          static_cast<int>(out_row % s.out_height) * s.stride1[0] - s.pad1[0] + below;
       const int col = first_col + pixel % p.patch_cols;
       const bool inside =
           out_row < out_rows && row >= 0 && row < s.height && col >= 0 && col < s.width;
@@ -316,16 +340,18 @@ __device__ __forceinline__ void compute_intermediate(const FusedConvTensors<T>& 
   const int taps = s.kh1 * s.kw1;
   const int stage_bytes = p.patch_bytes + p.weight1_stage_bytes;
   const int weight1_row_bytes = taps * 32 + kRowPadBytes;
-  PatchLoader<T, kChannelsLast> window(t.x, s, p, out_row0, mid_col0 * s.stride1[1] - s.pad1[1]);
+  const WindowRows rows = window_rows(s, p, out_row0);
+  PatchLoader<T, kChannelsLast> window(t.x, s, p, rows, out_row0,
+                                       mid_col0 * s.stride1[1] - s.pad1[1]);
 
   // This lane's A row is intermediate pixel `slot`; its taps read the window from a_row_byte.
   const int mid_pixels = p.tile_rows * p.mid_cols;
   const bool warp_active = warp * 16 < mid_pixels;
   const int slot = warp * 16 + (lane & 15);
   const bool slot_valid = slot < mid_pixels;
-  const int a_row_byte =
-      ((slot / p.mid_cols) * s.kh1 * p.patch_cols + (slot % p.mid_cols) * s.stride1[1]) *
-      kPatchPixelBytes;
+  const int a_row_byte = ((slot / p.mid_cols) * rows.row_step * p.patch_cols +
+                          (slot % p.mid_cols) * s.stride1[1]) *
+                         kPatchPixelBytes;
   const int a_half = a_lane_half_bytes(lane);
   const int b_offset = b_lane_offset_bytes(lane, weight1_row_bytes);
 
@@ -361,7 +387,8 @@ __device__ __forceinline__ void compute_intermediate(const FusedConvTensors<T>& 
       const uint32_t weight1 = shared_address(patch + p.patch_bytes) + b_offset;
       for (int ki = 0; ki < s.kh1; ++ki) {
         for (int kj = 0; kj < s.kw1; ++kj) {
-          const int tap_byte = (ki * p.patch_cols + kj * s.dil1[1]) * kPatchPixelBytes;
+          const int tap_byte =
+              (ki * rows.tap_step * p.patch_cols + kj * s.dil1[1]) * kPatchPixelBytes;
           const unsigned char* a_row = slot_valid ? patch + a_row_byte + tap_byte : zeros;
           mma_row_of_tiles<T, kMode>(acc, shared_address(a_row + a_half),
                                      weight1 + (ki * s.kw1 + kj) * 32, 16 * weight1_row_bytes,

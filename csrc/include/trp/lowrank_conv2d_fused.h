@@ -38,7 +38,9 @@ enum class Tf32Mode : int { kSingle = 0, kSplit3 = 1 };
 // it), tile_cols columns. First the intermediate for the tile_rows x mid_cols pixels they need
 // (the second conv's halo included) goes into shared memory, then the output, 64 channels at a
 // time. Eight warps each own 16 pixel rows of a GEMM, so a tile has at most 128 intermediate
-// and 128 output pixels. The input window holds kh1 input rows per tile row.
+// and 128 output pixels. The input window has room for kh1 input rows per tile row (what a
+// tile crossing images needs; a tile inside one image uses the rows it spans, see
+// WindowRows in lowrank_conv2d_fused.cuh).
 constexpr int kFusedThreads = 256;
 constexpr int kMaxTilePixels = 128;
 // Ranks per pass of the first GEMM and output channels per step of the second: a warp's
@@ -57,7 +59,7 @@ constexpr int kPatchPixelBytes = 32 + kRowPadBytes;
 struct FusedConvPlan {
   int tile_rows, tile_cols;
   int mid_cols;                  // intermediate columns per tile row
-  int patch_rows, patch_cols;    // input window of a tile: tile_rows * kh1 rows
+  int patch_rows, patch_cols;    // input window of a tile (room for tile_rows * kh1 rows)
   int channel_chunk;             // channels per step of the first GEMM (32 bytes of them)
   int channel_chunks;
   int rank_pad;                  // r rounded up to 16
