@@ -66,8 +66,10 @@ if phase bench; then
   start=$SECONDS
   device=$($PY -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))")
   json="$OUT/${device}-$(date +%Y%m%d).json"
+  # bench/ names its files bench_*.py, which pytest's default test_*.py pattern does not collect
   # shellcheck disable=SC2086
-  $PY -m pytest ${TRP_BENCH_PATHS:-bench} -q -p no:cacheprovider --benchmark-json "$json" \
+  $PY -m pytest ${TRP_BENCH_PATHS:-bench} -o python_files="bench_*.py" -q -p no:cacheprovider \
+    --benchmark-json "$json" \
     --benchmark-columns=median,iqr,rounds --benchmark-sort=name >"$OUT/bench.log" 2>&1 || status=1
   elapsed $start
   : >"$OUT/report.txt"

@@ -91,8 +91,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_two_co
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight1,
     const at::Tensor& weight2, const LowRankGeometry& geometry, std::array<bool, 4> output_mask) {
   const auto [need_x, need_w1, need_w2, need_bias] = output_mask;
-  const at::Tensor empty = x.new_empty({0});
-  at::Tensor grad_x = empty, grad_w1 = empty, grad_w2 = empty, grad_bias = empty;
+  // Unselected gradients are distinct empty tensors: outputs of an op must not alias.
+  at::Tensor grad_x = x.new_empty({0}), grad_w1 = x.new_empty({0}), grad_w2 = x.new_empty({0}),
+             grad_bias = x.new_empty({0});
   const bool need_mid_grad = need_x || need_w1;
   if (has_rank_zero(weight1)) {
     if (need_x) grad_x = at::zeros_like(x, memory_format_of(x));
@@ -132,8 +133,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_dense_
     const at::Tensor& weight2, Scheme scheme, const Conv2dParams& layer,
     std::array<bool, 4> output_mask) {
   const auto [need_x, need_w1, need_w2, need_bias] = output_mask;
-  const at::Tensor empty = x.new_empty({0});
-  at::Tensor grad_x = empty, grad_w1 = empty, grad_w2 = empty, grad_bias = empty;
+  // Unselected gradients are distinct empty tensors: outputs of an op must not alias.
+  at::Tensor grad_x = x.new_empty({0}), grad_w1 = x.new_empty({0}), grad_w2 = x.new_empty({0}),
+             grad_bias = x.new_empty({0});
   if (!(need_x || need_w1 || need_w2 || need_bias)) return {grad_x, grad_w1, grad_w2, grad_bias};
   const at::Tensor W = dense_weight_for(x, weight1, weight2, scheme);
   auto [g_x, g_W, g_b] = at::convolution_backward(

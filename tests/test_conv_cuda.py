@@ -151,9 +151,10 @@ def test_opcheck(impl, scheme, dtype, channels_last):
     with conv_select.forced(impl):
         torch.library.opcheck(ops.lowrank_conv2d, (x, w1, w2, bias, *args, scheme))
         grad_y = torch.randn_like(ops.lowrank_conv2d(x, w1, w2, bias, *args, scheme)).detach()
-        torch.library.opcheck(ops.lowrank_conv2d_backward,
-                              (grad_y, x.detach(), w1.detach(), w2.detach(), *args, scheme,
-                               [True] * 4))
+        for mask in ([True] * 4, [True, False, True, False]):
+            torch.library.opcheck(ops.lowrank_conv2d_backward,
+                                  (grad_y, x.detach(), w1.detach(), w2.detach(), *args, scheme,
+                                   mask))
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])

@@ -115,8 +115,9 @@ def test_dense_opcheck(dense, device, scheme, channels_last):
     args = ([1, 2], [1, 0], [1, 1], scheme)
     torch.library.opcheck(ops.lowrank_conv2d, (x, w1, w2, bias, *args))
     grad_y = torch.randn_like(tk.lowrank_conv2d(x, w1, w2, bias, *args)).detach()
-    torch.library.opcheck(ops.lowrank_conv2d_backward,
-                          (grad_y, x.detach(), w1.detach(), w2.detach(), *args, [True] * 4))
+    for mask in ([True] * 4, [False, True, False, True], [False] * 4):  # partial: no aliasing
+        torch.library.opcheck(ops.lowrank_conv2d_backward,
+                              (grad_y, x.detach(), w1.detach(), w2.detach(), *args, mask))
 
 
 @pytest.mark.parametrize("device", devices)
