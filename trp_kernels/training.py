@@ -395,6 +395,8 @@ class Run:
             self.dense_test_accuracy = ckpt.get("dense_test_accuracy")
             self.train_time = ckpt.get("train_time_s", 0.0)
         self.example = self.data.batch_inputs(self.data.test_x[:1], self.device)
+        if self.writer:
+            os.makedirs(prepared.out_dir, exist_ok=True)
 
     def _wrap(self) -> nn.Module:
         if self.world_size == 1:
@@ -582,7 +584,6 @@ def run(prepared: Prepared, progress: bool | None = None, log=tqdm.write) -> dic
     run_ = Run(prepared, progress, log)
     try:
         if run_.writer:
-            os.makedirs(prepared.out_dir, exist_ok=True)
             done = f", resuming after epoch {run_.epoch}" if prepared.checkpoint else ""
             log(f"{prepared.config.method} / {prepared.config.scheme}: {prepared.config.model} on "
                 f"{prepared.config.dataset}, {prepared.config.total_epochs} epochs on "
