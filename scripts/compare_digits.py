@@ -6,7 +6,8 @@ and low-rank training are given the speed-up that TRP+Nu reached with the same s
 (or a little more), so the question "does TRP beat direct decomposition at equal or higher
 speed-up?" is answered at equal cost:
   decomp   the trained baseline (``--init``), decomposed at the largest energy whose conv FLOP
-           speed-up is at least TRP+Nu's; once without fine-tuning, once fine-tuned.
+           speed-up is at least TRP+Nu's; without fine-tuning, and fine-tuned for 5 epochs and
+           for as many epochs as TRP trains in all.
   lowrank  the largest rank fraction (in 1/64 steps) whose speed-up is at least TRP+Nu's.
 A second table gives TRP's time cost per projection period (channel scheme, first seed): the
 median CPU time of an epoch's training steps (evaluation excluded) against the baseline's. CPU
@@ -108,28 +109,31 @@ def figures(report: dict, **extra) -> dict:
             "ranks": [layer["rank"] for layer in report["layers"]], **extra}
 
 
-def period_row(report: dict, baseline_epoch_s: float) -> dict:
-    epoch_s = statistics.median(h["train_cpu_s"] for h in report["history"])
+def period_row(report: dict) -> dict:
+    history = report["history"]
+    epoch_s = statistics.median(h["train_cpu_s"] for h in history)
+    trp_s = statistics.median(h["trp_cpu_s"] for h in history)
     return {"period": report["config"]["period"],
             "nuclear_weight": report["config"]["nuclear_weight"],
-            "epoch_train_cpu_s": epoch_s, "overhead": epoch_s / baseline_epoch_s - 1,
+            "epoch_train_cpu_s": epoch_s, "epoch_trp_cpu_s": trp_s, "trp_share": trp_s / epoch_s,
             "test_accuracy": report["test_accuracy"], "flops_speedup": report["flops_speedup"]}
 
 
 def period_markdown(rows: list[dict], baseline_epoch_s: float) -> str:
     lines = [
         f"TRP's cost per projection period (channel scheme, seed {rows[0]['seed']}): median "
-        f"CPU time of one epoch's training steps (one thread); the baseline's is "
-        f"{baseline_epoch_s:.2f} s.",
+        f"over epochs of the CPU time of one epoch's training steps and of the part spent in "
+        f"TRP's hooks (one thread). The baseline's steps take {baseline_epoch_s:.2f} CPU s "
+        f"an epoch.",
         "",
-        "| period | nuclear weight | CPU s / epoch | overhead vs baseline | test accuracy "
+        "| period | nuclear weight | CPU s / epoch | of which TRP | test accuracy "
         "| conv FLOP speed-up |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['period']} | {r['nuclear_weight']:g} | {r['epoch_train_cpu_s']:.2f} "
-                     f"| {100 * r['overhead']:+.0f}% | {100 * r['test_accuracy']:.2f}% "
-                     f"| {r['flops_speedup']:.2f}x |")
+                     f"| {r['epoch_trp_cpu_s']:.3f} ({100 * r['trp_share']:.1f}%) "
+                     f"| {100 * r['test_accuracy']:.2f}% | {r['flops_speedup']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -138,7 +142,9 @@ def markdown(table: list[dict], command: str, meta: dict) -> str:
         f"Digits (1,437 train / 360 test images), ResNet-20 with stage strides "
         f"{tuple(DIGITS_STAGE_STRIDES)}, {meta['epochs']} epochs, seeds "
         f"{', '.join(map(str, meta['seeds']))}; mean ± std over seeds. Produced by "
-        f"`{command}` ({meta['wall_s'] / 60:.0f} min on {meta['machine']}).",
+        f"`{command}` ({meta['wall_s'] / 60:.0f} min on {meta['machine']} shared with other "
+        f"jobs: 1-minute load average {meta['load_average_at_start'][0]:.1f} at the start, "
+        f"{meta['load_average_at_end'][0]:.1f} at the end).",
         "",
         "| method | scheme | test accuracy | conv FLOP speed-up | params | training CPU s |",
         "|---|---|---|---|---|---|",
@@ -157,12 +163,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    parser.add_argument("--finetune-epochs", type=int, default=TrainConfig.finetune_epochs)
+    parser.add_argument("--finetune-epochs", type=int, nargs="+",
+                        default=[TrainConfig.finetune_epochs, TrainConfig.epochs],
+                        help="fine-tuning lengths of the decomposition rows (0 is always run)")
     parser.add_argument("--periods", type=int, nargs="+", default=[1, 2, 5, 10, 20])
     parser.add_argument("--runs", default="runs/compare-digits")
     parser.add_argument("--results", default="docs/results")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), os.getloadavg()
     load_digits()   # fail early, before any run, if scikit-learn's data is unavailable
     common = ["--epochs", str(args.epochs)]
     table = {}
@@ -186,7 +194,7 @@ def main(argv=None) -> int:
             add("TRP+Nu", scheme, figures(nu))
             target = nu["flops_speedup"]
             energy = matched_energy(baseline_model, scheme, target)
-            for epochs in (0, args.finetune_epochs):
+            for epochs in (0, *args.finetune_epochs):
                 d = train(out(f"decomp-ft{epochs}-{scheme}"), "--method", "decomp",
                           "--scheme", scheme, "--init", baseline_model, "--energy", str(energy),
                           "--finetune-epochs", str(epochs), "--seed", str(seed))
@@ -209,7 +217,7 @@ def main(argv=None) -> int:
                 name = f"period{period}-" + name
             report = train(os.path.join(args.runs, name), "--nuclear-weight", weight,
                            "--period", str(period), *common, "--seed", str(seed))
-            periods.append({"seed": seed, **period_row(report, baseline_epoch_s)})
+            periods.append({"seed": seed, **period_row(report)})
 
     rows = [{"label": label, "scheme": scheme, "summary": summary(runs), "runs": runs}
             for (label, scheme), runs in table.items()]
@@ -220,7 +228,8 @@ def main(argv=None) -> int:
     meta = {"seeds": args.seeds, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
             "wall_s": time.perf_counter() - started, "command": command,
             "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})",
-            "load_average_at_end": os.getloadavg(), "torch": torch.__version__}
+            "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
+            "torch": torch.__version__}
     os.makedirs(args.results, exist_ok=True)
     text = markdown(rows, command, meta) + "\n" + period_markdown(periods, baseline_epoch_s)
     with open(os.path.join(args.results, "compare_digits.json"), "w") as f:

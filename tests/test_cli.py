@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from test_data import write_fake_cifar
 
 import trp_kernels.training as training
 from trp_kernels.cli import main
@@ -81,6 +82,16 @@ def test_methods(tmp_path, method, scheme, extra):
         assert [l["rank"] for l in r["layers"]] == [-(-l["full_rank"] // 4) for l in r["layers"]]
     if method == "decomp":
         assert [h["epoch"] for h in r["history"]] == [1, 2]
+
+
+def test_cifar10_from_a_directory_in_the_python_format(tmp_path):
+    data_dir = write_fake_cifar(str(tmp_path), per_batch=4)       # 20 training images
+    out = tmp_path / "cifar"
+    assert main(["train", "--out", str(out), "--dataset", "cifar10", "--data-dir", data_dir,
+                 "--epochs", "1", "--batch-size", "10", "--threads", "1", "--no-progress"]) == 0
+    r = report(out)
+    assert r["dataset"] == "cifar10" and r["config"]["data_dir"] == data_dir
+    assert r["dense_conv_macs"] == 40_550_400 and r["flops_speedup"] > 1   # 32x32, 3 channels
 
 
 def test_decomp_of_a_trained_baseline(tmp_path):

@@ -350,7 +350,7 @@ class Run:
     """The state of one training run between epochs."""
 
     def __init__(self, prepared: Prepared, progress: bool | None, log):
-        self.p = prepared
+        self.prepared = prepared
         self.config = config = prepared.config
         self.data = prepared.data
         self.progress = progress
@@ -431,17 +431,21 @@ class Run:
         self.wrapped.train()
         batches = train_batches(self.data, config.batch_size, epoch, config.seed, self.device,
                                 self.rank, self.world_size)
+        # progress None: a bar when stderr is a terminal (tqdm's disable=None); only rank 0.
+        show = self.progress if self.writer else False
         bar = tqdm(batches, total=num_train_batches(self.data, config.batch_size),
                    desc=f"epoch {epoch + 1}/{config.total_epochs}", leave=False,
-                   disable=(not self.writer) or (None if self.progress is None
-                                                  else not self.progress))
+                   disable=None if show is None else not show)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
+        trp_cpu = 0.0     # CPU time in TRP's hooks: its cost (on CUDA, only the host's part)
         lr = self.optimizer.param_groups[0]["lr"]
         for step, (x, y) in enumerate(bar):
             if self.trp is not None:
+                hook_start = time.process_time()
                 self.trp.before_forward()
+                trp_cpu += time.process_time() - hook_start
             out = self.wrapped(x)
             loss = F.cross_entropy(out, y)
             objective = loss
@@ -450,7 +454,9 @@ class Run:
             self.optimizer.zero_grad(set_to_none=True)
             objective.backward()
             if self.trp is not None:
+                hook_start = time.process_time()
                 self.trp.after_backward()
+                trp_cpu += time.process_time() - hook_start
             self.optimizer.step()
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
@@ -463,8 +469,11 @@ class Run:
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training diverged at epoch {epoch + 1} (loss {train_loss}); "
                                    f"try a smaller --lr")
-        return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
-                "train_accuracy": float(correct) / seen}
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+               "train_accuracy": float(correct) / seen}
+        if self.trp is not None:
+            row["trp_cpu_s"] = trp_cpu
+        return row
 
     def epoch_metrics(self) -> dict:
         """Test accuracy now and, for TRP, of the model decomposed now by the final rule."""
@@ -508,7 +517,7 @@ class Run:
             "history": self.history,
             "dense_test_accuracy": self.dense_test_accuracy,
             "train_time_s": self.train_time,
-        }, os.path.join(self.p.out_dir, CHECKPOINT))
+        }, os.path.join(self.prepared.out_dir, CHECKPOINT))
 
     def fit(self) -> None:
         config = self.config
@@ -571,13 +580,13 @@ class Run:
             "torch": torch.__version__,
             "trp_kernels": __version__,
         }
-        save_model(model, os.path.join(self.p.out_dir, MODEL_FILE), config.model, self.arch,
+        save_model(model, os.path.join(self.prepared.out_dir, MODEL_FILE), config.model, self.arch,
                    tuple(self.data.test_x.shape[1:]),
                    {"test_accuracy": accuracy, "flops_speedup": report["flops_speedup"],
                     "method": config.method, "scheme": config.scheme,
                     "normalisation": {"scale": self.data.scale, "mean": list(self.data.mean),
                                       "std": list(self.data.std)}})
-        write_report(report, self.p.out_dir)
+        write_report(report, self.prepared.out_dir)
         return report
 
 
