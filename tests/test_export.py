@@ -69,7 +69,7 @@ def test_bad_files_are_reported(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(missing)
     corrupt = tmp_path / "corrupt.pt"
-    corrupt.write_bytes(b"\x80\x04garbage")
+    corrupt.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt or unreadable"):
         load_model(str(corrupt))
     other = str(tmp_path / "other.pt")

@@ -43,13 +43,13 @@ from .factorization import full_rank
 from .lowrank_train import make_lowrank, orthogonality_penalty
 from .models import create_model, never_decomposed
 from .report import model_figures, write_report
-from .trp import TRPRegularizer, decomposable_layers, unwrap
+from .trp import TRPRegularizer, decomposable_layers
 
 METHODS = ("baseline", "trp", "decomp", "lowrank")
 TRAIN_MODELS = ("resnet20", "resnet32", "resnet56")
 LR_SCHEDULES = ("cosine", "step")
 # Digits are 8x8: the paper's strides (1, 2, 2) would leave the last stage 2x2 pixels; one
-# downsampling step keeps 8x8, 8x8 and 4x4 (docs/training.md compares the two).
+# downsampling step keeps 8x8, 8x8 and 4x4 (docs/training.md explains the choice).
 DIGITS_STAGE_STRIDES = (1, 1, 2)
 CHECKPOINT_FORMAT = "trp_kernels.checkpoint/1"
 CHECKPOINT, MODEL_FILE, REPORT = "checkpoint.pt", "model.pt", "report.json"
@@ -321,17 +321,19 @@ def evaluate(model: nn.Module, data: ImageData, device, batch_size: int = 500) -
     return correct / len(data.test_y)
 
 
-def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
-    """(rank, world size, device of this process); joins the process group under torchrun."""
+def _distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device of this process, whether this call joined the process group):
+    under torchrun (WORLD_SIZE > 1) each process takes the GPU of its LOCAL_RANK."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return 0, 1, device
+        return 0, 1, device, False
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    joined = not dist.is_initialized()
+    if joined:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
+    return dist.get_rank(), dist.get_world_size(), device, joined
 
 
 def cpu_threads(config: TrainConfig, device: torch.device) -> int | None:
@@ -355,7 +357,8 @@ class Run:
         self.data = prepared.data
         self.progress = progress
         self.log = log
-        self.rank, self.world_size, self.device = _distributed(prepared.device)
+        self.rank, self.world_size, self.device, self.joined_group = \
+            _distributed(prepared.device)
         threads = cpu_threads(config, self.device)
         if threads is not None:
             torch.set_num_threads(threads)
@@ -595,8 +598,9 @@ def run(prepared: Prepared, progress: bool | None = None, log=tqdm.write) -> dic
     (None on the ranks other than 0 under torchrun). KeyboardInterrupt leaves the checkpoint of
     the last completed epoch."""
     threads = torch.get_num_threads()   # a setting of the process: restored on the way out
-    run_ = Run(prepared, progress, log)
+    run_ = None
     try:
+        run_ = Run(prepared, progress, log)
         if run_.writer:
             done = f", resuming after epoch {run_.epoch}" if prepared.checkpoint else ""
             log(f"{prepared.config.method} / {prepared.config.scheme}: {prepared.config.model} on "
@@ -608,7 +612,7 @@ def run(prepared: Prepared, progress: bool | None = None, log=tqdm.write) -> dic
         return run_.finish()
     finally:
         torch.set_num_threads(threads)
-        if run_.world_size > 1 and dist.is_initialized():
+        if run_ is not None and run_.joined_group:
             dist.destroy_process_group()
 
 
