@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 from test_data import write_fake_cifar
 
 import trp_kernels.training as training

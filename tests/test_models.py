@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 from testing import devices
 
 from trp_kernels.decompose import is_decomposable

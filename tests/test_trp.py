@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 from testing import devices
 from torch import nn
 
