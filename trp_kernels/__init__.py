@@ -1,13 +1,20 @@
 """trp_kernels: Trained Rank Pruning and low-rank CNN training for PyTorch.
 
 The public API (DESIGN.md section 2): ``truncated_svd``, ``lowrank_project``,
-``lowrank_conv2d``, ``LowRankConv2d`` and ``decompose_model``.
+``lowrank_conv2d``, ``LowRankConv2d`` and ``decompose_model``; for training (docs/training.md):
+``TRPRegularizer``, ``make_lowrank``, ``orthogonality_penalty``, and for shipping a compressed
+model ``save_model``, ``load_model``, ``to_conv_pairs``, ``export_program``, ``export_onnx``.
+The trainer behind ``python -m trp_kernels train`` is ``trp_kernels.training``; the models are
+in ``trp_kernels.models``.
 """
 
 from .conv import lowrank_conv2d
 from .decompose import decompose_model
+from .export import export_onnx, export_program, load_model, save_model, to_conv_pairs
 from .layers import LowRankConv2d
+from .lowrank_train import make_lowrank, orthogonality_penalty
 from .svd import lowrank_project, truncated_svd
+from .trp import TRPRegularizer
 
 __all__ = [
     "truncated_svd",
@@ -15,5 +22,13 @@ __all__ = [
     "lowrank_conv2d",
     "LowRankConv2d",
     "decompose_model",
+    "TRPRegularizer",
+    "make_lowrank",
+    "orthogonality_penalty",
+    "save_model",
+    "load_model",
+    "to_conv_pairs",
+    "export_program",
+    "export_onnx",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,245 @@
+"""The paper's comparison on digits: baseline vs TRP (with and without the nuclear term) vs
+direct decomposition vs low-rank training from scratch, both schemes, several seeds.
+
+Every row is a ``python -m trp_kernels train`` run (called in-process). Direct decomposition
+and low-rank training are given the speed-up that TRP+Nu reached with the same scheme and seed
+(or a little more), so the question "does TRP beat direct decomposition at equal or higher
+speed-up?" is answered at equal cost:
+  decomp   the trained baseline (``--init``), decomposed at the largest energy whose conv FLOP
+           speed-up is at least TRP+Nu's; without fine-tuning, and fine-tuned for 5 epochs and
+           for as many epochs as TRP trains in all.
+  lowrank  the largest rank fraction (in 1/64 steps) whose speed-up is at least TRP+Nu's.
+A second table gives TRP's time cost per projection period (channel scheme, first seed): the
+median CPU time of an epoch's training steps (evaluation excluded) against the baseline's. CPU
+time, because wall time on cores shared with other jobs measures the other jobs.
+
+    python scripts/compare_digits.py                  # seeds 0 1 2, about 15 min on 2 cores
+
+Runs go to --runs (one directory each; a finished run is reused, an interrupted one resumed),
+the table and every run's figures to --results (compare_digits.md / .json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from trp_kernels.cli import main as cli
+from trp_kernels.data import load_digits
+from trp_kernels.decompose import decompose_model
+from trp_kernels.export import load_model
+from trp_kernels.flops import conv_macs
+from trp_kernels.lowrank_train import make_lowrank
+from trp_kernels.models import create_model
+from trp_kernels.training import DIGITS_STAGE_STRIDES, TrainConfig
+
+ARCH = {"in_channels": 1, "stage_strides": list(DIGITS_STAGE_STRIDES)}
+EXAMPLE = torch.zeros(1, 1, 8, 8)
+
+
+def train(out: str, *args: str) -> dict:
+    """The report of the run in ``out``: read if finished, resumed if interrupted, else run."""
+    report = os.path.join(out, "report.json")
+    if not os.path.exists(report):
+        resume = ["--resume"] if os.path.exists(os.path.join(out, "checkpoint.pt")) else []
+        command = ["train", "--out", out, "--no-progress", *args, *resume]
+        print("$ python -m trp_kernels " + " ".join(command), flush=True)
+        code = cli(command)
+        if code:
+            sys.exit(f"run {out} failed with exit code {code}")
+    with open(report) as f:
+        return json.load(f)
+
+
+def matched_energy(baseline_model: str, scheme: str, target: float) -> float:
+    """The largest energy whose decomposition of the baseline has speed-up >= target."""
+    dense = load_model(baseline_model)
+    dense_macs = conv_macs(dense, EXAMPLE)
+
+    def speedup(energy):
+        model = copy.deepcopy(dense)
+        decompose_model(model, scheme, energy=energy, skip=("conv1",))
+        return dense_macs / conv_macs(model, EXAMPLE)
+
+    low, high = 1e-4, 1.0          # speedup falls as the energy grows
+    if speedup(low) < target:
+        return low
+    for _ in range(20):
+        middle = (low + high) / 2
+        low, high = (middle, high) if speedup(middle) >= target else (low, middle)
+    return math.floor(low * 1e4) / 1e4   # rounding down keeps speedup >= target
+
+
+def matched_rank_fraction(scheme: str, target: float) -> float:
+    """The largest rank fraction k/64 whose low-rank ResNet-20 has speed-up >= target."""
+    dense_macs = conv_macs(create_model("resnet20", **ARCH), EXAMPLE)
+    best = 1 / 64
+    for k in range(1, 65):
+        model = create_model("resnet20", **ARCH)
+        make_lowrank(model, scheme, rank=k / 64)
+        if dense_macs / conv_macs(model, EXAMPLE) >= target:
+            best = k / 64
+    return best
+
+
+def summary(rows: list[dict]) -> dict:
+    def stats(key):
+        values = [r[key] for r in rows]
+        return {"mean": statistics.mean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+    return {"test_accuracy": stats("test_accuracy"), "flops_speedup": stats("flops_speedup"),
+            "params": stats("params"), "train_cpu_s": stats("train_cpu_s")}
+
+
+def figures(report: dict, **extra) -> dict:
+    return {"seed": report["config"]["seed"], "test_accuracy": report["test_accuracy"],
+            "dense_test_accuracy": report["dense_test_accuracy"],
+            "flops_speedup": report["flops_speedup"], "params": report["params"],
+            "train_cpu_s": sum(h["train_cpu_s"] for h in report["history"]),
+            "ranks": [layer["rank"] for layer in report["layers"]], **extra}
+
+
+def period_row(report: dict) -> dict:
+    history = report["history"]
+    epoch_s = statistics.median(h["train_cpu_s"] for h in history)
+    trp_s = statistics.median(h["trp_cpu_s"] for h in history)
+    return {"period": report["config"]["period"],
+            "nuclear_weight": report["config"]["nuclear_weight"],
+            "epoch_train_cpu_s": epoch_s, "epoch_trp_cpu_s": trp_s, "trp_share": trp_s / epoch_s,
+            "test_accuracy": report["test_accuracy"], "flops_speedup": report["flops_speedup"]}
+
+
+def period_markdown(rows: list[dict], baseline_epoch_s: float) -> str:
+    lines = [
+        f"TRP's cost per projection period (channel scheme, seed {rows[0]['seed']}): median "
+        f"over epochs of the CPU time of one epoch's training steps and of the part spent in "
+        f"TRP's hooks (one thread). The baseline's steps take {baseline_epoch_s:.2f} CPU s "
+        f"an epoch.",
+        "",
+        "| period | nuclear weight | CPU s / epoch | of which TRP | test accuracy "
+        "| conv FLOP speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['period']} | {r['nuclear_weight']:g} | {r['epoch_train_cpu_s']:.2f} "
+                     f"| {r['epoch_trp_cpu_s']:.3f} ({100 * r['trp_share']:.1f}%) "
+                     f"| {100 * r['test_accuracy']:.2f}% | {r['flops_speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(table: list[dict], command: str, meta: dict) -> str:
+    lines = [
+        f"Digits (1,437 train / 360 test images), ResNet-20 with stage strides "
+        f"{tuple(DIGITS_STAGE_STRIDES)}, {meta['epochs']} epochs, seeds "
+        f"{', '.join(map(str, meta['seeds']))}; mean ± std over seeds. Produced by "
+        f"`{command}` ({meta['wall_s'] / 60:.0f} min on {meta['machine']} shared with other "
+        f"jobs: 1-minute load average {meta['load_average_at_start'][0]:.1f} at the start, "
+        f"{meta['load_average_at_end'][0]:.1f} at the end).",
+        "",
+        "| method | scheme | test accuracy | conv FLOP speed-up | params | training CPU s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in table:
+        s = row["summary"]
+        lines.append(
+            f"| {row['label']} | {row['scheme']} "
+            f"| {100 * s['test_accuracy']['mean']:.2f} ± {100 * s['test_accuracy']['std']:.2f}% "
+            f"| {s['flops_speedup']['mean']:.2f} ± {s['flops_speedup']['std']:.2f}x "
+            f"| {s['params']['mean']:,.0f} | {s['train_cpu_s']['mean']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--finetune-epochs", type=int, nargs="+",
+                        default=[TrainConfig.finetune_epochs, TrainConfig.epochs],
+                        help="fine-tuning lengths of the decomposition rows (0 is always run)")
+    parser.add_argument("--periods", type=int, nargs="+", default=[1, 2, 5, 10, 20])
+    parser.add_argument("--runs", default="runs/compare-digits")
+    parser.add_argument("--results", default="docs/results")
+    args = parser.parse_args(argv)
+    started, load_at_start = time.perf_counter(), os.getloadavg()
+    load_digits()   # fail early, before any run, if scikit-learn's data is unavailable
+    common = ["--epochs", str(args.epochs)]
+    table = {}
+
+    def add(label, scheme, figures_):
+        table.setdefault((label, scheme), []).append(figures_)
+
+    for seed in args.seeds:
+        def out(name):
+            return os.path.join(args.runs, f"{name}-seed{seed}")
+
+        seeded = [*common, "--seed", str(seed)]
+        base = train(out("baseline"), "--method", "baseline", *seeded)
+        add("baseline", "-", figures(base))
+        baseline_model = os.path.join(out("baseline"), "model.pt")
+        for scheme in ("channel", "spatial"):
+            trp = train(out(f"trp-{scheme}"), "--scheme", scheme, "--nuclear-weight", "0",
+                        *seeded)
+            add("TRP", scheme, figures(trp))
+            nu = train(out(f"trp-nu-{scheme}"), "--scheme", scheme, *seeded)
+            add("TRP+Nu", scheme, figures(nu))
+            target = nu["flops_speedup"]
+            energy = matched_energy(baseline_model, scheme, target)
+            for epochs in (0, *args.finetune_epochs):
+                d = train(out(f"decomp-ft{epochs}-{scheme}"), "--method", "decomp",
+                          "--scheme", scheme, "--init", baseline_model, "--energy", str(energy),
+                          "--finetune-epochs", str(epochs), "--seed", str(seed))
+                label = "decomposition" + (f" + {epochs} epochs fine-tuning" if epochs else "")
+                add(label, scheme, figures(d, energy=energy, finetune_epochs=epochs))
+            fraction = matched_rank_fraction(scheme, target)
+            low = train(out(f"lowrank-{scheme}"), "--method", "lowrank", "--scheme", scheme,
+                        "--rank", str(fraction), *seeded)
+            add("low-rank from scratch (ELRT)", scheme, figures(low, rank_fraction=fraction))
+
+    seed = args.seeds[0]
+    baseline_epoch_s = statistics.median(
+        h["train_cpu_s"]
+        for h in train(os.path.join(args.runs, f"baseline-seed{seed}"))["history"])
+    periods = []
+    for period in args.periods:
+        for weight in ("0", str(TrainConfig.nuclear_weight)):
+            name = f"trp-{'nu-' if weight != '0' else ''}channel-seed{seed}"
+            if period != 1:
+                name = f"period{period}-" + name
+            report = train(os.path.join(args.runs, name), "--nuclear-weight", weight,
+                           "--period", str(period), *common, "--seed", str(seed))
+            periods.append({"seed": seed, **period_row(report)})
+
+    rows = [{"label": label, "scheme": scheme, "summary": summary(runs), "runs": runs}
+            for (label, scheme), runs in table.items()]
+    order = {"-": 0, "channel": 1, "spatial": 2}
+    rows.sort(key=lambda r: order[r["scheme"]])
+    command = "python scripts/compare_digits.py" + (
+        f" {' '.join(argv)}" if argv else (" " + " ".join(sys.argv[1:])).rstrip())
+    meta = {"seeds": args.seeds, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+            "wall_s": time.perf_counter() - started, "command": command,
+            "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})",
+            "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
+            "torch": torch.__version__}
+    os.makedirs(args.results, exist_ok=True)
+    text = markdown(rows, command, meta) + "\n" + period_markdown(periods, baseline_epoch_s)
+    with open(os.path.join(args.results, "compare_digits.json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows, "periods": periods,
+                   "baseline_epoch_train_cpu_s": baseline_epoch_s}, f, indent=2)
+    with open(os.path.join(args.results, "compare_digits.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

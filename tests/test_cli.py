@@ -1,0 +1,232 @@
+"""The command line end to end, on digits with few, large batches so every run takes seconds."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
+from test_data import write_fake_cifar
+
+import trp_kernels.training as training
+from trp_kernels.cli import main
+from trp_kernels.export import load_model, lowrank_layers
+from trp_kernels.report import REQUIRED_KEYS
+
+QUICK = ["--batch-size", "256", "--no-progress"]
+
+
+def train(out, *args):
+    return main(["train", "--out", str(out), *QUICK, *args])
+
+
+def report(out):
+    with open(os.path.join(out, "report.json")) as f:
+        return json.load(f)
+
+
+def snapshot(directory):
+    """Name -> bytes of every file under ``directory`` (None if it does not exist)."""
+    if not os.path.exists(directory):
+        return None
+    return {name: open(os.path.join(directory, name), "rb").read()
+            for name in sorted(os.listdir(directory))}
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory):
+    """A short run of the main job (TRP+Nu, channel), shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("main") / "run"
+    assert train(out, "--epochs", "2") == 0
+    return out
+
+
+def test_main_job_writes_model_and_report(main_run):
+    out = main_run
+    r = report(out)
+    assert set(REQUIRED_KEYS) <= set(r)
+    assert (r["method"], r["scheme"], r["dataset"], r["model"]) == ("trp", "channel", "digits",
+                                                                    "resnet20")
+    assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["dense_test_accuracy"] <= 1
+    assert r["flops_speedup"] == r["dense_conv_macs"] / r["conv_macs"] > 1
+    assert r["params"] < r["dense_params"] == 269_434            # 1 input channel, 10 classes
+    assert r["latency_ms"] > 0 and r["dense_latency_ms"] > 0
+    assert len(r["layers"]) == 18 and all(l["rank"] < l["full_rank"] for l in r["layers"])
+    assert [h["epoch"] for h in r["history"]] == [1, 2]
+    for name in ("report.md", "report.png", "checkpoint.pt", "model.pt"):
+        assert os.path.getsize(out / name) > 0
+    model = load_model(str(out / "model.pt"))
+    assert len(lowrank_layers(model)) == 18
+    assert {m.rank for m in model.modules() if hasattr(m, "weight1")} == \
+        {l["rank"] for l in r["layers"]}
+
+
+@pytest.mark.parametrize("method, scheme, extra", [
+    ("baseline", "channel", ["--epochs", "1"]),
+    ("trp", "spatial", ["--epochs", "1", "--nuclear-weight", "0", "--period", "2"]),
+    ("decomp", "spatial", ["--epochs", "1", "--finetune-epochs", "1", "--energy", "0.8"]),
+    ("lowrank", "channel", ["--epochs", "1", "--rank", "0.25"]),
+])
+def test_methods(tmp_path, method, scheme, extra):
+    out = tmp_path / method
+    assert train(out, "--method", method, "--scheme", scheme, *extra) == 0
+    r = report(out)
+    assert (r["method"], r["scheme"]) == (method, scheme)
+    if method == "baseline":
+        assert r["flops_speedup"] == 1 and r["test_accuracy"] == r["dense_test_accuracy"]
+    else:
+        assert r["flops_speedup"] > 1 and r["params"] < r["dense_params"]
+    if method == "lowrank":
+        assert r["dense_test_accuracy"] is None
+        assert [l["rank"] for l in r["layers"]] == [-(-l["full_rank"] // 4) for l in r["layers"]]
+    if method == "decomp":
+        assert [h["epoch"] for h in r["history"]] == [1, 2]
+
+
+def test_cifar10_from_a_directory_in_the_python_format(tmp_path):
+    data_dir = write_fake_cifar(str(tmp_path), per_batch=4)       # 20 training images
+    out = tmp_path / "cifar"
+    assert main(["train", "--out", str(out), "--dataset", "cifar10", "--data-dir", data_dir,
+                 "--epochs", "1", "--batch-size", "10", "--threads", "1", "--no-progress"]) == 0
+    r = report(out)
+    assert r["dataset"] == "cifar10" and r["config"]["data_dir"] == data_dir
+    assert r["dense_conv_macs"] == 40_550_400 and r["flops_speedup"] > 1   # 32x32, 3 channels
+
+
+def test_decomp_of_a_trained_baseline(tmp_path):
+    assert train(tmp_path / "base", "--method", "baseline", "--epochs", "1") == 0
+    base = report(tmp_path / "base")
+    assert train(tmp_path / "decomp", "--method", "decomp", "--rank", "4", "--finetune-epochs",
+                 "0", "--init", str(tmp_path / "base" / "model.pt")) == 0
+    r = report(tmp_path / "decomp")
+    assert r["dense_test_accuracy"] == base["test_accuracy"]
+    assert all(l["rank"] == 4 for l in r["layers"]) and r["history"] == []
+
+
+def interrupt_in_epoch(monkeypatch, epoch, batch):
+    """Makes the run raise KeyboardInterrupt (as Ctrl-C does) in the middle of an epoch."""
+    real = training.train_batches
+
+    def batches(data, batch_size, e, *args, **kwargs):
+        for i, b in enumerate(real(data, batch_size, e, *args, **kwargs)):
+            if (e, i) == (epoch, batch):
+                raise KeyboardInterrupt
+            yield b
+
+    monkeypatch.setattr(training, "train_batches", batches)
+
+
+@pytest.mark.parametrize("method, args", [
+    # 5 steps an epoch: with period 2 the projection phase crosses the epoch boundary.
+    ("trp", ["--epochs", "2", "--period", "2"]),
+    # Interrupted in the first fine-tuning epoch: the resumed run must redo the decomposition.
+    ("decomp", ["--epochs", "1", "--finetune-epochs", "1", "--energy", "0.7"]),
+])
+def test_resume_continues_exactly(tmp_path, monkeypatch, capsys, method, args):
+    args = ["--method", method, "--scheme", "spatial", *args]
+    assert train(tmp_path / "straight", *args) == 0
+
+    interrupted = tmp_path / "interrupted"
+    interrupt_in_epoch(monkeypatch, epoch=1, batch=2)
+    assert train(interrupted, *args) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert torch.load(interrupted / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not (interrupted / "report.json").exists()
+    monkeypatch.undo()
+    assert main(["train", "--out", str(interrupted), "--resume", "--no-progress"]) == 0
+
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    resumed = torch.load(interrupted / "checkpoint.pt", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "trp", "epoch"):
+        assert str(resumed[key]) == str(straight[key])       # same structure and values...
+    for name, tensor in straight["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name   # ...bit for bit
+    a, b = report(tmp_path / "straight"), report(interrupted)
+    assert a["test_accuracy"] == b["test_accuracy"] and a["layers"] == b["layers"]
+
+
+def test_resume_refuses_a_changed_configuration(main_run, capsys):
+    out = main_run
+    before = snapshot(out)
+    assert main(["train", "--out", str(out), "--resume", "--lr", "0.5"]) == 2
+    assert "lr" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+BAD = [
+    (["--model", "resnet99"], "--model: invalid choice"),
+    (["--dataset", "mnist"], "--dataset: invalid choice"),
+    (["--scheme", "diagonal"], "--scheme: invalid choice"),
+    (["--method", "magic"], "--method: invalid choice"),
+    (["--energy", "1.5"], "energy must be in (0, 1]"),
+    (["--energy", "0"], "energy must be in (0, 1]"),
+    (["--final-energy", "-0.1"], "final_energy must be in (0, 1]"),
+    (["--energy", "high"], "--energy: invalid float value"),
+    (["--method", "lowrank"], "needs rank"),
+    (["--method", "lowrank", "--rank", "0"], "rank must be >= 1"),
+    (["--method", "lowrank", "--rank", "1.5"], "fraction of the full rank must be in (0, 1]"),
+    (["--method", "lowrank", "--rank", "65"], "rank 65 exceeds the largest full rank (64)"),
+    (["--rank", "x"], "--rank: must be an int"),
+    (["--period", "0"], "period must be an int >= 1"),
+    (["--nuclear-weight", "-1"], "nuclear_weight must be"),
+    (["--epochs", "0"], "epochs must be an int >= 1"),
+    (["--batch-size", "5000"], "larger than the 1437 training images"),
+    (["--dataset", "cifar10"], "cifar10 needs data_dir"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "missing data_batch_1"),
+    (["--device", "tpu"], "device"),
+    (["--init", "x.pt"], "init"),
+    (["--method", "decomp", "--init", "/nonexistent/model.pt"], "does not exist"),
+    (["--resume"], "no-such-dir"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "no-such-dir"
+    assert main(["train", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.count("\n") == 1 and err.startswith("trp_kernels")
+    assert not out.exists()
+
+
+def test_no_cuda_is_a_bad_device(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["train", "--out", str(tmp_path / "x"), "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_existing_runs_and_corrupt_checkpoints_are_left_alone(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"half a checkpoint")
+    before = snapshot(out)
+    assert train(out, "--epochs", "1") == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is corrupt or unreadable" in err and err.count("\n") == 1
+    assert snapshot(out) == before
+
+
+def test_export_command(main_run, tmp_path, capsys):
+    out = main_run
+    onnx, program = str(tmp_path / "m.onnx"), str(tmp_path / "m.pt2")
+    assert main(["export", str(out / "model.pt"), "--onnx", onnx, "--program", program]) == 0
+    assert os.path.getsize(onnx) > 0 and os.path.getsize(program) > 0
+    capsys.readouterr()
+    assert main(["export", str(out / "model.pt"), "--onnx", onnx]) == 2
+    assert "exists; not overwriting" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "none.pt"), "--onnx", str(tmp_path / "n.onnx")]) == 2
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "trp_kernels", "train", "--energy", "2", "--out",
+         str(tmp_path / "x")], capture_output=True, text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "trp_kernels train: error: energy must be in (0, 1], got 2.0"

@@ -1,0 +1,117 @@
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
+from testing import devices
+from torch import nn
+
+from trp_kernels.checkpoint import CheckpointError
+from trp_kernels.decompose import decompose_model
+from trp_kernels.export import (export_onnx, export_program, load_model, lowrank_layers,
+                                save_model, saved_input_shape, to_conv_pairs)
+from trp_kernels.layers import LowRankConv2d
+from trp_kernels.models import resnet20
+
+ARCH = {"in_channels": 1, "stage_strides": [1, 1, 2]}
+
+
+def compressed_model(device="cpu"):
+    """A digits ResNet-20 with per-layer ranks from an energy rule, both schemes mixed, and
+    non-trivial BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = resnet20(**ARCH).to(device)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 1, 8, 8, device=device))
+    decompose_model(model, "channel", energy=0.7, skip=("conv1", "layer3.2.conv1"))
+    decompose_model(model, "spatial", energy=0.8, skip=("conv1",))
+    return model.eval()
+
+
+def outputs(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("device", devices)
+def test_save_and_load_restore_every_rank(tmp_path, device):
+    model = compressed_model(device)
+    path = str(tmp_path / "model.pt")
+    save_model(model, path, "resnet20", ARCH, input_shape=(1, 8, 8), metadata={"note": 1})
+    loaded = load_model(path, device=device)
+    assert lowrank_layers(loaded) == lowrank_layers(model)
+    assert set(lowrank_layers(model).values()) == {"channel", "spatial"}
+    ranks = {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankConv2d)}
+    assert len(set(ranks.values())) > 2
+    assert ranks == {n: m.rank for n, m in loaded.named_modules() if isinstance(m, LowRankConv2d)}
+    x = torch.randn(5, 1, 8, 8, device=device)
+    torch.testing.assert_close(outputs(loaded, x), outputs(model, x))
+    assert saved_input_shape(path) == (1, 8, 8)
+
+
+def test_a_model_of_your_own_loads_into_a_fresh_instance(tmp_path):
+    def build():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3))
+
+    model = build()
+    decompose_model(model, "channel", rank=2)
+    path = str(tmp_path / "mine.pt")
+    save_model(model, path)
+    with pytest.raises(CheckpointError, match="names no architecture"):
+        load_model(path)
+    loaded = load_model(path, model=build())
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(outputs(loaded, x), outputs(model.eval(), x))
+
+
+def test_bad_files_are_reported(tmp_path):
+    missing = str(tmp_path / "none.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(missing)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        load_model(str(corrupt))
+    other = str(tmp_path / "other.pt")
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="lacks the entries"):
+        load_model(other)
+    wrong = str(tmp_path / "wrong.pt")
+    save_model(compressed_model(), wrong, "resnet32", ARCH)
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_model(wrong)
+
+
+@pytest.mark.parametrize("device", devices)
+def test_conv_pairs_compute_the_same(device):
+    model = compressed_model(device)
+    x = torch.randn(3, 1, 8, 8, device=device)
+    expected = outputs(model, x)
+    to_conv_pairs(model)
+    assert not lowrank_layers(model)
+    torch.testing.assert_close(outputs(model, x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv_pairs", [False, True])
+def test_torch_export_round_trip(tmp_path, conv_pairs):
+    model = compressed_model()
+    program = export_program(model, torch.randn(1, 1, 8, 8), conv_pairs=conv_pairs)
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any("trp.lowrank_conv2d" in t for t in targets) != conv_pairs
+    path = str(tmp_path / "model.pt2")
+    torch.export.save(program, path)
+    loaded = torch.export.load(path).module()
+    x = torch.randn(6, 1, 8, 8)                       # another batch size: the batch is dynamic
+    torch.testing.assert_close(loaded(x), outputs(model, x), rtol=1e-4, atol=1e-5)
+    assert lowrank_layers(model)                      # the model itself is untouched
+
+
+def test_onnx_runs_in_onnxruntime_like_pytorch(tmp_path):
+    model = compressed_model()
+    path = str(tmp_path / "model.onnx")
+    export_onnx(model, torch.randn(2, 1, 8, 8), path)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = torch.randn(7, 1, 8, 8)
+    (logits,) = session.run(["logits"], {"input": x.numpy()})
+    np.testing.assert_allclose(logits, outputs(model, x).numpy(), rtol=1e-4, atol=1e-5)

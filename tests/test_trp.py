@@ -1,0 +1,178 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
+from testing import devices
+from torch import nn
+
+import trp_kernels.svd as svd_module
+from trp_kernels.factorization import matrix_to_weight, weight_to_matrix
+from trp_kernels.layers import LowRankConv2d
+from trp_kernels.models import resnet20
+from trp_kernels.svd import reference_lowrank_project
+from trp_kernels.trp import TRPRegularizer
+
+SCHEMES = ["channel", "spatial"]
+
+
+def small_resnet(device):
+    return resnet20(in_channels=1, stage_strides=(1, 1, 2)).to(device)
+
+
+def matrices(trp):
+    return {name: weight_to_matrix(conv.weight.detach(), trp.scheme).clone()
+            for name, conv in trp.layers}
+
+
+def reference(M, energy):
+    return reference_lowrank_project(M.double(), energy=energy)
+
+
+@pytest.fixture
+def project_calls(monkeypatch):
+    """The shapes of every batched lowrank_project call made through project_matrices."""
+    calls = []
+    real = svd_module.lowrank_project
+
+    def counting(W, *args, **kwargs):
+        calls.append(tuple(W.shape))
+        return real(W, *args, **kwargs)
+
+    monkeypatch.setattr(svd_module, "lowrank_project", counting)
+    return calls
+
+
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_projection_is_the_energy_truncation(device, scheme, project_calls):
+    model = small_resnet(device)
+    trp = TRPRegularizer(model, scheme, energy=0.6, nuclear_weight=0.0)
+    before = matrices(trp)
+    trp.before_forward()
+    after = matrices(trp)
+    for name, M in before.items():
+        expected = reference(M, 0.6)
+        torch.testing.assert_close(after[name].double(), expected.W_low, rtol=1e-4, atol=1e-5)
+        assert trp.ranks()[name] == int(expected.rank)
+        assert int(expected.rank) < min(M.shape)
+    # One batched call per matrix shape (ResNet-20 at 16/32/64 channels has five).
+    distinct = {tuple(M.shape) for M in before.values()}
+    assert len(project_calls) == len(distinct) == 5
+    assert sorted(c[1:] for c in project_calls) == sorted(distinct)
+    assert sum(c[0] for c in project_calls) == len(before) == 18
+
+
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_nuclear_subgradient_is_added_every_step(device, scheme):
+    """grad += lambda U_r V_r^T from the SVD of the step's weights before any projection: on a
+    projection step that SVD's U_r V_r^T is also the nuclear sub-gradient at the projected
+    (exactly rank-r) weights, so it is not recomputed."""
+    model = small_resnet(device)
+    lam = 0.1
+    trp = TRPRegularizer(model, scheme, energy=0.8, nuclear_weight=lam, period=3)
+    for step in range(4):
+        current = matrices(trp)
+        trp.before_forward()               # projects at steps 0 and 3 only
+        for _, conv in trp.layers:
+            conv.weight.grad = torch.ones_like(conv.weight)
+        trp.after_backward()
+        for name, conv in trp.layers:
+            subgrad = reference(current[name], 0.8).subgrad
+            expected = 1 + lam * matrix_to_weight(subgrad, conv.weight.shape, scheme)
+            torch.testing.assert_close(conv.weight.grad.double(), expected, rtol=1e-4, atol=1e-4)
+        # Perturb the weights as an optimizer step would, so off-steps see new matrices.
+        with torch.no_grad():
+            for _, conv in trp.layers:
+                conv.weight.add_(0.01 * torch.randn_like(conv.weight))
+    assert trp.step == 4
+
+
+def test_period_and_cost_of_the_hooks(project_calls):
+    model = small_resnet("cpu")
+    trp = TRPRegularizer(model, "channel", nuclear_weight=0.0, period=4)
+    for step in range(9):
+        trp.before_forward()
+        trp.after_backward()
+    assert len(project_calls) == 3 * 5                # steps 0, 4 and 8; five shapes each
+    project_calls.clear()
+    plus_nu = TRPRegularizer(model, "channel", nuclear_weight=1e-3, period=4)
+    for _, conv in plus_nu.layers:
+        conv.weight.grad = torch.zeros_like(conv.weight)
+    for step in range(4):
+        plus_nu.before_forward()
+        plus_nu.after_backward()
+    assert len(project_calls) == 4 * 5                # one SVD per step, projection or not
+
+
+def test_training_steps_keep_the_weights_low_rank():
+    torch.manual_seed(0)
+    model = small_resnet("cpu")
+    trp = TRPRegularizer(model, "channel", energy=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    for _ in range(3):
+        trp.before_forward()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        trp.after_backward()
+        optimizer.step()
+    trp.before_forward()
+    for name, M in matrices(trp).items():
+        s = torch.linalg.svdvals(M.double())
+        assert int((s > 1e-5 * s[0]).sum()) == trp.ranks()[name]
+
+
+def test_decompose_after_projection_is_exact_and_only_touches_its_layers():
+    model = small_resnet("cpu").eval()
+    trp = TRPRegularizer(model, "spatial", energy=0.7, skip=("conv1", "layer3.2.conv2"))
+    trp.project()
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        dense_out = model(x)
+    report = trp.decompose(threshold=1e-4, example_input=x[:1])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), dense_out, rtol=1e-3, atol=1e-4)
+    assert [l.name for l in report.layers] == [name for name, _ in trp.layers]
+    assert [l.rank for l in report.layers] == list(trp.ranks().values())
+    assert type(model.conv1) is nn.Conv2d and type(model.layer3[2].conv2) is nn.Conv2d
+    assert isinstance(model.layer1[0].conv1, LowRankConv2d)
+    assert report.flops_speedup > 1
+
+
+def test_half_precision_weights_are_projected_in_float32():
+    model = small_resnet("cpu").to(torch.bfloat16)
+    trp = TRPRegularizer(model, "channel", energy=0.5)
+    reference_ranks = {name: int(reference(M.float(), 0.5).rank)
+                       for name, M in matrices(trp).items()}
+    trp.project()
+    assert trp.ranks() == reference_ranks
+    assert all(conv.weight.dtype == torch.bfloat16 for _, conv in trp.layers)
+
+
+def test_state_dict_round_trip():
+    model = small_resnet("cpu")
+    trp = TRPRegularizer(model, period=2)
+    for _ in range(3):
+        trp.after_backward()
+    other = TRPRegularizer(model, period=2)
+    other.load_state_dict(trp.state_dict())
+    assert other.step == 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"energy": 0.0}, "energy"), ({"energy": 1.5}, "energy"), ({"energy": "0.9"}, "energy"),
+    ({"nuclear_weight": -1e-4}, "nuclear_weight"),
+    ({"nuclear_weight": float("nan")}, "nuclear_weight"),
+    ({"period": 0}, "period"), ({"period": 1.5}, "period"),
+    ({"scheme": "rows"}, "scheme"), ({"skip": ("nope",)}, "skip"),
+])
+def test_bad_arguments_name_themselves(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TRPRegularizer(small_resnet("cpu"), **kwargs)
+
+
+def test_a_model_without_decomposable_convs_is_rejected():
+    with pytest.raises(ValueError, match="no decomposable conv"):
+        TRPRegularizer(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Flatten()))

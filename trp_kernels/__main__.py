@@ -1,0 +1,5 @@
+"""``python -m trp_kernels train ...``: see trp_kernels.cli."""
+
+from .cli import main
+
+raise SystemExit(main())

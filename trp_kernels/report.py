@@ -1,0 +1,164 @@
+"""What a finished run reports: accuracy, conv MACs and speed-up, parameters, measured latency
+and the rank of every layer; written as report.json, report.md and report.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write, atomic_write_text
+from .factorization import full_rank
+from .flops import conv_costs, count_params
+from .layers import LowRankConv2d
+
+# The keys of report.json that the trainer issue fixes; the rest is context.
+REQUIRED_KEYS = ("method", "scheme", "test_accuracy", "dense_test_accuracy", "flops_speedup",
+                 "params", "dense_params", "latency_ms", "dense_latency_ms", "layers")
+
+
+@torch.inference_mode()
+def measure_latency(model: nn.Module, example_input: torch.Tensor, min_repeats: int = 10,
+                    min_seconds: float = 0.25, warmup: int = 3) -> float:
+    """Median wall time in ms of one eval-mode forward of ``example_input``, over at least
+    ``min_repeats`` runs and ``min_seconds``, after ``warmup`` runs. CUDA is synchronised
+    around every run, so the time is the forward's, not its launch's."""
+    training = model.training
+    model.eval()
+    cuda = example_input.device.type == "cuda"
+    try:
+        for _ in range(warmup):
+            model(example_input)
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
+            if cuda:
+                torch.cuda.synchronize(example_input.device)
+            t = time.perf_counter()
+            model(example_input)
+            if cuda:
+                torch.cuda.synchronize(example_input.device)
+            times.append(time.perf_counter() - t)
+    finally:
+        model.train(training)
+    return 1000.0 * statistics.median(times)
+
+
+def layer_rows(model: nn.Module, dense_model: nn.Module, names, scheme: str,
+               example_input: torch.Tensor) -> list[dict]:
+    """One row per layer in ``names`` (the decomposable convs the method acts on), in forward
+    order: its rank (the full rank while it is dense), full rank, MACs per sample now and
+    dense, and parameters now and dense."""
+    costs = {c.name: c for c in conv_costs(model, example_input)}
+    dense_costs = conv_costs(dense_model, example_input)
+    rows = []
+    for dense in dense_costs:
+        if dense.name not in names:
+            continue
+        layer = model.get_submodule(dense.name)
+        weight_shape = dense_model.get_submodule(dense.name).weight.shape
+        layer_scheme = layer.scheme if isinstance(layer, LowRankConv2d) else scheme
+        k = full_rank(weight_shape, layer_scheme)
+        rows.append({
+            "name": dense.name,
+            "weight_shape": list(weight_shape),
+            "rank": layer.rank if isinstance(layer, LowRankConv2d) else k,
+            "full_rank": k,
+            "macs": costs[dense.name].macs,
+            "dense_macs": dense.macs,
+            "params": costs[dense.name].params,
+            "dense_params": dense.params,
+        })
+    return rows
+
+
+def model_figures(model: nn.Module, dense_model: nn.Module, names, scheme: str,
+                  example_input: torch.Tensor, latency_input: torch.Tensor) -> dict:
+    """The model-dependent part of a report: MACs, speed-up, parameters, latency, layers."""
+    macs = sum(c.macs for c in conv_costs(model, example_input))
+    dense_macs = sum(c.macs for c in conv_costs(dense_model, example_input))
+    return {
+        "flops_speedup": dense_macs / macs,
+        "conv_macs": macs,
+        "dense_conv_macs": dense_macs,
+        "params": count_params(model),
+        "dense_params": count_params(dense_model),
+        "latency_ms": measure_latency(model, latency_input),
+        "dense_latency_ms": measure_latency(dense_model, latency_input),
+        "latency_batch": latency_input.shape[0],
+        "layers": layer_rows(model, dense_model, names, scheme, example_input),
+    }
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def markdown(report: dict) -> str:
+    config = report.get("config", {})
+    lines = [
+        f"# {report['method']} / {report['scheme']} on {config.get('dataset', '?')} "
+        f"({config.get('model', '?')})",
+        "",
+        "| | compressed | dense |",
+        "|---|---|---|",
+        f"| test accuracy | {_percent(report['test_accuracy'])} "
+        f"| {_percent(report['dense_test_accuracy'])} |",
+        f"| conv MMACs per image | {report['conv_macs'] / 1e6:.3f} "
+        f"| {report['dense_conv_macs'] / 1e6:.3f} |",
+        f"| parameters | {report['params']:,} | {report['dense_params']:,} |",
+        f"| latency, batch {report['latency_batch']} on {report['device']} (ms) "
+        f"| {report['latency_ms']:.2f} | {report['dense_latency_ms']:.2f} |",
+        "",
+        f"Conv FLOP speed-up: **{report['flops_speedup']:.2f}x**.",
+        "",
+        "| layer | weight | rank / full | MMACs (dense) | params (dense) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in report["layers"]:
+        shape = "x".join(map(str, row["weight_shape"]))
+        lines.append(f"| {row['name']} | {shape} | {row['rank']} / {row['full_rank']} "
+                     f"| {row['macs'] / 1e6:.3f} ({row['dense_macs'] / 1e6:.3f}) "
+                     f"| {row['params']:,} ({row['dense_params']:,}) |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: str) -> None:
+    """Per-layer rank against full rank, and per-layer MACs against the dense layer's."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["layers"]
+    x = range(len(rows))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(rows) + 2), 6),
+                                      sharex=True)
+    top.bar(x, [r["full_rank"] for r in rows], color="#d0d7e1", label="full rank")
+    top.bar(x, [r["rank"] for r in rows], color="#2b6cb0", label="rank")
+    top.set_ylabel("rank")
+    top.legend(loc="upper left")
+    bottom.bar(x, [r["dense_macs"] / 1e6 for r in rows], color="#d0d7e1", label="dense")
+    bottom.bar(x, [r["macs"] / 1e6 for r in rows], color="#c05621", label=report["method"])
+    bottom.set_ylabel("MMACs per image")
+    bottom.legend(loc="upper left")
+    bottom.set_xticks(list(x), [r["name"] for r in rows], rotation=90, fontsize=7)
+    top.set_title(f"{report['method']} / {report['scheme']}: "
+                  f"{_percent(report['test_accuracy'])} test accuracy, "
+                  f"{report['flops_speedup']:.2f}x conv FLOP speed-up")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: str) -> None:
+    """report.json, report.md and report.png in ``out_dir`` (each written atomically)."""
+    missing = [k for k in REQUIRED_KEYS if k not in report]
+    if missing:
+        raise ValueError(f"report lacks {missing}")
+    atomic_write_text(json.dumps(report, indent=2) + "\n", os.path.join(out_dir, "report.json"))
+    atomic_write_text(markdown(report), os.path.join(out_dir, "report.md"))
+    plot(report, os.path.join(out_dir, "report.png"))
