@@ -8,7 +8,8 @@ from torch import nn
 
 from trp_kernels.factorization import factors_from_svd, full_weight, weight_to_matrix
 from trp_kernels.layers import LowRankConv2d
-from trp_kernels.lowrank_train import factor_matrices, make_lowrank, orthogonality_penalty
+from trp_kernels.factorization import factor_matrices
+from trp_kernels.lowrank_train import make_lowrank, orthogonality_penalty
 from trp_kernels.models import resnet20
 from trp_kernels.svd import reference_lowrank_project
 
@@ -45,7 +46,7 @@ def test_spectral_init_is_the_truncated_fresh_weight(scheme):
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_factor_matrices_multiply_to_the_weight_matrix(device, scheme):
     layer = LowRankConv2d(6, 10, (3, 2), rank=4, scheme=scheme, device=device)
-    left, right = factor_matrices(layer)
+    left, right = factor_matrices(layer.weight1, layer.weight2, layer.scheme)
     M = weight_to_matrix(full_weight(layer.weight1, layer.weight2, scheme), scheme)
     torch.testing.assert_close(left @ right.T, M)
     assert left.shape[1] == right.shape[1] == 4
@@ -56,7 +57,7 @@ def test_factor_matrices_multiply_to_the_weight_matrix(device, scheme):
 def test_orthogonality_penalty(device, scheme):
     layer = LowRankConv2d(6, 10, 3, rank=4, scheme=scheme, device=device, dtype=torch.float64)
     model = nn.Sequential(nn.Conv2d(3, 6, 1), layer)
-    left, right = factor_matrices(layer)
+    left, right = factor_matrices(layer.weight1, layer.weight2, layer.scheme)
     eye = torch.eye(4, dtype=torch.float64, device=device)
     expected = ((left.T @ left - eye) ** 2).sum() + ((right.T @ right - eye) ** 2).sum()
     torch.testing.assert_close(orthogonality_penalty(model), expected)

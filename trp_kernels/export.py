@@ -60,7 +60,8 @@ def restore_lowrank_layers(model: nn.Module, layers: dict[str, str]) -> nn.Modul
                                   f"low-rank; is it the same architecture?") from None
         if isinstance(conv, LowRankConv2d):
             continue
-        model.set_submodule(name, LowRankConv2d.from_conv(conv, scheme=scheme, rank=1))
+        # rank 0 here; loading the state dict resizes the layer to the saved rank
+        model.set_submodule(name, LowRankConv2d.empty_from_conv(conv, 0, scheme))
     return model
 
 

@@ -31,6 +31,8 @@ def factor_shapes(weight_shape, rank: int, scheme: str):
 
 
 def weight_to_matrix(W: torch.Tensor, scheme: str) -> torch.Tensor:
+    """The scheme's matrix of W. In the channel scheme (and for a contiguous W) it is a view:
+    an in-place change of one shows in the other."""
     *batch, N, C, kh, kw = W.shape
     if scheme == "channel":
         return W.reshape(*batch, N, C * kh * kw)
@@ -59,6 +61,18 @@ def factors_from_svd(U, S, V, rank: int, weight_shape, scheme: str):
     weight1 = left.reshape(C, kh, rank).permute(2, 0, 1)[..., None].contiguous()
     weight2 = right.reshape(rank, N, kw).permute(1, 0, 2)[:, :, None, :].contiguous()
     return weight1, weight2
+
+
+def factor_matrices(weight1: torch.Tensor, weight2: torch.Tensor, scheme: str):
+    """(L [m, r], R [n, r]) with L @ R.T the scheme's matrix of the weight the pair represents:
+    L = U_r sqrt(S_r) and R = V_r sqrt(S_r) for a pair made by ``factors_from_svd``.
+    Differentiable views of the factors."""
+    r = weight1.shape[0]
+    if scheme == "channel":
+        return weight2.reshape(-1, r), weight1.reshape(r, -1).T
+    left = weight1[..., 0].permute(1, 2, 0).reshape(-1, r)
+    right = weight2[:, :, 0, :].permute(1, 0, 2).reshape(r, -1).T
+    return left, right
 
 
 def full_weight(weight1: torch.Tensor, weight2: torch.Tensor, scheme: str) -> torch.Tensor:

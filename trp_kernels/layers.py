@@ -95,12 +95,9 @@ class LowRankConv2d(nn.Module):
         self.weight2[:, :r].copy_(weight2)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, scheme="channel", energy=None, threshold=None,
-                  rank=None) -> "LowRankConv2d":
-        """Decomposes a trained nn.Conv2d (groups 1, zero padding) into a LowRankConv2d.
-
-        The rank is chosen by the rule of ``truncated_svd`` (energy, threshold, rank as an upper
-        bound); with none given the decomposition is exact (full rank)."""
+    def empty_from_conv(cls, conv: nn.Conv2d, rank: int, scheme="channel") -> "LowRankConv2d":
+        """An uninitialised LowRankConv2d of rank ``rank`` with ``conv``'s geometry, bias, device
+        and dtype (no SVD): a layer to load factors into."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
         if conv.groups != 1:
@@ -109,22 +106,32 @@ class LowRankConv2d(nn.Module):
             raise ValueError(
                 f"conv must use padding_mode='zeros' to be decomposed, got '{conv.padding_mode}'"
             )
-        padding = _explicit_padding(conv)
-        weight1, weight2 = factorization.decompose_weight(
-            conv.weight, scheme, energy=energy, threshold=threshold, rank=rank
-        )
         layer = torch.nn.utils.skip_init(
-            cls, conv.in_channels, conv.out_channels, conv.kernel_size, weight1.shape[0],
-            stride=conv.stride, padding=padding, dilation=conv.dilation,
+            cls, conv.in_channels, conv.out_channels, conv.kernel_size, rank,
+            stride=conv.stride, padding=_explicit_padding(conv), dilation=conv.dilation,
             bias=conv.bias is not None, scheme=scheme, device=conv.weight.device,
             dtype=conv.weight.dtype,
         )
+        layer.train(conv.training)
+        return layer
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, scheme="channel", energy=None, threshold=None,
+                  rank=None) -> "LowRankConv2d":
+        """Decomposes a trained nn.Conv2d (groups 1, zero padding) into a LowRankConv2d.
+
+        The rank is chosen by the rule of ``truncated_svd`` (energy, threshold, rank as an upper
+        bound); with none given the decomposition is exact (full rank)."""
+        layer = cls.empty_from_conv(conv, 0, scheme)   # checks conv before the SVD runs
+        weight1, weight2 = factorization.decompose_weight(
+            conv.weight, scheme, energy=energy, threshold=threshold, rank=rank
+        )
+        layer.resize_rank(weight1.shape[0])
         with torch.no_grad():
             layer.weight1.copy_(weight1)
             layer.weight2.copy_(weight2)
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias)
-        layer.train(conv.training)
         return layer
 
     # -- use -----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .decompose import DecompositionReport, decompose_model
+from .factorization import factor_matrices
 from .layers import LowRankConv2d
 from .models import never_decomposed
 
@@ -42,20 +43,6 @@ def make_lowrank(model: nn.Module, scheme: str = "channel", rank: int | float = 
     return decompose_model(model, scheme, rank=rank, skip=skip, example_input=example_input)
 
 
-def factor_matrices(layer: LowRankConv2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L [m, r], R [n, r]) with L @ R.T the layer's weight matrix in its scheme's view
-    (DESIGN.md section 1); differentiable views of the factors."""
-    r = layer.rank
-    if layer.scheme == "channel":
-        # weight1 = (sqrt(S) V^T).reshape(r, C, kh, kw), weight2 = (U sqrt(S)).reshape(N, r, 1, 1)
-        return layer.weight2.reshape(-1, r), layer.weight1.reshape(r, -1).T
-    # weight1 = (U sqrt(S)).reshape(C, kh, r).permute(2, 0, 1)[..., None]
-    # weight2 = (sqrt(S) V^T).reshape(r, N, kw).permute(1, 0, 2)[:, :, None, :]
-    left = layer.weight1[..., 0].permute(1, 2, 0).reshape(-1, r)
-    right = layer.weight2[:, :, 0, :].permute(1, 0, 2).reshape(r, -1).T
-    return left, right
-
-
 def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
     """Sum over the LowRankConv2d layers of ``model`` of ||L^T L - I||_F^2 + ||R^T R - I||_F^2
     (differentiable; a zero tensor when there is none)."""
@@ -64,7 +51,7 @@ def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
         if not isinstance(layer, LowRankConv2d) or layer.rank == 0:
             continue
         eye = torch.eye(layer.rank, device=layer.weight1.device, dtype=layer.weight1.dtype)
-        for factor in factor_matrices(layer):
+        for factor in factor_matrices(layer.weight1, layer.weight2, layer.scheme):
             term = (factor.T @ factor - eye).square().sum()
             total = term if total is None else total + term
     if total is None:
