@@ -9,7 +9,9 @@ FLOPs, fewest bytes and H100 roofline time in extra_info, which bench/report_con
 CUDA: batch 1 and 128, float32 / bfloat16 / float16, NCHW and channels_last, forward and
 forward + backward (torch defaults: cuDNN may use tf32 for float32, and so does the fused kernel).
 CPU, which has no fused kernel: two_convs and dense on the ResNet-20 shapes, float32, NCHW,
-forward, batch 8 under TRP_BENCH_QUICK=1 (CI), else 128.
+forward, batch 8 under TRP_BENCH_QUICK=1 (CI), else 128, next to `torch_two_convs` (the same two
+F.conv2d calls made from Python: the op's own overhead) and `dense_model` (F.conv2d with the
+dense weight: the layer before decomposition).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 
 import trp_kernels as tk
 from trp_kernels import conv_select, factorization
+from trp_kernels.conv import reference_lowrank_conv2d
 
 from conftest import QUICK, devices
 from conv_cases import NETWORKS, Layer, layers, network_layers, roofline
@@ -84,8 +87,9 @@ def stack_cases():
 
 
 def impls(device, stack=False):
-    lowrank = LOWRANK_IMPLS if device == "cuda" else ("two_convs", "dense")
-    return (("dense_model",) if stack else ()) + lowrank
+    if device == "cuda":
+        return (("dense_model",) if stack else ()) + LOWRANK_IMPLS
+    return ("two_convs", "dense", "torch_two_convs", "dense_model")
 
 
 LAYER_PARAMS = [(case, impl) for case in layer_cases() for impl in impls(case.device)]
@@ -126,10 +130,14 @@ def layer_inputs(layer: Layer, scheme, batch, dtype, channels_last, device, seed
                          ids=[f"{c.name}-{i}-{c.device}" for c, i in LAYER_PARAMS])
 def test_lowrank_conv2d(bench, benchmark, case: LayerCase, impl):
     layer = case.layer
-    x, w1, w2, bias, _ = cached(case, lambda: layer_inputs(
+    x, w1, w2, bias, dense = cached(case, lambda: layer_inputs(
         layer, case.scheme, case.batch, case.dtype, case.channels_last, case.device))
     args = (layer.stride, layer.padding, 1, case.scheme)
-    if case.backward:
+    if impl == "torch_two_convs":
+        fn = lambda: reference_lowrank_conv2d(x, w1, w2, bias, *args)  # noqa: E731
+    elif impl == "dense_model":
+        fn = lambda: F.conv2d(x, dense, bias, layer.stride, layer.padding)  # noqa: E731
+    elif case.backward:
         inputs = [t.detach().requires_grad_() for t in (x, w1, w2, bias)]
         grad_y = torch.randn_like(tk.lowrank_conv2d(*[t.detach() for t in inputs], *args))
         fn = lambda: torch.autograd.grad(tk.lowrank_conv2d(*inputs, *args), inputs, grad_y)  # noqa: E731
@@ -139,8 +147,9 @@ def test_lowrank_conv2d(bench, benchmark, case: LayerCase, impl):
         case=case.name, layer=layer.name, scheme=case.scheme, batch=case.batch,
         dtype=DTYPE_NAMES[case.dtype], channels_last=case.channels_last,
         backward=case.backward, rank=layer.rank(case.scheme),
-        **roofline(layer, case.scheme, case.batch, DTYPE_NAMES[case.dtype], case.backward, impl))
-    with conv_select.forced(impl):
+        **roofline(layer, case.scheme, case.batch, DTYPE_NAMES[case.dtype], case.backward,
+                   "dense" if impl == "dense_model" else impl))
+    with conv_select.forced(impl if impl in LOWRANK_IMPLS else None):
         bench(case.name, fn, case.device)
 
 
