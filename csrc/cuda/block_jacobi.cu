@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(kThreads)
     block_jacobi_solve_kernel(const BlockJacobiArgs args, int sweep, int round) {
   extern __shared__ __align__(16) unsigned char smem[];
   using TileT = Tile<kTile>;
-  JacobiShared s;
+  JacobiShared<double> s;
   s.g = reinterpret_cast<double*>(smem);
   s.vt = s.g + TileT::kElems;
   s.ld = TileT::kLd;
@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(kThreads)
 template <int kTile>
 cudaError_t run_block_jacobi(const BlockJacobiArgs& args, cudaStream_t stream) {
   using TileT = Tile<kTile>;
-  const int64_t solve_bytes = 2 * TileT::kElems * sizeof(double) + JacobiShared::scratch_bytes(kTile);
+  const int64_t solve_bytes = 2 * TileT::kElems * sizeof(double) + JacobiShared<double>::scratch_bytes(kTile);
   const int64_t apply_bytes = 3 * TileT::kElems * sizeof(double);
   TRP_CUDA_TRY(cudaFuncSetAttribute(block_jacobi_solve_kernel<kTile>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,

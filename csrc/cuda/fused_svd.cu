@@ -41,15 +41,16 @@ struct Oriented {
 };
 
 // Shared-memory layout of one block, computed the same way on the host (for the launch size)
-// and on the device (to place the arrays).
+// and on the device (to place the arrays). V: the eigenvector element type.
+template <typename V>
 struct FusedShared {
   int order_n;      // k rounded up to even (a zero row and column pad odd k)
   int ld;           // row stride of g / vt / vt2
   int stage_rows;   // order_n rounded up to the Gram tile (4)
   int stage_ld;     // odd, so that strided stores spread over the banks
   double* g;
-  double* vt;
-  double* vt2;      // float64 only: the refinement pass's eigenvectors
+  V* vt;
+  V* vt2;           // float64 only: the refinement pass's eigenvectors
   double* stage;    // kChunk x stage_ld staged long-side columns; also scratch of k doubles
   double* lambda;   // eigenvalues in eigenvector order
   double* sigma;    // singular values, descending (scaled domain)
@@ -75,22 +76,23 @@ struct FusedShared {
     };
     const int64_t square = static_cast<int64_t>(order_n) * ld;
     g = reinterpret_cast<double*>(take(square, 8));
-    vt = reinterpret_cast<double*>(take(square, 8));
-    vt2 = reinterpret_cast<double*>(take(refine ? square : 0, 8));
+    vt = reinterpret_cast<V*>(take(square, sizeof(V)));
+    vt2 = reinterpret_cast<V*>(take(refine ? square : 0, sizeof(V)));
     stage = reinterpret_cast<double*>(take(static_cast<int64_t>(kChunk) * stage_ld, 8));
     lambda = reinterpret_cast<double*>(take(order_n, 8));
     sigma = reinterpret_cast<double*>(take(order_n, 8));
     column_scale = reinterpret_cast<double*>(take(order_n, 8));
     reduce_v = reinterpret_cast<double*>(take(kWarps, 8));
-    jacobi_scratch = reinterpret_cast<unsigned char*>(take(JacobiShared::scratch_bytes(order_n), 1));
+    jacobi_scratch =
+        reinterpret_cast<unsigned char*>(take(JacobiShared<V>::scratch_bytes(order_n), 1));
     order = reinterpret_cast<int32_t*>(take(order_n, 4));
     rank = reinterpret_cast<int64_t*>(take(1, 8));
     reduce_i = reinterpret_cast<int64_t*>(take(kWarps, 8));
     bytes = static_cast<int64_t>(at - base);
   }
 
-  __device__ JacobiShared jacobi(double* matrix, double* vectors) const {
-    JacobiShared s;
+  __device__ JacobiShared<V> jacobi(double* matrix, V* vectors) const {
+    JacobiShared<V> s;
     s.g = matrix;
     s.vt = vectors;
     s.ld = ld;
@@ -102,9 +104,9 @@ struct FusedShared {
 
 // Stages columns l0 .. l0+kChunk-1 of the orientation: stage[lc * stage_ld + i], zero past k
 // and L. Threads run along whichever index is contiguous in memory.
-template <typename Src>
+template <typename Src, typename Shared>
 __device__ void stage_columns(const Src& src, int k, int64_t L, int64_t l0,
-                              const FusedShared& sh) {
+                              const Shared& sh) {
   __syncthreads();  // the previous chunk has been used
   const int items = kChunk * sh.stage_rows;
   for (int u = threadIdx.x; u < items; u += kThreads) {
@@ -123,8 +125,8 @@ __device__ void stage_columns(const Src& src, int k, int64_t L, int64_t l0,
 }
 
 // g (upper triangle, order_n x order_n, zero padding) = src src^T.
-template <typename Src>
-__device__ void gram_upper(const Src& src, int k, int64_t L, double* g, const FusedShared& sh) {
+template <typename Src, typename Shared>
+__device__ void gram_upper(const Src& src, int k, int64_t L, double* g, const Shared& sh) {
   const int tiles = sh.stage_rows / 4;
   const int ti = threadIdx.x / 16, tj = threadIdx.x % 16;
   const bool mine = ti < tiles && tj < tiles && ti <= tj;
@@ -161,26 +163,27 @@ __device__ void gram_upper(const Src& src, int k, int64_t L, double* g, const Fu
   __syncthreads();
 }
 
-__device__ void set_identity(double* vt, const FusedShared& sh) {
+template <typename V, typename Shared>
+__device__ void set_identity(V* vt, const Shared& sh) {
   for (int u = threadIdx.x; u < sh.order_n * sh.order_n; u += kThreads) {
     const int c = u / sh.order_n, i = u - c * sh.order_n;
-    vt[c * sh.ld + i] = c == i ? 1.0 : 0.0;
+    vt[c * sh.ld + i] = static_cast<V>(c == i ? 1 : 0);
   }
 }
 
 // out[l * out_ld + j] = column_scale[j] * sum_i src(i, l) vecs[order[j]][i] for l < L, j < k
 // (order null: the identity; column_scale null: 1). vecs holds vectors as rows (stride ld).
-template <typename Src, typename Out>
-__device__ void multiply_long_side(const Src& src, int k, int64_t L, const double* vecs,
+template <typename Src, typename V, typename Out, typename Shared>
+__device__ void multiply_long_side(const Src& src, int k, int64_t L, const V* vecs,
                                    const int32_t* order, const double* column_scale, Out* out,
-                                   int64_t out_ld, const FusedShared& sh) {
+                                   int64_t out_ld, const Shared& sh) {
   const int col_groups = (k + 3) / 4;
   const int groups = col_groups * (kChunk / 2);  // 4 columns x 2 rows per thread
   for (int64_t l0 = 0; l0 < L; l0 += kChunk) {
     stage_columns(src, k, L, l0, sh);
     for (int t = threadIdx.x; t < groups; t += kThreads) {
       const int jg = t % col_groups, lg = t / col_groups;
-      const double* vec[4];
+      const V* vec[4];
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         const int j = 4 * jg + q < k ? 4 * jg + q : k - 1;
@@ -193,7 +196,7 @@ __device__ void multiply_long_side(const Src& src, int k, int64_t L, const doubl
         const double a0 = s0[i], a1 = s1[i];
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const double v = vec[q][i];
+          const double v = static_cast<double>(vec[q][i]);
           acc[0][q] += a0 * v;
           acc[1][q] += a1 * v;
         }
@@ -218,11 +221,11 @@ __device__ void multiply_long_side(const Src& src, int k, int64_t L, const doubl
 
 // low(i, l) = sum_{j<r} short[i][j] s_j long[l][j] and subgrad(i, l) = sum_{j<r} short[i][j]
 // long[l][j] at the position of A(i, l) in W, with short[i][j] = vecs[order[j]][i].
-template <typename T, typename F>
-__device__ void compose_products(const Oriented<T>& a, int k, int64_t L, const double* vecs,
+template <typename T, typename V, typename F, typename Shared>
+__device__ void compose_products(const Oriented<T>& a, int k, int64_t L, const V* vecs,
                                  const int32_t* order, const double* sigma, int exponent, int r,
                                  const F* long_factor, T* low, T* subgrad,
-                                 const FusedShared& sh) {
+                                 const Shared& sh) {
   const Oriented<F> factor{long_factor, 1, k, 1.0};  // entry (j, l) = long[l][j]
   const int row_groups = (k + 3) / 4;
   const int groups = row_groups * (kChunk / 2);  // 4 rows i x 2 columns l per thread
@@ -234,12 +237,12 @@ __device__ void compose_products(const Oriented<T>& a, int k, int64_t L, const d
       const double* s1 = s0 + sh.stage_ld;
       double acc_low[2][4] = {}, acc_sub[2][4] = {};
       for (int j = 0; j < r; ++j) {
-        const double* vec = vecs + order[j] * sh.ld + 4 * ig;
+        const V* vec = vecs + order[j] * sh.ld + 4 * ig;
         const double sj = ldexp(sigma[j], exponent);
         const double b0 = s0[j], b1 = s1[j];
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const double u = 4 * ig + q < k ? vec[q] : 0.0;
+          const double u = 4 * ig + q < k ? static_cast<double>(vec[q]) : 0.0;
           acc_sub[0][q] += u * b0;
           acc_sub[1][q] += u * b1;
           acc_low[0][q] += u * sj * b0;
@@ -289,13 +292,15 @@ template <typename T, typename F>
 __global__ void __launch_bounds__(kThreads, 1)
     fused_svd_kernel(const FusedSvdArgs<T, F> args) {
   constexpr bool kRefine = std::is_same_v<T, double>;
+  // float32 inputs keep their eigenvectors in float32 (float32 outputs cannot tell; see docs).
+  using V = std::conditional_t<kRefine, double, float>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t b = blockIdx.x;
   const int64_t m = args.m, n = args.n;
   const bool wide = m <= n;
   const int k = static_cast<int>(wide ? m : n);
   const int64_t L = wide ? n : m;
-  const FusedShared sh(reinterpret_cast<uintptr_t>(smem), k, kRefine);
+  const FusedShared<V> sh(reinterpret_cast<uintptr_t>(smem), k, kRefine);
   const T* w = args.w + b * m * n;
 
   // 1. Power-of-two scale and finiteness (trp/svd_scaling.cuh).
@@ -327,7 +332,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // 3. The rest, from the source of the long side, the eigenvectors that multiply it and the
   // short-side vectors (rows of shared arrays), once the eigenvalues are in sh.lambda.
-  auto finish = [&](const auto& long_src, const double* long_vecs, const double* short_vecs) {
+  auto finish = [&](const auto& long_src, const V* long_vecs, const V* short_vecs) {
     const int64_t r = order_spectrum(sh.lambda, 1, k, L, !kRefine, false, args.rule, exponent,
                                      sh.order, sh.sigma, sh.rank);
     int positive = 0;  // the kept singular values before the first zero
@@ -338,7 +343,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     for (int e = threadIdx.x; e < k * k; e += kThreads) {
       const int i = e / k, j = e - i * k;
-      short_out[e] = static_cast<F>(j < r ? short_vecs[sh.order[j] * sh.ld + i] : 0.0);
+      short_out[e] = static_cast<F>(j < r ? static_cast<double>(short_vecs[sh.order[j] * sh.ld + i]) : 0.0);
     }
     if (threadIdx.x == 0) args.rank[b] = r;
     __syncthreads();  // column_scale
@@ -386,7 +391,9 @@ template <typename T, typename F>
 cudaError_t launch_fused_svd(const FusedSvdArgs<T, F>& args, cudaStream_t stream) {
   if (args.batch == 0) return cudaSuccess;
   const int k = static_cast<int>(args.m < args.n ? args.m : args.n);
-  const int64_t bytes = FusedShared(0, k, std::is_same_v<T, double>).bytes;
+  constexpr bool kRefine = std::is_same_v<T, double>;
+  using V = std::conditional_t<kRefine, double, float>;
+  const int64_t bytes = FusedShared<V>(0, k, kRefine).bytes;
   auto kernel = fused_svd_kernel<T, F>;
   TRP_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(bytes)));
