@@ -9,6 +9,8 @@
 
 #include <c10/util/accumulate.h>
 
+#include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "trp/cuda_launch.h"
