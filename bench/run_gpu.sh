@@ -2,7 +2,8 @@
 # One GPU session in one device call: build for Hopper, run the whole test suite (its CUDA
 # parametrisations included), compute-sanitizer on every tools/sanitize_*.py, and the
 # benchmarks. Everything lands in $OUT (at most 8 files come back):
-#   summary.log, build.log, tests.log, sanitizer.log, bench.log, <device>-<yyyymmdd>.json
+#   summary.log, build.log, resources.log, tests.log, sanitizer.log, bench.log,
+#   <device>-<yyyymmdd>.json
 # Commit the JSON to bench/results/ unedited.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +25,18 @@ p = torch.cuda.get_device_properties(0)
 print(f"device {p.name}, {p.multi_processor_count} SMs, torch {torch.__version__}, cuda {torch.version.cuda}")
 PY
 
+say "kernel resources (registers, shared and local memory of every kernel as built)"
+so=$(ls trp_kernels/_C*.so 2>/dev/null | head -1)
+if ! cuobjdump --dump-resource-usage "$so" >"$OUT/resources.log" 2>&1; then
+  echo "cuobjdump failed on '$so'" | tee -a "$OUT/summary.log"
+fi
+grep -c "Function" "$OUT/resources.log" | sed 's/^/kernels: /' | tee -a "$OUT/summary.log"
+
+# All tests, not stopping at the first failure: one session has to show every failure.
 say "tests"
-$PY -m pytest tests -q -x -p no:cacheprovider >"$OUT/tests.log" 2>&1 || status=1
-tail -3 "$OUT/tests.log" | tee -a "$OUT/summary.log"
+$PY -m pytest tests -q -rfE -p no:cacheprovider --durations=10 >"$OUT/tests.log" 2>&1 || status=1
+grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20 | tee -a "$OUT/summary.log"
+tail -1 "$OUT/tests.log" | tee -a "$OUT/summary.log"
 
 say "compute-sanitizer"
 : >"$OUT/sanitizer.log"
