@@ -4,8 +4,9 @@
 // one kernel launch (the ResNet-20/56 channel layers and the smallest spatial ones live here).
 //
 // float32 inputs: one pass, as the CPU kernel: G = A A^T in float64 from the exact float32
-// values, eigenvalues accurate to ~(L + k) eps64 lambda_1, noise floor flushed to zero.
-// float64 inputs: a second pass makes the small singular values accurate (docs/cuda_svd.md):
+// values, eigenvalues accurate to ~(L + k) eps64 lambda_1, noise floor flushed to zero; the
+// eigenvectors are kept in float32 (float32 outputs cannot tell, and they are the larger part
+// of a Jacobi round's shared-memory traffic). float64 inputs: a second pass makes the small singular values accurate (docs/cuda_svd.md):
 // with Q1 from the first pass, Y = A^T Q1 has nearly orthogonal columns, and the Jacobi
 // eigensolver of Y^T Y computed from Y (not from G) resolves each singular value to high
 // relative accuracy, as a one-sided Jacobi SVD of Y would. U = Q1 Q2, V = Y Q2 / s.
