@@ -1,66 +1,176 @@
-"""Low-rank convolution on the ResNet-20 layer shapes: the trp op against two plain convs and
-the dense conv it replaces.
+"""Low-rank convolution (issue 5) on ResNet-20 and ResNet-18 3x3 layer shapes at TRP-like ranks
+(conv_cases.py), and on the decomposable conv stack of both networks against its dense original.
 
-impl: `trp` (tk.lowrank_conv2d), `two_convs` (two F.conv2d calls from Python), `dense`
-(F.conv2d with the reconstructed full weight, reconstruction not timed). Ranks are a fixed
-fraction of each layer's full rank (TRP at energy 0.9 keeps about this much on CIFAR).
+impl: `fused`, `two_convs`, `dense` -- tk.lowrank_conv2d with TRP_CONV_IMPL forcing that
+implementation; `auto` -- its measured choice, what LowRankConv2d runs; `dense_model` (stacks
+only) -- F.conv2d with the dense weights the factors stand for. Every benchmark records its case,
+FLOPs, fewest bytes and H100 roofline time in extra_info, which bench/report_conv.py reads.
+
+CUDA: batch 1 and 128, float32 / bfloat16 / float16, NCHW and channels_last, forward and
+forward + backward (torch defaults: cuDNN may use tf32 for float32, and so does the fused kernel).
+CPU, which has no fused kernel: two_convs and dense on the ResNet-20 shapes, float32, NCHW,
+forward, batch 8 under TRP_BENCH_QUICK=1 (CI), else 128.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import trp_kernels as tk
-from trp_kernels import factorization
-from trp_kernels.conv import reference_lowrank_conv2d
+from trp_kernels import conv_select, factorization
 
 from conftest import QUICK, devices
-from layer_sets import load
+from conv_cases import NETWORKS, Layer, layers, network_layers, roofline
 
-RANK_FRACTION = 0.5
-
-
-def resnet20_shapes():
-    seen = {}
-    for layer in load()["resnet20"]:
-        key = (layer["in_channels"], layer["out_channels"], tuple(layer["stride"]),
-               tuple(layer["input_hw"]))
-        seen.setdefault(key, layer)
-    return list(seen.values())
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
+LOWRANK_IMPLS = ("fused", "two_convs", "dense", "auto")
 
 
-def case_name(layer, scheme, batch):
-    s = layer["stride"][0]
-    return (f"r20-{layer['in_channels']}to{layer['out_channels']}-s{s}-"
-            f"{layer['input_hw'][0]}px-{scheme}-b{batch}")
+@dataclass(frozen=True)
+class LayerCase:
+    layer: Layer
+    scheme: str
+    batch: int
+    dtype: str
+    channels_last: bool
+    backward: bool
+    device: str
+
+    @property
+    def name(self) -> str:
+        layout = "cl" if self.channels_last else "nchw"
+        direction = "fwdbwd" if self.backward else "fwd"
+        return f"{self.layer.name}-{self.scheme}-b{self.batch}-{self.dtype}-{layout}-{direction}"
 
 
-CASES = [(layer, scheme) for layer in resnet20_shapes() for scheme in ("channel", "spatial")]
-BATCH = 8 if QUICK else 128
+@dataclass(frozen=True)
+class StackCase:
+    network: str
+    scheme: str
+    batch: int
+    dtype: str
+    channels_last: bool
+    device: str
+
+    @property
+    def name(self) -> str:
+        layout = "cl" if self.channels_last else "nchw"
+        return f"{NETWORKS[self.network]}-stack-{self.scheme}-b{self.batch}-{self.dtype}-{layout}"
 
 
-@pytest.mark.parametrize("device", devices)
-@pytest.mark.parametrize("impl", ["trp", "two_convs", "dense"])
-@pytest.mark.parametrize("layer,scheme", CASES, ids=[case_name(l, s, BATCH) for l, s in CASES])
-def test_lowrank_conv2d_forward(bench, layer, scheme, impl, device):
-    g = torch.Generator().manual_seed(0)
-    C, N = layer["in_channels"], layer["out_channels"]
-    weight_shape = (N, C, 3, 3)
-    rank = max(1, int(RANK_FRACTION * factorization.full_rank(weight_shape, scheme)))
-    w1_shape, w2_shape = factorization.factor_shapes(weight_shape, rank, scheme)
-    x = torch.randn(BATCH, C, *layer["input_hw"], generator=g).to(device)
-    w1 = torch.randn(w1_shape, generator=g).to(device)
-    w2 = torch.randn(w2_shape, generator=g).to(device)
-    bias = torch.randn(N, generator=g).to(device)
-    stride, padding = tuple(layer["stride"]), tuple(layer["padding"])
-    if impl == "trp":
-        fn = lambda: tk.lowrank_conv2d(x, w1, w2, bias, stride, padding, 1, scheme)
-    elif impl == "two_convs":
-        fn = lambda: reference_lowrank_conv2d(x, w1, w2, bias, stride, padding, 1, scheme)
+def layer_cases():
+    cases = []
+    for device in devices:
+        if device == "cuda":
+            cases += [LayerCase(layer, scheme, batch, dtype, cl, backward, device)
+                      for layer in layers("resnet20") + layers("resnet18")
+                      for scheme in ("channel", "spatial") for batch in (1, 128)
+                      for dtype in DTYPES for cl in (False, True) for backward in (False, True)]
+        else:
+            cases += [LayerCase(layer, scheme, 8 if QUICK else 128, "f32", False, False, device)
+                      for layer in layers("resnet20") for scheme in ("channel", "spatial")]
+    return cases
+
+
+def stack_cases():
+    return [StackCase(network, scheme, batch, dtype, cl, "cuda")
+            for network in NETWORKS for scheme in ("channel", "spatial") for batch in (1, 128)
+            for dtype in ("f32", "bf16") for cl in (False, True)] if "cuda" in devices else []
+
+
+def impls(device, stack=False):
+    lowrank = LOWRANK_IMPLS if device == "cuda" else ("two_convs", "dense")
+    return (("dense_model",) if stack else ()) + lowrank
+
+
+LAYER_PARAMS = [(case, impl) for case in layer_cases() for impl in impls(case.device)]
+STACK_PARAMS = [(case, impl) for case in stack_cases() for impl in impls(case.device, True)]
+
+_inputs: dict = {}
+
+
+def cached(key, make):
+    """The inputs of the current case, shared by its impls (which run one after another)."""
+    if key not in _inputs:
+        _inputs.clear()
+        _inputs[key] = make()
+    return _inputs[key]
+
+
+def random(shape, device, dtype, generator):
+    return torch.randn(shape, device=device, generator=generator).to(DTYPES[dtype])
+
+
+def layer_inputs(layer: Layer, scheme, batch, dtype, channels_last, device, seed=0):
+    """x, weight1, weight2, bias and the dense weight they stand for; random, never zeros."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    shape1, shape2 = layer.factor_shapes(scheme)
+    x = random((batch, layer.in_channels, layer.size, layer.size), device, dtype, g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w1 = random(shape1, device, dtype, g) * 0.2
+    w2 = random(shape2, device, dtype, g) * 0.2
+    bias = random((layer.out_channels,), device, dtype, g)
+    dense = factorization.full_weight(w1, w2, scheme)
+    if channels_last:
+        dense = dense.contiguous(memory_format=torch.channels_last)
+    return x, w1, w2, bias, dense
+
+
+@pytest.mark.parametrize("case,impl", LAYER_PARAMS,
+                         ids=[f"{c.name}-{i}-{c.device}" for c, i in LAYER_PARAMS])
+def test_lowrank_conv2d(bench, benchmark, case: LayerCase, impl):
+    layer = case.layer
+    x, w1, w2, bias, _ = cached(case, lambda: layer_inputs(
+        layer, case.scheme, case.batch, case.dtype, case.channels_last, case.device))
+    args = (layer.stride, layer.padding, 1, case.scheme)
+    if case.backward:
+        inputs = [t.detach().requires_grad_() for t in (x, w1, w2, bias)]
+        grad_y = torch.randn_like(tk.lowrank_conv2d(*[t.detach() for t in inputs], *args))
+        fn = lambda: torch.autograd.grad(tk.lowrank_conv2d(*inputs, *args), inputs, grad_y)  # noqa: E731
     else:
-        dense = factorization.full_weight(w1, w2, scheme)
-        fn = lambda: F.conv2d(x, dense, bias, stride, padding)
-    with torch.no_grad():
-        bench(case_name(layer, scheme, BATCH), fn, device)
+        fn = lambda: tk.lowrank_conv2d(x, w1, w2, bias, *args)  # noqa: E731
+    benchmark.extra_info.update(
+        case=case.name, layer=layer.name, scheme=case.scheme, batch=case.batch,
+        dtype=DTYPE_NAMES[case.dtype], channels_last=case.channels_last,
+        backward=case.backward, rank=layer.rank(case.scheme),
+        **roofline(layer, case.scheme, case.batch, DTYPE_NAMES[case.dtype], case.backward, impl))
+    with conv_select.forced(impl):
+        bench(case.name, fn, case.device)
+
+
+@pytest.mark.parametrize("case,impl", STACK_PARAMS,
+                         ids=[f"{c.name}-{i}-{c.device}" for c, i in STACK_PARAMS])
+def test_conv_stack(bench, benchmark, case: StackCase, impl):
+    """Every decomposable conv of the network once, each on its own input (the layers between
+    them, identical in both models, are left out): the model-level FLOP speed-up of TRP next to
+    the latency speed-up it buys."""
+    stack = network_layers(case.network)
+    per_layer = cached(case, lambda: [
+        layer_inputs(layer, case.scheme, case.batch, case.dtype, case.channels_last, case.device,
+                     seed=i) for i, layer in enumerate(stack)])
+    if impl == "dense_model":
+        def fn():
+            return [F.conv2d(x, dense, bias, layer.stride, layer.padding)
+                    for layer, (x, _, _, bias, dense) in zip(stack, per_layer)]
+    else:
+        def fn():
+            return [tk.lowrank_conv2d(x, w1, w2, bias, layer.stride, layer.padding, 1, case.scheme)
+                    for layer, (x, w1, w2, bias, _) in zip(stack, per_layer)]
+    dtype = DTYPE_NAMES[case.dtype]
+    dense_rf = [roofline(l, case.scheme, case.batch, dtype, False, "dense") for l in stack]
+    lowrank_rf = [roofline(l, case.scheme, case.batch, dtype, False) for l in stack]
+    benchmark.extra_info.update(
+        case=case.name, network=case.network, scheme=case.scheme, batch=case.batch, dtype=dtype,
+        channels_last=case.channels_last, layers=len(stack),
+        flop_speedup=sum(l.macs(None) for l in stack) / sum(l.macs(case.scheme) for l in stack),
+        flops=sum(r["flops"] for r in (dense_rf if impl == "dense_model" else lowrank_rf)),
+        min_bytes=sum(r["min_bytes"] for r in lowrank_rf),
+        predicted_s=sum(r["predicted_s"] for r in (dense_rf if impl == "dense_model" else lowrank_rf)))
+    with torch.no_grad(), conv_select.forced(None if impl == "dense_model" else impl):
+        bench(case.name, fn, case.device)

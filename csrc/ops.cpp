@@ -25,6 +25,11 @@ TORCH_LIBRARY(trp, m) {
   m.def(
       "lowrank_project(Tensor W, float? energy=None, float? threshold=None, int? max_rank=None)"
       " -> (Tensor W_low, Tensor subgrad, Tensor rank)");
+  // lowrank_project of several groups (one [..., m_i, n_i] tensor per shape) in one call, so a
+  // whole model's layers are projected by a single op.
+  m.def(
+      "lowrank_project_groups(Tensor[] W, float? energy=None, float? threshold=None,"
+      " int? max_rank=None) -> (Tensor[] W_low, Tensor[] subgrad, Tensor[] rank)");
   // Low-rank convolution: conv(x, weight1) followed by conv(., weight2) + bias, with the
   // geometry split of the scheme ("channel" or "spatial").
   m.def(

@@ -63,6 +63,12 @@ def _lowrank_project_fake(W, energy=None, threshold=None, max_rank=None):
     )
 
 
+@torch.library.register_fake("trp::lowrank_project_groups")
+def _lowrank_project_groups_fake(W, energy=None, threshold=None, max_rank=None):
+    outs = [_lowrank_project_fake(group) for group in W]
+    return [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs]
+
+
 @torch.library.register_fake("trp::lowrank_conv2d")
 def _lowrank_conv2d_fake(x, weight1, weight2, bias, stride, padding, dilation, scheme):
     shape = lowrank_conv2d_out_shape(x, weight1, weight2, stride, padding, dilation, scheme)

@@ -38,13 +38,13 @@ def _rule(energy, threshold, max_rank):
     )
 
 
-def _raise_if_nonfinite(rank: torch.Tensor) -> None:
+def _raise_if_nonfinite(rank: torch.Tensor, name: str = "W") -> None:
     # Device ops cannot raise without a host synchronisation, so they mark a matrix holding
     # inf/nan with rank -1 (and NaN factors); the CPU ops raise ValueError themselves.
     bad = (rank.reshape(-1) < 0).nonzero()
     if bad.numel():
         raise ValueError(
-            f"W holds non-finite values (inf or nan) in matrix {int(bad[0])} of the batch"
+            f"{name} holds non-finite values (inf or nan) in matrix {int(bad[0])} of the batch"
         )
 
 
@@ -82,23 +82,47 @@ def lowrank_project(W, energy=None, threshold=None, max_rank=None, *,
     return out
 
 
+def lowrank_project_groups(groups: Sequence[torch.Tensor], energy=None, threshold=None,
+                           max_rank=None, *, check_finite=True):
+    """``lowrank_project`` of several groups (one [..., m_i, n_i] tensor each, one device) in a
+    single op call: the CPU kernel pools the matrices of all groups over its threads. Returns
+    lists (W_low, subgrad, rank), one entry per group."""
+    groups = list(groups)
+    for i, group in enumerate(groups):
+        _checks.tensor(group, f"groups[{i}]")
+    lows, subs, ranks = ops.lowrank_project_groups(groups, *_rule(energy, threshold, max_rank))
+    if check_finite:
+        for i, (group, rank) in enumerate(zip(groups, ranks)):
+            if group.device.type != "cpu":
+                _raise_if_nonfinite(rank, f"groups[{i}]")
+    return lows, subs, ranks
+
+
 def project_matrices(matrices: Sequence[torch.Tensor], energy=None, threshold=None,
                      max_rank=None, *, check_finite=True) -> list[LowRankProjection]:
-    """``lowrank_project`` of a list of matrices of mixed shapes: matrices of one shape, dtype
-    and device are stacked and projected in one call. Results come back in input order."""
+    """``lowrank_project`` of a list of 2-D matrices of mixed shapes: matrices of one shape,
+    dtype and device are stacked into a group, and the groups of each device are projected by
+    one ``lowrank_project_groups`` call. Results come back in input order."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, M in enumerate(matrices):
         _checks.tensor(M, f"matrices[{i}]")
         if M.dim() != 2:
             raise ValueError(f"matrices[{i}] must be 2-D, got shape {tuple(M.shape)}")
         groups[(tuple(M.shape), M.dtype, M.device)].append(i)
+    by_device: dict[torch.device, list[list[int]]] = defaultdict(list)
+    for (_, _, device), indices in groups.items():
+        by_device[device].append(indices)
     results: list[LowRankProjection | None] = [None] * len(matrices)
-    for indices in groups.values():
-        batch = torch.stack([matrices[i] for i in indices])
-        low, sub, rank = lowrank_project(batch, energy, threshold, max_rank,
-                                         check_finite=check_finite)
-        for j, i in enumerate(indices):
-            results[i] = LowRankProjection(low[j], sub[j], rank[j])
+    for index_groups in by_device.values():
+        stacked = [torch.stack([matrices[i] for i in indices]) for indices in index_groups]
+        lows, subs, ranks = lowrank_project_groups(stacked, energy, threshold, max_rank,
+                                                   check_finite=False)
+        for indices, low, sub, rank in zip(index_groups, lows, subs, ranks):
+            if check_finite and bool((rank < 0).any()):
+                bad = indices[int((rank < 0).nonzero()[0])]
+                raise ValueError(f"matrices[{bad}] holds non-finite values (inf or nan)")
+            for j, i in enumerate(indices):
+                results[i] = LowRankProjection(low[j], sub[j], rank[j])
     return results  # type: ignore[return-value]
 
 

@@ -1,4 +1,6 @@
-// trp::lowrank_project on the CPU: W_low = U_r S_r V_r^T and subgrad = U_r V_r^T, shaped like W.
+// trp::lowrank_project and trp::lowrank_project_groups on the CPU: W_low = U_r S_r V_r^T and
+// subgrad = U_r V_r^T, shaped like W. The list variant runs the matrices of every group in one
+// pool of work, so small groups do not leave threads idle.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -10,17 +12,28 @@
 namespace trp::cpu {
 namespace {
 
-// The float64 result is written in place for float64 outputs, through a scratch buffer else.
-template <typename scalar_t>
-void compose_into(const MatrixSVD& svd, bool with_sigma, scalar_t* out) {
-  if constexpr (std::is_same_v<scalar_t, double>) {
-    compose_low_rank(svd, with_sigma, out);
-  } else {
-    thread_local std::vector<double> scratch;
-    scratch.resize(svd.m * svd.n);
-    compose_low_rank(svd, with_sigma, scratch.data());
-    std::copy(scratch.begin(), scratch.end(), out);
+struct Outputs {
+  std::vector<at::Tensor> low, subgrad, rank;
+};
+
+Outputs project(const std::vector<at::Tensor>& inputs, const RankRule& rule, const char* name) {
+  Outputs out;
+  for (const at::Tensor& W : inputs) {
+    out.low.push_back(at::empty_like(W));
+    out.subgrad.push_back(at::empty_like(W));
+    std::vector<int64_t> batch(W.sizes().begin(), W.sizes().end() - 2);
+    out.rank.push_back(at::empty(batch, W.options().dtype(at::kLong)));
   }
+  batched_svd(inputs, rule, name, [&](MatrixId id, const MatrixSVD& svd) {
+    const at::Tensor& W = inputs[id.tensor];
+    const int64_t offset = id.index * W.size(-2) * W.size(-1);
+    out.rank[id.tensor].mutable_data_ptr<int64_t>()[id.index] = svd.rank;
+    AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "trp_lowrank_project_cpu", [&] {
+      compose_low_rank(svd, true, out.low[id.tensor].mutable_data_ptr<scalar_t>() + offset);
+      compose_low_rank(svd, false, out.subgrad[id.tensor].mutable_data_ptr<scalar_t>() + offset);
+    });
+  });
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lowrank_project_cpu(
@@ -28,27 +41,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lowrank_project_cpu(
     std::optional<int64_t> max_rank) {
   check_matrix_batch(W);
   const RankRule rule = make_rank_rule(energy, threshold, max_rank);
-  const at::Tensor input = W.contiguous();
-  const int64_t mn = W.size(-2) * W.size(-1);
-  at::Tensor low = at::empty_like(input);
-  at::Tensor subgrad = at::empty_like(input);
-  std::vector<int64_t> batch(W.sizes().begin(), W.sizes().end() - 2);
-  at::Tensor rank = at::empty(batch, W.options().dtype(at::kLong));
-  AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "trp_lowrank_project_cpu", [&] {
-    scalar_t* low_out = low.mutable_data_ptr<scalar_t>();
-    scalar_t* sub_out = subgrad.mutable_data_ptr<scalar_t>();
-    int64_t* r_out = rank.mutable_data_ptr<int64_t>();
-    batched_svd(input, rule, [&](int64_t b, const MatrixSVD& svd) {
-      r_out[b] = svd.rank;
-      compose_into(svd, true, low_out + b * mn);
-      compose_into(svd, false, sub_out + b * mn);
-    });
-  });
-  return {low, subgrad, rank};
+  Outputs out = project({W.contiguous()}, rule, "W");
+  return {out.low[0], out.subgrad[0], out.rank[0]};
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+lowrank_project_groups_cpu(at::TensorList W, std::optional<double> energy,
+                           std::optional<double> threshold, std::optional<int64_t> max_rank) {
+  const RankRule rule = make_rank_rule(energy, threshold, max_rank);
+  std::vector<at::Tensor> inputs;
+  for (const at::Tensor& group : W) {
+    check_matrix_batch(group);
+    inputs.push_back(group.contiguous());
+  }
+  Outputs out = project(inputs, rule, "W");
+  return {out.low, out.subgrad, out.rank};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(trp, CPU, m) { m.impl("lowrank_project", &lowrank_project_cpu); }
+TORCH_LIBRARY_IMPL(trp, CPU, m) {
+  m.impl("lowrank_project", &lowrank_project_cpu);
+  m.impl("lowrank_project_groups", &lowrank_project_groups_cpu);
+}
 
 }  // namespace trp::cpu

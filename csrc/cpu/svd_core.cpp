@@ -31,11 +31,19 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
 
-extern "C" void dgemm_(const char* transa, const char* transb, const int* m, const int* n,
-                       const int* k, const double* alpha, const double* a, const int* lda,
-                       const double* b, const int* ldb, const double* beta, double* c,
-                       const int* ldc);
+extern "C" {
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc);
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
+}
 
 namespace trp::cpu {
 namespace {
@@ -49,18 +57,23 @@ int lapack_int(int64_t v) {
 constexpr char kN = 'N';
 constexpr char kT = 'T';
 
-// C = op(A) op(B), column-major, BLAS conventions.
-void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
-          const double* b, int64_t ldb, double* c, int64_t ldc) {
+// C = op(A) op(B), column-major, BLAS conventions, in float32 or float64.
+template <typename T>
+void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
+          const T* b, int64_t ldb, T* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
-    for (int64_t j = 0; j < n; ++j) std::fill_n(c + j * ldc, m, 0.0);
+    for (int64_t j = 0; j < n; ++j) std::fill_n(c + j * ldc, m, T(0));
     return;
   }
   const int im = lapack_int(m), in = lapack_int(n), ik = lapack_int(k);
   const int ilda = lapack_int(lda), ildb = lapack_int(ldb), ildc = lapack_int(ldc);
-  const double one = 1.0, zero = 0.0;
-  dgemm_(&ta, &tb, &im, &in, &ik, &one, a, &ilda, b, &ildb, &zero, c, &ildc);
+  const T one = 1, zero = 0;
+  if constexpr (std::is_same_v<T, double>) {
+    dgemm_(&ta, &tb, &im, &in, &ik, &one, a, &ilda, b, &ildb, &zero, c, &ildc);
+  } else {
+    sgemm_(&ta, &tb, &im, &in, &ik, &one, a, &ilda, b, &ildb, &zero, c, &ildc);
+  }
 }
 
 // Makes column j of the n-row column-major `basis` a unit vector orthogonal to its columns
@@ -131,9 +144,9 @@ class SvdWorkspace {
     const bool wide = m <= n;  // the short side is the rows of M
     g_.resize(k * k);
     if (wide) {
-      gemm(kT, kN, m, m, n, a_.data(), n, a_.data(), n, g_.data(), m);  // M M^T
+      gemm<double>(kT, kN, m, m, n, a_.data(), n, a_.data(), n, g_.data(), m);  // M M^T
     } else {
-      gemm(kN, kT, n, n, m, a_.data(), n, a_.data(), n, g_.data(), n);  // M^T M
+      gemm<double>(kN, kT, n, n, m, a_.data(), n, a_.data(), n, g_.data(), n);  // M^T M
     }
     w_.resize(k);
     syevd(k);
@@ -155,9 +168,9 @@ class SvdWorkspace {
     }
     y_.resize(L * r);  // long-side vectors: M^T q_i (wide) or M q_i (tall), then / s_i
     if (wide) {
-      gemm(kN, kN, n, r, m, a_.data(), n, q_.data(), m, y_.data(), n);
+      gemm<double>(kN, kN, n, r, m, a_.data(), n, q_.data(), m, y_.data(), n);
     } else {
-      gemm(kT, kN, m, r, n, a_.data(), n, q_.data(), n, y_.data(), m);
+      gemm<double>(kT, kN, m, r, n, a_.data(), n, q_.data(), n, y_.data(), m);
     }
     for (int64_t i = 0; i < r; ++i) {
       double* y = y_.data() + i * L;
@@ -226,52 +239,92 @@ class SvdWorkspace {
 
 }  // namespace
 
-void compose_low_rank(const MatrixSVD& svd, bool with_sigma, double* out) {
+template <typename scalar_t>
+void compose_low_rank(const MatrixSVD& svd, bool with_sigma, scalar_t* out) {
   const int64_t m = svd.m, n = svd.n, r = svd.rank;
   if (r == 0) {
-    std::fill(out, out + m * n, 0.0);
+    std::fill(out, out + m * n, scalar_t(0));
     return;
   }
-  const double* right = svd.right;
-  thread_local std::vector<double> scaled;
-  if (with_sigma) {
-    scaled.resize(n * r);
-    for (int64_t j = 0; j < r; ++j) {
-      for (int64_t i = 0; i < n; ++i) scaled[i + j * n] = right[i + j * n] * svd.sigma[j];
-    }
-    right = scaled.data();
+  // Factors in the output precision, the right one scaled by sigma for the projection.
+  thread_local std::vector<scalar_t> left, right;
+  left.assign(svd.left, svd.left + m * r);
+  right.resize(n * r);
+  for (int64_t j = 0; j < r; ++j) {
+    const double scale = with_sigma ? svd.sigma[j] : 1.0;
+    for (int64_t i = 0; i < n; ++i) right[i + j * n] = static_cast<scalar_t>(svd.right[i + j * n] * scale);
   }
   // Column-major n x m (= row-major m x n): right_r (n x r) times left_r^T (r x m).
-  gemm(kN, kT, n, m, r, right, n, svd.left, m, out, n);
+  gemm<scalar_t>(kN, kT, n, m, r, right.data(), n, left.data(), m, out, n);
 }
 
-void batched_svd(const at::Tensor& W, const RankRule& rule,
-                 const std::function<void(int64_t, const MatrixSVD&)>& emit) {
-  TORCH_INTERNAL_ASSERT(W.is_contiguous());
-  const int64_t m = W.size(-2), n = W.size(-1);
-  const int64_t count = c10::multiply_integers(W.sizes().slice(0, W.dim() - 2));
-  std::atomic<int64_t> first_bad{count};
-  AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "trp_batched_svd", [&] {
-    const scalar_t* data = W.const_data_ptr<scalar_t>();
-    // One matrix per task: the matrices are few and each is milliseconds of LAPACK; with fewer
-    // matrices than threads, parallel_for runs inline and BLAS/LAPACK may use the threads.
-    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-      SvdWorkspace ws;
-      MatrixSVD svd;
-      for (int64_t b = begin; b < end; ++b) {
-        if (!ws.compute(data + b * m * n, m, n, rule, svd)) {
-          int64_t expected = first_bad.load();
-          while (b < expected && !first_bad.compare_exchange_weak(expected, b)) {
-          }
-          continue;
+template void compose_low_rank<float>(const MatrixSVD&, bool, float*);
+template void compose_low_rank<double>(const MatrixSVD&, bool, double*);
+
+namespace {
+
+struct Task {
+  MatrixId id;
+  int64_t m, n;
+  double cost;  // ~ k^2 L: the Gram product and the eigen/SVD solve both scale with it
+};
+
+}  // namespace
+
+void batched_svd(at::TensorList inputs, const RankRule& rule, const char* name,
+                 const std::function<void(MatrixId, const MatrixSVD&)>& emit) {
+  std::vector<Task> tasks;
+  for (int64_t t = 0; t < static_cast<int64_t>(inputs.size()); ++t) {
+    const at::Tensor& W = inputs[t];
+    TORCH_INTERNAL_ASSERT(W.is_contiguous() && W.dim() >= 2);
+    const int64_t m = W.size(-2), n = W.size(-1);
+    const int64_t count = c10::multiply_integers(W.sizes().slice(0, W.dim() - 2));
+    const double k = static_cast<double>(std::min(m, n)), L = static_cast<double>(std::max(m, n));
+    for (int64_t b = 0; b < count; ++b) tasks.push_back({{t, b}, m, n, k * k * L});
+  }
+  // Largest first, claimed one at a time: close to the best schedule for a few big matrices
+  // and many small ones (longest-processing-time rule).
+  std::stable_sort(tasks.begin(), tasks.end(),
+                   [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  std::atomic<int64_t> next{0};
+  std::mutex bad_mutex;
+  std::optional<MatrixId> first_bad;
+  auto work = [&]() {
+    SvdWorkspace ws;
+    MatrixSVD svd;
+    for (int64_t i = next.fetch_add(1); i < static_cast<int64_t>(tasks.size());
+         i = next.fetch_add(1)) {
+      const Task& task = tasks[i];
+      const at::Tensor& W = inputs[task.id.tensor];
+      bool finite = true;
+      AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "trp_batched_svd", [&] {
+        const scalar_t* data = W.const_data_ptr<scalar_t>() + task.id.index * task.m * task.n;
+        finite = ws.compute(data, task.m, task.n, rule, svd);
+      });
+      if (!finite) {
+        std::lock_guard<std::mutex> lock(bad_mutex);
+        if (!first_bad || std::tie(task.id.tensor, task.id.index) <
+                              std::tie(first_bad->tensor, first_bad->index)) {
+          first_bad = task.id;
         }
-        emit(b, svd);
+        continue;
       }
-    });
-  });
-  const int64_t bad = first_bad.load();
-  TORCH_CHECK_VALUE(bad == count, "W holds non-finite values (inf or nan) in matrix ", bad,
-                    " of the batch");
+      emit(task.id, svd);
+    }
+  };
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), tasks.size());
+  if (workers <= 1) {
+    work();  // in the caller's thread, where BLAS/LAPACK may use the intra-op threads
+  } else {
+    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) { work(); });
+  }
+  if (first_bad) {
+    const std::string where = inputs.size() == 1
+                                  ? std::string(name)
+                                  : std::string(name) + "[" + std::to_string(first_bad->tensor) + "]";
+    TORCH_CHECK_VALUE(false, where, " holds non-finite values (inf or nan) in matrix ",
+                      first_bad->index, " of the batch");
+  }
 }
 
 }  // namespace trp::cpu

@@ -1,4 +1,5 @@
-// The per-matrix SVD engine behind trp::truncated_svd and trp::lowrank_project on the CPU.
+// The per-matrix SVD engine behind the CPU kernels of trp::truncated_svd, trp::lowrank_project
+// and trp::lowrank_project_groups.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,19 +16,31 @@ namespace trp::cpu {
 struct MatrixSVD {
   int64_t m = 0, n = 0, k = 0;
   int64_t rank = 0;
-  std::vector<double> sigma;  // k values, descending; exact zeros past the numerical rank
+  std::vector<double> sigma;  // k values, descending; exact zeros past the rank
   const double* left = nullptr;
   const double* right = nullptr;
 };
 
-// Computes the SVD of every matrix of W ([..., m, n], contiguous, float32 or float64) in
-// parallel over the batch and calls `emit(index, svd)` once per matrix, from worker threads.
-// Raises ValueError if any matrix holds a non-finite value.
-void batched_svd(const at::Tensor& W, const RankRule& rule,
-                 const std::function<void(int64_t, const MatrixSVD&)>& emit);
+// Matrix `index` of input tensor `tensor`.
+struct MatrixId {
+  int64_t tensor;
+  int64_t index;
+};
+
+// Computes the SVD of every matrix of every tensor of `inputs` (each [..., m, n], contiguous,
+// float32 or float64; shapes and dtypes may differ between tensors) and calls
+// `emit(id, svd)` once per matrix, from worker threads. The matrices are spread over the
+// threads largest first and claimed dynamically, so a list of groups of different sizes keeps
+// every thread busy. Raises ValueError naming `name` (or `name[t]` for a list) if a matrix holds
+// a non-finite value.
+void batched_svd(at::TensorList inputs, const RankRule& rule, const char* name,
+                 const std::function<void(MatrixId, const MatrixSVD&)>& emit);
 
 // Writes left_r diag(sigma_r) right_r^T (with_sigma) or left_r right_r^T (the nuclear-norm
-// sub-gradient) into the row-major m x n `out`; zeros when the rank is 0.
-void compose_low_rank(const MatrixSVD& svd, bool with_sigma, double* out);
+// sub-gradient) into the row-major m x n `out`; zeros when the rank is 0. The product runs in
+// the output's precision: the factors are already float64-accurate and orthonormal, so a
+// float32 product only adds float32 rounding.
+template <typename scalar_t>
+void compose_low_rank(const MatrixSVD& svd, bool with_sigma, scalar_t* out);
 
 }  // namespace trp::cpu

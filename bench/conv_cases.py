@@ -1,0 +1,124 @@
+"""The low-rank convolution benchmark cases (issue 5) and their roofline: ResNet-20 and
+ResNet-18 3x3 layer shapes at TRP-like ranks, the FLOPs and the fewest bytes each case must
+move, and the time an H100 needs for them at best.
+
+TRP-like ranks: the fraction of a layer's full rank that reproduces the FLOP speed-ups TRP
+reports (DESIGN.md section 1) on square 3x3 layers. channel (C = N): speed-up 9N / (10 r), so
+2.84x (ResNet-20 channel+Nu) to 3.18x (ResNet-18 channel+Nu) gives r ~ 0.3 N, N being the full
+rank; spatial: speed-up 3N / (2 r), so 2.17x (ResNet-20 spatial+Nu) gives r ~ 0.69 N, 0.23 of
+the full rank 3N. Trained TRP layers differ layer by layer; these are typical, not measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layer_sets import load
+
+RANK_FRACTION = {"channel": 0.3, "spatial": 0.23}
+NETWORKS = {"resnet20": "r20", "resnet18": "r18"}
+
+# H100 SXM ceilings (issue 5 / docs/cuda_conv.md): bf16/fp16 dense tensor-core rate as measured
+# on this project's H100, tf32 at half of it (cuDNN and the fused kernel run float32 in tf32
+# under torch's default allow_tf32), HBM bandwidth.
+PEAK_FLOPS = {"float32": 395e12, "bfloat16": 790e12, "float16": 790e12}
+PEAK_BYTES_PER_S = 3.0e12
+ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def conv_out(size, kernel, stride, padding, dilation=1):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One 3x3 layer shape of a network."""
+
+    network: str
+    in_channels: int
+    out_channels: int
+    stride: int
+    padding: int
+    size: int  # input height = width
+
+    @property
+    def name(self) -> str:
+        return (f"{NETWORKS[self.network]}-{self.in_channels}to{self.out_channels}"
+                f"-s{self.stride}-{self.size}px")
+
+    @property
+    def out_size(self) -> int:
+        return conv_out(self.size, 3, self.stride, self.padding)
+
+    def full_rank(self, scheme: str) -> int:
+        C, N = self.in_channels, self.out_channels
+        return min(N, 9 * C) if scheme == "channel" else min(3 * C, 3 * N)
+
+    def rank(self, scheme: str) -> int:
+        return max(1, round(RANK_FRACTION[scheme] * self.full_rank(scheme)))
+
+    def factor_shapes(self, scheme: str):
+        r, C, N = self.rank(scheme), self.in_channels, self.out_channels
+        if scheme == "channel":
+            return (r, C, 3, 3), (N, r, 1, 1)
+        return (r, C, 3, 1), (N, r, 1, 3)
+
+    def macs(self, scheme: str | None) -> int:
+        """Multiply-accumulates per image: the dense conv (scheme None) or the factor pair."""
+        C, N, o = self.in_channels, self.out_channels, self.out_size
+        if scheme is None:
+            return N * C * 9 * o * o
+        r = self.rank(scheme)
+        if scheme == "channel":
+            return r * (C * 9 + N) * o * o
+        mid_w = self.size  # the k x 1 conv keeps the width; the 1 x k conv applies the stride
+        return r * C * 3 * o * mid_w + N * r * 3 * o * o
+
+    def mid_elements(self, scheme: str) -> int:
+        """Elements of the r-channel intermediate per image (what two_convs writes and reads)."""
+        o = self.out_size
+        return self.rank(scheme) * o * (o if scheme == "channel" else self.size)
+
+
+def layers(network: str) -> list[Layer]:
+    """The distinct 3x3 layer shapes of a network, in forward order."""
+    seen = {}
+    for l in load()[network]:
+        layer = Layer(network, l["in_channels"], l["out_channels"], l["stride"][0],
+                      l["padding"][0], l["input_hw"][0])
+        seen.setdefault(layer, None)
+    return list(seen)
+
+
+def network_layers(network: str) -> list[Layer]:
+    """Every decomposable conv of a network, in forward order (repeats included)."""
+    return [Layer(network, l["in_channels"], l["out_channels"], l["stride"][0], l["padding"][0],
+                  l["input_hw"][0]) for l in load()[network]]
+
+
+def roofline(layer: Layer, scheme: str, batch: int, dtype: str, backward: bool,
+             impl: str = "fused") -> dict:
+    """FLOPs and fewest bytes of one call (forward, or forward + backward), and the H100 time
+    they bound. `impl` "dense" counts the dense conv's FLOPs; every impl has the same fewest
+    bytes (x and y, plus grad_out and grad_x with the backward, which also reads x again)."""
+    eb = ELEMENT_BYTES[dtype]
+    C, N, o = layer.in_channels, layer.out_channels, layer.out_size
+    x = batch * C * layer.size * layer.size
+    y = batch * N * o * o
+    flops = 2 * batch * layer.macs(None if impl == "dense" else scheme)
+    elements = x + y
+    if backward:
+        flops *= 3  # grad input and grad weight each cost one forward
+        elements += y + 2 * x
+    min_bytes = elements * eb
+    t_flops = flops / PEAK_FLOPS[dtype]
+    t_bytes = min_bytes / PEAK_BYTES_PER_S
+    return {
+        "flops": flops,
+        "min_bytes": min_bytes,
+        # two_convs moves the intermediate through memory: written and read in the forward;
+        # recomputed, read, its gradient written and read twice in the backward.
+        "intermediate_bytes": (7 if backward else 2) * batch * layer.mid_elements(scheme) * eb,
+        "bound": "memory" if t_bytes >= t_flops else "compute",
+        "predicted_s": max(t_flops, t_bytes),
+    }

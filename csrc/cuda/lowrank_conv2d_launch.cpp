@@ -1,0 +1,269 @@
+// trp::lowrank_conv2d and its backward on CUDA. Forward: the fused kernel
+// (lowrank_conv2d_fused.h), two cuDNN convolutions, or one with the rebuilt weight; backward:
+// the two_convs or the dense composition (the fused implementation's backward is the two_convs
+// one: no fused backward kernel exists, see docs/cuda_conv.md). Each op picks, per problem, the
+// fastest of its candidates by measurement (measured_choice.h), unless TRP_CONV_IMPL forces one
+// (conv_impl.h). Forward and backward choose separately: the backward recomputes the
+// intermediate and so does not depend on how the forward ran, so the best training step is the
+// best forward plus the best backward.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <climits>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include "trp/checks.h"
+#include "trp/conv_impl.h"
+#include "trp/cuda_launch.h"
+#include "trp/lowrank_conv2d_composite.h"
+#include "trp/lowrank_conv2d_fused.h"
+#include "trp/measured_choice.h"
+
+namespace trp {
+namespace {
+
+struct DeviceFacts {
+  int compute_major;
+  cuda::FusedDeviceLimits limits;
+};
+
+const DeviceFacts& device_facts(int device) {
+  static std::mutex mutex;
+  static std::unordered_map<int, DeviceFacts> facts;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = facts.find(device);
+  if (it == facts.end()) {
+    DeviceFacts f{};
+    TRP_CUDA_CHECK(cudaDeviceGetAttribute(&f.compute_major, cudaDevAttrComputeCapabilityMajor,
+                                          device));
+    TRP_CUDA_CHECK(
+        cudaDeviceGetAttribute(&f.limits.sm_count, cudaDevAttrMultiProcessorCount, device));
+    TRP_CUDA_CHECK(cudaDeviceGetAttribute(&f.limits.max_smem_per_block,
+                                          cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    it = facts.emplace(device, f).first;
+  }
+  return it->second;
+}
+
+struct FusedProblem {
+  cuda::FusedConvShape shape;
+  cuda::FusedConvPlan plan;
+};
+
+// The fused kernel's view of the call, or nothing where the kernel does not take it: float64,
+// rank 0, GPUs before sm_80, sizes past int32, tiles that do not fit shared memory.
+std::optional<FusedProblem> fused_problem(const at::Tensor& x, const at::Tensor& weight1,
+                                          const at::Tensor& weight2, const LowRankGeometry& g) {
+  const at::ScalarType dtype = x.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) return std::nullopt;
+  for (const int64_t size : {x.size(1), x.size(2), x.size(3), weight1.size(0), weight2.size(0)}) {
+    if (size > INT_MAX) return std::nullopt;
+  }
+  const DeviceFacts& device = device_facts(x.get_device());
+  if (device.compute_major < 8) return std::nullopt;
+  const auto narrow = [](int64_t v) { return static_cast<int>(v); };
+  cuda::FusedConvShape s{};
+  s.batch = x.size(0);
+  s.channels = narrow(x.size(1));
+  s.height = narrow(x.size(2));
+  s.width = narrow(x.size(3));
+  s.rank = narrow(weight1.size(0));
+  s.out_channels = narrow(weight2.size(0));
+  s.kh1 = narrow(weight1.size(2));
+  s.kw1 = narrow(weight1.size(3));
+  for (int d = 0; d < 2; ++d) {
+    s.stride1[d] = narrow(g.first.stride[d]);
+    s.pad1[d] = narrow(g.first.padding[d]);
+    s.dil1[d] = narrow(g.first.dilation[d]);
+  }
+  s.kw2 = narrow(weight2.size(3));
+  s.stride2 = narrow(g.second.stride[1]);
+  s.pad2 = narrow(g.second.padding[1]);
+  s.dil2 = narrow(g.second.dilation[1]);
+  s.mid_width = narrow(conv_out_size(s.width, s.kw1, s.stride1[1], s.pad1[1], s.dil1[1]));
+  s.out_height = narrow(conv_out_size(s.height, s.kh1, s.stride1[0], s.pad1[0], s.dil1[0]));
+  s.out_width = narrow(conv_out_size(s.mid_width, s.kw2, s.stride2, s.pad2, s.dil2));
+  s.channels_last = memory_format_of(x) == at::MemoryFormat::ChannelsLast;
+  FusedProblem f{s, {}};
+  if (!cuda::plan_fused_conv(s, static_cast<int>(x.element_size()), device.limits, &f.plan)) {
+    return std::nullopt;
+  }
+  return f;
+}
+
+template <typename T>
+void launch_fused(const at::Tensor& x, const at::Tensor& weight1, const at::Tensor& weight2,
+                  const at::Tensor& bias, at::Tensor& packed1, at::Tensor& packed2, at::Tensor& y,
+                  const FusedProblem& f) {
+  cuda::WeightStrides strides{};
+  std::copy_n(weight1.strides().begin(), 4, strides.weight1);
+  std::copy_n(weight2.strides().begin(), 4, strides.weight2);
+  // fp32 follows the precision the user allowed cuDNN convolutions (torch.backends.cudnn
+  // .allow_tf32, on by default): tf32 when allowed, else 3xTF32, accurate to about fp32.
+  const cuda::Tf32Mode mode = at::globalContext().allowTF32CuDNN(at::Float32Op::CONV)
+                                  ? cuda::Tf32Mode::kSingle
+                                  : cuda::Tf32Mode::kSplit3;
+  const cudaStream_t stream = current_stream();
+  const auto data = [](const at::Tensor& t) { return static_cast<const T*>(t.const_data_ptr()); };
+  T* w1_packed = static_cast<T*>(packed1.mutable_data_ptr());
+  T* w2_packed = static_cast<T*>(packed2.mutable_data_ptr());
+  TRP_CUDA_CHECK(cuda::launch_pack_lowrank_weights<T>(data(weight1), data(weight2), strides,
+                                                      f.shape, f.plan, w1_packed, w2_packed,
+                                                      stream));
+  const cuda::FusedConvTensors<T> tensors{data(x), w1_packed, w2_packed,
+                                          bias.defined() ? data(bias) : nullptr,
+                                          static_cast<T*>(y.mutable_data_ptr())};
+  TRP_CUDA_CHECK(cuda::launch_lowrank_conv2d_fused<T>(tensors, f.shape, f.plan, mode, stream));
+}
+
+at::Tensor run_fused(const at::Tensor& x, const at::Tensor& weight1, const at::Tensor& weight2,
+                     const std::optional<at::Tensor>& bias, const FusedProblem& f) {
+  const cuda::FusedConvShape& s = f.shape;
+  const at::MemoryFormat format = memory_format_of(x);
+  const at::Tensor input = x.contiguous(format);
+  at::Tensor y = at::empty({s.batch, s.out_channels, s.out_height, s.out_width},
+                           x.options().memory_format(format));
+  at::Tensor packed1 = at::empty({cuda::packed_weight1_elements(s, f.plan)}, x.options());
+  at::Tensor packed2 = at::empty({cuda::packed_weight2_elements(s, f.plan)}, x.options());
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  switch (x.scalar_type()) {
+    case at::kFloat:
+      launch_fused<float>(input, weight1, weight2, b, packed1, packed2, y, f);
+      break;
+    case at::kHalf:
+      launch_fused<__half>(input, weight1, weight2, b, packed1, packed2, y, f);
+      break;
+    case at::kBFloat16:
+      launch_fused<__nv_bfloat16>(input, weight1, weight2, b, packed1, packed2, y, f);
+      break;
+    default:
+      TORCH_CHECK(false, "fused low-rank conv: unsupported dtype ", x.scalar_type());
+  }
+  return y;
+}
+
+// Everything that changes which implementation is fastest. `direction`: 0 forward, else
+// 1 + the backward's output mask as bits.
+using ConvKey = ProblemKey<24>;
+
+ConvKey problem_key(int64_t direction, const at::Tensor& x, const at::Tensor& weight1,
+                    const at::Tensor& weight2, bool has_bias, Scheme scheme,
+                    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                    const at::Tensor& grad_out) {
+  const at::Context& context = at::globalContext();
+  return {direction,
+          x.get_device(),
+          static_cast<int64_t>(x.scalar_type()),
+          static_cast<int64_t>(memory_format_of(x)),
+          grad_out.defined() ? static_cast<int64_t>(memory_format_of(grad_out)) : -1,
+          static_cast<int64_t>(scheme),
+          x.size(0),
+          x.size(1),
+          x.size(2),
+          x.size(3),
+          weight1.size(0),
+          weight2.size(0),
+          weight1.size(2),
+          scheme == Scheme::kChannel ? weight1.size(3) : weight2.size(3),
+          stride[0],
+          stride[1],
+          padding[0],
+          padding[1],
+          dilation[0],
+          dilation[1],
+          has_bias,
+          context.allowTF32CuDNN(at::Float32Op::CONV),
+          context.benchmarkCuDNN(),
+          context.deterministicCuDNN()};
+}
+
+MeasuredChoice<std::tuple_size_v<ConvKey>>& conv_choices() {
+  static MeasuredChoice<std::tuple_size_v<ConvKey>> choices;
+  return choices;
+}
+
+// The forced implementation where it is a candidate, else two_convs (the composition that
+// defines the op: the fused implementation where its kernel cannot run, and its backward); the
+// measured choice when none is forced, the first candidate while a CUDA graph is captured.
+template <typename Run>
+ConvImpl choose_impl(const ConvKey& key, const std::vector<ConvImpl>& candidates,
+                     const Run& run) {
+  if (const std::optional<ConvImpl> forced = forced_conv_impl()) {
+    const bool available =
+        std::find(candidates.begin(), candidates.end(), *forced) != candidates.end();
+    return available ? *forced : ConvImpl::kTwoConvs;
+  }
+  const int chosen = conv_choices().choose(key, static_cast<int>(candidates.size()), 0,
+                                           current_stream(), [&](int i) { run(candidates[i]); });
+  return candidates[chosen];
+}
+
+at::Tensor lowrank_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight1,
+                               const at::Tensor& weight2, const std::optional<at::Tensor>& bias,
+                               c10::IntArrayRef stride, c10::IntArrayRef padding,
+                               c10::IntArrayRef dilation, c10::string_view scheme_name) {
+  const Scheme scheme = parse_scheme(scheme_name);
+  const LowRankGeometry g =
+      check_lowrank_conv2d(x, weight1, weight2, bias, stride, padding, dilation, scheme);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Conv2dParams layer = conv2d_params(stride, padding, dilation);
+  const std::optional<FusedProblem> fused = fused_problem(x, weight1, weight2, g);
+  const auto run = [&](ConvImpl impl) {
+    switch (impl) {
+      case ConvImpl::kFused:
+        return run_fused(x, weight1, weight2, bias, *fused);
+      case ConvImpl::kDense:
+        return lowrank_conv2d_dense(x, weight1, weight2, bias, scheme, layer);
+      case ConvImpl::kTwoConvs:
+        break;
+    }
+    return lowrank_conv2d_two_convs(x, weight1, weight2, bias, g);
+  };
+  std::vector<ConvImpl> candidates;
+  if (fused.has_value()) candidates.push_back(ConvImpl::kFused);
+  candidates.push_back(ConvImpl::kTwoConvs);
+  candidates.push_back(ConvImpl::kDense);
+  const bool has_bias = bias.has_value() && bias->defined();
+  const ConvKey key = problem_key(0, x, weight1, weight2, has_bias, scheme, stride, padding,
+                                  dilation, at::Tensor());
+  return run(choose_impl(key, candidates, run));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight1,
+    const at::Tensor& weight2, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef dilation, c10::string_view scheme_name, std::array<bool, 4> output_mask) {
+  const Scheme scheme = parse_scheme(scheme_name);
+  const LowRankGeometry g = check_lowrank_conv2d(x, weight1, weight2, std::nullopt, stride,
+                                                 padding, dilation, scheme);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Conv2dParams layer = conv2d_params(stride, padding, dilation);
+  const auto run = [&](ConvImpl impl) {
+    if (impl == ConvImpl::kDense) {
+      return lowrank_conv2d_dense_backward(grad_out, x, weight1, weight2, scheme, layer,
+                                           output_mask);
+    }
+    return lowrank_conv2d_two_convs_backward(grad_out, x, weight1, weight2, g, output_mask);
+  };
+  int64_t direction = 1;
+  for (int i = 0; i < 4; ++i) direction += static_cast<int64_t>(output_mask[i]) << i;
+  const ConvKey key = problem_key(direction, x, weight1, weight2, output_mask[3], scheme, stride,
+                                  padding, dilation, grad_out);
+  return run(choose_impl(key, {ConvImpl::kTwoConvs, ConvImpl::kDense}, run));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(trp, CUDA, m) {
+  m.impl("lowrank_conv2d", &lowrank_conv2d_cuda);
+  m.impl("lowrank_conv2d_backward", &lowrank_conv2d_backward_cuda);
+}
+
+}  // namespace trp

@@ -1,0 +1,96 @@
+"""decompose_model and the MAC counter."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import trp_kernels as tk
+from trp_kernels import flops
+from trp_kernels.decompose import is_decomposable
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1, groups=2),     # grouped: left alone
+            nn.Conv2d(16, 32, 1),                          # 1x1: left alone
+            nn.Conv2d(32, 32, (1, 3), padding=(0, 1)),     # 1x3: decomposable
+        )
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)).mean((2, 3)))
+
+
+def test_conv_macs_formulas():
+    conv = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+    macs, out = flops.conv2d_macs(conv, (32, 30))
+    assert out == (16, 15) and macs == 16 * 8 * 9 * 16 * 15
+    for scheme in ("channel", "spatial"):
+        layer = tk.LowRankConv2d(8, 16, 3, rank=5, stride=2, padding=1, scheme=scheme)
+        macs, out = flops.lowrank_macs(layer, (32, 30))
+        assert out == (16, 15)
+        if scheme == "channel":
+            assert macs == 5 * (8 * 9 + 16) * 16 * 15
+        else:  # vertical conv at stride (2, 1) keeps the full width: H_mid = 16, W_mid = 30
+            assert macs == 5 * 8 * 3 * 16 * 30 + 16 * 5 * 3 * 16 * 15
+
+
+def test_conv_costs_leave_the_model_untouched():
+    model = SmallNet().train()
+    bn = model.body[1]
+    before = bn.running_mean.clone()
+    costs = flops.conv_costs(model, torch.randn(2, 3, 16, 16))
+    assert [c.name for c in costs] == ["stem", "body.0", "body.3", "body.4", "body.5"]
+    assert model.training and torch.equal(bn.running_mean, before)
+    assert costs[2].macs == 16 * 8 * 9 * 8 * 8      # groups divide the input channels
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_decompose_model(scheme):
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    original = copy.deepcopy(model)
+    x = torch.randn(2, 3, 16, 16)
+    report = tk.decompose_model(model, scheme=scheme, skip=["stem"], example_input=x)
+    assert [l.name for l in report.layers] == ["body.0", "body.5"]
+    assert isinstance(model.body[0], tk.LowRankConv2d) and isinstance(model.stem, nn.Conv2d)
+    assert isinstance(model.body[3], nn.Conv2d) and isinstance(model.body[4], nn.Conv2d)
+    assert all(l.rank == l.full_rank for l in report.layers)
+    torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-5)
+    # per-layer MACs agree with the counter on the models themselves
+    before = {c.name: c.macs for c in flops.conv_costs(original, x)}
+    after = {c.name: c.macs for c in flops.conv_costs(model, x)}
+    for l in report.layers:
+        assert (l.macs_before, l.macs_after) == (before[l.name], after[l.name])
+    assert report.conv_macs_before == sum(before.values())
+    assert report.flops_speedup == pytest.approx(sum(before.values()) / sum(after.values()))
+    assert "body.0" in str(report) and report.to_dict()["layers"][0]["name"] == "body.0"
+
+
+def test_decompose_rank_caps_and_fractions():
+    model = SmallNet()
+    report = tk.decompose_model(copy.deepcopy(model), rank=6)
+    assert [l.name for l in report.layers] == ["stem", "body.0", "body.5"]
+    assert [l.rank for l in report.layers] == [6, 6, 6]
+    report = tk.decompose_model(copy.deepcopy(model), rank=0.25)
+    assert [l.full_rank for l in report.layers] == [8, 16, 32]
+    assert [l.rank for l in report.layers] == [2, 4, 8]       # ceil(0.25 * full rank)
+    report = tk.decompose_model(copy.deepcopy(model), energy=0.5)
+    assert all(1 <= l.rank < l.full_rank for l in report.layers)
+    assert report.flops_speedup is None and report.params_after < report.params_before
+
+
+def test_is_decomposable():
+    assert is_decomposable(nn.Conv2d(3, 4, 3))
+    assert is_decomposable(nn.Conv2d(3, 4, (3, 1)))
+    assert not is_decomposable(nn.Conv2d(3, 4, 1))
+    assert not is_decomposable(nn.Conv2d(4, 4, 3, groups=2))
+    assert not is_decomposable(nn.Linear(3, 4))

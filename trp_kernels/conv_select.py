@@ -1,0 +1,46 @@
+"""Which implementation ``trp.lowrank_conv2d`` runs.
+
+On CUDA the op has three: ``fused`` (one kernel for both convolutions, the intermediate kept on
+chip; float32/float16/bfloat16 on sm_80 and newer), ``two_convs`` (two cuDNN convolutions) and
+``dense`` (the full weight rebuilt from the factors, one cuDNN convolution). By default the
+first call with a new problem (shapes, dtype, layout, device, geometry; forward and backward
+separately) times every candidate once and remembers the fastest for the rest of the process;
+no timing happens during CUDA-graph capture (a remembered choice or ``fused``/``two_convs`` is
+used). The CPU runs ``two_convs`` unless ``dense`` is forced. The backward of ``fused`` is the
+``two_convs`` backward.
+
+The environment variable ``TRP_CONV_IMPL`` (``auto``, ``fused``, ``two_convs``, ``dense``)
+forces one; the op reads it on every call. ``fused`` where the kernel cannot run (float64,
+rank 0, older GPUs, shapes whose tiles do not fit shared memory) runs ``two_convs``.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+ENV = "TRP_CONV_IMPL"
+IMPLS = ("fused", "two_convs", "dense")
+
+
+def forced_impl() -> str | None:
+    """The implementation ``TRP_CONV_IMPL`` forces now, or None for the default choice."""
+    value = os.environ.get(ENV, "")
+    return None if value in ("", "auto") else value
+
+
+@contextmanager
+def forced(impl: str | None):
+    """Runs the block with ``impl`` forced (None or ``"auto"``: the default choice), then
+    restores the previous setting. Sets the process environment, so it is not thread-local."""
+    if impl is not None and impl != "auto" and impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, 'auto' or None, got {impl!r}")
+    previous = os.environ.get(ENV)
+    os.environ[ENV] = impl or "auto"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[ENV]
+        else:
+            os.environ[ENV] = previous
