@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import trp_kernels as tk
-from trp_kernels.svd import reference_rank
+from trp_kernels.svd import lowrank_project_groups, reference_rank
 
 from testing import svd_tol, with_spectrum
 
@@ -143,6 +143,37 @@ def test_graph_capture_and_replay(shape, dtype):
         torch.testing.assert_close(low, eager.W_low)
         torch.testing.assert_close(sub, eager.subgrad)
         torch.testing.assert_close(S, tk.truncated_svd(fresh, energy=0.9).S)
+
+
+def test_groups_run_concurrently_and_match_single_calls():
+    # lowrank_project_groups runs each group on its own stream: the same kernels as
+    # lowrank_project, so the same bits, and the current stream sees every result.
+    groups = [torch.randn(6, 16, 144, device="cuda"), torch.randn(5, 96, 96, device="cuda"),
+              torch.randn(3, 64, 576, device="cuda", dtype=torch.float64),
+              torch.randn(2, 130, 90, device="cuda")]
+    lows, subs, ranks = lowrank_project_groups(groups, energy=0.9)
+    for g, low, sub, rank in zip(groups, lows, subs, ranks):
+        single = tk.lowrank_project(g, energy=0.9)
+        assert torch.equal(low, single.W_low) and torch.equal(sub, single.subgrad)
+        assert torch.equal(rank, single.rank)
+    static = [g.clone() for g in groups]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        lowrank_project_groups(static, energy=0.9, check_finite=False)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = lowrank_project_groups(static, energy=0.9, check_finite=False)
+    fresh = [torch.randn_like(g) for g in groups]
+    for s, f in zip(static, fresh):
+        s.copy_(f)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = lowrank_project_groups(fresh, energy=0.9)
+    for a, b in zip(captured, eager):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
