@@ -58,7 +58,8 @@ def main() -> int:
                     and all(torch.isfinite(t[:-1]).all() for t in (U, S, V, low, sub))
                 )
                 failures += not ok
-                print(f"{'ok ' if ok else 'BAD'} {tuple(W.shape)} {dtype} {rule} ranks {rank.tolist()}")
+                verdict = "ok " if ok else "BAD"
+                print(f"{verdict} {tuple(W.shape)} {dtype} {rule} ranks {rank.tolist()}")
     return 1 if failures else 0
 
 

@@ -66,7 +66,9 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // the previous matrix's shared arrays are no longer read
     for (int u = threadIdx.x; u < kTile * kTile; u += kThreads) {
       const int x = u / kTile, y = u - x * kTile;
-      if (x <= y) s.g[x * s.ld + y] = g[pair_index<kTile>(I, J, x) * args.dim + pair_index<kTile>(I, J, y)];
+      if (x <= y) {
+        s.g[x * s.ld + y] = g[pair_index<kTile>(I, J, x) * args.dim + pair_index<kTile>(I, J, y)];
+      }
       s.vt[x * s.ld + y] = x == y ? 1.0 : 0.0;
     }
     const bool rotated = jacobi_diagonalize(s, 1);
@@ -185,7 +187,8 @@ __global__ void __launch_bounds__(kThreads)
 template <int kTile>
 cudaError_t run_block_jacobi(const BlockJacobiArgs& args, cudaStream_t stream) {
   using TileT = Tile<kTile>;
-  const int64_t solve_bytes = 2 * TileT::kElems * sizeof(double) + JacobiShared<double>::scratch_bytes(kTile);
+  const int64_t solve_bytes =
+      2 * TileT::kElems * sizeof(double) + JacobiShared<double>::scratch_bytes(kTile);
   const int64_t apply_bytes = 3 * TileT::kElems * sizeof(double);
   TRP_CUDA_TRY(cudaFuncSetAttribute(block_jacobi_solve_kernel<kTile>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -6,7 +6,8 @@
 // float32 inputs: one pass, as the CPU kernel: G = A A^T in float64 from the exact float32
 // values, eigenvalues accurate to ~(L + k) eps64 lambda_1, noise floor flushed to zero; the
 // eigenvectors are kept in float32 (float32 outputs cannot tell, and they are the larger part
-// of a Jacobi round's shared-memory traffic). float64 inputs: a second pass makes the small singular values accurate (docs/cuda_svd.md):
+// of a Jacobi round's shared-memory traffic).
+// float64 inputs: a second pass makes the small singular values accurate (docs/cuda_svd.md):
 // with Q1 from the first pass, Y = A^T Q1 has nearly orthogonal columns, and the Jacobi
 // eigensolver of Y^T Y computed from Y (not from G) resolves each singular value to high
 // relative accuracy, as a one-sided Jacobi SVD of Y would. U = Q1 Q2, V = Y Q2 / s.
@@ -344,7 +345,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     for (int e = threadIdx.x; e < k * k; e += kThreads) {
       const int i = e / k, j = e - i * k;
-      short_out[e] = static_cast<F>(j < r ? static_cast<double>(short_vecs[sh.order[j] * sh.ld + i]) : 0.0);
+      const double value = j < r ? static_cast<double>(short_vecs[sh.order[j] * sh.ld + i]) : 0.0;
+      short_out[e] = static_cast<F>(value);
     }
     if (threadIdx.x == 0) args.rank[b] = r;
     __syncthreads();  // column_scale

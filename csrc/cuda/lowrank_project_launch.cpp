@@ -57,7 +57,8 @@ lowrank_project_groups_cuda(at::TensorList W, std::optional<double> energy,
     const int64_t m = W[i].size(-2), n = W[i].size(-1);
     return std::min(m, n) * std::min(m, n) * std::max(m, n);
   };
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return cost(a) > cost(b); });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return cost(a) > cost(b); });
   const cudaEvent_t forked = mark(main);
   std::vector<c10::cuda::CUDAStream> sides;
   for (const size_t i : order) {

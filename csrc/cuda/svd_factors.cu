@@ -57,8 +57,8 @@ __global__ void __launch_bounds__(kThreads) factors_kernel(const FactorArgs<F> a
         value = args.short_vecs[b * args.short_batch_stride + row * args.short_ld + c];
       } else {
         // zero singular values get their vector from the completion kernel
-        value = sigma > 0.0 ? args.long_vecs[b * args.long_batch_stride + (row - k) * args.long_ld + c] / sigma
-                            : 0.0;
+        const int64_t at = b * args.long_batch_stride + (row - k) * args.long_ld + c;
+        value = sigma > 0.0 ? args.long_vecs[at] / sigma : 0.0;
       }
     }
     const int64_t at = (is_short ? row : row - k) * k + j;
@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) completion_kernel(const FactorArgs<F
 
 cudaError_t launch_spectrum(const SpectrumArgs& args, cudaStream_t stream) {
   if (args.batch == 0 || args.k == 0) return cudaSuccess;
-  const unsigned int grid = static_cast<unsigned int>(args.batch < kMaxGrid ? args.batch : kMaxGrid);
+  const auto grid = static_cast<unsigned int>(args.batch < kMaxGrid ? args.batch : kMaxGrid);
   spectrum_kernel<<<grid, kThreads, 0, stream>>>(args);
   return TRP_LAUNCH_STATUS();
 }
@@ -105,7 +105,7 @@ cudaError_t launch_svd_factors(const FactorArgs<F>& args, cudaStream_t stream) {
   if (args.batch == 0 || k == 0) return cudaSuccess;
   factors_kernel<F><<<grid_for(args.batch * (k + L) * k, kThreads), kThreads, 0, stream>>>(args);
   TRP_CUDA_TRY(TRP_LAUNCH_STATUS());
-  const unsigned int grid = static_cast<unsigned int>(args.batch < kMaxGrid ? args.batch : kMaxGrid);
+  const auto grid = static_cast<unsigned int>(args.batch < kMaxGrid ? args.batch : kMaxGrid);
   completion_kernel<F><<<grid, kThreads, 0, stream>>>(args);
   return TRP_LAUNCH_STATUS();
 }

@@ -50,8 +50,8 @@ at::Tensor top_left(const at::Tensor& t, int64_t k) { return t.narrow(1, 0, k).n
 template <typename T, typename F>
 void run_fused(const at::Tensor& input, const Shape& s, const RankRule& rule, const at::Tensor& u,
                const at::Tensor& v, const at::Tensor& sv, DeviceSvd& out) {
-  const at::Tensor scratch =
-      at::empty({s.batch, fused_svd_scratch_elems<T>(s.m, s.n)}, input.options().dtype(at::kDouble));
+  const at::Tensor scratch = at::empty({s.batch, fused_svd_scratch_elems<T>(s.m, s.n)},
+                                       input.options().dtype(at::kDouble));
   FusedSvdArgs<T, F> args{};
   args.w = input.const_data_ptr<T>();
   args.batch = s.batch;

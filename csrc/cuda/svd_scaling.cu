@@ -13,7 +13,8 @@ constexpr int kThreads = 256;
 constexpr int64_t kScanChunk = kThreads * 16;  // elements of one matrix per scan block
 constexpr unsigned int kMaxGridY = 65535;
 
-// Block (x, y) scans elements [x * kScanChunk, (x + 1) * kScanChunk) of matrices y, y + gridDim.y...
+// Block (x, y) scans elements [x * kScanChunk, (x + 1) * kScanChunk) of the matrices
+// y, y + gridDim.y, ...
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     scale_scan_kernel(const T* __restrict__ w, int64_t batch, int64_t elems,

@@ -67,7 +67,9 @@ __device__ void complete_orthonormal_columns(F* basis, int64_t ld, int64_t rows,
     // Pass 2: dots with the done columns (one thread per column), then subtract.
     for (int64_t c = threadIdx.x; c < j; c += blockDim.x) {
       double dot = 0.0;
-      for (int64_t t = 0; t < rows; ++t) dot += static_cast<double>(basis[t * ld + c]) * s.vector[t];
+      for (int64_t t = 0; t < rows; ++t) {
+        dot += static_cast<double>(basis[t * ld + c]) * s.vector[t];
+      }
       s.dots[c] = dot;
     }
     __syncthreads();
