@@ -2,7 +2,7 @@
 # One GPU session in one device call: build for Hopper, run the whole test suite (its CUDA
 # parametrisations included), compute-sanitizer on every tools/sanitize_*.py, the benchmarks,
 # and every bench/report_*.py over their JSON. Everything lands in $OUT (at most 8 files come
-# back): summary.log, build.log, tests.log, sanitizer.log, bench.log, report.txt,
+# back): summary.log, build.log, resources.log, tests.log, sanitizer.log, bench.log, report.txt,
 # <device>-<yyyymmdd>.json. Commit the JSON to bench/results/ unedited.
 #
 # TRP_GPU_PHASES (default "build tests sanitize bench") runs a subset, e.g. when one call would
@@ -28,6 +28,10 @@ if phase build; then
     exit 1
   fi
   elapsed $start
+  # registers, shared and local memory of every kernel as built: what the timings ran with
+  so=$(ls trp_kernels/_C*.so 2>/dev/null | head -1)
+  cuobjdump --dump-resource-usage "$so" >"$OUT/resources.log" 2>&1 ||
+    echo "cuobjdump failed on '$so'" | tee -a "$OUT/summary.log"
 fi
 $PY - <<'PY' | tee -a "$OUT/summary.log"
 import torch, trp_kernels
