@@ -30,15 +30,17 @@ def reference(M, energy):
 
 @pytest.fixture
 def project_calls(monkeypatch):
-    """The shapes of every batched lowrank_project call made through project_matrices."""
+    """The group shapes of every batched ``lowrank_project_groups`` call made through
+    project_matrices: one list of shapes per op call."""
     calls = []
-    real = svd_module.lowrank_project
+    real = svd_module.lowrank_project_groups
 
-    def counting(W, *args, **kwargs):
-        calls.append(tuple(W.shape))
-        return real(W, *args, **kwargs)
+    def counting(groups, *args, **kwargs):
+        groups = list(groups)
+        calls.append([tuple(g.shape) for g in groups])
+        return real(groups, *args, **kwargs)
 
-    monkeypatch.setattr(svd_module, "lowrank_project", counting)
+    monkeypatch.setattr(svd_module, "lowrank_project_groups", counting)
     return calls
 
 
@@ -55,11 +57,14 @@ def test_projection_is_the_energy_truncation(device, scheme, project_calls):
         torch.testing.assert_close(after[name].double(), expected.W_low, rtol=1e-4, atol=1e-5)
         assert trp.ranks()[name] == int(expected.rank)
         assert int(expected.rank) < min(M.shape)
-    # One batched call per matrix shape (ResNet-20 at 16/32/64 channels has five).
+    # One op call for the whole model, one stacked group per matrix shape (ResNet-20 at
+    # 16/32/64 channels has five).
     distinct = {tuple(M.shape) for M in before.values()}
-    assert len(project_calls) == len(distinct) == 5
-    assert sorted(c[1:] for c in project_calls) == sorted(distinct)
-    assert sum(c[0] for c in project_calls) == len(before) == 18
+    assert len(project_calls) == 1
+    groups = project_calls[0]
+    assert len(groups) == len(distinct) == 5
+    assert sorted(c[1:] for c in groups) == sorted(distinct)
+    assert sum(c[0] for c in groups) == len(before) == 18
 
 
 @pytest.mark.parametrize("device", devices)
@@ -94,7 +99,7 @@ def test_period_and_cost_of_the_hooks(project_calls):
     for step in range(9):
         trp.before_forward()
         trp.after_backward()
-    assert len(project_calls) == 3 * 5                # steps 0, 4 and 8; five shapes each
+    assert [len(c) for c in project_calls] == [5] * 3  # steps 0, 4 and 8; five shapes each
     project_calls.clear()
     plus_nu = TRPRegularizer(model, "channel", nuclear_weight=1e-3, period=4)
     for _, conv in plus_nu.layers:
@@ -102,7 +107,7 @@ def test_period_and_cost_of_the_hooks(project_calls):
     for step in range(4):
         plus_nu.before_forward()
         plus_nu.after_backward()
-    assert len(project_calls) == 4 * 5                # one SVD per step, projection or not
+    assert [len(c) for c in project_calls] == [5] * 4  # one SVD per step, projection or not
 
 
 def test_training_steps_keep_the_weights_low_rank():

@@ -60,8 +60,11 @@ def truncated_svd(W, energy=None, threshold=None, max_rank=None, *,
     ``check_finite=False`` skips it (the op then marks such a matrix with rank -1 and NaNs),
     which keeps a training step free of syncs and CUDA-graph capturable.
 
-    Accuracy: float64 inputs get LAPACK's SVD; float32 inputs go through the float64 Gram matrix
-    of the short side (see csrc/cpu/svd_core.cpp), accurate to ~1e-13 s_1^2 / s_i.
+    Accuracy: on the CPU, float64 inputs get LAPACK's SVD and float32 inputs go through the
+    float64 Gram matrix of the short side (csrc/cpu/svd_core.cpp), accurate to ~1e-13 s_1^2 / s_i.
+    On CUDA, a float64 Gram matrix of the short side is diagonalised by a parallel Jacobi method
+    (one thread block per matrix up to k = 64, blocked above), with a second Jacobi pass for
+    float64 inputs so that small singular values keep float64 accuracy (docs/cuda_svd.md).
     """
     _checks.tensor(W, "W")
     out = TruncatedSVD(*ops.truncated_svd(W, *_rule(energy, threshold, max_rank)))
