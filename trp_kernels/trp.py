@@ -15,7 +15,8 @@ Every decomposable conv W (DESIGN.md section 1) is viewed as the matrix M of the
         optimizer.step()
     report = trp.decompose(threshold=5e-2)   # the trained model, factorised; no fine-tuning
 
-Layers are grouped by matrix shape and every group is one batched ``lowrank_project`` call. On
+Layers are grouped by matrix shape into stacked groups, and all groups of a model go to one
+``lowrank_project_groups`` call (one batched SVD per shape, pooled over the threads). On
 a projection step the same call also yields the sub-gradient (as in the official code), so a
 TRP+Nu step costs one batched SVD per shape whatever the period; with lambda = 0 the off steps
 cost nothing. The ops run with ``check_finite=False``: no host synchronisation in a step.

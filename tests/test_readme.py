@@ -1,0 +1,24 @@
+"""The README's Python examples run as written (a user's first contact with the API)."""
+
+import os
+import re
+
+import pytest
+from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def python_blocks():
+    with open(README) as f:
+        return re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+
+
+def test_readme_has_examples():
+    assert python_blocks(), "README.md lost its ```python examples"
+
+
+@pytest.mark.parametrize("index", range(len(python_blocks())))
+def test_readme_example_runs(index):
+    # The examples hold their own asserts (ranks, conv-pair outputs); an exception fails here.
+    exec(compile(python_blocks()[index], f"README.md[python block {index}]", "exec"), {})
