@@ -57,9 +57,7 @@ def extension():
     nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
     return CUDAExtension(
         "trp_kernels._C", sources, include_dirs=include_dirs,
-        define_macros=[("TRP_WITH_CUDA", "1")],
-        extra_compile_args={"cxx": cxx + ["-DTRP_WITH_CUDA=1"], "nvcc": nvcc},
-        extra_link_args=link, libraries=["cublas"],
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link,
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 
 import torch
 
@@ -41,8 +40,3 @@ def groups(matrices):
     for M in matrices:
         by_shape.setdefault(tuple(M.shape), []).append(M)
     return [torch.stack(v) for v in by_shape.values()]
-
-
-def describe(network: str, scheme: str) -> str:
-    counts = Counter(matrix_shapes(network, scheme))
-    return ", ".join(f"{n}x {a}x{b}" for (a, b), n in counts.items())

@@ -95,19 +95,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_two_co
   at::Tensor grad_x = x.new_empty({0}), grad_w1 = x.new_empty({0}), grad_w2 = x.new_empty({0}),
              grad_bias = x.new_empty({0});
   const bool need_mid_grad = need_x || need_w1;
+  // The bias gradient does not depend on the factors: one reduction, whatever the path.
+  if (need_bias) grad_bias = grad_out.sum({0, 2, 3});
   if (has_rank_zero(weight1)) {
     if (need_x) grad_x = at::zeros_like(x, memory_format_of(x));
     if (need_w1) grad_w1 = at::zeros_like(weight1);
     if (need_w2) grad_w2 = at::zeros_like(weight2);
-    if (need_bias) grad_bias = grad_out.sum({0, 2, 3});
   } else if (need_mid_grad || need_w2) {
     const at::Tensor mid = conv(x, weight1, std::nullopt, geometry.first);
     const Conv2dParams& p2 = geometry.second;
-    auto [g_mid, g_w2, g_b] = at::convolution_backward(
-        grad_out, mid, weight2, c10::IntArrayRef{weight2.size(0)}, p2.stride, p2.padding,
-        p2.dilation, false, {0, 0}, 1, {need_mid_grad, need_w2, need_bias});
+    auto [g_mid, g_w2, unused_bias] = at::convolution_backward(
+        grad_out, mid, weight2, std::nullopt, p2.stride, p2.padding, p2.dilation, false, {0, 0},
+        1, {need_mid_grad, need_w2, false});
     if (need_w2) grad_w2 = like(g_w2, weight2);
-    if (need_bias) grad_bias = g_b;
     if (need_mid_grad) {
       const Conv2dParams& p1 = geometry.first;
       auto [g_x, g_w1, unused] = at::convolution_backward(
@@ -116,8 +116,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_two_co
       if (need_x) grad_x = like(g_x, x);
       if (need_w1) grad_w1 = like(g_w1, weight1);
     }
-  } else if (need_bias) {
-    grad_bias = grad_out.sum({0, 2, 3});
   }
   return {grad_x, grad_w1, grad_w2, grad_bias};
 }

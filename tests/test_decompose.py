@@ -43,6 +43,17 @@ def test_conv_macs_formulas():
             assert macs == 5 * 8 * 3 * 16 * 30 + 16 * 5 * 3 * 16 * 15
 
 
+@pytest.mark.parametrize("kernel, dilation", [((2, 3), 1), (3, 2), ((4, 1), (1, 1)), (3, 1)])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_string_padding_counts_the_real_output(kernel, dilation, padding):
+    """'same' with an even dilated kernel pads asymmetrically: the counter must follow PyTorch."""
+    conv = nn.Conv2d(2, 3, kernel, padding=padding, dilation=dilation)
+    x = torch.randn(1, 2, 9, 8)
+    macs, out = flops.conv2d_macs(conv, (9, 8))
+    assert out == tuple(conv(x).shape[-2:])
+    assert macs == 3 * 2 * conv.kernel_size[0] * conv.kernel_size[1] * out[0] * out[1]
+
+
 def test_conv_costs_leave_the_model_untouched():
     model = SmallNet().train()
     bn = model.body[1]

@@ -9,7 +9,7 @@ from testing import devices
 from trp_kernels.decompose import is_decomposable
 from trp_kernels.flops import conv_costs, conv_macs, count_params
 from trp_kernels.models import MODELS, create_model, never_decomposed, resnet20
-from trp_kernels.trp import decomposable_layers
+from trp_kernels.decompose import decomposable_layers
 
 CIFAR = torch.zeros(1, 3, 32, 32)
 IMAGENET = torch.zeros(1, 3, 224, 224)

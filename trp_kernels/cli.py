@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from ._checks import SCHEMES
 from .training import (DATASETS, LR_SCHEDULES, METHODS, TRAIN_MODELS, TrainConfig,
                        TrainingDiverged, prepare, prepare_resume, run)
 
@@ -58,7 +59,7 @@ def _train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--model", choices=TRAIN_MODELS, help=f"(default {d.model})")
     g = p.add_argument_group("method")
     g.add_argument("--method", choices=METHODS, help=f"(default {d.method})")
-    g.add_argument("--scheme", choices=("channel", "spatial"), help=f"(default {d.scheme})")
+    g.add_argument("--scheme", choices=SCHEMES, help=f"(default {d.scheme})")
     g.add_argument("--energy", type=float,
                    help="trp: energy of the projection (default 0.9); decomp: energy of the "
                         "decomposition (default 0.9 unless --rank is given)")

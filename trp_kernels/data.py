@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -46,19 +46,20 @@ class ImageData:
     std: tuple[float, ...]
     crop_padding: int = 0     # random crop with this zero padding (0: none)
     flip: bool = False        # random horizontal flips
+    # (mean, std) as [1, C, 1, 1] tensors per device: made once, not copied to the device for
+    # every batch (a host-to-GPU copy of a pageable tensor waits for the stream).
+    _normalisers: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def in_channels(self) -> int:
         return self.train_x.shape[1]
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return tuple(self.train_x.shape[2:])
-
     def batch_inputs(self, x: torch.Tensor, device) -> torch.Tensor:
         x = x.to(device, non_blocking=True).float()
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        if x.device not in self._normalisers:
+            self._normalisers[x.device] = tuple(
+                torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+        mean, std = self._normalisers[x.device]
         return (x / self.scale - mean) / std
 
 
@@ -165,6 +166,9 @@ def train_batches(data: ImageData, batch_size: int, epoch: int, seed: int, devic
     shift = (torch.randint(0, 2 * data.crop_padding + 1, (n, 2), generator=generator)
              if data.crop_padding else None)
     flipped = torch.rand(n, generator=generator) < 0.5 if data.flip else None
+    # One copy of the epoch's augmentation to the device, sliced per batch there.
+    shift = None if shift is None else shift.to(device)
+    flipped = None if flipped is None else flipped.to(device)
     per_rank = batch_size // world_size
     for start in range(0, n - batch_size + 1, batch_size):
         positions = slice(start + rank * per_rank, start + (rank + 1) * per_rank)

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from . import _checks, factorization
-from .flops import conv_costs
+from .flops import conv_costs, count_params
 from .layers import LowRankConv2d
+from .models import never_decomposed
 
 
 def is_decomposable(module: nn.Module) -> bool:
@@ -109,6 +110,18 @@ def _check_rank(rank):
     return rank
 
 
+def decomposable_layers(model: nn.Module, skip=None) -> list[tuple[str, nn.Conv2d]]:
+    """(name, conv) of every decomposable conv of ``model`` not named in ``skip``; ``skip=None``
+    means the model's own ``never_decomposed`` list (empty for a model without one)."""
+    skip = set(never_decomposed(model) if skip is None else skip)
+    names = {name for name, _ in model.named_modules()}
+    unknown = sorted(skip - names)
+    if unknown:
+        raise ValueError(f"skip names layers the model does not have: {unknown}")
+    return [(name, m) for name, m in model.named_modules()
+            if is_decomposable(m) and name not in skip]
+
+
 def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=None, rank=None,
                     skip=(), example_input: torch.Tensor | None = None) -> DecompositionReport:
     """Replaces, in place, every decomposable conv of ``model`` (nn.Conv2d, groups 1, kernel
@@ -122,18 +135,12 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, nn.Conv2d):
         raise ValueError("model is a single conv; use LowRankConv2d.from_conv(conv) instead")
-    skip = set(skip)
-    names = {name for name, _ in model.named_modules()}
-    unknown = sorted(skip - names)
-    if unknown:
-        raise ValueError(f"skip names layers the model does not have: {unknown}")
+    targets = decomposable_layers(model, skip)
     before = {}
     if example_input is not None:
         before = {c.name: c for c in conv_costs(model, example_input)}
 
     report = DecompositionReport(scheme)
-    targets = [(name, m) for name, m in model.named_modules()
-               if name not in skip and is_decomposable(m)]
     for name, conv in targets:
         if conv.padding_mode != "zeros":
             raise ValueError(f"layer {name!r} uses padding_mode='{conv.padding_mode}', which "
@@ -148,8 +155,8 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
             weight_shape=tuple(conv.weight.shape),
             rank=layer.rank,
             full_rank=full,
-            params_before=sum(p.numel() for p in conv.parameters()),
-            params_after=sum(p.numel() for p in layer.parameters()),
+            params_before=count_params(conv),
+            params_after=count_params(layer),
         ))
 
     if example_input is not None:

@@ -21,7 +21,6 @@ from .layers import LowRankConv2d
 @dataclass
 class ConvCost:
     name: str
-    kind: str            # "conv" or "lowrank"
     input_hw: tuple[int, int]
     output_hw: tuple[int, int]
     macs: int            # per sample
@@ -30,11 +29,14 @@ class ConvCost:
 
 def conv2d_macs(conv: nn.Conv2d, input_hw) -> tuple[int, tuple[int, int]]:
     (h, w), (kh, kw) = input_hw, conv.kernel_size
-    padding = conv.padding if not isinstance(conv.padding, str) else _same_or_valid(conv)
-    out = (
-        conv_out_size(h, kh, conv.stride[0], padding[0], conv.dilation[0]),
-        conv_out_size(w, kw, conv.stride[1], padding[1], conv.dilation[1]),
-    )
+    if conv.padding == "same":         # stride 1 only; PyTorch pads asymmetrically if need be
+        out = (h, w)
+    else:
+        padding = (0, 0) if conv.padding == "valid" else conv.padding
+        out = (
+            conv_out_size(h, kh, conv.stride[0], padding[0], conv.dilation[0]),
+            conv_out_size(w, kw, conv.stride[1], padding[1], conv.dilation[1]),
+        )
     macs = conv.out_channels * (conv.in_channels // conv.groups) * kh * kw * out[0] * out[1]
     return macs, out
 
@@ -51,12 +53,6 @@ def lowrank_macs(layer: LowRankConv2d, input_hw) -> tuple[int, tuple[int, int]]:
     return first + second, out
 
 
-def _same_or_valid(conv):
-    if conv.padding == "valid":
-        return (0, 0)
-    return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))
-
-
 def conv_costs(model: nn.Module, example_input: torch.Tensor) -> list[ConvCost]:
     """Per-conv MACs (per sample) and parameters, in forward order, from one forward pass of
     ``example_input`` (no gradients; BatchNorm statistics and the train/eval mode untouched)."""
@@ -68,12 +64,10 @@ def conv_costs(model: nn.Module, example_input: torch.Tensor) -> list[ConvCost]:
             hw = tuple(inputs[0].shape[-2:])
             if isinstance(module, LowRankConv2d):
                 macs, out = lowrank_macs(module, hw)
-                kind = "lowrank"
             else:
                 macs, out = conv2d_macs(module, hw)
-                kind = "conv"
             params = sum(p.numel() for p in module.parameters(recurse=False))
-            costs.append(ConvCost(name, kind, hw, out, macs, params))
+            costs.append(ConvCost(name, hw, out, macs, params))
         return record
 
     for name, module in model.named_modules():

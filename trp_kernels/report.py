@@ -13,7 +13,7 @@ from torch import nn
 
 from .checkpoint import atomic_write, atomic_write_text
 from .factorization import full_rank
-from .flops import conv_costs, count_params
+from .flops import ConvCost, conv_costs, count_params
 from .layers import LowRankConv2d
 
 # The keys of report.json that the trainer issue fixes; the rest is context.
@@ -49,12 +49,12 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor, min_repeats: 
 
 
 def layer_rows(model: nn.Module, dense_model: nn.Module, names, scheme: str,
-               example_input: torch.Tensor) -> list[dict]:
+               costs: list[ConvCost], dense_costs: list[ConvCost]) -> list[dict]:
     """One row per layer in ``names`` (the decomposable convs the method acts on), in forward
     order: its rank (the full rank while it is dense), full rank, MACs per sample now and
-    dense, and parameters now and dense."""
-    costs = {c.name: c for c in conv_costs(model, example_input)}
-    dense_costs = conv_costs(dense_model, example_input)
+    dense, and parameters now and dense. ``costs`` / ``dense_costs``: ``conv_costs`` of the
+    two models."""
+    costs = {c.name: c for c in costs}
     rows = []
     for dense in dense_costs:
         if dense.name not in names:
@@ -79,8 +79,8 @@ def layer_rows(model: nn.Module, dense_model: nn.Module, names, scheme: str,
 def model_figures(model: nn.Module, dense_model: nn.Module, names, scheme: str,
                   example_input: torch.Tensor, latency_input: torch.Tensor) -> dict:
     """The model-dependent part of a report: MACs, speed-up, parameters, latency, layers."""
-    macs = sum(c.macs for c in conv_costs(model, example_input))
-    dense_macs = sum(c.macs for c in conv_costs(dense_model, example_input))
+    costs, dense_costs = conv_costs(model, example_input), conv_costs(dense_model, example_input)
+    macs, dense_macs = sum(c.macs for c in costs), sum(c.macs for c in dense_costs)
     return {
         "flops_speedup": dense_macs / macs,
         "conv_macs": macs,
@@ -90,7 +90,7 @@ def model_figures(model: nn.Module, dense_model: nn.Module, names, scheme: str,
         "latency_ms": measure_latency(model, latency_input),
         "dense_latency_ms": measure_latency(dense_model, latency_input),
         "latency_batch": latency_input.shape[0],
-        "layers": layer_rows(model, dense_model, names, scheme, example_input),
+        "layers": layer_rows(model, dense_model, names, scheme, costs, dense_costs),
     }
 
 

@@ -121,9 +121,11 @@ def project_matrices(matrices: Sequence[torch.Tensor], energy=None, threshold=No
         lows, subs, ranks = lowrank_project_groups(stacked, energy, threshold, max_rank,
                                                    check_finite=False)
         for indices, low, sub, rank in zip(index_groups, lows, subs, ranks):
-            if check_finite and bool((rank < 0).any()):
-                bad = indices[int((rank < 0).nonzero()[0])]
-                raise ValueError(f"matrices[{bad}] holds non-finite values (inf or nan)")
+            if check_finite and rank.device.type != "cpu":   # the CPU op raises by itself
+                bad = (rank < 0).nonzero()
+                if bad.numel():
+                    raise ValueError(f"matrices[{indices[int(bad[0])]}] holds non-finite values "
+                                     "(inf or nan)")
             for j, i in enumerate(indices):
                 results[i] = LowRankProjection(low[j], sub[j], rank[j])
     return results  # type: ignore[return-value]

@@ -22,8 +22,9 @@ TRP+Nu step costs one batched SVD per shape whatever the period; with lambda = 0
 cost nothing. The ops run with ``check_finite=False``: no host synchronisation in a step.
 
 Under DistributedDataParallel every process holds the same weights, so every process computes
-the same projection. By default the projected weights are also broadcast from rank 0 (one
-collective per projection), so replicas stay bit-identical even with a nondeterministic SVD.
+the same projection. By default the projected weights and the nuclear sub-gradients are also
+broadcast from rank 0 (one collective per projection and one per sub-gradient step), so replicas
+stay bit-identical even with a nondeterministic SVD.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ import torch.distributed as dist
 from torch import nn
 
 from . import _checks
-from .decompose import DecompositionReport, decompose_model, is_decomposable
+from .decompose import (DecompositionReport, decompose_model, decomposable_layers,
+                        is_decomposable)
 from .factorization import matrix_to_weight, weight_to_matrix
-from .models import never_decomposed
 from .svd import project_matrices
 
 
@@ -47,18 +48,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         return model.module
     return model
-
-
-def decomposable_layers(model: nn.Module, skip=None) -> list[tuple[str, nn.Conv2d]]:
-    """(name, conv) of every decomposable conv of ``model`` not named in ``skip``; ``skip=None``
-    means the model's own ``never_decomposed`` list (empty for a model without one)."""
-    skip = set(never_decomposed(model) if skip is None else skip)
-    names = {name for name, _ in model.named_modules()}
-    unknown = sorted(skip - names)
-    if unknown:
-        raise ValueError(f"skip names layers the model does not have: {unknown}")
-    return [(name, m) for name, m in model.named_modules()
-            if is_decomposable(m) and name not in skip]
 
 
 def _energy(value) -> float:
@@ -79,7 +68,8 @@ class TRPRegularizer:
     period: project every ``period`` steps (official 1).
     skip: layer names left dense; None means the model's ``never_decomposed`` (the first conv
         of this library's ResNets).
-    broadcast: after a projection, copy rank 0's projected weights to every process; None means
+    broadcast: copy rank 0's projected weights (after a projection) and sub-gradients (before
+        they are added) to every process; None means
         "when torch.distributed is initialised with more than one process".
     """
 
@@ -118,7 +108,13 @@ class TRPRegularizer:
         step. Call it after ``loss.backward()`` (and after DDP's gradient all-reduce, which
         backward completes) and before ``optimizer.step()``."""
         if self.nuclear_weight > 0:
-            subgrads = self._subgrads if self._subgrads is not None else self._svd()[1]
+            subgrads = self._subgrads
+            if subgrads is None:
+                subgrads = self._svd(want_low=False)[1]
+            if self.broadcast:
+                # The sub-gradient is added after DDP's all-reduce: rank 0's, so replicas get
+                # the same update even where the SVD is not bitwise reproducible.
+                self._broadcast(subgrads)
             for (_, conv), subgrad in zip(self.layers, subgrads):
                 if conv.weight.grad is None:
                     conv.weight.grad = torch.zeros_like(conv.weight)
@@ -131,19 +127,20 @@ class TRPRegularizer:
     @torch.no_grad()
     def project(self) -> None:
         """W <- U_r S_r V_r^T for every layer, r by the energy rule (whatever the step)."""
-        low, subgrads = self._svd()
+        low, subgrads = self._svd(want_sub=self.nuclear_weight > 0)
         for (_, conv), W_low in zip(self.layers, low):
             conv.weight.copy_(W_low)
         if self.broadcast:
-            self._broadcast_weights()
+            self._broadcast([conv.weight for _, conv in self.layers])
         # The projected weights are exactly rank r with the same singular vectors, so this
         # SVD's U_r V_r^T is also the sub-gradient at the weights this step trains with.
         self._subgrads = subgrads if self.nuclear_weight > 0 else None
 
     @torch.no_grad()
-    def _svd(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _svd(self, want_low: bool = True, want_sub: bool = True
+             ) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
         """(W_low, subgrad) of every layer, shaped like its weight, from one batched
-        projection per matrix shape."""
+        projection per matrix shape; the half not wanted is None (not reshaped)."""
         matrices = []
         for _, conv in self.layers:
             W = conv.weight.detach()
@@ -151,23 +148,23 @@ class TRPRegularizer:
                 W = W.float()   # the SVD ops take float32/float64; half weights go via float32
             matrices.append(weight_to_matrix(W, self.scheme))
         results = project_matrices(matrices, energy=self.energy, check_finite=False)
-        low, subgrads, ranks = [], [], []
-        for (_, conv), result in zip(self.layers, results):
-            shape = conv.weight.shape
-            low.append(matrix_to_weight(result.W_low, shape, self.scheme))
-            subgrads.append(matrix_to_weight(result.subgrad, shape, self.scheme))
-            ranks.append(result.rank)
-        self._ranks = ranks
+        shapes = [conv.weight.shape for _, conv in self.layers]
+        self._ranks = [result.rank for result in results]
+        low = ([matrix_to_weight(r.W_low, shape, self.scheme) for r, shape in zip(results, shapes)]
+               if want_low else None)
+        subgrads = ([matrix_to_weight(r.subgrad, shape, self.scheme)
+                     for r, shape in zip(results, shapes)] if want_sub else None)
         return low, subgrads
 
-    def _broadcast_weights(self) -> None:
-        weights = [conv.weight for _, conv in self.layers]
-        flat = torch.cat([w.detach().reshape(-1) for w in weights])
+    @torch.no_grad()
+    def _broadcast(self, tensors: list[torch.Tensor]) -> None:
+        """Rank 0's values of ``tensors`` (same dtype) into every process, one collective."""
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
         dist.broadcast(flat, src=0)
         offset = 0
-        for w in weights:
-            w.copy_(flat[offset:offset + w.numel()].view_as(w))
-            offset += w.numel()
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
 
     # -- what it has done ----------------------------------------------------------------------
     def ranks(self) -> dict[str, int]:
