@@ -15,6 +15,7 @@ from .layers import LowRankConv2d
 from .lowrank_train import make_lowrank, orthogonality_penalty
 from .svd import lowrank_project, truncated_svd
 from .trp import TRPRegularizer
+from ._version import __version__
 
 __all__ = [
     "truncated_svd",
@@ -31,4 +32,3 @@ __all__ = [
     "export_program",
     "export_onnx",
 ]
-__version__ = "0.1.0"
