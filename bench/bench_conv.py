@@ -1,4 +1,4 @@
-"""Low-rank convolution (issue 5) on ResNet-20 and ResNet-18 3x3 layer shapes at TRP-like ranks
+"""Low-rank convolution on ResNet-20 and ResNet-18 3x3 layer shapes at TRP-like ranks
 (conv_cases.py), and on the decomposable conv stack of both networks against its dense original.
 
 impl: `fused`, `two_convs`, `dense` -- tk.lowrank_conv2d with TRP_CONV_IMPL forcing that

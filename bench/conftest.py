@@ -1,5 +1,6 @@
-"""Benchmark conventions (DESIGN.md section 5): every benchmark takes `case` and `impl`, sets
-benchmark.group = case (with the device appended), synchronises CUDA work, and records the machine in the JSON."""
+"""Benchmark conventions (docs/design.md section 8): every benchmark takes `case` and `impl`,
+sets benchmark.group = case (with the device appended), synchronises CUDA work, and records the
+machine in the JSON."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The decomposable convs of ResNet-20/56 (CIFAR) and ResNet-18/50 (ImageNet), conv by conv.
 
-bench/layer_sets.json is a copy of the project's shared/layer_sets.json (kept in the repository
-so a clone benchmarks without it); tests/test_bench_data.py checks the copy when shared/ is
-present.
+bench/layer_sets.json lists them with their input size at the usual resolution (CIFAR 32x32,
+ImageNet 224x224) and their matrix shape in each scheme; tests/test_bench_data.py checks it
+against the library's own models and trp_kernels.factorization.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""bench/layer_sets.json: a faithful copy of the project's shared/layer_sets.json, whose matrix
-shapes follow the factorisation of trp_kernels.factorization."""
+"""bench/layer_sets.json, the benchmarks' own list of layer shapes: every entry is a decomposable
+conv of the library's own ResNets (kernel larger than 1x1, groups 1, the stem excluded) in forward
+order, with the input size of the usual resolution, and its matrix shapes follow
+trp_kernels.factorization."""
 
 from __future__ import annotations
 
@@ -7,25 +9,62 @@ import json
 import os
 
 import pytest
+import torch
+from torch import nn
 
-from trp_kernels import factorization
+from trp_kernels import factorization, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COPY = os.path.join(ROOT, "bench", "layer_sets.json")
-SHARED = os.path.join(ROOT, "..", "shared", "layer_sets.json")
+LAYER_SETS = os.path.join(ROOT, "bench", "layer_sets.json")
+RESOLUTION = {"resnet20": 32, "resnet56": 32, "resnet18": 224, "resnet50": 224}
 
 
-def test_copy_matches_shared():
-    if not os.path.exists(SHARED):
-        pytest.skip("no shared/ beside the repository")
-    with open(COPY) as a, open(SHARED) as b:
-        assert json.load(a) == json.load(b)
+def _load() -> dict:
+    with open(LAYER_SETS) as f:
+        return json.load(f)
+
+
+def _decomposable_convs(network: str) -> list[dict]:
+    """What layer_sets.json should list for ``network``, read off a forward pass of the model
+    built on the meta device (shapes only, no compute)."""
+    with torch.device("meta"):
+        model = models.create_model(network)
+        x = torch.empty(1, 3, RESOLUTION[network], RESOLUTION[network])
+    seen: list[dict] = []
+
+    def record(conv, inputs, output):
+        if conv.groups == 1 and conv.kernel_size[0] * conv.kernel_size[1] > 1:
+            seen.append({
+                "in_channels": conv.in_channels,
+                "out_channels": conv.out_channels,
+                "kernel": list(conv.kernel_size),
+                "stride": list(conv.stride),
+                "padding": list(conv.padding),
+                "input_hw": list(inputs[0].shape[-2:]),
+            })
+
+    handles = [m.register_forward_hook(record) for m in model.modules()
+               if isinstance(m, nn.Conv2d)]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen[1:]   # the stem (first conv) stays dense
+
+
+@pytest.mark.parametrize("network", list(RESOLUTION))
+def test_layer_sets_are_the_models_decomposable_convs(network):
+    listed = [{k: layer[k] for k in ("in_channels", "out_channels", "kernel", "stride",
+                                     "padding", "input_hw")}
+              for layer in _load()[network]]
+    assert listed == _decomposable_convs(network)
 
 
 def test_matrix_shapes():
-    with open(COPY) as f:
-        data = json.load(f)
-    for network in ("resnet20", "resnet56", "resnet18", "resnet50"):
+    data = _load()
+    assert set(RESOLUTION) <= set(data)
+    for network in RESOLUTION:
         assert data[network]
         for layer in data[network]:
             shape = (layer["out_channels"], layer["in_channels"], *layer["kernel"])

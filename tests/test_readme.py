@@ -22,3 +22,23 @@ def test_readme_has_examples():
 def test_readme_example_runs(index):
     # The examples hold their own asserts (ranks, conv-pair outputs); an exception fails here.
     exec(compile(python_blocks()[index], f"README.md[python block {index}]", "exec"), {})
+
+
+ROOT = os.path.dirname(README)
+DOCS = [README] + sorted(
+    os.path.join(ROOT, "docs", name) for name in os.listdir(os.path.join(ROOT, "docs"))
+    if name.endswith(".md")
+)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_relative_links_resolve(doc):
+    # A clone has only the repository: every relative link must name a file inside it.
+    with open(doc) as f:
+        targets = re.findall(r"\]\(([^)\s]+)\)", f.read())
+    for target in targets:
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = os.path.normpath(os.path.join(os.path.dirname(doc), target.split("#")[0]))
+        assert path.startswith(ROOT + os.sep), f"{target} leaves the repository"
+        assert os.path.exists(path), f"{target} does not exist"

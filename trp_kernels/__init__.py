@@ -1,6 +1,6 @@
 """trp_kernels: Trained Rank Pruning and low-rank CNN training for PyTorch.
 
-The public API (DESIGN.md section 2): ``truncated_svd``, ``lowrank_project``,
+The public API (docs/design.md section 4): ``truncated_svd``, ``lowrank_project``,
 ``lowrank_conv2d``, ``LowRankConv2d`` and ``decompose_model``; for training (docs/training.md):
 ``TRPRegularizer``, ``make_lowrank``, ``orthogonality_penalty``, and for shipping a compressed
 model ``save_model``, ``load_model``, ``to_conv_pairs``, ``export_program``, ``export_onnx``.
@@ -15,6 +15,7 @@ from .layers import LowRankConv2d
 from .lowrank_train import make_lowrank, orthogonality_penalty
 from .svd import lowrank_project, truncated_svd
 from .trp import TRPRegularizer
+from ._version import __version__
 
 __all__ = [
     "truncated_svd",
@@ -31,4 +32,3 @@ __all__ = [
     "export_program",
     "export_onnx",
 ]
-__version__ = "0.1.0"

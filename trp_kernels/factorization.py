@@ -1,5 +1,5 @@
 """The two TRP views of a conv weight W [N, C, kh, kw] as a matrix, and the factor pair that a
-truncated SVD of that matrix gives (DESIGN.md section 1). All functions accept extra leading
+truncated SVD of that matrix gives (docs/design.md section 2). All functions accept extra leading
 batch dimensions, so a group of same-shaped layers is one call.
 
 channel: M = W.reshape(N, C*kh*kw)                      weight1 [r, C, kh, kw], weight2 [N, r, 1, 1]

@@ -1,7 +1,7 @@
 """Counting the multiply-accumulates (MACs) and parameters of convolutions, dense or low-rank.
 
 MACs of a conv = N * (C / groups) * kh * kw * H_out * W_out; of a LowRankConv2d pair
-(DESIGN.md section 1): channel r * (C*kh*kw + N) * H_out * W_out, spatial
+(docs/design.md section 2): channel r * (C*kh*kw + N) * H_out * W_out, spatial
 r * C * kh * H_mid * W_mid + N * r * kw * H_out * W_out. The TRP papers' "speed-up" is the
 ratio of the conv MACs of the dense and of the compressed model.
 """

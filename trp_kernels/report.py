@@ -16,7 +16,7 @@ from .factorization import full_rank
 from .flops import ConvCost, conv_costs, count_params
 from .layers import LowRankConv2d
 
-# The keys of report.json that the trainer issue fixes; the rest is context.
+# The keys every report.json holds (tests and users read them); the rest is context.
 REQUIRED_KEYS = ("method", "scheme", "test_accuracy", "dense_test_accuracy", "flops_speedup",
                  "params", "dense_params", "latency_ms", "dense_latency_ms", "layers")
 

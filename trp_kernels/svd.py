@@ -1,6 +1,6 @@
 """Batched truncated SVD with the TRP rank rule, and the fused TRP projection.
 
-The rank rule (DESIGN.md section 1), per matrix with singular values s_1 >= ... >= s_k:
+The rank rule (docs/design.md section 3), per matrix with singular values s_1 >= ... >= s_k:
 ``energy`` e in (0, 1] keeps the smallest r with s_1^2 + ... + s_r^2 >= e * sum(s^2);
 ``threshold`` t >= 0 keeps the s_i > t; ``max_rank`` caps r. Criteria combine by taking the
 smallest r; with none, r = k = min(m, n). An all-zero matrix has rank 0.

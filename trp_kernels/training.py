@@ -1,7 +1,7 @@
 """The training run behind ``python -m trp_kernels train``: one configuration, four methods,
 a checkpoint every epoch that a resumed run continues from exactly, and a report at the end.
 
-Methods (DESIGN.md section 1):
+Methods (docs/design.md section 1):
   baseline  the dense model, trained.
   trp       TRP: projection every ``period`` steps and, with nuclear_weight > 0, the nuclear
             sub-gradient; at the end the trained weights are decomposed by the final rule

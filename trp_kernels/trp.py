@@ -1,6 +1,6 @@
 """Trained Rank Pruning (Xu et al. 2019) as two hooks around any training step.
 
-Every decomposable conv W (DESIGN.md section 1) is viewed as the matrix M of the scheme.
+Every decomposable conv W (docs/design.md section 1) is viewed as the matrix M of the scheme.
 (B) Every ``period`` steps, before the forward pass, M <- U_r S_r V_r^T with r the energy rank.
 (A) Every step with ``nuclear_weight`` lambda > 0 ("+Nu"), after the backward pass,
     grad(W) += lambda * U_r V_r^T, the sub-gradient of lambda * ||M||_* restricted to rank r.
