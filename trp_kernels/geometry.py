@@ -24,6 +24,7 @@ the others' is an int. Every tensor function accepts extra leading batch dimensi
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -141,6 +142,29 @@ class Scheme:
                              f"got {rank}")
         return int(rank)
 
+    def check_rank_spec(self, spec, name: str = "rank"):
+        """A rank for every layer of a model: an int >= 1 (a cap, lowered to each layer's full
+        rank) or a float in (0, 1] (a fraction of each layer's full rank, rounded up); for
+        tucker2 also a pair of those, (r_in, r_out). None stays None."""
+        if spec is None:
+            return None
+        if self.paired_rank and isinstance(spec, (tuple, list)) and len(spec) == 2:
+            return tuple(_rank_spec_part(p, name) for p in spec)
+        if self.paired_rank or not isinstance(spec, (tuple, list)):
+            return _rank_spec_part(spec, name)
+        raise TypeError(f"{name} must be an int or a float in (0, 1] for scheme "
+                        f"'{self.name}' (a pair is for tucker2 only), got {spec!r}")
+
+    def layer_rank(self, spec, weight_shape):
+        """The rank bound that ``check_rank_spec``'s ``spec`` gives a layer of this shape."""
+        if spec is None:
+            return None
+        full = self.rank_parts(self.full_rank(weight_shape))
+        parts = spec if isinstance(spec, tuple) else (spec,) * len(full)
+        bound = tuple(max(1, math.ceil(p * k)) if isinstance(p, float) else min(p, k)
+                      for p, k in zip(parts, full))
+        return bound if self.paired_rank else bound[0]
+
     def rank_parts(self, rank) -> tuple[int, ...]:
         """The rank as a tuple, one entry per matrix view."""
         return tuple(rank) if self.paired_rank else (rank,)
@@ -193,6 +217,21 @@ class Scheme:
     def params(self, weight_shape, rank, bias: bool = False) -> int:
         return sum(c.weight_numel for c in self.convs(weight_shape, rank)) + (
             weight_shape[0] if bias else 0)
+
+
+def _rank_spec_part(value, name):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, float)):
+        raise TypeError(f"{name} must be an int, a float in (0, 1] or None, got {value!r}")
+    if isinstance(value, float) and not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} as a fraction of the full rank must be in (0, 1], got {value}")
+    if not isinstance(value, float) and value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value if isinstance(value, float) else int(value)
+
+
+def format_rank(rank) -> str:
+    """A rank for tables: "12", or "r_in,r_out" for tucker2."""
+    return ",".join(map(str, rank)) if isinstance(rank, (tuple, list)) else str(rank)
 
 
 def _is_int(value) -> bool:
