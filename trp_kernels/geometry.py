@@ -388,14 +388,14 @@ class Decoupled(Scheme):
 
     def orthogonal_factors(self, weight1, weight2):
         N, r, kh, kw = weight2.shape
-        L = weight1.reshape(N, r, -1).transpose(1, 2)          # [N, C, r]
+        L = weight1.reshape(N, r, weight1.shape[1]).transpose(1, 2)   # [N, C, r]
         R = weight2.reshape(N, r, kh * kw).transpose(1, 2)     # [N, kh*kw, r]
         return L, R
 
     def full_weight(self, weight1, weight2):
         N, r, kh, kw = weight2.shape
         L, R = self.orthogonal_factors(weight1, weight2)
-        return (L @ R.transpose(1, 2)).reshape(N, -1, kh, kw)
+        return (L @ R.transpose(1, 2)).reshape(N, weight1.shape[1], kh, kw)
 
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (Channel(), Spatial(), Tucker2(), Decoupled())}
