@@ -48,9 +48,7 @@ def composite_conv2d(x, factors, convs, bias=None) -> torch.Tensor:
     ATen convolutions (traceable by torch.compile, torch.export and ONNX); the bias goes to the
     last. A rank-0 factorisation computes zeros (plus the bias)."""
     if any(f.shape[0] == 0 or f.shape[1] == 0 for f in factors):
-        hw = x.shape[-2:]
-        for conv in convs:
-            hw = conv.out_hw(hw)
+        hw = geometry.chain_out_hw(convs, x.shape[-2:])
         out = x.new_zeros((x.shape[0], convs[-1].out_channels, *hw))
         return out if bias is None else out + bias.view(-1, 1, 1)
     last = len(convs) - 1

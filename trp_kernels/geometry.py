@@ -4,9 +4,7 @@ it runs (with the stride, padding, dilation and groups of each), output sizes, M
 parameters. Pure shape arithmetic and reshapes, no SVD: layers, FLOP counts, the fake kernels
 and the benchmarks import it instead of re-deriving it.
 
-=========== ============================ ========================================================
 scheme      factors (parameter names)     thin convs, in order
-=========== ============================ ========================================================
 channel     weight1 [r, C, kh, kw]        kh x kw C->r (the layer's geometry); 1x1 r->N
             weight2 [N, r, 1, 1]
 spatial     weight1 [r, C, kh, 1]         kh x 1 C->r (vertical geometry); 1 x kw r->N
@@ -16,7 +14,6 @@ tucker2     weight_in [r_in, C, 1, 1]     1x1 C->r_in; kh x kw r_in->r_out (the 
             weight_out [N, r_out, 1, 1]
 decoupled   weight1 [r*N, C, 1, 1]        1x1 C->r*N; kh x kw r*N->N with groups N (the layer's
             weight2 [N, r, kh, kw]        geometry)
-=========== ============================ ========================================================
 
 The bias always belongs to the last conv. The rank of ``tucker2`` is a pair (r_in, r_out);
 the others' is an int. Every tensor function accepts extra leading batch dimensions.
@@ -57,9 +54,15 @@ class ThinConv:
         return self.out_channels * (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
 
     def macs(self, input_hw) -> tuple[int, tuple[int, int]]:
-        """(MACs per sample, output size) at input size ``input_hw``."""
-        out = self.out_hw(input_hw)
+        out = self.out_hw(input_hw)       # (MACs per sample, output size)
         return self.weight_numel * out[0] * out[1], out
+
+
+def chain_out_hw(convs, input_hw):
+    """Output size of thin convs run one after the other."""
+    for conv in convs:
+        input_hw = conv.out_hw(input_hw)
+    return input_hw
 
 
 # -- matrix views of W --------------------------------------------------------------------------
@@ -115,7 +118,6 @@ class Scheme:
     views: tuple[MatrixView, ...]     # the matrices whose SVDs give the factors
     paired_rank = False               # rank is (r_in, r_out)
 
-    # ranks
     def full_rank(self, weight_shape):
         ranks = tuple(v.full_rank(weight_shape) for v in self.views)
         return ranks if self.paired_rank else ranks[0]
@@ -169,7 +171,6 @@ class Scheme:
         """The rank as a tuple, one entry per matrix view."""
         return tuple(rank) if self.paired_rank else (rank,)
 
-    # factors
     def factor_shapes(self, weight_shape, rank) -> tuple[tuple[int, ...], ...]:
         raise NotImplementedError
 
@@ -178,7 +179,7 @@ class Scheme:
         raise NotImplementedError
 
     def kernel_of(self, *factor_shapes) -> tuple[int, int]:
-        """(kh, kw) of the dense conv that factors of these shapes represent."""
+        """(kh, kw) of the dense conv these factors represent."""
         raise NotImplementedError
 
     def weight_shape_of(self, *factor_shapes) -> tuple[int, int, int, int]:
@@ -194,16 +195,12 @@ class Scheme:
         (differentiable views of the factors)."""
         raise NotImplementedError
 
-    # the thin convs
     def convs(self, weight_shape, rank, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
               ) -> tuple[ThinConv, ...]:
         raise NotImplementedError
 
     def out_hw(self, weight_shape, rank, input_hw, stride, padding, dilation):
-        hw = input_hw
-        for conv in self.convs(weight_shape, rank, stride, padding, dilation):
-            hw = conv.out_hw(hw)
-        return hw
+        return chain_out_hw(self.convs(weight_shape, rank, stride, padding, dilation), input_hw)
 
     def macs(self, weight_shape, rank, input_hw, stride=(1, 1), padding=(0, 0),
              dilation=(1, 1)) -> tuple[int, tuple[int, int]]:
@@ -238,26 +235,21 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-class MatrixScheme(Scheme):
-    """channel and spatial: one matrix M = L R^T, split as L = U_r sqrt(S_r), R = V_r sqrt(S_r)."""
+class FactorPairScheme(Scheme):
+    """channel, spatial, decoupled: one matrix view M = L R^T (decoupled: one per filter),
+    split as L = U_r sqrt(S_r), R = V_r sqrt(S_r) into weight1 and weight2."""
 
     factor_names = ("weight1", "weight2")
-
-    def weight_to_matrix(self, W):
-        return self.views[0].to_matrix(W)
-
-    def matrix_to_weight(self, M, weight_shape):
-        return self.views[0].to_weight(M, weight_shape)
 
     def rank_of(self, shape1, shape2):
         return shape1[0]
 
     def full_weight(self, weight1, weight2):
         L, R = self.orthogonal_factors(weight1, weight2)
-        return self.matrix_to_weight(L @ R.T, self.weight_shape_of(weight1.shape, weight2.shape))
+        return self.views[0].to_weight(L @ R.mT, self.weight_shape_of(weight1.shape, weight2.shape))
 
 
-class Channel(MatrixScheme):
+class Channel(FactorPairScheme):
     name, views = "channel", (OUT_MODE,)
 
     def factor_shapes(self, weight_shape, rank):
@@ -283,7 +275,7 @@ class Channel(MatrixScheme):
         return weight2.reshape(-1, r), weight1.reshape(r, -1).T
 
 
-class Spatial(MatrixScheme):
+class Spatial(FactorPairScheme):
     name, views = "spatial", (SPATIAL,)
 
     def factor_shapes(self, weight_shape, rank):
@@ -356,12 +348,11 @@ class Tucker2(Scheme):
         return weight_in[:, :, 0, 0].T, weight_out[:, :, 0, 0]
 
 
-class Decoupled(Scheme):
+class Decoupled(FactorPairScheme):
     """Per filter n: W[n] as C x (kh*kw) = sum_j sigma_nj u_nj v_nj^T with one rank r per
     layer; row n*r + j of weight1 is sqrt(sigma_nj) u_nj, weight2[n, j] is sqrt(sigma_nj) v_nj."""
 
     name, views = "decoupled", (PER_FILTER,)
-    factor_names = ("weight1", "weight2")
 
     def factor_shapes(self, weight_shape, rank):
         N, C, kh, kw = weight_shape[-4:]
@@ -389,13 +380,8 @@ class Decoupled(Scheme):
     def orthogonal_factors(self, weight1, weight2):
         N, r, kh, kw = weight2.shape
         L = weight1.reshape(N, r, weight1.shape[1]).transpose(1, 2)   # [N, C, r]
-        R = weight2.reshape(N, r, kh * kw).transpose(1, 2)     # [N, kh*kw, r]
+        R = weight2.reshape(N, r, kh * kw).transpose(1, 2)            # [N, kh*kw, r]
         return L, R
-
-    def full_weight(self, weight1, weight2):
-        N, r, kh, kw = weight2.shape
-        L, R = self.orthogonal_factors(weight1, weight2)
-        return (L @ R.transpose(1, 2)).reshape(N, weight1.shape[1], kh, kw)
 
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (Channel(), Spatial(), Tucker2(), Decoupled())}
