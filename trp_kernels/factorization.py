@@ -93,7 +93,8 @@ def decompose_weights(W: torch.Tensor, scheme: str = "channel", energy=None, thr
         rank = s.check_rank(rank, W.shape)
     elif exact_rank:
         raise ValueError("exact_rank needs a rank")
-    hooi_iterations = _checks.optional_int(hooi_iterations, "hooi_iterations")
+    if isinstance(hooi_iterations, bool) or not isinstance(hooi_iterations, int):
+        raise TypeError(f"hooi_iterations must be an int, got {hooi_iterations!r}")
     if hooi_iterations < 0 or (hooi_iterations and s.name != "tucker2"):
         raise ValueError(f"hooi_iterations must be 0, or >= 0 for scheme 'tucker2', got "
                          f"{hooi_iterations} for scheme '{s.name}'")
