@@ -117,6 +117,8 @@ class Scheme:
     factor_names: tuple[str, ...]
     views: tuple[MatrixView, ...]     # the matrices whose SVDs give the factors
     paired_rank = False               # rank is (r_in, r_out)
+    fused_op = False                  # runs the library's lowrank_conv2d op (else ATen convs)
+    default_penalty = "so"            # orthogonality_penalty's kind for its layers
 
     def full_rank(self, weight_shape):
         ranks = tuple(v.full_rank(weight_shape) for v in self.views)
@@ -250,7 +252,7 @@ class FactorPairScheme(Scheme):
 
 
 class Channel(FactorPairScheme):
-    name, views = "channel", (OUT_MODE,)
+    name, views, fused_op = "channel", (OUT_MODE,), True
 
     def factor_shapes(self, weight_shape, rank):
         N, C, kh, kw = weight_shape[-4:]
@@ -276,7 +278,7 @@ class Channel(FactorPairScheme):
 
 
 class Spatial(FactorPairScheme):
-    name, views = "spatial", (SPATIAL,)
+    name, views, fused_op = "spatial", (SPATIAL,), True
 
     def factor_shapes(self, weight_shape, rank):
         N, C, kh, kw = weight_shape[-4:]
@@ -312,6 +314,7 @@ class Tucker2(Scheme):
 
     name, views, paired_rank = "tucker2", (IN_MODE, OUT_MODE), True
     factor_names = ("weight_in", "core", "weight_out")
+    default_penalty = "dso"           # ELRT's double soft orthogonality
 
     def factor_shapes(self, weight_shape, rank):
         N, C, kh, kw = weight_shape[-4:]
@@ -385,7 +388,6 @@ class Decoupled(FactorPairScheme):
 
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (Channel(), Spatial(), Tucker2(), Decoupled())}
-MATRIX_SCHEMES = ("channel", "spatial")
 
 
 def scheme(name) -> Scheme:

@@ -173,7 +173,7 @@ class LowRankConv2d(nn.Module):
 
     # -- use -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scheme in geometry.MATRIX_SCHEMES:
+        if self.format.fused_op:
             return lowrank_conv2d(x, self.weight1, self.weight2, self.bias, self.stride,
                                   self.padding, self.dilation, self.scheme)
         return composite_conv2d(x, self.factors, self.thin_convs(), self.bias)

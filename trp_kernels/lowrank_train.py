@@ -63,7 +63,7 @@ def orthogonality_penalty(model: nn.Module, kind: str | None = None) -> torch.Te
     for layer in model.modules():
         if not isinstance(layer, LowRankConv2d):
             continue
-        layer_kind = kind or ("dso" if layer.scheme == "tucker2" else "so")
+        layer_kind = kind or layer.format.default_penalty
         for A in layer.format.orthogonal_factors(*layer.factors):
             term = _factor_penalty(A, layer_kind)
             if term is not None:
