@@ -96,7 +96,7 @@ def decompose_weights(W: torch.Tensor, scheme: str = "channel", energy=None, thr
     if isinstance(hooi_iterations, bool) or not isinstance(hooi_iterations, int):
         raise TypeError(f"hooi_iterations must be an int, got {hooi_iterations!r}")
     if hooi_iterations < 0 or (hooi_iterations and s.name != "tucker2"):
-        raise ValueError(f"hooi_iterations must be 0, or >= 0 for scheme 'tucker2', got "
+        raise ValueError(f"hooi_iterations must be >= 0, and 0 unless scheme is 'tucker2'; got "
                          f"{hooi_iterations} for scheme '{s.name}'")
     work = _work(W)
     caps = s.rank_parts(rank) if rank is not None else (None,) * len(s.views)
@@ -109,7 +109,7 @@ def decompose_weights(W: torch.Tensor, scheme: str = "channel", energy=None, thr
         U, S, V, ranks = svds[0]
         for b in range(W.shape[0]):
             # decoupled: the layer's rank is its filters' largest; the rest stay zero-padded
-            r = caps[0] if exact_rank else int(ranks[b].max()) if ranks[b].numel() else 0
+            r = caps[0] if exact_rank else int(ranks[b].max())
             layers.append(factors_from_svd(U[b], S[b], V[b], r, W.shape[1:], s.name))
     return [tuple(f.to(W.dtype) for f in factors) for factors in layers]
 
