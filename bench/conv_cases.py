@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from layer_sets import load
 
+from trp_kernels import geometry
+
 RANK_FRACTION = {"channel": 0.3, "spatial": 0.23}
 NETWORKS = {"resnet20": "r20", "resnet18": "r18"}
 
@@ -24,10 +26,6 @@ NETWORKS = {"resnet20": "r20", "resnet18": "r18"}
 PEAK_FLOPS = {"float32": 395e12, "bfloat16": 790e12, "float16": 790e12}
 PEAK_BYTES_PER_S = 3.0e12
 ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-def conv_out(size, kernel, stride, padding, dilation=1):
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 @dataclass(frozen=True)
@@ -47,37 +45,44 @@ class Layer:
                 f"-s{self.stride}-{self.size}px")
 
     @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels, 3, 3)
+
+    @property
+    def conv_args(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """(stride, padding, dilation) of the dense conv."""
+        return (self.stride, self.stride), (self.padding, self.padding), (1, 1)
+
+    @property
     def out_size(self) -> int:
-        return conv_out(self.size, 3, self.stride, self.padding)
+        return geometry.conv_out_size(self.size, 3, self.stride, self.padding, 1)
 
     def full_rank(self, scheme: str) -> int:
-        C, N = self.in_channels, self.out_channels
-        return min(N, 9 * C) if scheme == "channel" else min(3 * C, 3 * N)
+        return geometry.scheme(scheme).full_rank(self.weight_shape)
 
     def rank(self, scheme: str) -> int:
         return max(1, round(RANK_FRACTION[scheme] * self.full_rank(scheme)))
 
     def factor_shapes(self, scheme: str):
-        r, C, N = self.rank(scheme), self.in_channels, self.out_channels
-        if scheme == "channel":
-            return (r, C, 3, 3), (N, r, 1, 1)
-        return (r, C, 3, 1), (N, r, 1, 3)
+        return geometry.scheme(scheme).factor_shapes(self.weight_shape, self.rank(scheme))
+
+    def thin_convs(self, scheme: str):
+        return geometry.scheme(scheme).convs(self.weight_shape, self.rank(scheme), *self.conv_args)
 
     def macs(self, scheme: str | None) -> int:
         """Multiply-accumulates per image: the dense conv (scheme None) or the factor pair."""
-        C, N, o = self.in_channels, self.out_channels, self.out_size
+        hw = (self.size, self.size)
         if scheme is None:
-            return N * C * 9 * o * o
-        r = self.rank(scheme)
-        if scheme == "channel":
-            return r * (C * 9 + N) * o * o
-        mid_w = self.size  # the k x 1 conv keeps the width; the 1 x k conv applies the stride
-        return r * C * 3 * o * mid_w + N * r * 3 * o * o
+            dense = geometry.ThinConv(self.in_channels, self.out_channels, (3, 3), *self.conv_args)
+            return dense.macs(hw)[0]
+        return geometry.scheme(scheme).macs(self.weight_shape, self.rank(scheme), hw,
+                                            *self.conv_args)[0]
 
     def mid_elements(self, scheme: str) -> int:
         """Elements of the r-channel intermediate per image (what two_convs writes and reads)."""
-        o = self.out_size
-        return self.rank(scheme) * o * (o if scheme == "channel" else self.size)
+        first = self.thin_convs(scheme)[0]
+        h, w = first.out_hw((self.size, self.size))
+        return first.out_channels * h * w
 
 
 def layers(network: str) -> list[Layer]:

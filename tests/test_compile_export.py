@@ -76,3 +76,41 @@ def test_svd_ops_under_compile(device):
     ref_low, ref_rank = project(W)
     torch.testing.assert_close(low, ref_low)
     assert torch.equal(rank, ref_rank)
+
+
+def new_formats_model(device):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        tk.LowRankConv2d(8, 16, (3, 5), rank=(4, 6), stride=2, padding=(1, 2), scheme="tucker2"),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        tk.LowRankConv2d(16, 16, 3, rank=3, padding=2, dilation=2, bias=False,
+                         scheme="decoupled"),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).to(device)
+
+
+@pytest.mark.parametrize("device", devices)
+def test_new_formats_compile_forward_backward_and_export(device):
+    model = new_formats_model(device)
+    x = torch.randn(4, 3, 12, 12, device=device)
+    eager_out = model(x)
+    eager_out.square().mean().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.square().mean().backward()
+    torch.testing.assert_close(out, eager_out, rtol=1e-4, atol=1e-5)
+    for p, g in zip(model.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+    model.eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    for b in (2, 7):
+        xb = torch.randn(b, 3, 12, 12, device=device)
+        torch.testing.assert_close(exported.module()(xb), model(xb))

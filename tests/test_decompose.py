@@ -105,3 +105,54 @@ def test_is_decomposable():
     assert not is_decomposable(nn.Conv2d(3, 4, 1))
     assert not is_decomposable(nn.Conv2d(4, 4, 3, groups=2))
     assert not is_decomposable(nn.Linear(3, 4))
+
+
+@pytest.mark.parametrize("scheme", ["tucker2", "decoupled"])
+def test_decompose_model_new_formats(scheme):
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    original = copy.deepcopy(model)
+    x = torch.randn(2, 3, 16, 16)
+    report = tk.decompose_model(model, scheme=scheme, skip=["stem"], example_input=x)
+    assert [l.name for l in report.layers] == ["body.0", "body.5"]
+    assert all(l.rank == l.full_rank for l in report.layers)
+    torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-5)
+    after = {c.name: c for c in flops.conv_costs(model, x)}
+    for l in report.layers:
+        layer = model.get_submodule(l.name)
+        assert l.macs_after == after[l.name].macs == flops.lowrank_macs(layer, after[l.name].input_hw)[0]
+        assert l.params_after == flops.count_params(layer)
+    # rank as a fraction: of both modes for tucker2, or a pair of them
+    rank = (0.25, 0.5) if scheme == "tucker2" else 0.5
+    report = tk.decompose_model(SmallNet(), scheme=scheme, rank=rank)
+    if scheme == "tucker2":
+        assert [l.full_rank for l in report.layers] == [(3, 8), (8, 16), (32, 32)]
+        assert [l.rank for l in report.layers] == [(1, 4), (2, 8), (8, 16)]
+    else:
+        assert [l.full_rank for l in report.layers] == [3, 8, 3]
+        assert [l.rank for l in report.layers] == [2, 4, 2]
+
+
+def test_one_batched_svd_per_shape_group_and_mode(monkeypatch):
+    """tucker2: one call per mode unfolding of each weight shape; decoupled: one per shape
+    (every filter of every layer of that shape)."""
+    from trp_kernels import factorization
+    from trp_kernels.models import resnet20
+
+    calls = []
+    real = factorization.truncated_svd
+
+    def counting(W, *args, **kwargs):
+        calls.append(tuple(W.shape))
+        return real(W, *args, **kwargs)
+
+    monkeypatch.setattr(factorization, "truncated_svd", counting)
+    model = resnet20(in_channels=1)
+    shapes = {tuple(m.weight.shape) for n, m in model.named_modules()
+              if is_decomposable(m) and n != "conv1"}
+    tk.decompose_model(copy.deepcopy(model), "tucker2", energy=0.9, skip=["conv1"])
+    assert len(calls) == 2 * len(shapes) and max(c[0] for c in calls) == 6
+    calls.clear()
+    tk.decompose_model(copy.deepcopy(model), "decoupled", energy=0.9, skip=["conv1"])
+    assert len(calls) == len(shapes)
+    assert (6, 16, 16, 9) in calls

@@ -115,3 +115,53 @@ def test_onnx_runs_in_onnxruntime_like_pytorch(tmp_path):
     x = torch.randn(7, 1, 8, 8)
     (logits,) = session.run(["logits"], {"input": x.numpy()})
     np.testing.assert_allclose(logits, outputs(model, x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def small_dense_model():
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, (3, 5), padding=(2, 1), dilation=(2, 1)),
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 12, 3, padding=1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 10))
+
+
+def new_formats_model():
+    """A small net with tucker2 layers (energy ranks, two per layer) and a decoupled layer, and
+    non-trivial BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = small_dense_model().train()
+    with torch.no_grad():
+        model(torch.randn(32, 1, 8, 8))
+    decompose_model(model, "tucker2", energy=0.7, skip=("0", "8"))
+    decompose_model(model, "decoupled", energy=0.8, skip=("0",))
+    return model.eval()
+
+
+def test_new_formats_save_load_pairs_export_and_onnx(tmp_path):
+    model = new_formats_model()
+    assert lowrank_layers(model) == {"2": "tucker2", "5": "tucker2", "8": "decoupled"}
+    ranks = {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankConv2d)}
+    assert len(set(ranks.values())) == 3
+    x = torch.randn(5, 1, 8, 8)
+    expected = outputs(model, x)
+    # the file restores every layer's format and rank without being told them
+    path = str(tmp_path / "model.pt")
+    save_model(model, path)
+    loaded = load_model(path, model=small_dense_model())
+    assert lowrank_layers(loaded) == lowrank_layers(model)
+    assert ranks == {n: m.rank for n, m in loaded.named_modules() if isinstance(m, LowRankConv2d)}
+    torch.testing.assert_close(outputs(loaded, x), expected)
+    # plain convs: three per tucker2 layer, a 1x1 and a grouped conv per decoupled layer
+    plain = to_conv_pairs(loaded)
+    assert not lowrank_layers(plain)
+    assert len(plain[2]) == len(plain[5]) == 3 and len(plain[8]) == 2 and plain[8][1].groups == 12
+    torch.testing.assert_close(outputs(plain, x), expected, rtol=1e-4, atol=1e-5)
+    program = export_program(model, torch.randn(1, 1, 8, 8))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("trp." in t for t in targets)     # ATen convolutions only
+    torch.testing.assert_close(program.module()(x), expected, rtol=1e-4, atol=1e-5)
+    onnx_path = str(tmp_path / "model.onnx")
+    export_onnx(model, torch.randn(2, 1, 8, 8), onnx_path)
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": x.numpy()})
+    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-5)

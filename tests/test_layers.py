@@ -145,3 +145,17 @@ def test_to_conv_pair_geometry():
         assert first.bias is None and second.bias is not None
         x = torch.randn(2, 3, 17, 19)
         torch.testing.assert_close(layer.to_conv_pair()(x), layer(x))
+
+
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("scheme", ["tucker2", "decoupled"])
+def test_new_formats_from_conv_in_every_dtype(device, scheme):
+    for spec in CONVS:
+        conv = nn.Conv2d(6, 10, **spec).to(device)
+        layer = tk.LowRankConv2d.from_conv(conv, scheme=scheme)
+        assert layer.rank == layer.full_rank == factorization.full_rank(conv.weight.shape, scheme)
+        x = torch.randn(2, 6, 15, 14, device=device)
+        torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer.to_convs()(x), conv(x), rtol=1e-5, atol=1e-5)
+    half = tk.LowRankConv2d.from_conv(nn.Conv2d(4, 6, 3).to(torch.bfloat16).eval(), scheme, rank=2)
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters()) and not half.training

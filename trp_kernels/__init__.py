@@ -1,7 +1,8 @@
 """trp_kernels: Trained Rank Pruning and low-rank CNN training for PyTorch.
 
 The public API (docs/design.md section 4): ``truncated_svd``, ``lowrank_project``,
-``lowrank_conv2d``, ``LowRankConv2d`` and ``decompose_model``; for training (docs/training.md):
+``lowrank_conv2d``, ``LowRankConv2d`` (formats "channel", "spatial", "tucker2", "decoupled"; their
+geometry is ``trp_kernels.geometry``) and ``decompose_model``; for training (docs/training.md):
 ``TRPRegularizer``, ``make_lowrank``, ``orthogonality_penalty``, and for shipping a compressed
 model ``save_model``, ``load_model``, ``to_conv_pairs``, ``export_program``, ``export_onnx``.
 The trainer behind ``python -m trp_kernels train`` is ``trp_kernels.training``; the models are

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from . import geometry
+
 try:
     from . import _C  # noqa: F401  (importing registers the torch.ops.trp.* kernels)
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
@@ -26,19 +28,12 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def conv_out_size(size, kernel, stride, padding, dilation):
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def lowrank_conv2d_out_shape(x, weight1, weight2, stride, padding, dilation, scheme):
-    kh = weight1.shape[2]
-    kw = weight1.shape[3] if scheme == "channel" else weight2.shape[3]
-    return (
-        x.shape[0],
-        weight2.shape[0],
-        conv_out_size(x.shape[2], kh, stride[0], padding[0], dilation[0]),
-        conv_out_size(x.shape[3], kw, stride[1], padding[1], dilation[1]),
-    )
+    s = geometry.scheme(scheme)
+    shapes = (weight1.shape, weight2.shape)
+    hw = s.out_hw(s.weight_shape_of(*shapes), s.rank_of(*shapes), x.shape[2:], stride, padding,
+                  dilation)
+    return (x.shape[0], weight2.shape[0], *hw)
 
 
 @torch.library.register_fake("trp::truncated_svd")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _checks
+from . import _checks, geometry
 from ._ops import ops
 
 
@@ -38,11 +38,24 @@ def lowrank_conv2d(x, weight1, weight2, bias=None, stride=1, padding=0, dilation
 
 
 def split_geometry(stride, padding, dilation, scheme):
-    """(stride, padding, dilation) of the first and of the second conv of a scheme."""
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    if scheme == "channel":
-        return ((sh, sw), (ph, pw), (dh, dw)), ((1, 1), (0, 0), (1, 1))
-    return ((sh, 1), (ph, 0), (dh, 1)), ((1, sw), (0, pw), (1, dw))
+    """(stride, padding, dilation) of the first and of the second conv of a matrix scheme."""
+    convs = geometry.scheme(scheme).convs((1, 1, 1, 1), 1, stride, padding, dilation)
+    return tuple((c.stride, c.padding, c.dilation) for c in convs)
+
+
+def composite_conv2d(x, factors, convs, bias=None) -> torch.Tensor:
+    """The thin convs ``convs`` (``geometry.ThinConv``) with weights ``factors`` in a row, as
+    ATen convolutions (traceable by torch.compile, torch.export and ONNX); the bias goes to the
+    last. A rank-0 factorisation computes zeros (plus the bias)."""
+    if any(f.shape[0] == 0 or f.shape[1] == 0 for f in factors):
+        hw = geometry.chain_out_hw(convs, x.shape[-2:])
+        out = x.new_zeros((x.shape[0], convs[-1].out_channels, *hw))
+        return out if bias is None else out + bias.view(-1, 1, 1)
+    last = len(convs) - 1
+    for i, (weight, conv) in enumerate(zip(factors, convs)):
+        x = F.conv2d(x, weight, bias if i == last else None, conv.stride, conv.padding,
+                     conv.dilation, conv.groups)
+    return x
 
 
 def reference_lowrank_conv2d(x, weight1, weight2, bias=None, stride=1, padding=0, dilation=1,
@@ -50,6 +63,7 @@ def reference_lowrank_conv2d(x, weight1, weight2, bias=None, stride=1, padding=0
     """Pure-torch reference: two F.conv2d calls."""
     stride, padding, dilation, scheme = _conv_args(x, weight1, weight2, bias, stride, padding,
                                                    dilation, scheme)
-    (s1, p1, d1), (s2, p2, d2) = split_geometry(stride, padding, dilation, scheme)
-    mid = F.conv2d(x, weight1, None, s1, p1, d1)
-    return F.conv2d(mid, weight2, bias, s2, p2, d2)
+    s = geometry.scheme(scheme)
+    shapes = (weight1.shape, weight2.shape)
+    convs = s.convs(s.weight_shape_of(*shapes), s.rank_of(*shapes), stride, padding, dilation)
+    return composite_conv2d(x, (weight1, weight2), convs, bias)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from . import _checks, factorization
+from . import geometry
 from .flops import conv_costs, count_params
 from .layers import LowRankConv2d
 from .models import never_decomposed
@@ -27,8 +26,8 @@ def is_decomposable(module: nn.Module) -> bool:
 class LayerDecomposition:
     name: str
     weight_shape: tuple[int, int, int, int]
-    rank: int
-    full_rank: int
+    rank: int | tuple[int, int]          # (r_in, r_out) for tucker2
+    full_rank: int | tuple[int, int]
     params_before: int
     params_after: int
     macs_before: int | None = None   # per sample; None without an example input
@@ -75,8 +74,9 @@ class DecompositionReport:
         lines = [f"{'layer':<28} {'weight':>18} {'rank':>9} {'params':>15} {'MMACs':>17}"]
         for l in self.layers:
             shape = "x".join(map(str, l.weight_shape))
+            rank, full = geometry.format_rank(l.rank), geometry.format_rank(l.full_rank)
             lines.append(
-                f"{l.name:<28} {shape:>18} {l.rank:>4}/{l.full_rank:<4} "
+                f"{l.name:<28} {shape:>18} {rank:>4}/{full:<4} "
                 f"{l.params_before:>7}->{l.params_after:<7} "
                 f"{mega(l.macs_before):>8}->{mega(l.macs_after):<8}"
             )
@@ -86,28 +86,6 @@ class DecompositionReport:
             lines.append(f"model conv MMACs {mega(self.conv_macs_before)} -> "
                          f"{mega(self.conv_macs_after)} (FLOP speed-up {self.flops_speedup:.2f}x)")
         return "\n".join(lines)
-
-
-def _layer_max_rank(rank, full: int):
-    """``rank`` as an int (an upper bound, capped at the layer's full rank) or a float in (0, 1]
-    (a fraction of the layer's full rank, rounded up)."""
-    if rank is None:
-        return None
-    if isinstance(rank, float):
-        return max(1, math.ceil(rank * full))
-    return min(rank, full)
-
-
-def _check_rank(rank):
-    if rank is None:
-        return None
-    if isinstance(rank, bool) or not isinstance(rank, (int, float)):
-        raise TypeError(f"rank must be an int, a float in (0, 1] or None, got {rank!r}")
-    if isinstance(rank, float) and not 0.0 < rank <= 1.0:
-        raise ValueError(f"rank as a fraction of the full rank must be in (0, 1], got {rank}")
-    if isinstance(rank, int) and rank < 1:
-        raise ValueError(f"rank must be >= 1, got {rank}")
-    return rank
 
 
 def decomposable_layers(model: nn.Module, skip=None) -> list[tuple[str, nn.Conv2d]]:
@@ -128,9 +106,10 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
     larger than 1x1, not named in ``skip``) by ``LowRankConv2d.from_conv`` with the given rank
     rule, and returns a report. ``rank`` is a per-layer cap (int) or a fraction of each layer's
     full rank (float). With ``example_input`` (one batch), the report also holds per-layer and
-    whole-model conv MACs per sample."""
-    _checks.scheme(scheme)
-    rank = _check_rank(rank)
+    whole-model conv MACs per sample. ``scheme``: "channel", "spatial", "tucker2" (``rank``
+    may then be a pair (r_in, r_out) of ints or fractions) or "decoupled"."""
+    fmt = geometry.scheme(scheme)
+    rank = fmt.check_rank_spec(rank)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, nn.Conv2d):
@@ -145,16 +124,18 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
         if conv.padding_mode != "zeros":
             raise ValueError(f"layer {name!r} uses padding_mode='{conv.padding_mode}', which "
                              f"cannot be decomposed; pass skip=[{name!r}]")
-        full = factorization.full_rank(conv.weight.shape, scheme)
-        layer = LowRankConv2d.from_conv(conv, scheme=scheme, energy=energy, threshold=threshold,
-                                        rank=_layer_max_rank(rank, full))
+    # one batched factorisation per weight shape
+    layers = LowRankConv2d.from_convs(
+        [conv for _, conv in targets], scheme=scheme, energy=energy, threshold=threshold,
+        ranks=[fmt.layer_rank(rank, conv.weight.shape) for _, conv in targets])
+    for (name, conv), layer in zip(targets, layers):
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer)
         report.layers.append(LayerDecomposition(
             name=name,
             weight_shape=tuple(conv.weight.shape),
             rank=layer.rank,
-            full_rank=full,
+            full_rank=layer.full_rank,
             params_before=count_params(conv),
             params_after=count_params(layer),
         ))

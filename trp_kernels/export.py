@@ -1,10 +1,10 @@
-"""Shipping a compressed model: a self-describing file that restores every layer's rank, plain
-PyTorch conv pairs instead of the library's op, torch.export and ONNX.
+"""Shipping a compressed model: a self-describing file that restores every layer's rank and
+format, plain PyTorch convs instead of the library's layers, torch.export and ONNX.
 
     save_model(model, "model.pt", arch="resnet20", arch_kwargs={"in_channels": 1},
                input_shape=(1, 8, 8))
     model = load_model("model.pt")                # ranks and schemes restored from the file
-    to_conv_pairs(model)                          # nn.Conv2d pairs only: no trp_kernels needed
+    to_conv_pairs(model)                          # plain nn.Conv2d only: no trp_kernels needed
     export_onnx(model, torch.randn(1, 1, 8, 8), "model.onnx")
 """
 
@@ -94,11 +94,12 @@ def saved_input_shape(path: str) -> tuple[int, ...] | None:
 
 
 def to_conv_pairs(model: nn.Module) -> nn.Module:
-    """Replaces, in place, every LowRankConv2d by its two plain nn.Conv2d layers (same outputs);
-    the result runs anywhere PyTorch does, without this library. Returns ``model``."""
+    """Replaces, in place, every LowRankConv2d by its plain nn.Conv2d layers (same outputs: a
+    pair, or three convs for tucker2); the result runs anywhere PyTorch does, without this
+    library. Returns ``model``."""
     for name, layer in list(model.named_modules()):
         if isinstance(layer, LowRankConv2d):
-            pair = layer.to_conv_pair()
+            pair = layer.to_convs()
             pair.train(layer.training)
             model.set_submodule(name, pair)
     return model
@@ -117,8 +118,9 @@ def _export_inputs(example_input: torch.Tensor, dynamic_batch: bool):
 def export_program(model: nn.Module, example_input: torch.Tensor, conv_pairs: bool = False,
                    dynamic_batch: bool = True) -> torch.export.ExportedProgram:
     """``torch.export`` of ``model`` in eval mode (a copy; ``model`` is untouched). The
-    LowRankConv2d layers stay the library's op (loading the program then needs
-    ``import trp_kernels``) unless ``conv_pairs`` turns them into plain convs first."""
+    channel / spatial LowRankConv2d layers stay the library's op (loading the program then
+    needs ``import trp_kernels``) unless ``conv_pairs`` turns them into plain convs first;
+    tucker2 / decoupled layers are ATen convolutions either way."""
     model = copy.deepcopy(model).eval()
     if conv_pairs:
         to_conv_pairs(model)
@@ -128,7 +130,7 @@ def export_program(model: nn.Module, example_input: torch.Tensor, conv_pairs: bo
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str,
                 dynamic_batch: bool = True) -> None:
-    """ONNX file of ``model`` in eval mode (a copy, with conv pairs: ONNX runtimes know no
+    """ONNX file of ``model`` in eval mode (a copy, with plain convs: ONNX runtimes know no
     trp op). Input "input" [B, C, H, W], output "logits"; B is dynamic unless
     ``dynamic_batch`` is False."""
     model = to_conv_pairs(copy.deepcopy(model).eval())

@@ -1,102 +1,166 @@
-"""The two TRP views of a conv weight W [N, C, kh, kw] as a matrix, and the factor pair that a
-truncated SVD of that matrix gives (docs/design.md section 2). All functions accept extra leading
-batch dimensions, so a group of same-shaped layers is one call.
+"""Factorising dense conv weights into the factors of a low-rank format by the rank rule of
+``truncated_svd`` (docs/design.md section 1). The shapes and matrix views are
+``trp_kernels.geometry``'s; the functions named after it here (``weight_to_matrix``,
+``factor_shapes``, ...) take the scheme by name and stay for the code that uses them.
 
-channel: M = W.reshape(N, C*kh*kw)                      weight1 [r, C, kh, kw], weight2 [N, r, 1, 1]
-spatial: M = W.permute(1, 2, 0, 3).reshape(C*kh, N*kw)  weight1 [r, C, kh, 1],  weight2 [N, r, 1, kw]
+One batched SVD call serves a whole stack of same-shaped weights: channel / spatial one call on
+the scheme's matrices; tucker2 one call per mode unfolding (HOSVD), plus optional HOOI sweeps;
+decoupled one call on every filter of every layer.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _checks
+from . import _checks, geometry
 from .svd import truncated_svd
 
 
-def matrix_shape(weight_shape, scheme: str) -> tuple[int, int]:
-    N, C, kh, kw = weight_shape[-4:]
-    return (N, C * kh * kw) if scheme == "channel" else (C * kh, N * kw)
+# -- the geometry by scheme name ----------------------------------------------------------------
+def _matrix_scheme(scheme: str):
+    s = geometry.scheme(scheme)
+    if len(s.views) != 1:
+        raise ValueError(f"scheme '{scheme}' views a weight as {len(s.views)} matrices, not one")
+    return s
 
 
-def full_rank(weight_shape, scheme: str) -> int:
-    return min(matrix_shape(weight_shape, scheme))
+def matrix_shape(weight_shape, scheme: str) -> tuple[int, ...]:
+    return _matrix_scheme(scheme).views[0].shape(weight_shape)
 
 
-def factor_shapes(weight_shape, rank: int, scheme: str):
-    N, C, kh, kw = weight_shape[-4:]
-    if scheme == "channel":
-        return (rank, C, kh, kw), (N, rank, 1, 1)
-    return (rank, C, kh, 1), (N, rank, 1, kw)
+def full_rank(weight_shape, scheme: str):
+    return geometry.scheme(scheme).full_rank(weight_shape)
+
+
+def factor_shapes(weight_shape, rank, scheme: str):
+    return geometry.scheme(scheme).factor_shapes(weight_shape, rank)
 
 
 def weight_to_matrix(W: torch.Tensor, scheme: str) -> torch.Tensor:
-    """The scheme's matrix of W. In the channel scheme (and for a contiguous W) it is a view:
-    an in-place change of one shows in the other."""
-    *batch, N, C, kh, kw = W.shape
-    if scheme == "channel":
-        return W.reshape(*batch, N, C * kh * kw)
-    b = len(batch)
-    return W.permute(*range(b), b + 1, b + 2, b, b + 3).reshape(*batch, C * kh, N * kw)
+    """The scheme's matrix of W (channel: a view for a contiguous W)."""
+    return _matrix_scheme(scheme).views[0].to_matrix(W)
 
 
 def matrix_to_weight(M: torch.Tensor, weight_shape, scheme: str) -> torch.Tensor:
     """Inverse of weight_to_matrix; weight_shape is (N, C, kh, kw)."""
-    N, C, kh, kw = weight_shape[-4:]
-    batch = M.shape[:-2]
-    if scheme == "channel":
-        return M.reshape(*batch, N, C, kh, kw)
-    b = len(batch)
-    return M.reshape(*batch, C, kh, N, kw).permute(*range(b), b + 2, b, b + 1, b + 3).contiguous()
+    return _matrix_scheme(scheme).views[0].to_weight(M, weight_shape)
 
 
 def factors_from_svd(U, S, V, rank: int, weight_shape, scheme: str):
-    """(weight1, weight2) of one layer from the SVD of its matrix, split as sqrt(S) on each side."""
-    N, C, kh, kw = weight_shape[-4:]
-    root = S[:rank].clamp_min(0).sqrt()
-    left = U[:, :rank] * root            # U_r sqrt(S_r)
-    right = (V[:, :rank] * root).T       # sqrt(S_r) V_r^T
-    if scheme == "channel":
-        return right.reshape(rank, C, kh, kw).contiguous(), left.reshape(N, rank, 1, 1).contiguous()
-    weight1 = left.reshape(C, kh, rank).permute(2, 0, 1)[..., None].contiguous()
-    weight2 = right.reshape(rank, N, kw).permute(1, 0, 2)[:, :, None, :].contiguous()
-    return weight1, weight2
+    """The factors of one layer from the SVD of its matrix, split as sqrt(S) on each side
+    (channel, spatial, decoupled)."""
+    root = S[..., :rank].clamp_min(0).sqrt().unsqueeze(-2)
+    return _matrix_scheme(scheme).factors_from_matrix(U[..., :rank] * root, V[..., :rank] * root,
+                                                      weight_shape)
 
 
-def factor_matrices(weight1: torch.Tensor, weight2: torch.Tensor, scheme: str):
-    """(L [m, r], R [n, r]) with L @ R.T the scheme's matrix of the weight the pair represents:
-    L = U_r sqrt(S_r) and R = V_r sqrt(S_r) for a pair made by ``factors_from_svd``.
-    Differentiable views of the factors."""
-    r = weight1.shape[0]
-    if scheme == "channel":
-        return weight2.reshape(-1, r), weight1.reshape(r, -1).T
-    left = weight1[..., 0].permute(1, 2, 0).reshape(-1, r)
-    right = weight2[:, :, 0, :].permute(1, 0, 2).reshape(r, -1).T
-    return left, right
+def factor_matrices(*factors_and_scheme):
+    """The factor matrices of a layer's factors (``factor_matrices(weight1, weight2, scheme)``):
+    (L [m, r], R [n, r]) with L @ R.T the scheme's matrix for channel and spatial."""
+    *factors, scheme = factors_and_scheme
+    return geometry.scheme(scheme).orthogonal_factors(*factors)
 
 
-def full_weight(weight1: torch.Tensor, weight2: torch.Tensor, scheme: str) -> torch.Tensor:
-    """The dense [N, C, kh, kw] weight a factor pair represents."""
-    if scheme == "channel":
-        r, C, kh, kw = weight1.shape
-        return (weight2.reshape(-1, r) @ weight1.reshape(r, -1)).reshape(-1, C, kh, kw)
-    return torch.einsum("rci,nrj->ncij", weight1[..., 0], weight2[:, :, 0, :])
+def full_weight(*factors_and_scheme) -> torch.Tensor:
+    """The dense [N, C, kh, kw] weight of a layer's factors (``full_weight(w1, w2, scheme)``)."""
+    *factors, scheme = factors_and_scheme
+    return geometry.scheme(scheme).full_weight(*factors)
+
+
+# -- decomposition --------------------------------------------------------------------------------
+def _work(W: torch.Tensor) -> torch.Tensor:
+    """float32 / float64 copy for the SVD op (half precision goes via float32)."""
+    dtype = W.dtype if W.dtype in (torch.float32, torch.float64) else torch.float32
+    return W.detach().to(dtype)
+
+
+def decompose_weights(W: torch.Tensor, scheme: str = "channel", energy=None, threshold=None,
+                      rank=None, hooi_iterations: int = 0, exact_rank: bool = False):
+    """The factors of every weight of a stack W [B, N, C, kh, kw], as a list of B tuples in the
+    scheme's factor order, each at the rank the rule gives that weight.
+
+    rank: an upper bound (the scheme's rank: an int, or for tucker2 an int or a pair (r_in,
+        r_out)), at most the full rank. With ``exact_rank`` every layer gets exactly ``rank``
+        (components past a weight's numerical rank are zero).
+    hooi_iterations: tucker2 only: HOOI sweeps after the HOSVD, kept for a layer only where they
+        lower its reconstruction error.
+    """
+    s = geometry.scheme(scheme)
+    _checks.tensor(W, "weight")
+    if W.dim() != 5:
+        raise ValueError(f"weights must be a stack [B, N, C, kh, kw], got shape {tuple(W.shape)}")
+    if rank is not None:
+        rank = s.check_rank(rank, W.shape)
+    elif exact_rank:
+        raise ValueError("exact_rank needs a rank")
+    if isinstance(hooi_iterations, bool) or not isinstance(hooi_iterations, int):
+        raise TypeError(f"hooi_iterations must be an int, got {hooi_iterations!r}")
+    if hooi_iterations < 0 or (hooi_iterations and s.name != "tucker2"):
+        raise ValueError(f"hooi_iterations must be >= 0, and 0 unless scheme is 'tucker2'; got "
+                         f"{hooi_iterations} for scheme '{s.name}'")
+    work = _work(W)
+    caps = s.rank_parts(rank) if rank is not None else (None,) * len(s.views)
+    svds = [truncated_svd(view.to_matrix(work), energy=energy, threshold=threshold,
+                          max_rank=cap) for view, cap in zip(s.views, caps)]
+    if s.name == "tucker2":
+        layers = _tucker2_factors(s, work, svds, caps if exact_rank else None, hooi_iterations)
+    else:
+        layers = []
+        U, S, V, ranks = svds[0]
+        for b in range(W.shape[0]):
+            # decoupled: the layer's rank is its filters' largest; the rest stay zero-padded
+            r = caps[0] if exact_rank else int(ranks[b].max())
+            layers.append(factors_from_svd(U[b], S[b], V[b], r, W.shape[1:], s.name))
+    return [tuple(f.to(W.dtype) for f in factors) for factors in layers]
+
+
+def _tucker2_factors(s, W, svds, exact, hooi_iterations):
+    (U_in, _, _, r_in), (U_out, _, _, r_out) = svds
+    ranks = [(int(a), int(b)) for a, b in zip(r_in, r_out)] if exact is None else \
+        [tuple(exact)] * W.shape[0]
+    keep_in = _leading(U_in.shape[-1], [r[0] for r in ranks], U_in)
+    keep_out = _leading(U_out.shape[-1], [r[1] for r in ranks], U_out)
+    U_in, U_out = U_in * keep_in, U_out * keep_out          # zero past each layer's ranks
+    if hooi_iterations:
+        U_in, U_out = _hooi(s, W, U_in, U_out, keep_in, keep_out, hooi_iterations)
+    core = s.core_of(W, U_in, U_out)
+    return [s.factors_from_bases(U_in[b, :, :ri], core[b, :ro, :ri], U_out[b, :, :ro])
+            for b, (ri, ro) in enumerate(ranks)]
+
+
+def _leading(k: int, widths, like: torch.Tensor) -> torch.Tensor:
+    """[B, 1, k] mask of each layer's first ``widths[b]`` columns."""
+    cols = torch.arange(k, device=like.device)
+    widths = torch.tensor(widths, device=like.device)
+    return (cols < widths[:, None]).to(like.dtype)[:, None, :]
+
+
+def _hooi(s, W, U_in, U_out, keep_in, keep_out, iterations):
+    """Higher-order orthogonal iteration at fixed ranks: each basis becomes the leading
+    singular vectors of W projected on the other's. Batched over the stack; per layer the
+    refined bases are kept only where they lower the error ||W||^2 - ||G||^2."""
+    def captured(a, b):      # ||G||^2 = the energy the bases keep
+        return s.core_of(W, a, b).square().sum((-4, -3, -2, -1))
+
+    best_in, best_out, best = U_in, U_out, captured(U_in, U_out)
+    for _ in range(iterations):
+        # W x_N U_out^T, unfolded along C: its leading left singular vectors are the new U_in
+        Y = torch.einsum("bno,bncij->bocij", U_out, W)
+        U_in = truncated_svd(geometry.IN_MODE.to_matrix(Y))[0] * keep_in
+        Z = torch.einsum("bcp,bncij->bnpij", U_in, W)
+        U_out = truncated_svd(geometry.OUT_MODE.to_matrix(Z))[0] * keep_out
+    refined = captured(U_in, U_out)
+    better = (refined > best)[:, None, None]
+    return torch.where(better, U_in, best_in), torch.where(better, U_out, best_out)
 
 
 def decompose_weight(W: torch.Tensor, scheme: str = "channel", energy=None, threshold=None,
-                     rank=None):
-    """Factor pair of one dense weight by the rank rule; ``rank`` is an upper bound that must
-    not exceed the full rank. Half-precision weights are factorised in float32."""
-    _checks.scheme(scheme)
+                     rank=None, hooi_iterations: int = 0):
+    """Factors of one dense weight [N, C, kh, kw] by the rank rule; ``rank`` is an upper bound
+    that must not exceed the full rank. Half-precision weights are factorised in float32."""
+    geometry.scheme(scheme)
+    _checks.tensor(W, "weight")
     if W.dim() != 4:
         raise ValueError(f"weight must be 4-D [N, C, kh, kw], got shape {tuple(W.shape)}")
-    rank = _checks.optional_int(rank, "rank")
-    k = full_rank(W.shape, scheme)
-    if rank is not None and not 0 <= rank <= k:
-        raise ValueError(f"rank must be in [0, {k}] (the full rank of this layer), got {rank}")
-    work_dtype = W.dtype if W.dtype in (torch.float32, torch.float64) else torch.float32
-    M = weight_to_matrix(W.detach().to(work_dtype), scheme)
-    U, S, V, r = truncated_svd(M, energy=energy, threshold=threshold, max_rank=rank)
-    r = int(r)
-    weight1, weight2 = factors_from_svd(U, S, V, r, W.shape, scheme)
-    return weight1.to(W.dtype), weight2.to(W.dtype)
+    return decompose_weights(W.unsqueeze(0), scheme, energy, threshold, rank,
+                             hooi_iterations)[0]

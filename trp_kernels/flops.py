@@ -1,8 +1,11 @@
 """Counting the multiply-accumulates (MACs) and parameters of convolutions, dense or low-rank.
 
-MACs of a conv = N * (C / groups) * kh * kw * H_out * W_out; of a LowRankConv2d pair
-(docs/design.md section 2): channel r * (C*kh*kw + N) * H_out * W_out, spatial
-r * C * kh * H_mid * W_mid + N * r * kw * H_out * W_out. The TRP papers' "speed-up" is the
+MACs of a conv = N * (C / groups) * kh * kw * H_out * W_out; a LowRankConv2d costs the sum of
+its thin convs (``trp_kernels.geometry``), each at its own resolution (docs/design.md
+section 2): channel r * (C*kh*kw + N) * H_out * W_out, spatial
+r * C * kh * H_mid * W_mid + N * r * kw * H_out * W_out, tucker2
+r_in * C * H_in * W_in + (r_out * r_in * kh * kw + N * r_out) * H_out * W_out, decoupled
+r * N * C * H_in * W_in + r * N * kh * kw * H_out * W_out. The TRP papers' "speed-up" is the
 ratio of the conv MACs of the dense and of the compressed model.
 """
 
@@ -13,8 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._ops import conv_out_size
-from .conv import split_geometry
+from .geometry import ThinConv
 from .layers import LowRankConv2d
 
 
@@ -29,28 +31,17 @@ class ConvCost:
 
 def conv2d_macs(conv: nn.Conv2d, input_hw) -> tuple[int, tuple[int, int]]:
     (h, w), (kh, kw) = input_hw, conv.kernel_size
+    plain = ThinConv(conv.in_channels, conv.out_channels, (kh, kw), conv.stride,
+                     (0, 0) if conv.padding in ("same", "valid") else conv.padding,
+                     conv.dilation, conv.groups)
     if conv.padding == "same":         # stride 1 only; PyTorch pads asymmetrically if need be
-        out = (h, w)
-    else:
-        padding = (0, 0) if conv.padding == "valid" else conv.padding
-        out = (
-            conv_out_size(h, kh, conv.stride[0], padding[0], conv.dilation[0]),
-            conv_out_size(w, kw, conv.stride[1], padding[1], conv.dilation[1]),
-        )
-    macs = conv.out_channels * (conv.in_channels // conv.groups) * kh * kw * out[0] * out[1]
-    return macs, out
+        return plain.weight_numel * h * w, (h, w)
+    return plain.macs(input_hw)
 
 
 def lowrank_macs(layer: LowRankConv2d, input_hw) -> tuple[int, tuple[int, int]]:
-    (s1, p1, d1), (s2, p2, d2) = split_geometry(layer.stride, layer.padding, layer.dilation,
-                                                layer.scheme)
-    k1, k2 = layer.weight1.shape[2:], layer.weight2.shape[2:]
-    mid = tuple(conv_out_size(input_hw[i], k1[i], s1[i], p1[i], d1[i]) for i in range(2))
-    out = tuple(conv_out_size(mid[i], k2[i], s2[i], p2[i], d2[i]) for i in range(2))
-    r, C, N = layer.rank, layer.in_channels, layer.out_channels
-    first = r * C * k1[0] * k1[1] * mid[0] * mid[1]
-    second = N * r * k2[0] * k2[1] * out[0] * out[1]
-    return first + second, out
+    return layer.format.macs(layer.weight_shape, layer.rank, input_hw, layer.stride,
+                             layer.padding, layer.dilation)
 
 
 def conv_costs(model: nn.Module, example_input: torch.Tensor) -> list[ConvCost]:

@@ -1,14 +1,15 @@
-"""LowRankConv2d: a conv layer stored as its two TRP factors."""
+"""LowRankConv2d: a conv layer stored as the factors of one of the four low-rank formats."""
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import torch
 from torch import nn
 
-from . import _checks, factorization
-from .conv import lowrank_conv2d, split_geometry
+from . import _checks, factorization, geometry
+from .conv import composite_conv2d, lowrank_conv2d
 
 
 def _positive(value, name):
@@ -18,16 +19,24 @@ def _positive(value, name):
 
 
 class LowRankConv2d(nn.Module):
-    """A conv2d layer whose weight is kept as two thin convolutions of rank ``rank``.
+    """A conv2d layer whose weight is kept as the factors of a low-rank format (the thin convs
+    of each are listed in ``trp_kernels.geometry``); the bias belongs to the last thin conv.
 
-    ``scheme="channel"``: a kh x kw conv from C to r channels (with the layer's stride, padding
-    and dilation), then a 1 x 1 conv from r to N channels. ``scheme="spatial"``: a kh x 1 conv
-    to r channels, then a 1 x kw conv. The bias belongs to the second conv.
+    ``scheme="channel"``: ``weight1`` [r, C, kh, kw] (a kh x kw conv C->r with the layer's
+    stride, padding and dilation), then ``weight2`` [N, r, 1, 1].
+    ``scheme="spatial"``: ``weight1`` [r, C, kh, 1] (a kh x 1 conv), then ``weight2`` [N, r, 1, kw].
+    ``scheme="tucker2"``, rank (r_in, r_out) (an int applies to both): ``weight_in``
+    [r_in, C, 1, 1] (U_in^T), ``core`` [r_out, r_in, kh, kw] (the layer's stride, padding and
+    dilation), ``weight_out`` [N, r_out, 1, 1] (U_out).
+    ``scheme="decoupled"``: ``weight1`` [r*N, C, 1, 1] (r 1x1 branches per output channel),
+    then ``weight2`` [N, r, kh, kw], a kh x kw conv with groups N.
 
-    A freshly built layer is initialised spectrally: a dense weight drawn like nn.Conv2d's
-    default init, truncated to rank ``rank``. ``from_conv`` decomposes a trained conv instead.
-    Loading a state_dict whose factors have another rank resizes the layer, so a model can be
-    rebuilt from a checkpoint without knowing its ranks (load before creating the optimizer).
+    channel and spatial run the library's fused op; tucker2 and decoupled are composed from
+    ATen convolutions. A freshly built layer is initialised spectrally: a dense weight drawn
+    like nn.Conv2d's default init, truncated to the rank. ``from_conv`` decomposes a trained
+    conv instead. Loading a state_dict whose factors have another rank resizes the layer, so a
+    model can be rebuilt from a checkpoint without knowing its ranks (load before creating the
+    optimizer).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, rank, stride=1, padding=0,
@@ -46,16 +55,12 @@ class LowRankConv2d(nn.Module):
                 f"stride and dilation must be >= 1 and padding >= 0, got stride={stride}, "
                 f"padding={padding}, dilation={dilation}"
             )
-        self.scheme = _checks.scheme(scheme)
-        rank = _checks.optional_int(rank, "rank")
-        if rank is None or not 0 <= rank <= self.full_rank:
-            raise ValueError(f"rank must be an int in [0, {self.full_rank}], got {rank!r}")
-        kw = {"device": device, "dtype": dtype}
-        shape1, shape2 = factorization.factor_shapes(self.weight_shape, rank, self.scheme)
-        self.weight1 = nn.Parameter(torch.empty(shape1, **kw))
-        self.weight2 = nn.Parameter(torch.empty(shape2, **kw))
+        self.format = geometry.scheme(scheme)
+        self.scheme = self.format.name
+        rank = self.format.check_rank(rank, self.weight_shape)
+        self._make_factors(rank, device, dtype)
         if bias:
-            self.bias = nn.Parameter(torch.empty(self.out_channels, **kw))
+            self.bias = nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
@@ -66,36 +71,45 @@ class LowRankConv2d(nn.Module):
         return (self.out_channels, self.in_channels, *self.kernel_size)
 
     @property
-    def full_rank(self) -> int:
-        return factorization.full_rank(self.weight_shape, self.scheme)
+    def full_rank(self):
+        return self.format.full_rank(self.weight_shape)
 
     @property
-    def rank(self) -> int:
-        return self.weight1.shape[0]
+    def factors(self) -> tuple[nn.Parameter, ...]:
+        """The factor parameters, in the order of their thin convs."""
+        return tuple(getattr(self, name) for name in self.format.factor_names)
+
+    @property
+    def rank(self):
+        """An int, or (r_in, r_out) for tucker2."""
+        return self.format.rank_of(*(f.shape for f in self.factors))
+
+    def thin_convs(self) -> tuple[geometry.ThinConv, ...]:
+        return self.format.convs(self.weight_shape, self.rank, self.stride, self.padding,
+                                 self.dilation)
 
     # -- construction --------------------------------------------------------------------------
+    def _make_factors(self, rank, device, dtype) -> None:
+        for name, shape in zip(self.format.factor_names,
+                               self.format.factor_shapes(self.weight_shape, rank)):
+            setattr(self, name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+
     def reset_parameters(self) -> None:
-        if self.weight1.is_meta:
+        if self.factors[0].is_meta:
             return
         with torch.no_grad():
             dense = torch.empty(self.weight_shape, dtype=torch.float32)
             nn.init.kaiming_uniform_(dense, a=math.sqrt(5))  # nn.Conv2d's default
-            weight1, weight2 = factorization.decompose_weight(dense, self.scheme, rank=self.rank)
-            self._set_factors(weight1, weight2)
+            factors = factorization.decompose_weights(dense[None], self.scheme, rank=self.rank,
+                                                      exact_rank=True)[0]
+            for param, value in zip(self.factors, factors):
+                param.copy_(value)
             if self.bias is not None:
                 bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
                 nn.init.uniform_(self.bias, -bound, bound)
 
-    def _set_factors(self, weight1: torch.Tensor, weight2: torch.Tensor) -> None:
-        """Copies factors in; a rank below the layer's (a rank-deficient weight) is zero-padded."""
-        r = weight1.shape[0]
-        self.weight1.zero_()
-        self.weight2.zero_()
-        self.weight1[:r].copy_(weight1)
-        self.weight2[:, :r].copy_(weight2)
-
     @classmethod
-    def empty_from_conv(cls, conv: nn.Conv2d, rank: int, scheme="channel") -> "LowRankConv2d":
+    def empty_from_conv(cls, conv: nn.Conv2d, rank, scheme="channel") -> "LowRankConv2d":
         """An uninitialised LowRankConv2d of rank ``rank`` with ``conv``'s geometry, bias, device
         and dtype (no SVD): a layer to load factors into."""
         if not isinstance(conv, nn.Conv2d):
@@ -117,47 +131,80 @@ class LowRankConv2d(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, scheme="channel", energy=None, threshold=None,
-                  rank=None) -> "LowRankConv2d":
+                  rank=None, hooi_iterations=0) -> "LowRankConv2d":
         """Decomposes a trained nn.Conv2d (groups 1, zero padding) into a LowRankConv2d.
 
         The rank is chosen by the rule of ``truncated_svd`` (energy, threshold, rank as an upper
-        bound); with none given the decomposition is exact (full rank)."""
-        layer = cls.empty_from_conv(conv, 0, scheme)   # checks conv before the SVD runs
-        weight1, weight2 = factorization.decompose_weight(
-            conv.weight, scheme, energy=energy, threshold=threshold, rank=rank
-        )
-        layer.resize_rank(weight1.shape[0])
-        with torch.no_grad():
-            layer.weight1.copy_(weight1)
-            layer.weight2.copy_(weight2)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
-        return layer
+        bound: for tucker2 an int or a pair (r_in, r_out), applied to each mode unfolding); with
+        none given the decomposition is exact (full rank). tucker2 is the HOSVD, refined by
+        ``hooi_iterations`` HOOI sweeps where they lower the error; decoupled takes the largest
+        of its filters' ranks as the layer's."""
+        return cls.from_convs([conv], scheme, energy, threshold, [rank], hooi_iterations)[0]
+
+    @classmethod
+    def from_convs(cls, convs, scheme="channel", energy=None, threshold=None, ranks=None,
+                   hooi_iterations=0) -> list["LowRankConv2d"]:
+        """``from_conv`` of every conv of ``convs`` (``ranks``: one upper bound per conv, or
+        None); convs of one weight shape, dtype, device and bound share one batched
+        factorisation (one SVD call per matrix view)."""
+        ranks = [None] * len(convs) if ranks is None else list(ranks)
+        if len(ranks) != len(convs):
+            raise ValueError(f"ranks must have one entry per conv ({len(convs)}), got {len(ranks)}")
+        layers = [cls.empty_from_conv(conv, 0, scheme) for conv in convs]  # checks before SVDs
+        groups = defaultdict(list)
+        for i, (conv, rank) in enumerate(zip(convs, ranks)):
+            if rank is not None:
+                rank = layers[i].format.check_rank(rank, conv.weight.shape)
+            w = conv.weight
+            groups[(tuple(w.shape), w.dtype, w.device, rank)].append(i)
+        for (_, _, _, rank), indices in groups.items():
+            stacked = torch.stack([convs[i].weight.detach() for i in indices])
+            results = factorization.decompose_weights(stacked, scheme, energy, threshold, rank,
+                                                      hooi_iterations)
+            for i, factors in zip(indices, results):
+                layer, conv = layers[i], convs[i]
+                layer.resize_rank(layer.format.rank_of(*(f.shape for f in factors)))
+                with torch.no_grad():
+                    for param, value in zip(layer.factors, factors):
+                        param.copy_(value)
+                    if conv.bias is not None:
+                        layer.bias.copy_(conv.bias)
+        return layers
 
     # -- use -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return lowrank_conv2d(x, self.weight1, self.weight2, self.bias, self.stride,
-                              self.padding, self.dilation, self.scheme)
+        if self.format.fused_op:
+            return lowrank_conv2d(x, self.weight1, self.weight2, self.bias, self.stride,
+                                  self.padding, self.dilation, self.scheme)
+        return composite_conv2d(x, self.factors, self.thin_convs(), self.bias)
 
     def full_weight(self) -> torch.Tensor:
         """The dense [N, C, kh, kw] weight this layer computes with (differentiable)."""
-        return factorization.full_weight(self.weight1, self.weight2, self.scheme)
+        return self.format.full_weight(*self.factors)
+
+    def to_convs(self) -> nn.Sequential:
+        """Plain nn.Conv2d layers with the same outputs, one per thin conv (for export or plain
+        PyTorch): two for channel, spatial and decoupled, three for tucker2."""
+        kw = {"device": self.factors[0].device, "dtype": self.factors[0].dtype}
+        convs = self.thin_convs()
+        plain = []
+        for i, (c, weight) in enumerate(zip(convs, self.factors)):
+            last = i == len(convs) - 1
+            conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel, c.stride, c.padding,
+                             c.dilation, c.groups, bias=last and self.bias is not None, **kw)
+            with torch.no_grad():
+                conv.weight.copy_(weight)
+                if conv.bias is not None:
+                    conv.bias.copy_(self.bias)
+            plain.append(conv)
+        return nn.Sequential(*plain)
 
     def to_conv_pair(self) -> nn.Sequential:
-        """Two plain nn.Conv2d layers with the same outputs (for export or plain PyTorch)."""
-        (s1, p1, d1), (s2, p2, d2) = split_geometry(self.stride, self.padding, self.dilation,
-                                                    self.scheme)
-        kw = {"device": self.weight1.device, "dtype": self.weight1.dtype}
-        first = nn.Conv2d(self.in_channels, self.rank, tuple(self.weight1.shape[2:]), s1, p1, d1,
-                          bias=False, **kw)
-        second = nn.Conv2d(self.rank, self.out_channels, tuple(self.weight2.shape[2:]), s2, p2,
-                           d2, bias=self.bias is not None, **kw)
-        with torch.no_grad():
-            first.weight.copy_(self.weight1)
-            second.weight.copy_(self.weight2)
-            if self.bias is not None:
-                second.bias.copy_(self.bias)
-        return nn.Sequential(first, second)
+        """Two plain nn.Conv2d layers with the same outputs (the two-conv schemes)."""
+        if len(self.format.factor_names) != 2:
+            raise ValueError(f"scheme '{self.scheme}' runs {len(self.format.factor_names)} "
+                             f"convs, not a pair; use to_convs()")
+        return self.to_convs()
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -173,26 +220,27 @@ class LowRankConv2d(nn.Module):
     # -- checkpoints with another rank ---------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        weight1 = state_dict.get(prefix + "weight1")
-        weight2 = state_dict.get(prefix + "weight2")
-        if isinstance(weight1, torch.Tensor) and isinstance(weight2, torch.Tensor) \
-                and weight1.dim() == 4 and weight1.shape[0] != self.rank:
-            rank = weight1.shape[0]
-            shape1, shape2 = factorization.factor_shapes(self.weight_shape, rank, self.scheme)
-            if tuple(weight1.shape) == shape1 and tuple(weight2.shape) == shape2 \
-                    and rank <= self.full_rank:
+        saved = [state_dict.get(prefix + name) for name in self.format.factor_names]
+        if all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in saved):
+            shapes = [tuple(t.shape) for t in saved]
+            rank = self.format.rank_of(*shapes)
+            if rank != self.rank and self._is_rank(rank) \
+                    and list(self.format.factor_shapes(self.weight_shape, rank)) == shapes:
                 self.resize_rank(rank)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
-    def resize_rank(self, rank: int) -> None:
+    def _is_rank(self, rank) -> bool:
+        try:
+            self.format.check_rank(rank, self.weight_shape)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    def resize_rank(self, rank) -> None:
         """Replaces the factors by uninitialised ones of another rank (new Parameters)."""
-        if not 0 <= rank <= self.full_rank:
-            raise ValueError(f"rank must be in [0, {self.full_rank}], got {rank}")
-        shape1, shape2 = factorization.factor_shapes(self.weight_shape, rank, self.scheme)
-        kw = {"device": self.weight1.device, "dtype": self.weight1.dtype}
-        self.weight1 = nn.Parameter(torch.empty(shape1, **kw))
-        self.weight2 = nn.Parameter(torch.empty(shape2, **kw))
+        rank = self.format.check_rank(rank, self.weight_shape)
+        self._make_factors(rank, self.factors[0].device, self.factors[0].dtype)
 
 
 def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:

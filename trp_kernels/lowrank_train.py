@@ -11,12 +11,19 @@ whose factors are the rank-r truncated SVD of the conv's own fresh initialisatio
 ELRT's spectral initialisation, and it keeps the model's initialisation scheme (for this
 library's ResNets, Kaiming normal) instead of imposing another.
 
-Each layer computes M = L R^T with L and R its two factors seen as matrices (for the channel
-scheme L = weight2 as [N, r] and R^T = weight1 as [r, C*kh*kw]). The penalty
-||L^T L - I||_F^2 + ||R^T R - I||_F^2 keeps the r directions of each factor orthonormal, so the
-factorisation stays well conditioned while it trains. It also pulls each layer's singular
-values towards 1, which costs nothing in a network that normalises every conv's output
-(BatchNorm, as in the ResNets here).
+The orthogonality penalty keeps each layer's factor matrices A [m, r] (``orthogonal_factors``
+of its format in ``trp_kernels.geometry``) well conditioned while they train:
+- channel / spatial: M = L R^T with L and R the two factors seen as matrices (for the channel
+  scheme L = weight2 as [N, r] and R^T = weight1 as [r, C*kh*kw]);
+- tucker2: A = U_in (weight_in as [C, r_in]^T) and A = U_out (weight_out as [N, r_out]); the
+  core is free;
+- decoupled: per output channel n, L_n [C, r] and R_n [kh*kw, r] of its r branches.
+kind "so" (one-sided) adds ||A^T A - I||_F^2 per factor; kind "dso" (ELRT's double soft
+orthogonality) adds (1/r) (||A^T A - I||_F^2 + ||A A^T - I||_F^2), r = A's number of columns,
+and the caller's weight rho multiplies the sum. By default tucker2 layers get "dso" and the
+others "so". For channel / spatial, orthonormal factors also pull each layer's singular values
+towards 1, which costs nothing in a network that normalises every conv's output (BatchNorm, as
+in the ResNets here).
 """
 
 from __future__ import annotations
@@ -25,17 +32,17 @@ import torch
 from torch import nn
 
 from .decompose import DecompositionReport, decompose_model
-from .factorization import factor_matrices
 from .layers import LowRankConv2d
 from .models import never_decomposed
 
 
-def make_lowrank(model: nn.Module, scheme: str = "channel", rank: int | float = 0.5, skip=None,
+def make_lowrank(model: nn.Module, scheme: str = "channel", rank=0.5, skip=None,
                  example_input: torch.Tensor | None = None) -> DecompositionReport:
     """Replaces, in place, every decomposable conv of a freshly initialised ``model`` (except
     those named in ``skip``; None means the model's ``never_decomposed``) by a LowRankConv2d of
     rank ``rank``: an int (capped at each layer's full rank) or a fraction in (0, 1] of each
-    layer's full rank, rounded up. Returns the decomposition report."""
+    layer's full rank, rounded up; for tucker2 also a pair (r_in, r_out) of those. Returns the
+    decomposition report."""
     if rank is None:
         raise ValueError("rank is required for low-rank training (an int, or a fraction of each "
                          "layer's full rank in (0, 1])")
@@ -43,18 +50,38 @@ def make_lowrank(model: nn.Module, scheme: str = "channel", rank: int | float = 
     return decompose_model(model, scheme, rank=rank, skip=skip, example_input=example_input)
 
 
-def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
-    """Sum over the LowRankConv2d layers of ``model`` of ||L^T L - I||_F^2 + ||R^T R - I||_F^2
-    (differentiable; a zero tensor when there is none)."""
+PENALTY_KINDS = ("so", "dso")
+
+
+def orthogonality_penalty(model: nn.Module, kind: str | None = None) -> torch.Tensor:
+    """Sum over the LowRankConv2d layers of ``model`` of the orthogonality penalty of their
+    factor matrices (module docstring): ``kind`` "so" or "dso", None for each layer's default
+    ("dso" for tucker2, "so" otherwise). Differentiable; a zero tensor when there is none."""
+    if kind is not None and kind not in PENALTY_KINDS:
+        raise ValueError(f"kind must be 'so', 'dso' or None, got {kind!r}")
     total = None
     for layer in model.modules():
-        if not isinstance(layer, LowRankConv2d) or layer.rank == 0:
+        if not isinstance(layer, LowRankConv2d):
             continue
-        eye = torch.eye(layer.rank, device=layer.weight1.device, dtype=layer.weight1.dtype)
-        for factor in factor_matrices(layer.weight1, layer.weight2, layer.scheme):
-            term = (factor.T @ factor - eye).square().sum()
-            total = term if total is None else total + term
+        layer_kind = kind or layer.format.default_penalty
+        for A in layer.format.orthogonal_factors(*layer.factors):
+            term = _factor_penalty(A, layer_kind)
+            if term is not None:
+                total = term if total is None else total + term
     if total is None:
         reference = next(model.parameters(), None)
         return torch.zeros((), device=None if reference is None else reference.device)
     return total
+
+
+def _factor_penalty(A: torch.Tensor, kind: str):
+    """The penalty of a factor matrix A [..., m, r] (summed over leading dimensions)."""
+    m, r = A.shape[-2:]
+    if r == 0 or m == 0:
+        return None
+    eye_r = torch.eye(r, device=A.device, dtype=A.dtype)
+    one_sided = (A.mT @ A - eye_r).square().sum()
+    if kind == "so":
+        return one_sided
+    eye_m = torch.eye(m, device=A.device, dtype=A.dtype)
+    return (one_sided + (A @ A.mT - eye_m).square().sum()) / r

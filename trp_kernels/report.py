@@ -13,6 +13,7 @@ from torch import nn
 
 from .checkpoint import atomic_write, atomic_write_text
 from .factorization import full_rank
+from .geometry import format_rank
 from .flops import ConvCost, conv_costs, count_params
 from .layers import LowRankConv2d
 
@@ -51,7 +52,7 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor, min_repeats: 
 def layer_rows(model: nn.Module, dense_model: nn.Module, names, scheme: str,
                costs: list[ConvCost], dense_costs: list[ConvCost]) -> list[dict]:
     """One row per layer in ``names`` (the decomposable convs the method acts on), in forward
-    order: its rank (the full rank while it is dense), full rank, MACs per sample now and
+    order: its rank (the full rank while it is dense; [r_in, r_out] for tucker2), full rank, MACs per sample now and
     dense, and parameters now and dense. ``costs`` / ``dense_costs``: ``conv_costs`` of the
     two models."""
     costs = {c.name: c for c in costs}
@@ -121,7 +122,8 @@ def markdown(report: dict) -> str:
     ]
     for row in report["layers"]:
         shape = "x".join(map(str, row["weight_shape"]))
-        lines.append(f"| {row['name']} | {shape} | {row['rank']} / {row['full_rank']} "
+        lines.append(f"| {row['name']} | {shape} | {format_rank(row['rank'])} "
+                     f"/ {format_rank(row['full_rank'])} "
                      f"| {row['macs'] / 1e6:.3f} ({row['dense_macs'] / 1e6:.3f}) "
                      f"| {row['params']:,} ({row['dense_params']:,}) |")
     return "\n".join(lines) + "\n"
@@ -137,9 +139,18 @@ def plot(report: dict, path: str) -> None:
     x = range(len(rows))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(rows) + 2), 6),
                                       sharex=True)
-    top.bar(x, [r["full_rank"] for r in rows], color="#d0d7e1", label="full rank")
-    top.bar(x, [r["rank"] for r in rows], color="#2b6cb0", label="rank")
-    top.set_ylabel("rank")
+    # one bar per rank of a layer: tucker2's (r_in, r_out) side by side
+    parts = [r["rank"] if isinstance(r["rank"], (list, tuple)) else [r["rank"]] for r in rows]
+    fulls = [r["full_rank"] if isinstance(r["full_rank"], (list, tuple)) else [r["full_rank"]]
+             for r in rows]
+    width = 0.8 / max(len(p) for p in parts)
+    for j in range(max(len(p) for p in parts)):
+        at = [i - 0.4 + width * (j + 0.5) for i in x]
+        top.bar(at, [f[j] if j < len(f) else 0 for f in fulls], width, color="#d0d7e1",
+                label="full rank" if j == 0 else None)
+        top.bar(at, [p[j] if j < len(p) else 0 for p in parts], width, color="#2b6cb0",
+                label="rank" if j == 0 else None)
+    top.set_ylabel("rank" if width == 0.8 else "rank (r_in, r_out)")
     top.legend(loc="upper left")
     bottom.bar(x, [r["dense_macs"] / 1e6 for r in rows], color="#d0d7e1", label="dense")
     bottom.bar(x, [r["macs"] / 1e6 for r in rows], color="#c05621", label=report["method"])
