@@ -109,7 +109,7 @@ if compute-sanitizer --version >/dev/null 2>&1; then
   say "compute-sanitizer $(compute-sanitizer --version 2>&1 | grep -o 'Version [^ ]*' | head -1)"
 fi
 say ""
-say "$(printf '%-10s %6s %6s  %s' phase exit secs status)"
+say "$(printf '%-14s %5s %5s  %s' phase exit secs status)"
 
 # run_phase NAME CAP LOG CMD...: CMD under timeout -s INT, capped by CAP and by the deadline;
 # its output appended to LOG; its status recorded and printed to summary.txt.
@@ -118,7 +118,7 @@ run_phase() {
   shift 3
   local left=$(( DEADLINE - SECONDS ))
   if (( left < MIN_PHASE )); then
-    say "$(printf '%-10s %6s %6s  %s' "$name" - - "SKIPPED (${left} s left of the budget)")"
+    say "$(printf '%-14s %5s %5s  %s' "$name" - - "SKIPPED (${left} s left of the budget)")"
     PHASE_RC[$name]=skipped
     FAILED=1
     return 0
@@ -132,11 +132,11 @@ run_phase() {
   if (( rc == 124 || rc == 137 )); then status="TIMEOUT after ${cap} s"; elif (( rc != 0 )); then status=FAILED; fi
   (( rc != 0 )) && FAILED=1
   PHASE_RC[$name]=$rc
-  say "$(printf '%-10s %6s %6s  %s' "$name" "$rc" "$(( SECONDS - t0 ))" "$status")"
+  say "$(printf '%-14s %5s %5s  %s' "$name" "$rc" "$(( SECONDS - t0 ))" "$status")"
   return "$rc"
 }
 
-skip() { say "$(printf '%-10s %6s %6s  %s' "$1" - - "SKIPPED ($2)")"; FAILED=1; }
+skip() { say "$(printf '%-14s %5s %5s  %s' "$1" - - "SKIPPED ($2)")"; FAILED=1; }
 
 # the last line matching PATTERN that LOG gained since it had FROM lines, prefixed with NAME
 report_since() {
