@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(1, os.path.join(os.path.dirname(HERE), "tests"))
+# the repository (trp_kernels without an install), bench/ and tests/ (testing.py's tolerances)
+sys.path[:0] = [os.path.dirname(HERE), HERE, os.path.join(os.path.dirname(HERE), "tests")]
 
 from gpu_env import require_cuda  # noqa: E402
 

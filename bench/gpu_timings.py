@@ -31,7 +31,7 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path[:0] = [os.path.dirname(HERE), HERE]  # the repository (no install needed) and bench/
 
 from gpu_env import device_slug, machine_info, require_cuda  # noqa: E402
 
