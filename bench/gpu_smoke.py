@@ -124,6 +124,9 @@ def svd_errors(W, out, low, rule, dtype):
         for Q in (U[b, :, :big].double(), V[b, :, :big].double()):
             ortho = max(ortho, float((Q.mT @ Q - torch.eye(big, dtype=torch.float64)).abs().max())
                         if big else 0.0)
+    if not rule and k:  # the rank-2 matrix keeps k columns: its zero values' vectors completed
+        for Q in (U[4].double(), V[4].double()):
+            ortho = max(ortho, float((Q.mT @ Q - torch.eye(k, dtype=torch.float64)).abs().max()))
     errors["ortho"] = ortho
     limits = {"sigma": tol["sigma"], "low": tol["recon"], "ortho": tol["ortho"]}
     failed = [f"{name} {errors[name]:.1e} > {limits[name]:.0e}" for name in errors
