@@ -195,7 +195,7 @@ def measure(case, quick: bool) -> dict:
             fn, extra = conv_fn(case)
             record.update(extra)
             # auto measures on its first call, one of the warm-up calls (as in training)
-            record.update(time_cuda(fn, 3, 5 if quick else 20))
+            record.update(time_cuda(fn, 3, 5 if quick else 10))
         return record
     else:
         svd_impl = None if case["impl"] == "plain" else case["impl"][len("trp_"):]
