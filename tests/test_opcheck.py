@@ -9,12 +9,12 @@ import torch
 import trp_kernels  # noqa: F401  (registers the ops)
 from trp_kernels import factorization
 
-from testing import devices, dtypes
+from testing import cpu_and_cuda, dtypes
 
 ops = torch.ops.trp
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
 def test_svd_ops(device, dtype):
     for shape in ((12, 30), (2, 3, 20, 8)):
@@ -42,7 +42,7 @@ def conv_args(scheme, device, dtype, bias=True, requires_grad=False, channels_la
     return (*tensors, [2, 1], [1, 2], [1, 2], scheme)
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
 @pytest.mark.parametrize("bias", [True, False])
@@ -53,7 +53,7 @@ def test_lowrank_conv2d(device, dtype, scheme, bias, channels_last):
         torch.library.opcheck(ops.lowrank_conv2d.default, args)
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
 def test_lowrank_conv2d_backward(device, scheme):
     x, w1, w2, _, stride, padding, dilation, scheme = conv_args(scheme, device, torch.float64)

@@ -1,4 +1,9 @@
-"""trp::truncated_svd and trp::lowrank_project against float64 LAPACK references."""
+"""trp::truncated_svd and trp::lowrank_project on every device, against float64 LAPACK
+references: the contract on adversarial matrices and the rank rule (all devices), and the
+CUDA-only checks (docs/cuda_svd.md): agreement with the CPU op on every algorithm path of
+csrc/cuda/svd_launch.cpp, determinism, CUDA-graph capture, streams of the groups op, the
+non-finite contract, empty batches and the ResNet-18/50 layer shapes. CUDA cases are marked
+``cuda`` and show as skipped without a GPU."""
 
 from __future__ import annotations
 
@@ -11,10 +16,10 @@ from trp_kernels.svd import (
     project_matrices,
     reference_lowrank_project,
     reference_rank,
-    reference_truncated_svd,
 )
 
-from testing import adversarial, devices, dtypes, svd_tol, with_spectrum
+from testing import (adversarial, assert_svd_contract, cpu_and_cuda, cuda_only, dtypes, svd_tol,
+                     with_spectrum)
 
 SHAPES = [(24, 24), (40, 12), (12, 40), (2, 3, 10, 30)]
 RULES = [
@@ -27,65 +32,7 @@ RULES = [
 ]
 
 
-def rank_is_a_tie(S, rank, rule, dtype):
-    """Whether the float64 reference sits on a genuine tie of the rule at its cut, so that a
-    rounding-level difference may move the rank (the contract allows it there)."""
-    delta = 1e-5 if dtype == torch.float32 else 1e-11
-    S = S.double()
-    s1 = S[0].clamp_min(1e-300)
-    if "energy" in rule:
-        running = torch.cumsum(S * S, 0)
-        target = rule["energy"] * running[-1]
-        if torch.any((running - target).abs() <= delta * running[-1]):
-            return True
-    if "threshold" in rule and torch.any((S - rule["threshold"]).abs() <= delta * s1):
-        return True
-    return False
-
-
-def check_contract(W, out, rule):
-    """The accuracy contract of the SVD ops, matrix by matrix, against float64 LAPACK."""
-    tol = svd_tol[W.dtype]
-    ref = reference_truncated_svd(W.double().cpu(), **rule)
-    m, n = W.shape[-2:]
-    k = min(m, n)
-    U, S, V, rank = (t.cpu() for t in out)
-    assert U.shape == (*W.shape[:-2], m, k) and S.shape == (*W.shape[:-2], k)
-    assert V.shape == (*W.shape[:-2], n, k) and rank.shape == W.shape[:-2]
-    assert rank.dtype == torch.int64
-    assert torch.isfinite(U).all() and torch.isfinite(S).all() and torch.isfinite(V).all()
-    Wd = W.double().cpu().reshape(-1, m, n)
-    full = torch.linalg.svdvals(Wd)
-    for b in range(Wd.shape[0]):
-        u, s, v, r = U.reshape(-1, m, k)[b], S.reshape(-1, k)[b], V.reshape(-1, n, k)[b], int(rank.reshape(-1)[b])
-        sref, rref = full[b], int(ref.rank.reshape(-1)[b])
-        s1 = float(sref[0])
-        if s1 == 0:
-            assert r == 0 and not u.any() and not s.any() and not v.any()
-            continue
-        if r != rref:
-            assert rank_is_a_tie(sref, rref, rule, W.dtype), (r, rref, rule)
-        # exact zeros past the rank
-        assert not s[r:].any() and not u[:, r:].any() and not v[:, r:].any()
-        # kept singular values, descending, within tol * s_1
-        assert torch.all(s[:r][:-1] >= s[:r][1:])
-        assert (s[:r].double() - sref[:r]).abs().max() <= tol["sigma"] * s1 if r else True
-        # the rank-r approximation is optimal: its error is the norm of the dropped values
-        low = (u.double() * s.double()) @ v.double().T
-        err = torch.linalg.norm(Wd[b] - low)
-        best = torch.linalg.norm(sref[r:])
-        assert abs(float(err - best)) <= tol["recon"] * float(torch.linalg.norm(Wd[b]))
-        # ... and equals the reference's when the cut is not inside a cluster
-        if r == rref and (r == k or sref[r - 1] - sref[r] > 1e-3 * s1):
-            ref_low = (ref.U.reshape(-1, m, k)[b] * ref.S.reshape(-1, k)[b]) @ ref.V.reshape(-1, n, k)[b].T
-            assert torch.linalg.norm(low - ref_low) <= tol["recon"] * float(torch.linalg.norm(Wd[b]))
-        # kept singular vectors with s >= 1e-2 s_1 are orthonormal
-        big = int((s[:r] >= 1e-2 * s1).sum())
-        for Q in (u[:, :big].double(), v[:, :big].double()) if big else ():
-            assert (Q.T @ Q - torch.eye(big, dtype=torch.float64)).abs().max() <= tol["ortho"]
-
-
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_truncated_svd_contract(device, dtype, shape):
@@ -93,12 +40,12 @@ def test_truncated_svd_contract(device, dtype, shape):
         for rule in RULES:
             out = tk.truncated_svd(W.to(device), **rule)
             try:
-                check_contract(W, out, rule)
+                assert_svd_contract(W, out, rule)
             except AssertionError as e:
                 raise AssertionError(f"case {name}, rule {rule}: {e}") from e
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_lowrank_project_matches_reference(device, dtype, shape):
@@ -136,7 +83,7 @@ def diag_matrix(values, m=6, n=8, dtype=torch.float64):
     return W
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
 @pytest.mark.parametrize(
     "rule,expected",
@@ -164,7 +111,7 @@ def test_rank_rule(device, dtype, rule, expected):
     assert not S[expected:].any()
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
 def test_zero_matrix_has_rank_zero(device, dtype):
     W = torch.zeros(3, 7, 5, dtype=dtype, device=device)
@@ -176,7 +123,7 @@ def test_zero_matrix_has_rank_zero(device, dtype):
         assert rank.tolist() == [0, 0, 0] and not low.any() and not sub.any()
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
 def test_rank_one_and_repeated_values_give_no_nan(device, dtype):
     u, v = torch.randn(9, 1, dtype=dtype), torch.randn(1, 4, dtype=dtype)
@@ -184,12 +131,12 @@ def test_rank_one_and_repeated_values_give_no_nan(device, dtype):
         for rule in ({}, {"energy": 0.9}, {"energy": 1.0}):
             out = tk.truncated_svd(W.to(device), **rule)
             assert all(torch.isfinite(t).all() for t in out[:3])
-            check_contract(W, out, rule)
+            assert_svd_contract(W, out, rule)
             low, sub, _ = tk.lowrank_project(W.to(device), **rule)
             assert torch.isfinite(low).all() and torch.isfinite(sub).all()
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_rank_deficient_without_criteria_completes_orthonormal_factors(device):
     # rank 3 in a 6 x 10 matrix: all 6 columns are kept and must still be orthonormal
     W = with_spectrum((6, 10), [3.0, 2.0, 1.0]).float().to(device)
@@ -200,7 +147,7 @@ def test_rank_deficient_without_criteria_completes_orthonormal_factors(device):
         assert (Q.T @ Q - torch.eye(6, dtype=torch.float64)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
 def test_batch_shapes(device, dtype):
     W = torch.randn(2, 3, 4, 9, 5, dtype=dtype, device=device)
@@ -221,7 +168,7 @@ def test_batch_shapes(device, dtype):
     torch.testing.assert_close(tk.truncated_svd(Wt).S, tk.truncated_svd(Wt.contiguous()).S)
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
 def test_project_groups_and_mixed_lists(device, dtype):
     shapes = [(16, 36), (8, 8), (16, 36), (30, 6), (8, 8), (16, 36)]
@@ -240,7 +187,7 @@ def test_project_groups_and_mixed_lists(device, dtype):
         assert (rank == 4).all()
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_deterministic(device):
     W = torch.randn(4, 32, 96, device=device)
     first = tk.lowrank_project(W, energy=0.9)
@@ -249,7 +196,7 @@ def test_deterministic(device):
         assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_huge_and_tiny_scales(device):
     W = torch.randn(20, 50, dtype=torch.float64)
     for scale in (1e-30, 1e30):
@@ -257,3 +204,218 @@ def test_huge_and_tiny_scales(device):
             S = tk.truncated_svd((scale * W).to(dtype).to(device)).S.double().cpu()
             ref = torch.linalg.svdvals(scale * W.to(dtype).double())
             assert ((S - ref).abs() <= svd_tol[dtype]["sigma"] * ref[0]).all()
+
+
+# -- CUDA only --------------------------------------------------------------------------------
+
+# Shapes that select each path of csrc/cuda/svd_launch.cpp: the fused kernel (k <= 64: wide,
+# tall, odd k) and the blocked Jacobi with 32-wide pair tiles (64 < k <= 512, padded or not)
+# and 64-wide ones (k > 512).
+FUSED = [(16, 144), (64, 576), (48, 48), (33, 17)]
+BLOCKED_32 = [(96, 96), (70, 100), (130, 90), (128, 1152)]
+BLOCKED_64 = [(520, 600)]
+PATHS = FUSED + BLOCKED_32 + BLOCKED_64
+
+# The distinct layer matrices of ResNet-18 and ResNet-50 (bench/layer_sets.json), both schemes.
+RESNET_18_50 = [
+    (64, 576), (128, 576), (128, 1152), (256, 1152), (256, 2304), (512, 2304), (512, 4608),
+    (192, 192), (192, 384), (384, 384), (384, 768), (768, 768), (768, 1536), (1536, 1536),
+]
+
+
+def reference(W, **rule):
+    """Float64 LAPACK SVD on the CPU and the rule applied to it."""
+    Wd = W.detach().double().cpu()
+    U, S, Vh = torch.linalg.svd(Wd, full_matrices=False)
+    return U, S, Vh.mT, reference_rank(S, **rule)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", PATHS, ids=str)
+@pytest.mark.parametrize("device", cuda_only())
+def test_every_path_matches_the_cpu_op(device, shape, dtype):
+    W = torch.randn(2, *shape, dtype=dtype)
+    tol = svd_tol[dtype]
+    for rule in ({}, {"energy": 0.9}, {"threshold": 1.0, "max_rank": 40}):
+        gpu = tk.truncated_svd(W.to(device), **rule)
+        cpu = tk.truncated_svd(W, **rule)
+        assert torch.equal(gpu.rank.cpu(), cpu.rank)
+        s1 = float(cpu.S[..., 0].max())
+        assert float((gpu.S.cpu() - cpu.S).abs().max()) <= tol["sigma"] * s1
+        assert_svd_contract(W, gpu, rule, exact_rank=True)
+        low, sub, rank = tk.lowrank_project(W.to(device), **rule)
+        low_cpu, sub_cpu, rank_cpu = tk.lowrank_project(W, **rule)
+        assert torch.equal(rank.cpu(), rank_cpu)
+        scale = float(torch.linalg.norm(W.double()))
+        low_err = float(torch.linalg.norm(low.cpu().double() - low_cpu.double()))
+        assert low_err <= tol["recon"] * scale
+        sub_err = float(torch.linalg.norm(sub.cpu().double() - sub_cpu.double()))
+        assert sub_err <= tol["ortho"] * max(1.0, float(rank_cpu.max())) ** 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(6, 10), (80, 100), (100, 530)], ids=str)
+@pytest.mark.parametrize("device", cuda_only())
+def test_kept_zero_singular_values_are_completed(device, shape, dtype):
+    # rank 3 and no criterion: every column is kept, the factors must stay orthonormal. float32
+    # flushes the Gram noise floor to exact zeros (as the CPU kernel); float64, like LAPACK,
+    # leaves rounding-level values.
+    W = with_spectrum((2, *shape), [3.0, 2.0, 1.0]).to(dtype)
+    U, S, V, rank = tk.truncated_svd(W.to(device))
+    k = min(shape)
+    assert rank.tolist() == [k, k]
+    if dtype == torch.float32:
+        assert not S[:, 3:].any()
+    else:
+        assert float(S[:, 3:].max()) <= 1e-13 * 3.0
+    eye = torch.eye(k, dtype=torch.float64)
+    for Q in (U.double().cpu(), V.double().cpu()):
+        assert float((Q.mT @ Q - eye).abs().max()) < (1e-5 if dtype == torch.float32 else 1e-10)
+    low, sub, _ = tk.lowrank_project(W.to(device))
+    assert torch.isfinite(sub).all()
+    atol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(low.cpu().double(), W.double(), rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("shape", [(64, 576), (130, 90)], ids=str)
+@pytest.mark.parametrize("device", cuda_only())
+def test_repeated_calls_are_bitwise_identical(device, shape):
+    W = torch.randn(3, *shape, device=device)
+    first = tk.lowrank_project(W, energy=0.9)
+    factors = tk.truncated_svd(W, energy=0.9)
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(first, tk.lowrank_project(W, energy=0.9)))
+        assert all(torch.equal(a, b) for a, b in zip(factors, tk.truncated_svd(W, energy=0.9)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(32, 288), (96, 96)], ids=str)
+@pytest.mark.parametrize("device", cuda_only())
+def test_graph_capture_and_replay(device, shape, dtype):
+    static = torch.randn(4, *shape, device=device, dtype=dtype)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graph expects
+        for _ in range(2):
+            tk.lowrank_project(static, energy=0.9, check_finite=False)
+            tk.truncated_svd(static, energy=0.9, check_finite=False)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        low, sub, rank = tk.lowrank_project(static, energy=0.9, check_finite=False)
+        U, S, V, rank_svd = tk.truncated_svd(static, energy=0.9, check_finite=False)
+    for _ in range(2):
+        fresh = torch.randn_like(static)
+        static.copy_(fresh)
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = tk.lowrank_project(fresh, energy=0.9)
+        assert torch.equal(rank, eager.rank) and torch.equal(rank_svd, eager.rank)
+        torch.testing.assert_close(low, eager.W_low)
+        torch.testing.assert_close(sub, eager.subgrad)
+        torch.testing.assert_close(S, tk.truncated_svd(fresh, energy=0.9).S)
+
+
+@pytest.mark.parametrize("device", cuda_only())
+def test_groups_run_concurrently_and_match_single_calls(device):
+    # lowrank_project_groups runs each group on its own stream: the same kernels as
+    # lowrank_project, so the same bits, and the current stream sees every result.
+    groups = [torch.randn(6, 16, 144, device=device), torch.randn(5, 96, 96, device=device),
+              torch.randn(3, 64, 576, device=device, dtype=torch.float64),
+              torch.randn(2, 130, 90, device=device)]
+    lows, subs, ranks = lowrank_project_groups(groups, energy=0.9)
+    for g, low, sub, rank in zip(groups, lows, subs, ranks):
+        single = tk.lowrank_project(g, energy=0.9)
+        assert torch.equal(low, single.W_low) and torch.equal(sub, single.subgrad)
+        assert torch.equal(rank, single.rank)
+    static = [g.clone() for g in groups]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        lowrank_project_groups(static, energy=0.9, check_finite=False)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = lowrank_project_groups(static, energy=0.9, check_finite=False)
+    fresh = [torch.randn_like(g) for g in groups]
+    for s, f in zip(static, fresh):
+        s.copy_(f)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = lowrank_project_groups(fresh, energy=0.9)
+    for a, b in zip(captured, eager):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(16, 144), (96, 96)], ids=str)
+@pytest.mark.parametrize("device", cuda_only())
+def test_nonfinite_matrix_gets_rank_minus_one(device, shape, dtype):
+    W = torch.randn(3, *shape, device=device, dtype=dtype)
+    W[1, 2, 3] = float("nan")
+    W[2, 0, 0] = float("inf")
+    U, S, V, rank = tk.truncated_svd(W, energy=0.9, check_finite=False)
+    assert rank[1] == -1 and rank[2] == -1 and rank[0] > 0
+    assert U[1:].isnan().all() and S[1:].isnan().all() and V[1:].isnan().all()
+    assert torch.isfinite(U[0]).all() and torch.isfinite(S[0]).all()
+    low, sub, rank_p = tk.lowrank_project(W, energy=0.9, check_finite=False)
+    assert torch.equal(rank_p, rank)
+    assert low[1:].isnan().all() and sub[1:].isnan().all() and torch.isfinite(low[0]).all()
+    with pytest.raises(ValueError, match="non-finite"):
+        tk.truncated_svd(W)
+    with pytest.raises(ValueError, match="non-finite"):
+        tk.lowrank_project(W)
+
+
+@pytest.mark.parametrize("shape", [(0, 16, 144), (0, 96, 200), (2, 0, 5), (2, 5, 0)], ids=str)
+@pytest.mark.parametrize("device", cuda_only())
+def test_empty_batches_and_matrices(device, shape):
+    W = torch.randn(shape, device=device)
+    k = min(shape[-2:])
+    U, S, V, rank = tk.truncated_svd(W)
+    assert U.shape == (*shape[:-1], k) and S.shape == (shape[0], k)
+    assert V.shape == (shape[0], shape[2], k)
+    assert rank.shape == (shape[0],) and not rank.any()
+    low, sub, rank = tk.lowrank_project(W)
+    assert low.shape == shape and sub.shape == shape and rank.shape == (shape[0],)
+
+
+@pytest.mark.parametrize("shape", [(16, 144), (96, 96)], ids=str)
+@pytest.mark.parametrize("device", cuda_only())
+def test_zero_and_rank_one_matrices_give_no_nan(device, shape):
+    u, v = torch.randn(shape[0], 1), torch.randn(1, shape[1])
+    W = torch.stack([torch.zeros(shape), u @ v, torch.eye(*shape), 2 * torch.eye(*shape)]).to(device)
+    for rule in ({}, {"energy": 0.9}, {"threshold": 0.5}):
+        U, S, V, rank = tk.truncated_svd(W, **rule)
+        assert all(torch.isfinite(t).all() for t in (U, S, V))
+        assert int(rank[0]) == 0 and not U[0].any() and not S[0].any()
+        if "energy" in rule or "threshold" in rule:
+            assert int(rank[1]) == 1
+        low, sub, _ = tk.lowrank_project(W, **rule)
+        assert torch.isfinite(low).all() and torch.isfinite(sub).all()
+
+
+@pytest.mark.parametrize("device", cuda_only())
+def test_projection_accuracy_does_not_depend_on_tf32(device):
+    W = torch.randn(2, 128, 1152, device=device)
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        low, _, rank = tk.lowrank_project(W, energy=0.9)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    ref_U, ref_S, ref_V, ref_rank = reference(W, energy=0.9)
+    assert torch.equal(rank.cpu(), ref_rank)
+    keep = torch.arange(ref_S.shape[-1]) < ref_rank.unsqueeze(-1)
+    ref_low = (ref_U * (ref_S * keep).unsqueeze(-2)) @ ref_V.mT
+    err = torch.linalg.norm(low.cpu().double() - ref_low) / torch.linalg.norm(W.cpu().double())
+    assert float(err) <= 1e-5
+
+
+@pytest.mark.parametrize("shape", RESNET_18_50, ids=str)
+@pytest.mark.parametrize("device", cuda_only())
+def test_resnet_layer_shapes_at_float32_tolerance(device, shape):
+    W = torch.randn(2, *shape, device=device)
+    for rule in ({"energy": 0.9}, {}):
+        assert_svd_contract(W, tk.truncated_svd(W, **rule), rule, exact_rank=True)

@@ -1,10 +1,27 @@
-"""What every test parametrizes over, and the adversarial matrices of the SVD tests."""
+"""What every test parametrizes over, the adversarial matrices of the SVD tests and the SVD
+contract every SVD test holds the ops to."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from trp_kernels.svd import reference_truncated_svd
+
 devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def cpu_and_cuda():
+    """Device parameters as in torchvision's tests: the CUDA case always collected, marked
+    ``cuda`` (tests/conftest.py skips it without a GPU; bench/run_gpu.sh runs ``-m cuda``)."""
+    return ("cpu", pytest.param("cuda", marks=pytest.mark.cuda))
+
+
+def cuda_only():
+    """The device parameter of a check that only means something on CUDA (streams, graphs,
+    agreement with the CPU op): shown as skipped where there is no GPU."""
+    return (pytest.param("cuda", marks=pytest.mark.cuda),)
+
 dtypes = [torch.float32, torch.float64]
 # Tolerances of the SVD contract (DESIGN.md, core issue), relative to s_1 / ||W||.
 svd_tol = {
@@ -45,3 +62,68 @@ def adversarial(shape, dtype, seed=0):
         "tiny": 1e-4 * random,
     }
     return [(name, M.to(dtype)) for name, M in cases.items()]
+
+
+def rank_is_a_tie(S, rank, rule, dtype):
+    """Whether the float64 reference sits on a genuine tie of the rule at its cut, so that a
+    rounding-level difference may move the rank (the contract allows it there)."""
+    delta = 1e-5 if dtype == torch.float32 else 1e-11
+    S = S.double()
+    s1 = S[0].clamp_min(1e-300)
+    if "energy" in rule:
+        running = torch.cumsum(S * S, 0)
+        target = rule["energy"] * running[-1]
+        if torch.any((running - target).abs() <= delta * running[-1]):
+            return True
+    if "threshold" in rule and torch.any((S - rule["threshold"]).abs() <= delta * s1):
+        return True
+    return False
+
+
+def assert_svd_contract(W, out, rule, *, exact_rank=False):
+    """The accuracy contract of the SVD ops (truncated_svd's output ``out`` for the matrices
+    ``W``, any device), matrix by matrix, against float64 LAPACK: shapes and dtypes, finite
+    factors, the rank (equal to the reference's, or off only on a genuine tie of the rule unless
+    ``exact_rank``), exact zeros past it, kept singular values within tol * s_1, the optimal
+    rank-r error (and the reference's rank-r matrix where the cut is not inside a cluster), and
+    orthonormal kept vectors with s >= 1e-2 s_1, at the tolerances of svd_tol."""
+    tol = svd_tol[W.dtype]
+    ref = reference_truncated_svd(W.double().cpu(), **rule)
+    m, n = W.shape[-2:]
+    k = min(m, n)
+    U, S, V, rank = (t.cpu() for t in out)
+    assert U.shape == (*W.shape[:-2], m, k) and S.shape == (*W.shape[:-2], k)
+    assert V.shape == (*W.shape[:-2], n, k) and rank.shape == W.shape[:-2]
+    assert rank.dtype == torch.int64
+    assert torch.isfinite(U).all() and torch.isfinite(S).all() and torch.isfinite(V).all()
+    Wd = W.double().cpu().reshape(-1, m, n)
+    full = torch.linalg.svdvals(Wd)
+    for b in range(Wd.shape[0]):
+        u, s, v, r = U.reshape(-1, m, k)[b], S.reshape(-1, k)[b], V.reshape(-1, n, k)[b], int(rank.reshape(-1)[b])
+        sref, rref = full[b], int(ref.rank.reshape(-1)[b])
+        s1 = float(sref[0])
+        if s1 == 0:
+            assert r == 0 and not u.any() and not s.any() and not v.any()
+            continue
+        if exact_rank:
+            assert r == rref, (r, rref, rule)
+        elif r != rref:
+            assert rank_is_a_tie(sref, rref, rule, W.dtype), (r, rref, rule)
+        # exact zeros past the rank
+        assert not s[r:].any() and not u[:, r:].any() and not v[:, r:].any()
+        # kept singular values, descending, within tol * s_1
+        assert torch.all(s[:r][:-1] >= s[:r][1:])
+        assert (s[:r].double() - sref[:r]).abs().max() <= tol["sigma"] * s1 if r else True
+        # the rank-r approximation is optimal: its error is the norm of the dropped values
+        low = (u.double() * s.double()) @ v.double().T
+        err = torch.linalg.norm(Wd[b] - low)
+        best = torch.linalg.norm(sref[r:])
+        assert abs(float(err - best)) <= tol["recon"] * float(torch.linalg.norm(Wd[b]))
+        # ... and equals the reference's when the cut is not inside a cluster
+        if r == rref and (r == k or sref[r - 1] - sref[r] > 1e-3 * s1):
+            ref_low = (ref.U.reshape(-1, m, k)[b] * ref.S.reshape(-1, k)[b]) @ ref.V.reshape(-1, n, k)[b].T
+            assert torch.linalg.norm(low - ref_low) <= tol["recon"] * float(torch.linalg.norm(Wd[b]))
+        # kept singular vectors with s >= 1e-2 s_1 are orthonormal
+        big = int((s[:r] >= 1e-2 * s1).sum())
+        for Q in (u[:, :big].double(), v[:, :big].double()) if big else ():
+            assert (Q.T @ Q - torch.eye(big, dtype=torch.float64)).abs().max() <= tol["ortho"]

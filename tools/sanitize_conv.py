@@ -1,5 +1,5 @@
 """A small run of every CUDA path of trp::lowrank_conv2d, for compute-sanitizer (bench/run_gpu.sh
-runs memcheck, racecheck, synccheck and initcheck over it): the fused forward for both schemes,
+runs memcheck and racecheck over it): the fused forward for both schemes,
 float32 (tf32 and 3xTF32) / float16 / bfloat16, NCHW and channels_last, and channel counts on and
 off its 16-byte vector loads; the forward and backward of every implementation (the fused one's
 backward is two_convs) once per scheme, dtype and layout; one measured (auto) choice. Exits 1

@@ -1,10 +1,10 @@
 """A small run of trp::truncated_svd and trp::lowrank_project through every CUDA path, for
-compute-sanitizer (bench/run_gpu.sh runs memcheck, racecheck, synccheck and initcheck on it):
+compute-sanitizer (bench/run_gpu.sh runs memcheck and racecheck on it, TRP_SVD_IMPL=jacobi):
 the fused kernel (wide, tall, odd k), the blocked Jacobi (padded and tall), the float64
 refinement pass, the completion of kept zero singular values, zero and non-finite matrices.
 Small matrices keep the sanitizers' slowdown bearable; the 64-wide pair tile of orders > 512 is
-the same code with another tile constant and is left to tests/test_svd_cuda.py, since its
-smallest case (513 x 513) takes minutes under racecheck."""
+the same code with another tile constant and is left to the CUDA cases of tests/test_svd.py,
+since its smallest case (513 x 513) takes minutes under racecheck."""
 
 from __future__ import annotations
 

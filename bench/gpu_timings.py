@@ -1,0 +1,288 @@
+"""Headline GPU timings, one JSON line per measurement, flushed as it is taken (a run cut short
+keeps what it measured). The first line records the machine (device, driver, torch, CUDA,
+cuDNN; bench/gpu_env.py). Each timing is the median of `reps` calls timed with CUDA events
+after `warmup` untimed calls, on random non-zero inputs, torch's default TF32 settings.
+
+groups (in run order):
+  step  one SGD training step of ResNet-20 on CIFAR-sized input, batch 128: plain, and TRP+Nu
+        (TRPRegularizer, energy 0.9, lambda 3e-4, period 1) per scheme and TRP_SVD_IMPL
+  svd   the TRP projection of every decomposable conv of ResNet-20/18/50 (bench/layer_sets.json,
+        energy 0.9, same-shaped layers stacked): trp_jacobi / trp_eigh (lowrank_project_groups
+        under TRP_SVD_IMPL=jacobi / eigh), torch_gram (float64 Gram + torch.linalg.eigh written
+        in torch) and torch_svd (torch.linalg.svd), both from bench/bench_svd.py
+  conv  trp.lowrank_conv2d forced to fused / two_convs / dense, and auto (the measured choice),
+        on the ResNet-18 3x3 layer shapes at TRP-like ranks (bench/conv_cases.py), batch 128,
+        bfloat16 and float32, NCHW and channels_last, forward and forward + backward
+
+    python bench/gpu_timings.py --out timings.jsonl [--groups step,svd,conv] [--quick]
+    python bench/gpu_timings.py --list                  # the measurements, no GPU needed
+    python bench/gpu_timings.py --fold timings.jsonl NVIDIA-H200-20261201.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]  # the repository (no install needed) and bench/
+
+from gpu_env import device_slug, machine_info, require_cuda  # noqa: E402
+
+GROUPS = ("step", "svd", "conv")  # run order: cheapest headline first
+SVD_NETWORKS = ("resnet20", "resnet18", "resnet50")
+SVD_IMPLS = ("trp_jacobi", "trp_eigh", "torch_gram", "torch_svd")
+CONV_IMPLS = ("fused", "two_convs", "dense", "auto")
+CONV_DTYPES = ("bf16", "f32")
+STEP_IMPLS = ("plain", "trp_jacobi", "trp_eigh")
+SCHEMES = ("channel", "spatial")
+
+
+def cases(groups=GROUPS, quick=False) -> list[dict]:
+    """Every measurement as a dict of its parameters, in run order."""
+    out = []
+    if "step" in groups:
+        for scheme in SCHEMES:
+            for impl in STEP_IMPLS:
+                if impl == "plain" and scheme != SCHEMES[0]:
+                    continue  # the plain step has no scheme
+                case = "resnet20-b128" + ("" if impl == "plain" else f"-{scheme}")
+                out.append({"group": "step", "case": case, "impl": impl, "scheme": scheme})
+    if "svd" in groups:
+        for network in SVD_NETWORKS[:1] if quick else SVD_NETWORKS:
+            for scheme in SCHEMES:
+                for impl in SVD_IMPLS:
+                    out.append({"group": "svd", "case": f"{network}-{scheme}", "impl": impl,
+                                "network": network, "scheme": scheme})
+    if "conv" in groups:
+        from conv_cases import layers
+
+        shapes = layers("resnet18")[:1] if quick else layers("resnet18")
+        for layer in shapes:
+            for scheme in SCHEMES:
+                for dtype in CONV_DTYPES:
+                    for cl in (False, True):
+                        for backward in (False, True):
+                            name = (f"{layer.name}-{scheme}-b128-{dtype}-{'cl' if cl else 'nchw'}"
+                                    f"-{'fwdbwd' if backward else 'fwd'}")
+                            for impl in CONV_IMPLS:
+                                out.append({"group": "conv", "case": name, "impl": impl,
+                                            "layer": layer, "scheme": scheme, "dtype": dtype,
+                                            "channels_last": cl, "backward": backward})
+    return out
+
+
+def time_cuda(fn, warmup: int, reps: int) -> dict:
+    """Median, min and max of ``reps`` calls of fn in ms, each timed by its own CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    pairs = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        pairs.append((start, end))
+    torch.cuda.synchronize()
+    ms = [s.elapsed_time(e) for s, e in pairs]
+    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
+            "reps": reps, "warmup": warmup}
+
+
+class svd_impl_env:
+    """TRP_SVD_IMPL set for a block (the ops read it on every call), then restored."""
+
+    def __init__(self, impl: str | None):
+        self.impl = impl
+
+    def __enter__(self):
+        self.previous = os.environ.get("TRP_SVD_IMPL")
+        if self.impl is not None:
+            os.environ["TRP_SVD_IMPL"] = self.impl
+
+    def __exit__(self, *exc):
+        if self.previous is None:
+            os.environ.pop("TRP_SVD_IMPL", None)
+        else:
+            os.environ["TRP_SVD_IMPL"] = self.previous
+
+
+def svd_fn(case):
+    from bench_svd import ENERGY, torch_gram, torch_svd
+    from layer_sets import groups, weights
+    from trp_kernels.svd import lowrank_project_groups
+
+    stacked = groups(weights(case["network"], case["scheme"], device="cuda"))
+    impl = case["impl"]
+    if impl.startswith("trp_"):
+        def fn():
+            return lowrank_project_groups(stacked, energy=ENERGY, check_finite=False)
+        return fn, impl[len("trp_"):]
+    if impl == "torch_gram":
+        return (lambda: torch_gram(stacked)), None
+    return (lambda: torch_svd(stacked)), None
+
+
+def conv_fn(case):
+    import trp_kernels as tk
+    from bench_conv import layer_inputs
+    from conv_cases import roofline
+
+    layer, scheme = case["layer"], case["scheme"]
+    x, w1, w2, bias, _ = layer_inputs(layer, scheme, 128, case["dtype"], case["channels_last"],
+                                      "cuda")
+    args = (layer.stride, layer.padding, 1, scheme)
+    if case["backward"]:
+        inputs = [t.detach().requires_grad_() for t in (x, w1, w2, bias)]
+        grad_y = torch.randn_like(tk.lowrank_conv2d(x, w1, w2, bias, *args))
+
+        def fn():
+            return torch.autograd.grad(tk.lowrank_conv2d(*inputs, *args), inputs, grad_y)
+    else:
+        def fn():
+            return tk.lowrank_conv2d(x, w1, w2, bias, *args)
+    dtype = {"bf16": "bfloat16", "f32": "float32"}[case["dtype"]]
+    extra = {"rank": layer.rank(scheme), "batch": 128,
+             "h100_roofline_ms": 1e3 * roofline(layer, scheme, 128, dtype, case["backward"],
+                                                case["impl"])["predicted_s"]}
+    return fn, extra
+
+
+def step_fn(case):
+    from trp_kernels import TRPRegularizer
+    from trp_kernels.models import resnet20
+
+    torch.manual_seed(0)
+    model = resnet20().cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(128, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 10, (128,), device="cuda")
+    criterion = torch.nn.CrossEntropyLoss()
+    trp = None if case["impl"] == "plain" else TRPRegularizer(
+        model, scheme=case["scheme"], energy=0.9, nuclear_weight=3e-4, period=1)
+
+    def fn():
+        if trp is not None:
+            trp.before_forward()
+        loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if trp is not None:
+            trp.after_backward()
+        optimizer.step()
+    return fn
+
+
+def measure(case, quick: bool) -> dict:
+    record = {k: v for k, v in case.items() if k != "layer"}
+    if "layer" in case:
+        record["layer"] = case["layer"].name
+    svd_impl = None
+    if case["group"] == "svd":
+        fn, svd_impl = svd_fn(case)
+        warmup, reps = 2, 3 if quick else 5
+    elif case["group"] == "conv":
+        from trp_kernels import conv_select
+
+        with conv_select.forced(case["impl"]):
+            fn, extra = conv_fn(case)
+            record.update(extra)
+            # auto measures on its first call, one of the warm-up calls (as in training)
+            record.update(time_cuda(fn, 3, 5 if quick else 10))
+        return record
+    else:
+        svd_impl = None if case["impl"] == "plain" else case["impl"][len("trp_"):]
+        with svd_impl_env(svd_impl):
+            fn = step_fn(case)
+        warmup, reps = 3, 5 if quick else 20
+    with svd_impl_env(svd_impl):
+        record["svd_impl"] = os.environ.get("TRP_SVD_IMPL")
+        record.update(time_cuda(fn, warmup, reps))
+    return record
+
+
+def fold(jsonl: str, out: str) -> None:
+    """The JSON lines of a run as one JSON document: {"machine": ..., "measurements": [...]}."""
+    machine, measurements = None, []
+    with open(jsonl) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut off by a kill
+                continue
+            if record.get("kind") == "machine":
+                machine = record
+            else:
+                measurements.append(record)
+    with open(out, "w") as f:
+        json.dump({"machine": machine, "measurements": measurements}, f, indent=1)
+        f.write("\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="JSON-lines file to append to (default: stdout only)")
+    parser.add_argument("--groups", default=",".join(GROUPS),
+                        help=f"comma-separated subset of {','.join(GROUPS)}")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    parser.add_argument("--list", action="store_true", help="print the measurements and exit")
+    parser.add_argument("--fold", nargs=2, metavar=("JSONL", "JSON"),
+                        help="write a run's JSON lines as one JSON document and exit")
+    args = parser.parse_args(argv)
+    if args.fold:
+        fold(*args.fold)
+        return 0
+    groups = [g for g in args.groups.split(",") if g]
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        parser.error(f"--groups: unknown {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    todo = cases(groups, args.quick)
+    if args.list:
+        for c in todo:
+            print(f"{c['group']:<5} {c['case']:<48} {c['impl']}")
+        return 0
+    require_cuda("gpu_timings.py")
+    out = open(args.out, "a") if args.out else None
+
+    def emit(record):
+        line = json.dumps(record)
+        if out:
+            out.write(line + "\n")
+            out.flush()
+        return line
+
+    info = machine_info()
+    emit({"kind": "machine", **info, "slug": device_slug(info)})
+    print(f"device {info['device']}, driver {info['driver']}, torch {info['torch']}, "
+          f"CUDA {info['cuda']}, cuDNN {info['cudnn']}", flush=True)
+    failures = 0
+    start = time.perf_counter()
+    for case in todo:
+        try:
+            record = measure(case, args.quick)
+        except Exception as e:  # one failing impl must not cost the rest of the table
+            failures += 1
+            record = {k: v for k, v in case.items() if k != "layer"}
+            record["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        emit({"kind": "timing", **record})
+        shown = (f"{record['median_ms']:9.3f} ms" if "median_ms" in record
+                 else f"ERROR {record['error']}")
+        print(f"{case['group']:<5} {case['case']:<48} {case['impl']:<10} {shown}", flush=True)
+    print(f"timings: {len(todo) - failures} measured, {failures} failed, "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
+    if out:
+        out.close()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The GPU scripts' CPU-side behaviour: bench/run_gpu.sh without a GPU (a prompt non-zero exit
+with summary.txt), its phase validation, the case lists of bench/gpu_smoke.py and
+bench/gpu_timings.py, their exit without CUDA, and the folding and summary of timing JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+sys.path.insert(0, BENCH)
+
+import gpu_smoke  # noqa: E402
+import gpu_timings  # noqa: E402
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+
+
+def run_script(tmp_path, **env):
+    full = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, **env}
+    start = time.monotonic()
+    done = subprocess.run(["bash", os.path.join(BENCH, "run_gpu.sh")], env=full,
+                          capture_output=True, text=True, timeout=120)
+    return done, time.monotonic() - start
+
+
+@no_gpu
+def test_run_gpu_without_a_gpu_fails_fast_with_a_summary(tmp_path):
+    done, seconds = run_script(tmp_path)
+    assert done.returncode != 0 and seconds < 60
+    summary = (tmp_path / "summary.txt").read_text()
+    assert summary.startswith("run_gpu.sh ")
+    assert "no GPU" in summary or "no usable CUDA device" in summary
+    assert "exit 3" in summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.txt"]
+
+
+def test_run_gpu_rejects_an_unknown_phase(tmp_path):
+    done, seconds = run_script(tmp_path, TRP_GPU_PHASES="tests benchmarks")
+    assert done.returncode == 2 and seconds < 60
+    assert "unknown phase 'benchmarks'" in (tmp_path / "summary.txt").read_text()
+
+
+def test_smoke_cases_cover_every_path():
+    names = [c.name for c in gpu_smoke.all_cases()]
+    assert len(names) == len(set(names))
+    for impl in gpu_smoke.SVD_IMPLS:
+        for path in ("fused", "blocked32", "blocked64", "groups"):
+            for dtype in ("float32", "float64"):
+                assert any(n.startswith(f"svd/{impl}/{path}/") and n.endswith(dtype) for n in names)
+    for impl in gpu_smoke.CONV_IMPLS:
+        for dtype in ("float32", "float16", "bfloat16"):
+            for layout in ("nchw", "cl"):
+                for scheme in ("channel", "spatial"):
+                    assert f"conv/{impl}/{dtype}/{layout}/{scheme}" in names
+        assert f"conv/{impl}/float32/nchw/channel/rank0" in names
+    # the SVD paths' shapes sit in the ranges of k = min(m, n) that select them
+    ks = {path: [min(s) for s in shapes] for path, shapes in gpu_smoke.SVD_PATHS.items()}
+    assert max(ks["fused"]) <= 64 < min(ks["blocked32"]) and max(ks["blocked32"]) <= 512
+    assert min(ks["blocked64"]) > 512
+
+
+def test_smoke_list_and_no_cuda_exit(capsys):
+    assert gpu_smoke.main(["--list", "--only", "conv/dense/"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert listed and all(n.startswith("conv/dense/") for n in listed)
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as exit_:
+            gpu_smoke.main([])
+        assert exit_.value.code == 2
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_timing_cases():
+    cases = gpu_timings.cases()
+    keys = [(c["group"], c["case"], c["impl"]) for c in cases]
+    assert len(keys) == len(set(keys))
+    assert [c["group"] for c in cases] == sorted((c["group"] for c in cases),
+                                                 key=gpu_timings.GROUPS.index)
+    svd = {(c["network"], c["impl"]) for c in cases if c["group"] == "svd"}
+    assert svd == {(n, i) for n in ("resnet20", "resnet18", "resnet50")
+                   for i in ("trp_jacobi", "trp_eigh", "torch_gram", "torch_svd")}
+    conv = [c for c in cases if c["group"] == "conv"]
+    assert {c["impl"] for c in conv} == {"fused", "two_convs", "dense", "auto"}
+    assert {c["dtype"] for c in conv} == {"bf16", "f32"}
+    assert all(c["layer"].network == "resnet18" and "-b128-" in c["case"] for c in conv)
+    steps = {(c["impl"], c["scheme"]) for c in cases if c["group"] == "step"}
+    assert ("plain", "channel") in steps and ("trp_eigh", "spatial") in steps
+    assert len(gpu_timings.cases(quick=True)) < len(cases)
+
+
+def test_timings_rejects_unknown_groups_and_needs_cuda(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        gpu_timings.main(["--groups", "svd,speed"])
+    assert exit_.value.code == 2 and "unknown speed" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as exit_:
+            gpu_timings.main(["--groups", "svd"])
+        assert exit_.value.code == 2
+
+
+def test_fold_and_headline(tmp_path, capsys):
+    import summarize
+
+    lines = [
+        {"kind": "machine", "device": "Test GPU", "driver": "1.0", "torch": "t", "cuda": "c",
+         "cudnn": 1, "slug": "Test-GPU"},
+        {"kind": "timing", "group": "step", "case": "resnet20-b128", "impl": "plain",
+         "median_ms": 10.0},
+        {"kind": "timing", "group": "conv", "case": "x-fwd", "impl": "fused", "dtype": "bf16",
+         "backward": False, "median_ms": 1.0},
+        {"kind": "timing", "group": "conv", "case": "x-fwd", "impl": "two_convs", "dtype": "bf16",
+         "backward": False, "median_ms": 2.0},
+        {"kind": "timing", "group": "conv", "case": "x-fwd", "impl": "auto", "dtype": "bf16",
+         "backward": False, "error": "RuntimeError: boom"},
+    ]
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"kind": "timing", "cut')
+    out = tmp_path / "t.json"
+    assert gpu_timings.main(["--fold", str(jsonl), str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["machine"]["device"] == "Test GPU" and len(data["measurements"]) == 4
+    summarize.main([str(out), "--headline"])
+    text = capsys.readouterr().out
+    assert "Test GPU" in text and "two_convs/fused 2.00 (n=1)" in text
+    assert "3 measured, 1 failed" in text and "boom" in text
