@@ -8,8 +8,8 @@ from testing import devices
 
 from trp_kernels.decompose import is_decomposable
 from trp_kernels.flops import conv_costs, conv_macs, count_params
-from trp_kernels.models import MODELS, create_model, never_decomposed, resnet20
-from trp_kernels.decompose import decomposable_layers
+from trp_kernels.models import MODELS, create_model, resnet20
+from trp_kernels.decompose import decomposable_layers, never_decomposed
 
 CIFAR = torch.zeros(1, 3, 32, 32)
 IMAGENET = torch.zeros(1, 3, 224, 224)

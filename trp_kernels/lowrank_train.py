@@ -27,7 +27,6 @@ from torch import nn
 from .decompose import DecompositionReport, decompose_model
 from .factorization import factor_matrices
 from .layers import LowRankConv2d
-from .models import never_decomposed
 
 
 def make_lowrank(model: nn.Module, scheme: str = "channel", rank: int | float = 0.5, skip=None,
@@ -39,7 +38,6 @@ def make_lowrank(model: nn.Module, scheme: str = "channel", rank: int | float = 
     if rank is None:
         raise ValueError("rank is required for low-rank training (an int, or a fraction of each "
                          "layer's full rank in (0, 1])")
-    skip = never_decomposed(model) if skip is None else skip
     return decompose_model(model, scheme, rank=rank, skip=skip, example_input=example_input)
 
 

@@ -37,11 +37,11 @@ from . import __version__
 from ._checks import SCHEMES
 from .checkpoint import CheckpointError, atomic_save, load_file, rng_states, set_rng_states
 from .data import DATASETS, ImageData, load_dataset, num_train_batches, test_batches, train_batches
-from .decompose import decomposable_layers, decompose_model
+from .decompose import decomposable_layers, decompose_model, never_decomposed
 from .export import load_model, lowrank_layers, restore_lowrank_layers, save_model
 from .factorization import full_rank
 from .lowrank_train import make_lowrank, orthogonality_penalty
-from .models import create_model, never_decomposed
+from .models import create_model
 from .report import model_figures, write_report
 from .trp import TRPRegularizer
 
