@@ -62,21 +62,21 @@ def scheme(value) -> str:
 # -- option values shared by the Python API and the trainer (one home for each rule) -----------
 
 
-def _real(value) -> bool:
+def is_finite_real(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def energy(value, name: str = "energy") -> float:
     """An energy of the rank rule: a number in (0, 1]. ValueError for anything else (also a
     non-number: the trainer's users write energies as text)."""
-    if not (_real(value) and 0 < value <= 1):
+    if not (is_finite_real(value) and 0 < value <= 1):
         raise ValueError(f"{name} must be in (0, 1], got {value!r}")
     return float(value)
 
 
 def non_negative(value, name: str) -> float:
     """A finite number >= 0 (a weight of a loss term, a threshold)."""
-    if not (_real(value) and value >= 0):
+    if not (is_finite_real(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 

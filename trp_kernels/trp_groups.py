@@ -58,11 +58,13 @@ class MatrixView:
         offset = int(position.reshape(-1)[0])
         strides = []
         for dim, size in enumerate(weight_shape):
-            step = [0] * len(weight_shape)
-            step[dim] = 1 if size > 1 else 0
-            strides.append(int(position[tuple(step)]) - offset if size > 1 else 1)
-        grid = torch.meshgrid(*[torch.arange(s) for s in weight_shape], indexing="ij")
-        if not torch.equal(offset + sum(g * s for g, s in zip(grid, strides)), position):
+            unit = [0] * len(weight_shape)
+            unit[dim] = 1 if size > 1 else 0   # a dimension of size 1 takes any stride
+            strides.append(int(position[tuple(unit)]) - offset if size > 1 else 1)
+        # The defining property: the strided weight of a matrix turns back into that matrix.
+        elements = torch.arange(numel)
+        if not torch.equal(self.to_matrix(elements.as_strided(weight_shape, strides, offset)),
+                           elements.reshape(matrix_shape)):
             raise ValueError(f"the matrix view of a {weight_shape} weight is not a strided view")
         return matrix_shape, tuple(strides), offset
 
@@ -85,10 +87,11 @@ class StackedGroups:
     def __init__(self, weights: list[torch.Tensor], view: MatrixView):
         self.signature = self._signature(weights)
         keys: dict[tuple, list[int]] = defaultdict(list)   # first-seen order, as the model's
-        layouts = []
-        for i, w in enumerate(weights):
-            layouts.append(view.layout(w.shape))
-            keys[(layouts[-1][0], _work_dtype(w.dtype), w.device)].append(i)
+        by_shape = {shape: view.layout(shape) for shape in dict.fromkeys(tuple(w.shape)
+                                                                          for w in weights)}
+        layouts = [by_shape[tuple(w.shape)] for w in weights]
+        for i, (w, (matrix_shape, _, _)) in enumerate(zip(weights, layouts)):
+            keys[(matrix_shape, _work_dtype(w.dtype), w.device)].append(i)
         # One flat tensor per (dtype, device): the groups' buffers are slices of it, so a
         # broadcast is one collective and the kept results need no concatenation.
         totals: dict[tuple, int] = defaultdict(int)
@@ -101,7 +104,6 @@ class StackedGroups:
         self.buffers: list[torch.Tensor] = []          # [G, m, n] per group
         self.subgrad_buffers: list[torch.Tensor] = []
         self.devices: list[torch.device] = []
-        self.members: list[list[int]] = []             # layer indices per group
         self.where: list[tuple[int, int]] = [(0, 0)] * len(weights)   # (group, slot) per layer
         slots: list[torch.Tensor | None] = [None] * len(weights)
         subgrad_slots: list[torch.Tensor | None] = [None] * len(weights)
@@ -117,7 +119,6 @@ class StackedGroups:
                     out[i] = base.as_strided(weights[i].shape, strides,
                                              base.storage_offset() + start + j * size + offset)
             self.devices.append(device)
-            self.members.append(members)
             for j, i in enumerate(members):
                 self.where[i] = (g, j)
         self.slots: list[torch.Tensor] = slots            # type: ignore[assignment]

@@ -3,7 +3,6 @@ import os
 
 import pytest
 import torch
-from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 from testing import devices
 
 from trp_kernels.decompose import is_decomposable
@@ -13,7 +12,7 @@ from trp_kernels.decompose import decomposable_layers, never_decomposed
 
 CIFAR = torch.zeros(1, 3, 32, 32)
 IMAGENET = torch.zeros(1, 3, 224, 224)
-LAYER_SETS = os.path.join(os.path.dirname(__file__), "..", "bench", "layer_sets.json")
+LAYER_SETS = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "layer_sets.json")
 
 
 @pytest.mark.parametrize("name, params, macs, example", [
