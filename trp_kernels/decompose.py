@@ -112,6 +112,8 @@ def decomposable_layers(model: nn.Module, skip=None, layers=None) -> list[tuple[
         if skip is not None:
             raise ValueError("give skip (layers to leave dense) or layers (layers to "
                              "decompose), not both")
+        if isinstance(layers, str):
+            raise TypeError(f"layers must be a list of layer names, got the str {layers!r}")
         chosen = set(layers)
         unknown = sorted(chosen - set(modules))
         if unknown:

@@ -71,4 +71,8 @@ def test_bad_selections_name_the_option(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tk.decompose_model(model, rank=2, **kwargs)
     assert not lowrank_names(model)
-    assert torch.is_tensor(model.conv1.weight)
+
+
+def test_layers_as_one_string_is_a_type_error():
+    with pytest.raises(TypeError, match="layers must be a list of layer names"):
+        tk.decompose_model(small_resnet(), rank=2, layers="conv1")
