@@ -2,7 +2,6 @@
 (the model's ``never_decomposed``), an explicit ``layers`` list, and errors naming the option."""
 
 import pytest
-import torch
 from torch import nn
 
 import trp_kernels as tk
