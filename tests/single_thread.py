@@ -1,9 +1,9 @@
-"""An autouse fixture for the trainer's test modules: one torch CPU thread per test.
+"""An autouse fixture: one torch CPU thread per test. tests/training/conftest.py applies it to
+every trainer test; a module outside that directory (test_readme.py) imports it.
 
 On the shared 2-core machines these tests run on, torch's spinning OpenMP workers made the
 trainer's tests about four times slower with two threads than with one (30 s against 127 s for
-four test modules under a load average of 4). Importing the fixture into a test module applies
-it to that module only; the thread count is restored after every test."""
+four test modules under a load average of 4). The thread count is restored after every test."""
 
 import pytest
 import torch

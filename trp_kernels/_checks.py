@@ -1,8 +1,11 @@
 """Python-side argument checks: the ones the C++ ops cannot phrase well (Python types, devices
-of several tensors). Value ranges are checked once, in C++ (csrc/include/trp/checks.h)."""
+of several tensors), and the options of the Python API and the trainer (energy, rank as an int or
+a fraction, loss weights), each rule in one function that every caller imports. The ops' own
+value ranges are checked once, in C++ (csrc/include/trp/checks.h)."""
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -54,3 +57,47 @@ def scheme(value) -> str:
     if value not in SCHEMES:
         raise ValueError(f"scheme must be 'channel' or 'spatial', got {value!r}")
     return value
+
+
+# -- option values shared by the Python API and the trainer (one home for each rule) -----------
+
+
+def is_finite_real(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def energy(value, name: str = "energy") -> float:
+    """An energy of the rank rule: a number in (0, 1]. ValueError for anything else (also a
+    non-number: the trainer's users write energies as text)."""
+    if not (is_finite_real(value) and 0 < value <= 1):
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return float(value)
+
+
+def non_negative(value, name: str) -> float:
+    """A finite number >= 0 (a weight of a loss term, a threshold)."""
+    if not (is_finite_real(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def int_at_least(value, low: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def rank_or_fraction(value, name: str = "rank"):
+    """A rank option: None, an int >= 1 (a cap on each layer's rank) or a float in (0, 1] (a
+    fraction of each layer's full rank). Returned as None, int or float."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be an int >= 1 or a fraction in (0, 1], got {value!r}")
+    if isinstance(value, numbers.Integral):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+        return int(value)
+    if not 0 < value <= 1:
+        raise ValueError(f"{name} as a fraction of the full rank must be in (0, 1], got {value}")
+    return float(value)

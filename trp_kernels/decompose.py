@@ -10,7 +10,6 @@ from torch import nn
 from . import geometry
 from .flops import conv_costs, count_params
 from .layers import LowRankConv2d
-from .models import never_decomposed
 
 
 def is_decomposable(module: nn.Module) -> bool:
@@ -88,33 +87,57 @@ class DecompositionReport:
         return "\n".join(lines)
 
 
-def decomposable_layers(model: nn.Module, skip=None) -> list[tuple[str, nn.Conv2d]]:
-    """(name, conv) of every decomposable conv of ``model`` not named in ``skip``; ``skip=None``
-    means the model's own ``never_decomposed`` list (empty for a model without one)."""
+def never_decomposed(model: nn.Module) -> tuple[str, ...]:
+    """The layer names ``model`` asks to keep dense, from its ``never_decomposed`` attribute
+    (this library's ResNets name their first conv); none for a model without one."""
+    return tuple(getattr(model, "never_decomposed", ()))
+
+
+def decomposable_layers(model: nn.Module, skip=None, layers=None) -> list[tuple[str, nn.Conv2d]]:
+    """(name, conv) in model order of the decomposable convs to act on: those named in
+    ``layers`` if given (each must be a decomposable conv), else every decomposable conv not
+    named in ``skip``; ``skip=None`` means the model's ``never_decomposed`` (see there)."""
+    modules = dict(model.named_modules())
+    if layers is not None:
+        if skip is not None:
+            raise ValueError("give skip (layers to leave dense) or layers (layers to "
+                             "decompose), not both")
+        if isinstance(layers, str):
+            raise TypeError(f"layers must be a list of layer names, got the str {layers!r}")
+        chosen = set(layers)
+        unknown = sorted(chosen - set(modules))
+        if unknown:
+            raise ValueError(f"layers names layers the model does not have: {unknown}")
+        dense = sorted(name for name in chosen if not is_decomposable(modules[name]))
+        if dense:
+            raise ValueError(f"layers names modules that are not decomposable convs (nn.Conv2d, "
+                             f"groups 1, kernel larger than 1x1): {dense}")
+        return [(name, m) for name, m in modules.items() if name in chosen]
     skip = set(never_decomposed(model) if skip is None else skip)
-    names = {name for name, _ in model.named_modules()}
-    unknown = sorted(skip - names)
+    unknown = sorted(skip - set(modules))
     if unknown:
         raise ValueError(f"skip names layers the model does not have: {unknown}")
-    return [(name, m) for name, m in model.named_modules()
-            if is_decomposable(m) and name not in skip]
+    return [(name, m) for name, m in modules.items() if is_decomposable(m) and name not in skip]
 
 
 def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=None, rank=None,
-                    skip=(), example_input: torch.Tensor | None = None) -> DecompositionReport:
+                    skip=None, example_input: torch.Tensor | None = None,
+                    layers=None) -> DecompositionReport:
     """Replaces, in place, every decomposable conv of ``model`` (nn.Conv2d, groups 1, kernel
-    larger than 1x1, not named in ``skip``) by ``LowRankConv2d.from_conv`` with the given rank
-    rule, and returns a report. ``rank`` is a per-layer cap (int) or a fraction of each layer's
-    full rank (float). With ``example_input`` (one batch), the report also holds per-layer and
-    whole-model conv MACs per sample. ``scheme``: "channel", "spatial", "tucker2" (``rank``
-    may then be a pair (r_in, r_out) of ints or fractions) or "decoupled"."""
+    larger than 1x1) by ``LowRankConv2d.from_conv`` with the given rank rule, and returns a
+    report. The convs are those named in ``layers``, or else all but those named in ``skip``
+    (None: the model's ``never_decomposed``, see ``decomposable_layers``). ``rank`` is a
+    per-layer cap (int) or a fraction of each layer's full rank (float). With
+    ``example_input`` (one batch), the report also holds per-layer and whole-model conv MACs
+    per sample. ``scheme``: "channel", "spatial", "tucker2" (``rank`` may then be a pair
+    (r_in, r_out) of ints or fractions) or "decoupled"."""
     fmt = geometry.scheme(scheme)
     rank = fmt.check_rank_spec(rank)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, nn.Conv2d):
         raise ValueError("model is a single conv; use LowRankConv2d.from_conv(conv) instead")
-    targets = decomposable_layers(model, skip)
+    targets = decomposable_layers(model, skip, layers)
     before = {}
     if example_input is not None:
         before = {c.name: c for c in conv_costs(model, example_input)}

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _checks
+
 
 def conv_out_size(size, kernel, stride, padding, dilation):
     """Output length of a conv along one dimension (works on SymInts too)."""
@@ -153,9 +155,9 @@ class Scheme:
         if spec is None:
             return None
         if self.paired_rank and isinstance(spec, (tuple, list)) and len(spec) == 2:
-            return tuple(_rank_spec_part(p, name) for p in spec)
+            return tuple(_checks.rank_or_fraction(p, name) for p in spec)
         if self.paired_rank or not isinstance(spec, (tuple, list)):
-            return _rank_spec_part(spec, name)
+            return _checks.rank_or_fraction(spec, name)
         raise TypeError(f"{name} must be an int or a float in (0, 1] for scheme "
                         f"'{self.name}' (a pair is for tucker2 only), got {spec!r}")
 
@@ -216,16 +218,6 @@ class Scheme:
     def params(self, weight_shape, rank, bias: bool = False) -> int:
         return sum(c.weight_numel for c in self.convs(weight_shape, rank)) + (
             weight_shape[0] if bias else 0)
-
-
-def _rank_spec_part(value, name):
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, float)):
-        raise TypeError(f"{name} must be an int, a float in (0, 1] or None, got {value!r}")
-    if isinstance(value, float) and not 0.0 < value <= 1.0:
-        raise ValueError(f"{name} as a fraction of the full rank must be in (0, 1], got {value}")
-    if not isinstance(value, float) and value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value if isinstance(value, float) else int(value)
 
 
 def format_rank(rank) -> str:

@@ -33,7 +33,6 @@ from torch import nn
 
 from .decompose import DecompositionReport, decompose_model
 from .layers import LowRankConv2d
-from .models import never_decomposed
 
 
 def make_lowrank(model: nn.Module, scheme: str = "channel", rank=0.5, skip=None,
@@ -46,7 +45,6 @@ def make_lowrank(model: nn.Module, scheme: str = "channel", rank=0.5, skip=None,
     if rank is None:
         raise ValueError("rank is required for low-rank training (an int, or a fraction of each "
                          "layer's full rank in (0, 1])")
-    skip = never_decomposed(model) if skip is None else skip
     return decompose_model(model, scheme, rank=rank, skip=skip, example_input=example_input)
 
 

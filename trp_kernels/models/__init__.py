@@ -1,5 +1,6 @@
 """Model constructors by name. Every model has a ``never_decomposed`` tuple naming the layers
-that TRP, decomposition and low-rank training leave dense (the first conv)."""
+that TRP, decomposition and low-rank training leave dense by default (the first conv);
+``decompose.never_decomposed`` reads it."""
 
 from __future__ import annotations
 
@@ -24,10 +25,5 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return MODELS[name](**kwargs)
 
 
-def never_decomposed(model: nn.Module) -> tuple[str, ...]:
-    """The layer names ``model`` asks to keep dense (none for a model that does not say)."""
-    return tuple(getattr(model, "never_decomposed", ()))
-
-
-__all__ = ["MODELS", "create_model", "never_decomposed", "CifarResNet", "ImageNetResNet",
+__all__ = ["MODELS", "create_model", "CifarResNet", "ImageNetResNet",
            "resnet20", "resnet32", "resnet56", "resnet18", "resnet50"]

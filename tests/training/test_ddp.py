@@ -7,7 +7,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 
 from trp_kernels import training
 from trp_kernels.models import resnet20

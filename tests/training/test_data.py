@@ -4,7 +4,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 from testing import devices
 
 from trp_kernels.data import (DataError, crop_flip, load_cifar10, load_dataset, load_digits,

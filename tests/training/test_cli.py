@@ -8,10 +8,9 @@ import sys
 import pytest
 import torch
 from torch.utils._pytree import tree_flatten
-from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 from test_data import write_fake_cifar
 
-import trp_kernels.training as training
+import trp_kernels.training.loop as training_loop
 from trp_kernels.cli import main
 from trp_kernels.export import load_model, lowrank_layers
 from trp_kernels.report import REQUIRED_KEYS
@@ -108,7 +107,7 @@ def test_decomp_of_a_trained_baseline(tmp_path):
 
 def interrupt_in_epoch(monkeypatch, epoch, batch):
     """Makes the run raise KeyboardInterrupt (as Ctrl-C does) in the middle of an epoch."""
-    real = training.train_batches
+    real = training_loop.train_batches
 
     def batches(data, batch_size, e, *args, **kwargs):
         for i, b in enumerate(real(data, batch_size, e, *args, **kwargs)):
@@ -116,7 +115,7 @@ def interrupt_in_epoch(monkeypatch, epoch, batch):
                 raise KeyboardInterrupt
             yield b
 
-    monkeypatch.setattr(training, "train_batches", batches)
+    monkeypatch.setattr(training_loop, "train_batches", batches)
 
 
 @pytest.mark.parametrize("method, args", [
@@ -232,6 +231,6 @@ def test_python_dash_m_entry_point(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "trp_kernels", "train", "--energy", "2", "--out",
          str(tmp_path / "x")], capture_output=True, text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert result.returncode == 2
     assert result.stderr.strip() == "trp_kernels train: error: energy must be in (0, 1], got 2.0"

@@ -1,16 +1,19 @@
+from collections import Counter
+
 import pytest
 import torch
 import torch.nn.functional as F
-from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 from testing import devices
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import trp_kernels.svd as svd_module
 from trp_kernels.factorization import matrix_to_weight, weight_to_matrix
 from trp_kernels.layers import LowRankConv2d
-from trp_kernels.models import resnet20
+from trp_kernels.models import resnet20, resnet56
 from trp_kernels.svd import reference_lowrank_project
 from trp_kernels.trp import TRPRegularizer
+from trp_kernels.trp_groups import MATRIX_VIEWS, MatrixView
 
 SCHEMES = ["channel", "spatial"]
 
@@ -181,3 +184,90 @@ def test_bad_arguments_name_themselves(kwargs, message):
 def test_a_model_without_decomposable_convs_is_rejected():
     with pytest.raises(ValueError, match="no decomposable conv"):
         TRPRegularizer(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Flatten()))
+
+
+class DispatchedOps(TorchDispatchMode):
+    """Counts the tensor ops that reach the dispatcher (each one a kernel launch on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(model, scheme, period, steps):
+    """The dispatched ops of each of ``steps`` TRP+Nu steps (both hooks), after a first step."""
+    trp = TRPRegularizer(model, scheme, nuclear_weight=3e-4, period=period)
+    for _, conv in trp.layers:
+        conv.weight.grad = torch.zeros_like(conv.weight)
+    trp.before_forward()
+    trp.after_backward()
+    counts = []
+    for _ in range(steps):
+        with DispatchedOps() as mode:
+            trp.before_forward()
+            trp.after_backward()
+        counts.append(mode.ops)
+    return counts
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_step_is_a_handful_of_tensor_ops(scheme):
+    """A TRP+Nu step dispatches a fixed handful of ops, not a few per layer: the groups are
+    built once, and gathering, projecting and writing back are one batched op each."""
+    model = small_resnet("cpu")
+    # period 1: every step projects (and adds the sub-gradient from the same SVD).
+    (projecting,) = ops_per_step(model, scheme, period=1, steps=1)
+    # period 2: the step after a projection step (step 1) only adds a fresh sub-gradient.
+    subgradient_only, _ = ops_per_step(model, scheme, period=2, steps=2)
+    for ops in (projecting, subgradient_only):
+        assert sum(ops.values()) <= 40, ops
+        assert ops["trp.lowrank_project_groups.default"] == 1, ops
+    assert sum(projecting.values()) > sum(subgradient_only.values())
+    # The count does not grow with the depth: ResNet-56 (54 layers) costs what ResNet-20 does.
+    deep = resnet56(in_channels=1, stage_strides=(1, 1, 2))
+    (deep_projecting,) = ops_per_step(deep, scheme, period=1, steps=1)
+    assert deep_projecting == projecting
+
+
+def test_weights_moved_after_construction_are_followed():
+    """model.to(dtype) after the regularizer was built: the next step regroups the weights."""
+    model = small_resnet("cpu")
+    trp = TRPRegularizer(model, "spatial", energy=0.5)
+    model.to(torch.bfloat16)
+    reference_ranks = {name: int(reference(M.float(), 0.5).rank)
+                       for name, M in matrices(trp).items()}
+    trp.project()
+    assert trp.ranks() == reference_ranks
+    assert all(conv.weight.dtype == torch.bfloat16 for _, conv in trp.layers)
+
+
+def test_energy_may_change_between_steps():
+    model = small_resnet("cpu")
+    trp = TRPRegularizer(model, "channel", energy=0.9, nuclear_weight=0.0)
+    trp.energy = 0.5
+    before = matrices(trp)
+    trp.project()
+    assert trp.ranks() == {name: int(reference(M, 0.5).rank) for name, M in before.items()}
+    with pytest.raises(ValueError, match="energy"):
+        trp.energy = 1.5
+    assert trp.energy == 0.5
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("shape", [(16, 8, 3, 3), (8, 16, 3, 1), (5, 3, 1, 7), (1, 4, 2, 3)])
+def test_a_weight_lies_over_its_matrix_as_a_strided_view(scheme, shape):
+    matrix_shape, strides, offset = MATRIX_VIEWS[scheme].layout(shape)
+    M = torch.randn(matrix_shape, dtype=torch.float64)
+    weight = M.as_strided(shape, strides, offset)
+    assert weight.data_ptr() == M.data_ptr()            # a view, no copy
+    torch.testing.assert_close(weight, matrix_to_weight(M, shape, scheme), rtol=0, atol=0)
+    torch.testing.assert_close(weight_to_matrix(weight, scheme), M, rtol=0, atol=0)
+
+
+def test_a_view_that_is_not_a_permutation_is_refused():
+    with pytest.raises(ValueError, match="not a reshape or permutation"):
+        MatrixView(lambda W: W.flatten(-3)[..., :2]).layout((4, 3, 3, 3))

@@ -3,17 +3,16 @@ import os
 
 import pytest
 import torch
-from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 from testing import devices
 
 from trp_kernels.decompose import is_decomposable
 from trp_kernels.flops import conv_costs, conv_macs, count_params
-from trp_kernels.models import MODELS, create_model, never_decomposed, resnet20
-from trp_kernels.decompose import decomposable_layers
+from trp_kernels.models import MODELS, create_model, resnet20
+from trp_kernels.decompose import decomposable_layers, never_decomposed
 
 CIFAR = torch.zeros(1, 3, 32, 32)
 IMAGENET = torch.zeros(1, 3, 224, 224)
-LAYER_SETS = os.path.join(os.path.dirname(__file__), "..", "bench", "layer_sets.json")
+LAYER_SETS = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "layer_sets.json")
 
 
 @pytest.mark.parametrize("name, params, macs, example", [

@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 from testing import devices
 from torch import nn
 

@@ -1,0 +1,118 @@
+"""The configuration of a training run: every option of ``python -m trp_kernels train`` as a
+field, and its validation. Option values are checked by the library's own checks (_checks);
+what each method needs besides is checked by the method (methods.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .. import _checks
+from .._checks import SCHEMES
+from ..data import DATASETS
+from .errors import ConfigError
+from .methods import METHODS, method_class
+
+TRAIN_MODELS = ("resnet20", "resnet32", "resnet56")
+LR_SCHEDULES = ("cosine", "step")
+# Digits are 8x8: the paper's strides (1, 2, 2) would leave the last stage 2x2 pixels; one
+# downsampling step keeps 8x8, 8x8 and 4x4 (docs/training.md explains the choice).
+DIGITS_STAGE_STRIDES = (1, 1, 2)
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str = "resnet20"
+    method: str = "trp"
+    scheme: str = "channel"
+    energy: float | None = None            # trp: projection energy (0.9 when None);
+                                           # decomp: decomposition energy (0.9 when no rank)
+    nuclear_weight: float = 3e-4           # trp "+Nu"; 0 turns it off
+    period: int = 1                        # trp: project every period steps
+    rank: int | float | None = None        # lowrank (required) / decomp: int cap or fraction
+    final_threshold: float | None = 5e-2   # trp: the final decomposition's rule
+    final_energy: float | None = None
+    epochs: int = 15
+    finetune_epochs: int = 5               # decomp
+    init: str | None = None                # decomp: a model.pt of a trained baseline
+    orth_weight: float = 1e-3              # lowrank
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_schedule: str = "cosine"
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None             # CPU threads for torch; None: see loop.cpu_threads
+
+    # -- checking ------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raises ConfigError naming the first impossible option."""
+        _choice(self.dataset, DATASETS, "dataset")
+        _choice(self.model, TRAIN_MODELS, "model")
+        _choice(self.method, METHODS, "method")
+        _choice(self.scheme, SCHEMES, "scheme")
+        _choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
+        for name in ("energy", "final_energy"):
+            if getattr(self, name) is not None:
+                _check(_checks.energy, getattr(self, name), name)
+        for name in ("nuclear_weight", "weight_decay", "orth_weight"):
+            _check(_checks.non_negative, getattr(self, name), name)
+        if self.final_threshold is not None:
+            _check(_checks.non_negative, self.final_threshold, "final_threshold")
+        if not (_checks.is_finite_real(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (_checks.is_finite_real(self.momentum) and 0 <= self.momentum < 1):
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        _check(_checks.int_at_least, self.period, 1, "period")
+        _check(_checks.int_at_least, self.batch_size, 2, "batch_size")  # BatchNorm: two images
+        _check(_checks.int_at_least, self.seed, 0, "seed")
+        _check(_checks.int_at_least, self.finetune_epochs, 0, "finetune_epochs")
+        method = method_class(self.method)
+        _check(_checks.int_at_least, self.epochs, method.min_epochs(self), "epochs")
+        if self.threads is not None:
+            _check(_checks.int_at_least, self.threads, 1, "threads")
+        _check(_checks.rank_or_fraction, self.rank, "rank")
+        method.check(self)
+        if self.dataset == "cifar10" and not self.data_dir:
+            raise ConfigError("dataset cifar10 needs data_dir: the cifar-10-batches-py directory")
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def trp_energy(self) -> float:
+        return 0.9 if self.energy is None else self.energy
+
+    @property
+    def decomp_energy(self) -> float | None:
+        return 0.9 if self.energy is None and self.rank is None else self.energy
+
+    @property
+    def pretrain_epochs(self) -> int:
+        """Epochs before decomp's decomposition (all epochs for the other methods)."""
+        return method_class(self.method).pretrain_epochs(self)
+
+    @property
+    def total_epochs(self) -> int:
+        return method_class(self.method).total_epochs(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown options {unknown}")
+        return cls(**values)
+
+
+def _check(check, *args) -> None:
+    """A library check, its ValueError/TypeError turned into a ConfigError (same message)."""
+    try:
+        check(*args)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _choice(value, choices, name):
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

@@ -1,0 +1,114 @@
+"""Preparation: everything that can reject the input, before anything is written."""
+
+from __future__ import annotations
+
+import numbers
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..data import ImageData, load_dataset, num_train_batches
+from ..decompose import decomposable_layers
+from ..export import load_model, lowrank_layers
+from ..factorization import full_rank
+from ..models import create_model
+from . import distributed
+from .checkpoints import CHECKPOINT, MODEL_FILE, REPORT, read_checkpoint
+from .config import DIGITS_STAGE_STRIDES, TrainConfig
+from .errors import ConfigError
+
+# Where a run executes may change when it resumes; what it computes may not.
+RESUME_MAY_CHANGE = ("device", "threads")
+
+
+@dataclass
+class Prepared:
+    config: TrainConfig
+    out_dir: str
+    data: ImageData
+    device: torch.device
+    checkpoint: dict | None       # the run to resume
+    init_model: nn.Module | None  # decomp's trained baseline
+
+
+def arch_kwargs(config: TrainConfig, data: ImageData) -> dict:
+    strides = DIGITS_STAGE_STRIDES if config.dataset == "digits" else (1, 2, 2)
+    return {"num_classes": data.num_classes, "in_channels": data.in_channels,
+            "stage_strides": list(strides)}
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") \
+            from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu or cuda, got {name!r}")
+    return device
+
+
+def prepare(config: TrainConfig, out_dir: str, resume: bool = False) -> Prepared:
+    """Checks the configuration, the output directory, the data and the files to read, and
+    raises ValueError (ConfigError, DataError, CheckpointError) naming the problem. Writes
+    nothing. ``resume``: continue the run in ``out_dir``, whose configuration ``config`` must
+    repeat (``device`` and ``threads`` may change)."""
+    if resume:
+        return prepare_resume(out_dir, asdict(config))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"out {out_dir!r} exists and is not a directory")
+    taken = [name for name in (CHECKPOINT, MODEL_FILE, REPORT)
+             if os.path.exists(os.path.join(out_dir, name))]
+    if taken:
+        raise ConfigError(f"out {out_dir!r} already holds a run ({', '.join(taken)}); resume it "
+                          f"or choose another directory")
+    return _prepare(config, out_dir, None)
+
+
+def prepare_resume(out_dir: str, options: dict | None = None) -> Prepared:
+    """``prepare`` for continuing the run in ``out_dir`` with its stored configuration.
+    ``options`` (any subset of TrainConfig's fields) must agree with it, except ``device``
+    and ``threads``, which they replace."""
+    checkpoint = read_checkpoint(out_dir)
+    stored = checkpoint["config"]
+    options = dict(options or {})
+    changed = sorted(k for k, v in options.items()
+                     if k not in RESUME_MAY_CHANGE and stored.get(k) != v)
+    if changed:
+        raise ConfigError(
+            f"a resumed run keeps its configuration, but {', '.join(changed)} differ from the "
+            f"checkpoint's ({', '.join(f'{k}={stored.get(k)!r}' for k in changed)})")
+    config = TrainConfig.from_dict({**stored, **{k: options[k] for k in RESUME_MAY_CHANGE
+                                                 if k in options}})
+    return _prepare(config, out_dir, checkpoint)
+
+
+def _prepare(config: TrainConfig, out_dir: str, checkpoint: dict | None) -> Prepared:
+    config.validate()
+    device = _device(config.device)
+    data = load_dataset(config.dataset, config.data_dir)
+    processes = distributed.world_size()
+    if config.batch_size % processes:
+        raise ConfigError(f"batch_size {config.batch_size} must divide evenly among the "
+                          f"{processes} processes")
+    if num_train_batches(data, config.batch_size) == 0:
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the "
+                          f"{len(data.train_y)} training images of {config.dataset}")
+    dense = create_model(config.model, **arch_kwargs(config, data))
+    largest = max(full_rank(conv.weight.shape, config.scheme)
+                  for _, conv in decomposable_layers(dense))
+    if isinstance(config.rank, numbers.Integral) and config.rank > largest:
+        raise ConfigError(f"rank {config.rank} exceeds the largest full rank ({largest}) of "
+                          f"{config.model}'s layers in the {config.scheme} scheme")
+    init_model = None
+    if config.init is not None and checkpoint is None:
+        init_model = load_model(config.init, create_model(config.model,
+                                                          **arch_kwargs(config, data)))
+        if lowrank_layers(init_model):
+            raise ConfigError(f"init {config.init!r} is already compressed; decomp starts from "
+                              f"a dense (baseline) model")
+    return Prepared(config, out_dir, data, device, checkpoint, init_model)
