@@ -1,5 +1,5 @@
 """Python-side argument checks: the ones the C++ ops cannot phrase well (Python types, devices
-of several tensors). Value ranges are checked once, in C++ (csrc/include/trp/checks.h)."""
+of several tensors). Value ranges are checked once, in C++ (csrc/aten/trp/checks.h)."""
 
 from __future__ import annotations
 
