@@ -42,7 +42,8 @@ def _sources(pattern):
 
 def extension():
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
-    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    # csrc/include: torch-free headers (also the CUDA kernels'); csrc/aten: those using ATen.
+    include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc", "aten")]
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
     # ATen's parallel_for is an inline OpenMP loop: without -fopenmp it would run serially.
     link = ["-fopenmp"]

@@ -34,14 +34,18 @@ FactorProduct factor_product(const at::Tensor& weight1, const at::Tensor& weight
           weight1.select(3, 0).reshape({r, c * kh})};
 }
 
-at::Tensor weight_to_matrix(const at::Tensor& W, Scheme scheme) {
+// A dense weight as the matrix M of factor_product: [N, C*kh*kw] (channel) or [N*kw, C*kh]
+// (spatial) -- in the spatial scheme the transpose of trp_kernels.factorization
+// .weight_to_matrix, whose rows are the input side.
+at::Tensor weight_as_product_matrix(const at::Tensor& W, Scheme scheme) {
   const int64_t n = W.size(0), c = W.size(1), kh = W.size(2), kw = W.size(3);
   if (scheme == Scheme::kChannel) return W.reshape({n, c * kh * kw});
   return W.permute({0, 3, 1, 2}).reshape({n * kw, c * kh});
 }
 
-at::Tensor matrix_to_weight(const at::Tensor& M, const at::Tensor& weight1,
-                            const at::Tensor& weight2, Scheme scheme) {
+// The inverse of weight_as_product_matrix, as a view of M.
+at::Tensor product_matrix_as_weight(const at::Tensor& M, const at::Tensor& weight1,
+                                    const at::Tensor& weight2, Scheme scheme) {
   const int64_t n = weight2.size(0), c = weight1.size(1), kh = weight1.size(2);
   if (scheme == Scheme::kChannel) return M.view({n, c, kh, weight1.size(3)});
   const int64_t kw = weight2.size(3);
@@ -75,7 +79,7 @@ at::Tensor dense_weight_for(const at::Tensor& x, const at::Tensor& weight1,
 at::Tensor lowrank_full_weight(const at::Tensor& weight1, const at::Tensor& weight2,
                                Scheme scheme) {
   const FactorProduct f = factor_product(weight1, weight2, scheme);
-  return matrix_to_weight(at::matmul(f.left, f.right), weight1, weight2, scheme);
+  return product_matrix_as_weight(at::matmul(f.left, f.right), weight1, weight2, scheme);
 }
 
 at::Tensor lowrank_conv2d_two_convs(const at::Tensor& x, const at::Tensor& weight1,
@@ -143,7 +147,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_dense_
   if (need_bias) grad_bias = g_b;
   if (need_w1 || need_w2) {
     const FactorProduct f = factor_product(weight1, weight2, scheme);
-    const at::Tensor g_M = weight_to_matrix(g_W, scheme);
+    const at::Tensor g_M = weight_as_product_matrix(g_W, scheme);
     if (need_w1) {
       // d/d right of left * right: left^T g_M, in weight1's [r, C, kh, kw] order.
       grad_w1 = like(at::matmul(f.left.t(), g_M).view(weight1.sizes()), weight1);

@@ -1,7 +1,7 @@
 """Python-side argument checks: the ones the C++ ops cannot phrase well (Python types, devices
 of several tensors), and the options of the Python API and the trainer (energy, rank as an int or
 a fraction, loss weights), each rule in one function that every caller imports. The ops' own
-value ranges are checked once, in C++ (csrc/include/trp/checks.h)."""
+value ranges are checked once, in C++ (csrc/aten/trp/checks.h)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from . import conv_select
 from . import geometry
 
 try:
@@ -18,6 +19,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
     ) from exc
 
 ops = torch.ops.trp
+conv_select.apply_validation()  # fused joins the automatic conv choice only once validated
 
 
 def memory_format_of(t: torch.Tensor) -> torch.memory_format:

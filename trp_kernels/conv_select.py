@@ -5,9 +5,17 @@ chip; float32/float16/bfloat16 on sm_80 and newer), ``two_convs`` (two cuDNN con
 ``dense`` (the full weight rebuilt from the factors, one cuDNN convolution). By default the
 first call with a new problem (shapes, dtype, layout, device, geometry; forward and backward
 separately) times every candidate once and remembers the fastest for the rest of the process;
-no timing happens during CUDA-graph capture (a remembered choice or ``fused``/``two_convs`` is
-used). The CPU runs ``two_convs`` unless ``dense`` is forced. The backward of ``fused`` is the
-``two_convs`` backward.
+a candidate that fails on that problem (unsupported, out of memory) is skipped with a warning,
+and the call fails only if every candidate does. No timing happens during CUDA-graph capture
+(a remembered choice or ``two_convs`` is used). The CPU runs ``two_convs`` unless ``dense`` is
+forced. The backward of ``fused`` is the ``two_convs`` backward.
+
+The fused kernel has not yet passed its CUDA tests on a GPU, so the automatic choice leaves it
+out: it chooses between ``two_convs`` and ``dense`` only, and ``fused`` runs only when forced.
+``trp_kernels/validation.py`` records the validation (``FUSED_CONV_VALIDATED_BY``, the committed
+result file, None until then); at import the package passes it to the C++ choice with
+:func:`apply_validation` (the op ``trp::set_fused_conv_in_auto``; ``trp::fused_conv_in_auto``
+reads it back).
 
 The environment variable ``TRP_CONV_IMPL`` (``auto``, ``fused``, ``two_convs``, ``dense``)
 forces one; the op reads it on every call. ``fused`` where the kernel cannot run (float64,
@@ -18,6 +26,10 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+
+import torch
+
+from . import validation
 
 ENV = "TRP_CONV_IMPL"
 IMPLS = ("fused", "two_convs", "dense")
@@ -44,3 +56,9 @@ def forced(impl: str | None):
             del os.environ[ENV]
         else:
             os.environ[ENV] = previous
+
+
+def apply_validation() -> None:
+    """Lets the automatic choice on CUDA pick ``fused`` exactly when validation.py records a
+    GPU run that validated it. Called once at import (trp_kernels/_ops.py)."""
+    torch.ops.trp.set_fused_conv_in_auto(validation.FUSED_CONV_VALIDATED_BY is not None)

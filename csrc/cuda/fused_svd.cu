@@ -16,6 +16,7 @@
 
 #include "trp/block_reduce.cuh"
 #include "trp/cuda_utils.cuh"
+#include "trp/dynamic_smem.h"
 #include "trp/jacobi_eigen.cuh"
 #include "trp/orthonormal_completion.cuh"
 #include "trp/svd_cuda.h"
@@ -42,14 +43,52 @@ struct Oriented {
   }
 };
 
-// Shared-memory layout of one block, computed the same way on the host (for the launch size)
-// and on the device (to place the arrays). V: the eigenvector element type.
-template <typename V>
-struct FusedShared {
+// Shared-memory layout of one block: byte offsets, computed the same way on the host (for the
+// launch size) and on the device (to place the arrays). V: the eigenvector element type.
+struct FusedLayout {
   int order_n;      // k rounded up to even (a zero row and column pad odd k)
   int ld;           // row stride of g / vt / vt2
   int stage_rows;   // order_n rounded up to the Gram tile (4)
   int stage_ld;     // odd, so that strided stores spread over the banks
+  int64_t g, vt, vt2, stage, lambda, sigma, column_scale, reduce_v, jacobi_scratch, order, rank,
+      reduce_i;
+  int64_t bytes;
+
+  __host__ __device__ FusedLayout(int k, bool refine, int64_t v_size) {
+    order_n = k + (k & 1);
+    ld = order_n + 1;
+    stage_rows = (order_n + 3) / 4 * 4;
+    stage_ld = stage_rows + 1;
+    int64_t at = 0;
+    auto take = [&](int64_t count, int64_t size) {
+      at = (at + 7) / 8 * 8;
+      const int64_t offset = at;
+      at += count * size;
+      return offset;
+    };
+    const int64_t square = static_cast<int64_t>(order_n) * ld;
+    g = take(square, 8);
+    vt = take(square, v_size);
+    vt2 = take(refine ? square : 0, v_size);
+    stage = take(static_cast<int64_t>(kChunk) * stage_ld, 8);
+    lambda = take(order_n, 8);
+    sigma = take(order_n, 8);
+    column_scale = take(order_n, 8);
+    reduce_v = take(kWarps, 8);
+    jacobi_scratch = take(JacobiShared<double>::scratch_bytes(order_n), 1);
+    order = take(order_n, 4);
+    rank = take(1, 8);
+    reduce_i = take(kWarps, 8);
+    bytes = at;
+  }
+};
+
+// The arrays of FusedLayout, placed in the block's shared memory. The pointers are offsets from
+// the kernel's `extern __shared__` array itself (never through an integer), so that the
+// compiler can tell they point to shared memory and emits ld.shared / st.shared for them.
+template <typename V>
+struct FusedShared {
+  int order_n, ld, stage_rows, stage_ld;
   double* g;
   V* vt;
   V* vt2;           // float64 only: the refinement pass's eigenvectors
@@ -62,36 +101,24 @@ struct FusedShared {
   int32_t* order;
   int64_t* rank;
   int64_t* reduce_i;
-  int64_t bytes;
 
-  __host__ __device__ FusedShared(uintptr_t base, int k, bool refine) {
-    order_n = k + (k & 1);
-    ld = order_n + 1;
-    stage_rows = (order_n + 3) / 4 * 4;
-    stage_ld = stage_rows + 1;
-    uintptr_t at = base;
-    auto take = [&](int64_t count, int64_t size) {
-      at = (at + 7) / 8 * 8;
-      const uintptr_t p = at;
-      at += static_cast<uintptr_t>(count * size);
-      return p;
-    };
-    const int64_t square = static_cast<int64_t>(order_n) * ld;
-    g = reinterpret_cast<double*>(take(square, 8));
-    vt = reinterpret_cast<V*>(take(square, sizeof(V)));
-    vt2 = reinterpret_cast<V*>(take(refine ? square : 0, sizeof(V)));
-    stage = reinterpret_cast<double*>(take(static_cast<int64_t>(kChunk) * stage_ld, 8));
-    lambda = reinterpret_cast<double*>(take(order_n, 8));
-    sigma = reinterpret_cast<double*>(take(order_n, 8));
-    column_scale = reinterpret_cast<double*>(take(order_n, 8));
-    reduce_v = reinterpret_cast<double*>(take(kWarps, 8));
-    jacobi_scratch =
-        reinterpret_cast<unsigned char*>(take(JacobiShared<V>::scratch_bytes(order_n), 1));
-    order = reinterpret_cast<int32_t*>(take(order_n, 4));
-    rank = reinterpret_cast<int64_t*>(take(1, 8));
-    reduce_i = reinterpret_cast<int64_t*>(take(kWarps, 8));
-    bytes = static_cast<int64_t>(at - base);
-  }
+  __device__ FusedShared(unsigned char* smem, const FusedLayout& at)
+      : order_n(at.order_n),
+        ld(at.ld),
+        stage_rows(at.stage_rows),
+        stage_ld(at.stage_ld),
+        g(reinterpret_cast<double*>(smem + at.g)),
+        vt(reinterpret_cast<V*>(smem + at.vt)),
+        vt2(reinterpret_cast<V*>(smem + at.vt2)),
+        stage(reinterpret_cast<double*>(smem + at.stage)),
+        lambda(reinterpret_cast<double*>(smem + at.lambda)),
+        sigma(reinterpret_cast<double*>(smem + at.sigma)),
+        column_scale(reinterpret_cast<double*>(smem + at.column_scale)),
+        reduce_v(reinterpret_cast<double*>(smem + at.reduce_v)),
+        jacobi_scratch(smem + at.jacobi_scratch),
+        order(reinterpret_cast<int32_t*>(smem + at.order)),
+        rank(reinterpret_cast<int64_t*>(smem + at.rank)),
+        reduce_i(reinterpret_cast<int64_t*>(smem + at.reduce_i)) {}
 
   __device__ JacobiShared<V> jacobi(double* matrix, V* vectors) const {
     JacobiShared<V> s;
@@ -302,7 +329,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bool wide = m <= n;
   const int k = static_cast<int>(wide ? m : n);
   const int64_t L = wide ? n : m;
-  const FusedShared<V> sh(reinterpret_cast<uintptr_t>(smem), k, kRefine);
+  const FusedShared<V> sh(smem, FusedLayout(k, kRefine, sizeof(V)));
   const T* w = args.w + b * m * n;
 
   // 1. Power-of-two scale and finiteness (trp/svd_scaling.cuh).
@@ -396,10 +423,9 @@ cudaError_t launch_fused_svd(const FusedSvdArgs<T, F>& args, cudaStream_t stream
   const int k = static_cast<int>(args.m < args.n ? args.m : args.n);
   constexpr bool kRefine = std::is_same_v<T, double>;
   using V = std::conditional_t<kRefine, double, float>;
-  const int64_t bytes = FusedShared<V>(0, k, kRefine).bytes;
+  const int64_t bytes = FusedLayout(k, kRefine, sizeof(V)).bytes;
   auto kernel = fused_svd_kernel<T, F>;
-  TRP_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(bytes)));
+  TRP_CUDA_TRY(allow_dynamic_smem(kernel, bytes));
   kernel<<<static_cast<unsigned int>(args.batch), kThreads, bytes, stream>>>(args);
   return TRP_LAUNCH_STATUS();
 }

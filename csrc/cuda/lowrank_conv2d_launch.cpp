@@ -3,9 +3,11 @@
 // the two_convs or the dense composition (the fused implementation's backward is the two_convs
 // one: no fused backward kernel exists, see docs/cuda_conv.md). Each op picks, per problem, the
 // fastest of its candidates by measurement (measured_choice.h), unless TRP_CONV_IMPL forces one
-// (conv_impl.h). Forward and backward choose separately: the backward recomputes the
-// intermediate and so does not depend on how the forward ran, so the best training step is the
-// best forward plus the best backward.
+// (conv_impl.h); fused is a candidate only once the package has validated it on a GPU
+// (fused_conv_in_auto, conv_impl.h), until then the choice is between two_convs and dense.
+// Forward and backward choose separately: the backward recomputes the intermediate and so does
+// not depend on how the forward ran, so the best training step is the best forward plus the
+// best backward.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -14,6 +16,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <unordered_map>
@@ -100,8 +103,8 @@ std::optional<FusedProblem> fused_problem(const at::Tensor& x, const at::Tensor&
 
 template <typename T>
 void launch_fused(const at::Tensor& x, const at::Tensor& weight1, const at::Tensor& weight2,
-                  const at::Tensor& bias, at::Tensor& packed1, at::Tensor& packed2, at::Tensor& y,
-                  const FusedProblem& f) {
+                  const at::Tensor& bias, at::Tensor& packed, int64_t packed2_offset,
+                  at::Tensor& y, const FusedProblem& f) {
   cuda::WeightStrides strides{};
   std::copy_n(weight1.strides().begin(), 4, strides.weight1);
   std::copy_n(weight2.strides().begin(), 4, strides.weight2);
@@ -112,8 +115,8 @@ void launch_fused(const at::Tensor& x, const at::Tensor& weight1, const at::Tens
                                   : cuda::Tf32Mode::kSplit3;
   const cudaStream_t stream = current_stream();
   const auto data = [](const at::Tensor& t) { return static_cast<const T*>(t.const_data_ptr()); };
-  T* w1_packed = static_cast<T*>(packed1.mutable_data_ptr());
-  T* w2_packed = static_cast<T*>(packed2.mutable_data_ptr());
+  T* w1_packed = static_cast<T*>(packed.mutable_data_ptr());
+  T* w2_packed = w1_packed + packed2_offset;
   TRP_CUDA_CHECK(cuda::launch_pack_lowrank_weights<T>(data(weight1), data(weight2), strides,
                                                       f.shape, f.plan, w1_packed, w2_packed,
                                                       stream));
@@ -130,18 +133,25 @@ at::Tensor run_fused(const at::Tensor& x, const at::Tensor& weight1, const at::T
   const at::Tensor input = x.contiguous(format);
   at::Tensor y = at::empty({s.batch, s.out_channels, s.out_height, s.out_width},
                            x.options().memory_format(format));
-  at::Tensor packed1 = at::empty({cuda::packed_weight1_elements(s, f.plan)}, x.options());
-  at::Tensor packed2 = at::empty({cuda::packed_weight2_elements(s, f.plan)}, x.options());
+  // Both packed factors in one allocation (packed again on every call: the weights change
+  // between training steps). weight2's copy starts on a 128-byte boundary, as an allocation
+  // of its own would, for the kernel's 16-byte cp.async staging.
+  const int64_t align = 128 / x.element_size();
+  const int64_t packed2_offset =
+      (cuda::packed_weight1_elements(s, f.plan) + align - 1) / align * align;
+  at::Tensor packed =
+      at::empty({packed2_offset + cuda::packed_weight2_elements(s, f.plan)}, x.options());
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   switch (x.scalar_type()) {
     case at::kFloat:
-      launch_fused<float>(input, weight1, weight2, b, packed1, packed2, y, f);
+      launch_fused<float>(input, weight1, weight2, b, packed, packed2_offset, y, f);
       break;
     case at::kHalf:
-      launch_fused<__half>(input, weight1, weight2, b, packed1, packed2, y, f);
+      launch_fused<__half>(input, weight1, weight2, b, packed, packed2_offset, y, f);
       break;
     case at::kBFloat16:
-      launch_fused<__nv_bfloat16>(input, weight1, weight2, b, packed1, packed2, y, f);
+      launch_fused<__nv_bfloat16>(input, weight1, weight2, b, packed, packed2_offset, y,
+                                   f);
       break;
     default:
       TORCH_CHECK(false, "fused low-rank conv: unsupported dtype ", x.scalar_type());
@@ -149,15 +159,17 @@ at::Tensor run_fused(const at::Tensor& x, const at::Tensor& weight1, const at::T
   return y;
 }
 
-// Everything that changes which implementation is fastest. `direction`: 0 forward, else
-// 1 + the backward's output mask as bits.
-using ConvKey = ProblemKey<24>;
+// Everything that changes which implementation is fastest, or which may be chosen.
+// `direction`: 0 forward, else 1 + the backward's output mask as bits.
+using ConvKey = ProblemKey<25>;
 
 ConvKey problem_key(int64_t direction, const at::Tensor& x, const at::Tensor& weight1,
                     const at::Tensor& weight2, bool has_bias, Scheme scheme,
                     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                     const at::Tensor& grad_out) {
   const at::Context& context = at::globalContext();
+  const KernelSize kernel =
+      lowrank_kernel_size(scheme, weight1.size(2), weight1.size(3), weight2.size(3));
   return {direction,
           x.get_device(),
           static_cast<int64_t>(x.scalar_type()),
@@ -170,8 +182,8 @@ ConvKey problem_key(int64_t direction, const at::Tensor& x, const at::Tensor& we
           x.size(3),
           weight1.size(0),
           weight2.size(0),
-          weight1.size(2),
-          scheme == Scheme::kChannel ? weight1.size(3) : weight2.size(3),
+          kernel.kh,
+          kernel.kw,
           stride[0],
           stride[1],
           padding[0],
@@ -181,28 +193,31 @@ ConvKey problem_key(int64_t direction, const at::Tensor& x, const at::Tensor& we
           has_bias,
           context.allowTF32CuDNN(at::Float32Op::CONV),
           context.benchmarkCuDNN(),
-          context.deterministicCuDNN()};
+          context.deterministicCuDNN(),
+          fused_conv_in_auto()};
 }
 
-MeasuredChoice<std::tuple_size_v<ConvKey>>& conv_choices() {
-  static MeasuredChoice<std::tuple_size_v<ConvKey>> choices;
+using ConvChoice = MeasuredChoice<std::tuple_size_v<ConvKey>>;
+
+ConvChoice& conv_choices() {  // one cache for the forward and the backward (`direction` keys)
+  static ConvChoice choices;
   return choices;
 }
 
-// The forced implementation where it is a candidate, else two_convs (the composition that
-// defines the op: the fused implementation where its kernel cannot run, and its backward); the
-// measured choice when none is forced, the first candidate while a CUDA graph is captured.
+ConvChoice::Candidate candidate(ConvImpl impl) {
+  return {static_cast<int>(impl), conv_impl_name(impl)};
+}
+
+// The measured choice among `candidates()` (listed only when measuring), or two_convs (the
+// composition that defines the op) while a CUDA graph is captured and nothing is cached.
 template <typename Run>
-ConvImpl choose_impl(const ConvKey& key, const std::vector<ConvImpl>& candidates,
-                     const Run& run) {
-  if (const std::optional<ConvImpl> forced = forced_conv_impl()) {
-    const bool available =
-        std::find(candidates.begin(), candidates.end(), *forced) != candidates.end();
-    return available ? *forced : ConvImpl::kTwoConvs;
-  }
-  const int chosen = conv_choices().choose(key, static_cast<int>(candidates.size()), 0,
-                                           current_stream(), [&](int i) { run(candidates[i]); });
-  return candidates[chosen];
+ConvImpl measured_impl(const ConvKey& key,
+                       const std::function<std::vector<ConvChoice::Candidate>()>& candidates,
+                       const Run& run) {
+  const int chosen = conv_choices().choose(key, candidates, static_cast<int>(ConvImpl::kTwoConvs),
+                                           current_stream(),
+                                           [&](int id) { run(static_cast<ConvImpl>(id)); });
+  return static_cast<ConvImpl>(chosen);
 }
 
 at::Tensor lowrank_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight1,
@@ -214,11 +229,17 @@ at::Tensor lowrank_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight1,
       check_lowrank_conv2d(x, weight1, weight2, bias, stride, padding, dilation, scheme);
   const c10::cuda::CUDAGuard guard(x.device());
   const Conv2dParams layer = conv2d_params(stride, padding, dilation);
-  const std::optional<FusedProblem> fused = fused_problem(x, weight1, weight2, g);
+  // The fused kernel's plan, worked out only where fused may run (forced, or measured).
+  std::optional<std::optional<FusedProblem>> fused_memo;
+  const auto fused = [&]() -> const std::optional<FusedProblem>& {
+    if (!fused_memo.has_value()) fused_memo.emplace(fused_problem(x, weight1, weight2, g));
+    return *fused_memo;
+  };
   const auto run = [&](ConvImpl impl) {
     switch (impl) {
       case ConvImpl::kFused:
-        return run_fused(x, weight1, weight2, bias, *fused);
+        TORCH_INTERNAL_ASSERT(fused().has_value(), "fused conv chosen where it cannot run");
+        return run_fused(x, weight1, weight2, bias, *fused());
       case ConvImpl::kDense:
         return lowrank_conv2d_dense(x, weight1, weight2, bias, scheme, layer);
       case ConvImpl::kTwoConvs:
@@ -226,14 +247,23 @@ at::Tensor lowrank_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight1,
     }
     return lowrank_conv2d_two_convs(x, weight1, weight2, bias, g);
   };
-  std::vector<ConvImpl> candidates;
-  if (fused.has_value()) candidates.push_back(ConvImpl::kFused);
-  candidates.push_back(ConvImpl::kTwoConvs);
-  candidates.push_back(ConvImpl::kDense);
+  if (const std::optional<ConvImpl> forced = forced_conv_impl()) {
+    // fused where its kernel cannot run: two_convs.
+    const bool runs = *forced != ConvImpl::kFused || fused().has_value();
+    return run(runs ? *forced : ConvImpl::kTwoConvs);
+  }
   const bool has_bias = bias.has_value() && bias->defined();
   const ConvKey key = problem_key(0, x, weight1, weight2, has_bias, scheme, stride, padding,
                                   dilation, at::Tensor());
-  return run(choose_impl(key, candidates, run));
+  const auto candidates = [&] {
+    std::vector<ConvChoice::Candidate> list;
+    // fused only once the package has validated it (fused_conv_in_auto, conv_impl.h).
+    if (fused_conv_in_auto() && fused().has_value()) list.push_back(candidate(ConvImpl::kFused));
+    list.push_back(candidate(ConvImpl::kTwoConvs));
+    list.push_back(candidate(ConvImpl::kDense));
+    return list;
+  };
+  return run(measured_impl(key, candidates, run));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_backward_cuda(
@@ -256,7 +286,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_backwa
   for (int i = 0; i < 4; ++i) direction += static_cast<int64_t>(output_mask[i]) << i;
   const ConvKey key = problem_key(direction, x, weight1, weight2, output_mask[3], scheme, stride,
                                   padding, dilation, grad_out);
-  return run(choose_impl(key, {ConvImpl::kTwoConvs, ConvImpl::kDense}, run));
+  if (const std::optional<ConvImpl> forced = forced_conv_impl()) {
+    // No fused backward kernel exists: forcing fused runs the two_convs backward.
+    return run(*forced == ConvImpl::kDense ? ConvImpl::kDense : ConvImpl::kTwoConvs);
+  }
+  const auto candidates = [] {
+    return std::vector<ConvChoice::Candidate>{candidate(ConvImpl::kTwoConvs),
+                                              candidate(ConvImpl::kDense)};
+  };
+  return run(measured_impl(key, candidates, run));
 }
 
 }  // namespace

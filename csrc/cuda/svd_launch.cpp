@@ -77,13 +77,15 @@ at::Tensor block_eigenvectors(const at::Tensor& g, int64_t k) {
   at::Tensor q = at::eye(dim, f64).expand({batch, dim, dim}).contiguous();
   const at::Tensor rotations = at::empty({batch, dim / tile, tile, tile}, f64);
   const at::Tensor rotating = at::empty({batch, dim / tile}, f64.dtype(at::kInt));
-  const at::Tensor sweeps = at::zeros({batch, kBlockJacobiMaxSweeps}, f64.dtype(at::kInt));
+  // Rows 0 .. batch-1: each matrix's rotations per sweep; row `batch`: the whole batch's.
+  const at::Tensor sweeps = at::zeros({batch + 1, kBlockJacobiMaxSweeps}, f64.dtype(at::kInt));
   BlockJacobiArgs args{};
   args.g = g.mutable_data_ptr<double>();
   args.q = q.mutable_data_ptr<double>();
   args.rotations = rotations.mutable_data_ptr<double>();
   args.rotating = rotating.mutable_data_ptr<int32_t>();
   args.sweep_rotations = sweeps.mutable_data_ptr<int32_t>();
+  args.any_rotations = args.sweep_rotations + batch * kBlockJacobiMaxSweeps;
   args.batch = batch;
   args.dim = dim;
   args.tile = tile;

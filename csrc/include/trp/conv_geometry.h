@@ -35,6 +35,19 @@ inline LowRankGeometry lowrank_geometry(Scheme scheme, const int64_t stride[2],
   return g;
 }
 
+// The kh x kw of the dense kernel a factor pair stands for, from the factors' spatial sizes
+// (weight1 [r, C, kh, kw1], weight2 [N, r, kh2, kw2]): kh is weight1's in both schemes; kw is
+// weight1's in the channel scheme (weight2 is 1 x 1) and weight2's in the spatial one
+// (weight1 is kh x 1).
+struct KernelSize {
+  int64_t kh, kw;
+};
+
+inline KernelSize lowrank_kernel_size(Scheme scheme, int64_t weight1_kh, int64_t weight1_kw,
+                                      int64_t weight2_kw) {
+  return {weight1_kh, scheme == Scheme::kChannel ? weight1_kw : weight2_kw};
+}
+
 // Output size of one spatial dimension of a convolution; 0 means the input is too small.
 inline int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding,
                              int64_t dilation) {

@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "trp/cuda_utils.cuh"
+#include "trp/dynamic_smem.h"
 #include "trp/lowrank_conv2d_fused.cuh"
 
 namespace trp::cuda {
@@ -14,8 +15,7 @@ template <typename T, bool kChannelsLast, Tf32Mode kMode>
 cudaError_t launch_variant(const FusedConvTensors<T>& t, const FusedConvShape& s,
                            const FusedConvPlan& p, cudaStream_t stream) {
   const auto kernel = lowrank_conv2d_fused_kernel<T, kChannelsLast, kMode>;
-  TRP_CUDA_TRY(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, p.smem_bytes));
+  TRP_CUDA_TRY(allow_dynamic_smem(kernel, p.smem_bytes));
   kernel<<<static_cast<unsigned int>(p.blocks), kFusedThreads, p.smem_bytes, stream>>>(t, s, p);
   return TRP_LAUNCH_STATUS();
 }

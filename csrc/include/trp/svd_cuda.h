@@ -63,8 +63,8 @@ cudaError_t launch_scale_to_double(const T* w, int64_t batch, int64_t elems,
                                    const unsigned long long* max_bits, double* out,
                                    cudaStream_t stream);
 
-// Sweeps of the blocked Jacobi launched per eigenproblem; kernels of the sweeps after the
-// first one without any rotation return at once (convergence is a device-side flag).
+// Most sweeps of the blocked Jacobi per eigenproblem; it stops after the first sweep without any
+// rotation (convergence is a device-side count, csrc/cuda/block_jacobi.cu).
 constexpr int kBlockJacobiMaxSweeps = 24;
 
 // The blocked Jacobi of `batch` symmetric dim x dim float64 matrices: dim is a multiple of
@@ -75,6 +75,7 @@ struct BlockJacobiArgs {
   double* rotations;         // [batch, dim / tile, tile, tile] scratch
   int32_t* rotating;         // [batch, dim / tile] scratch
   int32_t* sweep_rotations;  // [batch, kBlockJacobiMaxSweeps], zero on entry
+  int32_t* any_rotations;    // [kBlockJacobiMaxSweeps], zero on entry: the batch's total
   int64_t batch;
   int64_t dim;
   int tile;

@@ -27,6 +27,13 @@ inline const char* conv_impl_name(ConvImpl impl) {
   return "unknown";
 }
 
+// Whether the automatic choice on CUDA may pick `fused`. Off until the package turns it on:
+// trp_kernels/_ops.py sets it at import from trp_kernels/validation.py (on once a committed GPU
+// run has validated the kernel), through the op trp::set_fused_conv_in_auto. Forcing
+// TRP_CONV_IMPL=fused runs the kernel either way. Process-wide (csrc/conv_impl.cpp).
+bool fused_conv_in_auto();
+void set_fused_conv_in_auto(bool allowed);
+
 // TRP_CONV_IMPL=fused|two_convs|dense forces an implementation; unset, empty or "auto" leaves
 // the choice to the backend (CUDA measures, the CPU uses two_convs). Read on every call, so a
 // test or a benchmark can switch it between calls.

@@ -8,8 +8,10 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -38,23 +40,33 @@ struct ProblemKeyHash {
 // allocator growth), then kRepeats rounds that run the candidates in turn, each run between two
 // CUDA events, one synchronisation at the end; the fastest median wins. Event times include
 // the gaps between a candidate's own launches, so launch-bound candidates pay for them.
+// A candidate whose warm-up throws (unsupported here, out of memory) is skipped and named in a
+// warning; if every candidate throws, the call fails with all their messages.
 // Timing synchronises, which CUDA-graph capture forbids: while `stream` is capturing, the
 // cached choice or else `capture_default` is returned, and nothing is cached.
+// Candidates are identified by the caller's ids, and the cache keeps the id, so that the list
+// (and whatever it costs to decide what is on it) is needed only when measuring.
 template <std::size_t N>
 class MeasuredChoice {
  public:
   static constexpr int kRepeats = 7;
 
-  // run(i) enqueues candidate i on `stream`; returns the index of the chosen candidate.
-  int choose(const ProblemKey<N>& key, int candidates, int capture_default, cudaStream_t stream,
-             const std::function<void(int)>& run) {
+  struct Candidate {
+    int id;
+    const char* name;
+  };
+
+  // candidates() lists the candidates (called only on a cache miss outside capture); run(id)
+  // enqueues candidate `id` on `stream`. Returns the id of the chosen candidate.
+  int choose(const ProblemKey<N>& key, const std::function<std::vector<Candidate>()>& candidates,
+             int capture_default, cudaStream_t stream, const std::function<void(int)>& run) {
     {
       const std::lock_guard<std::mutex> lock(mutex_);
       const auto it = cache_.find(key);
       if (it != cache_.end()) return it->second;
     }
     if (capturing(stream)) return capture_default;
-    const int best = fastest(candidates, stream, run);
+    const int best = fastest(runnable(candidates(), run), stream, run);
     const std::lock_guard<std::mutex> lock(mutex_);
     return cache_.emplace(key, best).first->second;  // a concurrent first call may have won
   }
@@ -91,30 +103,57 @@ class MeasuredChoice {
     return status != cudaStreamCaptureStatusNone;
   }
 
-  static int fastest(int candidates, cudaStream_t stream, const std::function<void(int)>& run) {
-    for (int c = 0; c < candidates; ++c) run(c);
-    const Events events(2 * static_cast<std::size_t>(kRepeats) * candidates);
+  // The candidates whose warm-up run succeeds. A failed candidate may leave a launch error
+  // pending (cudaGetLastError clears it); an error that a second cudaGetLastError still reports
+  // is sticky -- the context is lost, not the candidate unsupported -- and is raised.
+  static std::vector<Candidate> runnable(const std::vector<Candidate>& candidates,
+                                         const std::function<void(int)>& run) {
+    std::vector<Candidate> ok;
+    std::string failures;
+    for (const Candidate& c : candidates) {
+      try {
+        run(c.id);
+        ok.push_back(c);
+      } catch (const std::exception& e) {
+        (void)cudaGetLastError();
+        const cudaError_t sticky = cudaGetLastError();
+        TORCH_CHECK(sticky == cudaSuccess, "CUDA error while measuring candidate '", c.name,
+                    "': ", cudaGetErrorString(sticky), " (after: ", e.what(), ")");
+        const std::string message = std::string(c.name) + ": " + e.what();
+        TORCH_WARN("skipping implementation ", message);
+        failures += "\n  " + message;
+      }
+    }
+    TORCH_CHECK(!ok.empty(), "every implementation failed for this problem:", failures);
+    return ok;
+  }
+
+  static int fastest(const std::vector<Candidate>& candidates, cudaStream_t stream,
+                     const std::function<void(int)>& run) {
+    const std::size_t count = candidates.size();
+    if (count == 1) return candidates[0].id;
+    const Events events(2 * static_cast<std::size_t>(kRepeats) * count);
     for (int rep = 0; rep < kRepeats; ++rep) {
-      for (int c = 0; c < candidates; ++c) {
-        const std::size_t at = 2 * (static_cast<std::size_t>(rep) * candidates + c);
+      for (std::size_t c = 0; c < count; ++c) {
+        const std::size_t at = 2 * (static_cast<std::size_t>(rep) * count + c);
         TRP_CUDA_CHECK(cudaEventRecord(events[at], stream));
-        run(c);
+        run(candidates[c].id);
         TRP_CUDA_CHECK(cudaEventRecord(events[at + 1], stream));
       }
     }
     TRP_CUDA_CHECK(cudaEventSynchronize(events[events.size() - 1]));
-    int best = 0;
+    int best = candidates[0].id;
     float best_ms = 0.f;
-    for (int c = 0; c < candidates; ++c) {
+    for (std::size_t c = 0; c < count; ++c) {
       std::array<float, kRepeats> ms;
       for (int rep = 0; rep < kRepeats; ++rep) {
-        const std::size_t at = 2 * (static_cast<std::size_t>(rep) * candidates + c);
+        const std::size_t at = 2 * (static_cast<std::size_t>(rep) * count + c);
         TRP_CUDA_CHECK(cudaEventElapsedTime(&ms[rep], events[at], events[at + 1]));
       }
       std::nth_element(ms.begin(), ms.begin() + kRepeats / 2, ms.end());
       const float median = ms[kRepeats / 2];
       if (c == 0 || median < best_ms) {
-        best = c;
+        best = candidates[c].id;
         best_ms = median;
       }
     }

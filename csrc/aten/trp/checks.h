@@ -107,8 +107,8 @@ inline LowRankGeometry check_lowrank_conv2d(const at::Tensor& x, const at::Tenso
   const int64_t padding_v[2] = {padding[0], padding[1]};
   const int64_t dilation_v[2] = {dilation[0], dilation[1]};
   const LowRankGeometry g = lowrank_geometry(scheme, stride_v, padding_v, dilation_v);
-  const int64_t kh = weight1.size(2);
-  const int64_t kw = scheme == Scheme::kChannel ? weight1.size(3) : weight2.size(3);
+  const auto [kh, kw] =
+      lowrank_kernel_size(scheme, weight1.size(2), weight1.size(3), weight2.size(3));
   TORCH_CHECK_VALUE(conv_out_size(x.size(2), kh, stride[0], padding[0], dilation[0]) > 0 &&
                         conv_out_size(x.size(3), kw, stride[1], padding[1], dilation[1]) > 0,
                     "x of spatial size ", x.size(2), "x", x.size(3),
