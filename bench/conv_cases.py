@@ -1,9 +1,9 @@
-"""The low-rank convolution benchmark cases (issue 5) and their roofline: ResNet-20 and
+"""The low-rank convolution benchmark cases and their roofline: ResNet-20 and
 ResNet-18 3x3 layer shapes at TRP-like ranks, the FLOPs and the fewest bytes each case must
 move, and the time an H100 needs for them at best.
 
 TRP-like ranks: the fraction of a layer's full rank that reproduces the FLOP speed-ups TRP
-reports (DESIGN.md section 1) on square 3x3 layers. channel (C = N): speed-up 9N / (10 r), so
+reports (docs/design.md section 2) on square 3x3 layers. channel (C = N): speed-up 9N / (10 r), so
 2.84x (ResNet-20 channel+Nu) to 3.18x (ResNet-18 channel+Nu) gives r ~ 0.3 N, N being the full
 rank; spatial: speed-up 3N / (2 r), so 2.17x (ResNet-20 spatial+Nu) gives r ~ 0.69 N, 0.23 of
 the full rank 3N. Trained TRP layers differ layer by layer; these are typical, not measured.
@@ -20,7 +20,7 @@ from trp_kernels import geometry
 RANK_FRACTION = {"channel": 0.3, "spatial": 0.23}
 NETWORKS = {"resnet20": "r20", "resnet18": "r18"}
 
-# H100 SXM ceilings (issue 5 / docs/cuda_conv.md): bf16/fp16 dense tensor-core rate as measured
+# H100 SXM ceilings (docs/cuda_conv.md): bf16/fp16 dense tensor-core rate as measured
 # on this project's H100, tf32 at half of it (cuDNN and the fused kernel run float32 in tf32
 # under torch's default allow_tf32), HBM bandwidth.
 PEAK_FLOPS = {"float32": 395e12, "bfloat16": 790e12, "float16": 790e12}

@@ -1,7 +1,7 @@
 """Reads the low-rank conv benchmarks of a pytest-benchmark JSON (bench_conv.py) and prints, per
 case, each implementation's median, the fused / two_convs speed-up, how close `auto` came to the
 fastest, and the fraction of the H100 roofline the fastest reached; then, per conv stack, the
-FLOP speed-up next to the latency speed-up; then the issue's speed goals, met or not.
+FLOP speed-up next to the latency speed-up; then the speed goals, met or not.
 
 Usage: python bench/report_conv.py RESULT.json [--summary]   (--summary: the goals only)
 """
@@ -81,7 +81,7 @@ def print_stacks(rows):
 
 
 def print_goals(layer_rows_, stack_rows_):
-    print("\n== issue 5 speed goals")
+    print("\n== speed goals")
     target = [r for r in layer_rows_ if r["info"]["batch"] == 128 and not r["info"]["backward"]
               and r["info"]["dtype"] in ("bfloat16", "float32") and r["fused_speedup"]]
     misses = [r for r in target if r["fused_speedup"] < 1.2]

@@ -1,4 +1,4 @@
-"""Bad input raises ValueError or TypeError naming the argument (DESIGN.md section 2), on the
+"""Bad input raises ValueError or TypeError naming the argument (docs/design.md section 5), on the
 public API and on the raw ops alike; nothing is silently clamped."""
 
 from __future__ import annotations

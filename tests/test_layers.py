@@ -41,7 +41,7 @@ def test_from_conv_at_full_rank_is_exact(device, dtype, scheme):
 
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
 def test_factor_mapping_of_the_design(scheme):
-    """DESIGN.md section 1 spelled out: weight1/weight2 are sqrt(S)-split SVD factors of the
+    """docs/design.md section 2 spelled out: weight1/weight2 are sqrt(S)-split SVD factors of the
     scheme's matrix."""
     W = torch.randn(8, 5, 3, 3, dtype=torch.float64)
     layer = tk.LowRankConv2d.from_conv(_conv_with(W), scheme=scheme, rank=4)
