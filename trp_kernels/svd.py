@@ -79,18 +79,18 @@ def truncated_svd(W, energy=None, threshold=None, max_rank=None, *,
     ranks on the host (one synchronisation on a device); ``check_finite=False`` skips it (such a
     matrix then gets rank -1 and NaN factors), which keeps a training step free of our syncs.
 
-    Accuracy (both paths keep singular values to ~1e-13 s_1 or better for float32 inputs and
-    float64 accuracy for float64 inputs; docs/svd_paths.md):
+    Accuracy, by path (docs/svd_paths.md):
     * compiled op, CPU: float64 inputs get LAPACK's SVD; float32 inputs go through the float64
       Gram matrix of the short side (csrc/cpu/svd_core.cpp), accurate to ~1e-13 s_1^2 / s_i.
     * compiled op, CUDA: a float64 Gram matrix of the short side is diagonalised by a parallel
       Jacobi method (one thread block per matrix up to k = 64, blocked above), with a second
       pass for float64 inputs (docs/cuda_svd.md). Capturable in a CUDA graph.
     * composite path (``TRP_SVD_IMPL=eigh``, the CUDA default for now): the float64 Gram matrix
-      and ``torch.linalg.eigh``; singular values are the norms ||W^T q_i|| (or ||W q_i||),
-      accurate relative to each value (svd_composite.py). On CUDA, ``torch.linalg.eigh``
-      synchronises once per call to check its own convergence, so this path cannot be captured
-      in a CUDA graph.
+      of the short side and ``torch.linalg.eigh``; the singular values are the norms of W^T q_i
+      (or W q_i), accurate to about eps s_1 (as LAPACK's SVD) wherever the Gram matrix resolves
+      them (s_i >> 1e-8 s_1), to ~1e-8 s_1 absolute below (svd_composite.py). On CUDA,
+      ``torch.linalg.eigh`` synchronises once per call to check its own convergence, so this
+      path cannot be captured in a CUDA graph.
     """
     _checks.tensor(W, "W")
     rule = _rule(energy, threshold, max_rank)

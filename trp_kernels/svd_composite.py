@@ -9,10 +9,15 @@ of W (k = min(m, n), L = max(m, n); A = W if m <= n, else W^T):
    magnitude, so that the Gram matrix can neither overflow nor underflow (exact: a power of two).
 2. G = A A^T (k x k) and ``torch.linalg.eigh(G)`` = Q diag(lambda) Q^T.
 3. Long side: y_i = A^T q_i, and s_i = ||y_i||. Why the norm and not sqrt(lambda_i): lambda_i
-   carries an absolute error of about (L + k) eps lambda_1, i.e. s_i an error of eps s_1^2 / s_i
-   (1e-4 s_1 at s_i = 1e-12 s_1), whereas ||A^T q_i|| is accurate relative to s_i: the error of
-   q_i along a direction j is ~eps lambda_1 / |lambda_i - lambda_j| and enters ||y_i||^2 only
-   squared. This gives float64 inputs float64-accurate singular values from one Gram pass.
+   carries an absolute error of about eps lambda_1, so sqrt(lambda_i) errs by eps s_1^2 / s_i
+   (a null direction reads ~1e-8 s_1), whereas the error of q_i along a direction j,
+   ~eps lambda_1 / |lambda_i - lambda_j|, enters ||y_i||^2 only squared: values the eigensolver
+   resolves (s_i well above sqrt(eps) s_1 ~ 1e-8 s_1) come out to about eps s_1, and null
+   directions read ~eps s_1, as with LAPACK's SVD. Limit: values below ~sqrt(eps) s_1 are
+   not resolved by a float64 Gram matrix at all; their eigenvectors mix within that cluster and
+   each reads somewhere inside it, i.e. to an absolute error of up to ~sqrt(eps) s_1. (The
+   compiled float64 kernels do better there: LAPACK's SVD on the CPU, a second Jacobi pass on
+   CUDA.)
 4. float32 inputs: eigenvalues at or below the noise floor (L + k) eps lambda_1 give s_i = 0
    exactly, as in the CPU kernel (csrc/cpu/svd_core.cpp), so rank-deficient float32 matrices
    report exact zeros. float64 inputs keep every value (like LAPACK's SVD on the CPU).
