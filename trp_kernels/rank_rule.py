@@ -1,7 +1,7 @@
 """The rank rule (docs/design.md, section 1) written with tensor ops, for every device.
 
 Per matrix with singular values s_1 >= ... >= s_k: ``energy`` e in (0, 1] keeps the smallest r
-with s_1^2 + ... + s_r^2 >= e * total - k * eps * total (total = the sum of all s_i^2, eps the
+with s_1^2 + ... + s_r^2 >= (e - k * eps) * total (total = the sum of all s_i^2, eps the
 float64 machine epsilon); ``threshold`` t >= 0 keeps the s_i > t; ``max_rank`` caps r.
 Criteria combine by taking the smallest r; with none, r = k. An all-zero matrix has rank 0.
 
@@ -33,7 +33,7 @@ def select_rank(S: torch.Tensor, energy=None, threshold=None, max_rank=None) -> 
     if energy is not None:
         running = torch.cumsum(S * S, dim=-1)
         total = running[..., -1:]   # the same running sum the cut scans, as in C++
-        target = energy * total - k * FLOAT64_EPS * total
+        target = (energy - k * FLOAT64_EPS) * total   # the C++ expression, same rounding
         rank = torch.minimum(rank, ((running < target).sum(-1) + 1).clamp(max=k))
     if threshold is not None:
         rank = torch.minimum(rank, (S > threshold).sum(-1))

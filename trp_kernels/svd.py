@@ -1,9 +1,9 @@
 """Batched truncated SVD with the TRP rank rule, and the fused TRP projection.
 
 The rank rule (docs/design.md, section 1), per matrix with singular values s_1 >= ... >= s_k:
-``energy`` e in (0, 1] keeps the smallest r with s_1^2 + ... + s_r^2 >= e * total - k * eps *
-total (total = sum(s^2), eps = float64 machine epsilon: the slack is the rounding floor of the
-float64 total, so a tail below it counts as zero and e = 1 keeps the numerical rank);
+``energy`` e in (0, 1] keeps the smallest r with s_1^2 + ... + s_r^2 >= (e - k * eps) * total
+(total = sum(s^2), eps = float64 machine epsilon: the slack k * eps * total is the rounding floor
+of the float64 total, so a tail below it counts as zero and e = 1 keeps the numerical rank);
 ``threshold`` t >= 0 keeps the s_i > t; ``max_rank`` caps r. Criteria combine by taking the
 smallest r; with none, r = k = min(m, n). An all-zero matrix has rank 0. The rule is written once
 per language: trp_kernels/rank_rule.py (references, composite path) and

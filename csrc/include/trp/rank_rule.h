@@ -28,7 +28,7 @@ struct RankRule {
 // Returns the rank chosen by the rule: the smallest rank that any active criterion allows,
 // k when none is active, and 0 for an all-zero matrix.
 //
-// Energy: the smallest r with sum_{i<r} s_i^2 >= energy * total - k * eps * total, i.e. the
+// Energy: the smallest r with sum_{i<r} s_i^2 >= (energy - k * eps) * total, i.e. the
 // tail left out may exceed (1 - energy) * total by at most k * eps * total. Why the slack: the
 // total is a float64 sum of k non-negative terms, known only to a relative rounding error below
 // (k - 1) * eps / 2, so a tail under k * eps * total is indistinguishable from zero. Without it,
@@ -41,10 +41,15 @@ TRP_HOST_DEVICE inline int64_t select_rank(const double* sigma_sq, int64_t k, co
   if (k == 0 || !(sigma_sq[0] > 0.0)) return 0;
   int64_t r = k;
   if (rule.has_energy) {
-    double total = 0.0;
-    for (int64_t i = 0; i < k; ++i) total += sigma_sq[i];
-    const double slack = static_cast<double>(k) * DBL_EPSILON * total;
-    const double target = rule.energy * total - slack;
+    // slack = k * eps exactly (a multiple of a power of two), accumulated with the sum: one
+    // eps of relative rounding room per term. (Kept this way rather than k * DBL_EPSILON: that
+    // int64 -> double conversion makes ptxas spill in the sm_80 spectrum kernel.)
+    double total = 0.0, slack = 0.0;
+    for (int64_t i = 0; i < k; ++i) {
+      total += sigma_sq[i];
+      slack += DBL_EPSILON;
+    }
+    const double target = (rule.energy - slack) * total;
     double running = 0.0;
     int64_t j = 0;
     while (j < k) {
