@@ -180,8 +180,8 @@ def _projection(W: torch.Tensor, f: _Factors):
     sub = f.short @ f.long.mT
     if m > n:
         low, sub = low.mT, sub.mT
-    low = _nan_where_nonfinite(low, f.finite).to(W.dtype).reshape(W.shape)
-    sub = _nan_where_nonfinite(sub, f.finite).to(W.dtype).reshape(W.shape)
+    low = _nan_where_nonfinite(low, f.finite).to(W.dtype).contiguous().reshape(W.shape)
+    sub = _nan_where_nonfinite(sub, f.finite).to(W.dtype).contiguous().reshape(W.shape)
     return low, sub, f.rank.reshape(W.shape[:-2])
 
 
