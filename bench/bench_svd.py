@@ -3,7 +3,10 @@ W_low = U_r S_r V_r^T and the nuclear sub-gradient U_r V_r^T for all layers.
 
 case: `<network>-<scheme>` (the layer sets of bench/layer_sets.json).
 impl:
-  trp            one trp::lowrank_project_groups call for all groups of same-shaped layers
+  trp            one trp::lowrank_project_groups call for all groups of same-shaped layers, the
+                 compiled op (TRP_SVD_IMPL=jacobi: LAPACK kernels on CPU, Jacobi on CUDA)
+  trp_eigh       the same call on the composite path (TRP_SVD_IMPL=eigh, trp_kernels/
+                 svd_composite.py: float64 Gram + torch.linalg.eigh, one eigh per distinct k)
   official_loop  the official TRP code's way: per layer torch.svd, the energy cut as a Python
                  loop over the singular values, reconstruction and sub-gradient with torch.mm
   torch_svd      batched torch.linalg.svd per group, vectorised energy cut, batched products
@@ -20,6 +23,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from trp_kernels import svd_select
 from trp_kernels.svd import lowrank_project_groups
 
 from conftest import QUICK, devices
@@ -27,7 +31,8 @@ from layer_sets import NETWORKS, groups, weights
 
 ENERGY = 0.9
 SCHEMES = ("channel", "spatial")
-IMPLS = ("trp", "official_loop", "torch_svd", "torch_gesvda", "torch_gram")
+IMPLS = ("trp", "trp_eigh", "official_loop", "torch_svd", "torch_gesvda", "torch_gram")
+SVD_PATH = {"trp": "jacobi", "trp_eigh": "eigh"}   # TRP_SVD_IMPL of the library's impls
 
 
 def official_loop(matrices, energy=ENERGY):
@@ -98,10 +103,12 @@ def test_projection(bench, network, scheme, impl, device):
     stacked = groups(matrices)
     fn = {
         "trp": lambda: trp(stacked),
+        "trp_eigh": lambda: trp(stacked),
         "official_loop": lambda: official_loop(matrices),
         "torch_svd": lambda: torch_svd(stacked),
         "torch_gesvda": lambda: torch_svd(stacked, driver="gesvda"),
         "torch_gram": lambda: torch_gram(stacked),
     }[impl]
     big = network in ("resnet18", "resnet50") and device == "cpu"
-    bench(f"{network}-{scheme}", fn, device, rounds=3 if (QUICK or big) else None)
+    with svd_select.forced(SVD_PATH.get(impl)):
+        bench(f"{network}-{scheme}", fn, device, rounds=3 if (QUICK or big) else None)

@@ -1,9 +1,22 @@
 """Batched truncated SVD with the TRP rank rule, and the fused TRP projection.
 
 The rank rule (docs/design.md section 3), per matrix with singular values s_1 >= ... >= s_k:
-``energy`` e in (0, 1] keeps the smallest r with s_1^2 + ... + s_r^2 >= e * sum(s^2);
+``energy`` e in (0, 1] keeps the smallest r with s_1^2 + ... + s_r^2 >= (e - k * eps) * total
+(total = sum(s^2), eps = float64 machine epsilon: the slack k * eps * total is the rounding floor
+of the float64 total, so a tail below it counts as zero and e = 1 keeps the numerical rank);
 ``threshold`` t >= 0 keeps the s_i > t; ``max_rank`` caps r. Criteria combine by taking the
-smallest r; with none, r = k = min(m, n). An all-zero matrix has rank 0.
+smallest r; with none, r = k = min(m, n). An all-zero matrix has rank 0. The rule is written once
+per language: trp_kernels/rank_rule.py (references, composite path) and
+csrc/include/trp/rank_rule.h (compiled kernels, CPU and CUDA).
+
+Two implementations compute every function here to the same contract (svd_select.py):
+``jacobi``, the compiled op (LAPACK kernels on the CPU, Jacobi kernels on CUDA), and ``eigh``,
+the composite path of plain torch calls (svd_composite.py: float64 Gram matrix of the short side
++ ``torch.linalg.eigh``), which runs on any device. The CPU uses the compiled op; CUDA uses the
+composite path until ``validation.CUDA_SVD_VALIDATED_BY`` names the committed GPU run that
+validated the Jacobi kernels. ``TRP_SVD_IMPL=jacobi|eigh`` (read on every call) forces one;
+``svd_select.forced`` does it for a block. Both are plain torch ops to ``torch.compile`` and
+``torch.export``.
 """
 
 from __future__ import annotations
@@ -13,8 +26,9 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from . import _checks
+from . import _checks, svd_composite, svd_select
 from ._ops import ops
+from .rank_rule import select_rank
 
 
 class TruncatedSVD(NamedTuple):
@@ -38,9 +52,14 @@ def _rule(energy, threshold, max_rank):
     )
 
 
+def _marks_nonfinite(device: torch.device) -> bool:
+    """Whether the path selected for ``device`` reports a matrix holding inf/nan with rank -1
+    (and NaN factors) instead of raising: every path but the compiled CPU op, which raises
+    ValueError itself. A device cannot raise without a host synchronisation."""
+    return device.type != "cpu" or svd_select.impl_for(device) == "eigh"
+
+
 def _raise_if_nonfinite(rank: torch.Tensor, name: str = "W") -> None:
-    # Device ops cannot raise without a host synchronisation, so they mark a matrix holding
-    # inf/nan with rank -1 (and NaN factors); the CPU ops raise ValueError themselves.
     bad = (rank.reshape(-1) < 0).nonzero()
     if bad.numel():
         raise ValueError(
@@ -56,19 +75,30 @@ def truncated_svd(W, energy=None, threshold=None, max_rank=None, *,
     (k = min(m, n)) and rank int64 [...]; entries of U, S, V at positions >= rank are exactly
     zero, so ``U @ diag(S) @ V.mT`` is the rank-r approximation. Not differentiable.
 
-    Non-finite input raises ValueError. On CUDA that check costs one host synchronisation;
-    ``check_finite=False`` skips it (the op then marks such a matrix with rank -1 and NaNs),
-    which keeps a training step free of syncs and CUDA-graph capturable.
+    Non-finite input raises ValueError. Except on the compiled CPU op, that check reads the
+    ranks on the host (one synchronisation on a device); ``check_finite=False`` skips it (such a
+    matrix then gets rank -1 and NaN factors), which keeps a training step free of our syncs.
 
-    Accuracy: on the CPU, float64 inputs get LAPACK's SVD and float32 inputs go through the
-    float64 Gram matrix of the short side (csrc/cpu/svd_core.cpp), accurate to ~1e-13 s_1^2 / s_i.
-    On CUDA, a float64 Gram matrix of the short side is diagonalised by a parallel Jacobi method
-    (one thread block per matrix up to k = 64, blocked above), with a second Jacobi pass for
-    float64 inputs so that small singular values keep float64 accuracy (docs/cuda_svd.md).
+    Accuracy, by path (docs/svd_paths.md):
+    * compiled op, CPU: float64 inputs get LAPACK's SVD; float32 inputs go through the float64
+      Gram matrix of the short side (csrc/cpu/svd_core.cpp), accurate to ~1e-13 s_1^2 / s_i.
+    * compiled op, CUDA: a float64 Gram matrix of the short side is diagonalised by a parallel
+      Jacobi method (one thread block per matrix up to k = 64, blocked above), with a second
+      pass for float64 inputs (docs/cuda_svd.md). Capturable in a CUDA graph.
+    * composite path (``TRP_SVD_IMPL=eigh``, the CUDA default for now): the float64 Gram matrix
+      of the short side and ``torch.linalg.eigh``; the singular values are the norms of W^T q_i
+      (or W q_i), accurate to about eps s_1 (as LAPACK's SVD) wherever the Gram matrix resolves
+      them (s_i >> 1e-8 s_1), to ~1e-8 s_1 absolute below (svd_composite.py). On CUDA,
+      ``torch.linalg.eigh`` synchronises once per call to check its own convergence, so this
+      path cannot be captured in a CUDA graph.
     """
     _checks.tensor(W, "W")
-    out = TruncatedSVD(*ops.truncated_svd(W, *_rule(energy, threshold, max_rank)))
-    if check_finite and W.device.type != "cpu":
+    rule = _rule(energy, threshold, max_rank)
+    if svd_select.impl_for(W.device) == "eigh":
+        out = TruncatedSVD(*svd_composite.truncated_svd(W, *rule))
+    else:
+        out = TruncatedSVD(*ops.truncated_svd(W, *rule))
+    if check_finite and _marks_nonfinite(W.device):
         _raise_if_nonfinite(out.rank)
     return out
 
@@ -77,10 +107,14 @@ def lowrank_project(W, energy=None, threshold=None, max_rank=None, *,
                     check_finite=True) -> LowRankProjection:
     """TRP projection of every matrix of ``W``: ``W_low = U_r S_r V_r^T`` and the nuclear-norm
     sub-gradient ``subgrad = U_r V_r^T``, both shaped like ``W``, and the ranks.
-    ``check_finite`` as in ``truncated_svd``."""
+    Path and ``check_finite`` as in ``truncated_svd``."""
     _checks.tensor(W, "W")
-    out = LowRankProjection(*ops.lowrank_project(W, *_rule(energy, threshold, max_rank)))
-    if check_finite and W.device.type != "cpu":
+    rule = _rule(energy, threshold, max_rank)
+    if svd_select.impl_for(W.device) == "eigh":
+        out = LowRankProjection(*svd_composite.lowrank_project(W, *rule))
+    else:
+        out = LowRankProjection(*ops.lowrank_project(W, *rule))
+    if check_finite and _marks_nonfinite(W.device):
         _raise_if_nonfinite(out.rank)
     return out
 
@@ -88,15 +122,21 @@ def lowrank_project(W, energy=None, threshold=None, max_rank=None, *,
 def lowrank_project_groups(groups: Sequence[torch.Tensor], energy=None, threshold=None,
                            max_rank=None, *, check_finite=True):
     """``lowrank_project`` of several groups (one [..., m_i, n_i] tensor each, one device) in a
-    single op call: the CPU kernel pools the matrices of all groups over its threads. Returns
-    lists (W_low, subgrad, rank), one entry per group."""
+    single call: the CPU kernel pools the matrices of all groups over its threads, the CUDA
+    kernels run the groups on parallel streams, and the composite path diagonalises all groups
+    with the same k in one eigh call. Returns lists (W_low, subgrad, rank), one entry per group."""
     groups = list(groups)
     for i, group in enumerate(groups):
         _checks.tensor(group, f"groups[{i}]")
-    lows, subs, ranks = ops.lowrank_project_groups(groups, *_rule(energy, threshold, max_rank))
+    rule = _rule(energy, threshold, max_rank)
+    device = groups[0].device if groups else torch.device("cpu")
+    if svd_select.impl_for(device) == "eigh":
+        lows, subs, ranks = svd_composite.lowrank_project_groups(groups, *rule)
+    else:
+        lows, subs, ranks = ops.lowrank_project_groups(groups, *rule)
     if check_finite:
         for i, (group, rank) in enumerate(zip(groups, ranks)):
-            if group.device.type != "cpu":
+            if _marks_nonfinite(group.device):
                 _raise_if_nonfinite(rank, f"groups[{i}]")
     return lows, subs, ranks
 
@@ -121,7 +161,7 @@ def project_matrices(matrices: Sequence[torch.Tensor], energy=None, threshold=No
         lows, subs, ranks = lowrank_project_groups(stacked, energy, threshold, max_rank,
                                                    check_finite=False)
         for indices, low, sub, rank in zip(index_groups, lows, subs, ranks):
-            if check_finite and rank.device.type != "cpu":   # the CPU op raises by itself
+            if check_finite and _marks_nonfinite(rank.device):
                 bad = (rank < 0).nonzero()
                 if bad.numel():
                     raise ValueError(f"matrices[{indices[int(bad[0])]}] holds non-finite values "
@@ -133,25 +173,12 @@ def project_matrices(matrices: Sequence[torch.Tensor], energy=None, threshold=No
 
 # ----------------------------------------------------------------------------------------------
 # Pure-torch references (float64 LAPACK SVD + the rule written with tensor ops). The tests hold
-# the fused ops to these; they are also a readable statement of what the ops compute.
+# both paths to these; they are also a readable statement of what the paths compute.
 
 
-def reference_rank(S: torch.Tensor, energy=None, threshold=None, max_rank=None) -> torch.Tensor:
-    """The rank rule applied to descending singular values S [..., k]; int64 [...]."""
-    k = S.shape[-1]
-    S = S.double()
-    rank = torch.full(S.shape[:-1], k, dtype=torch.int64, device=S.device)
-    if k == 0:
-        return rank
-    if energy is not None:
-        running = torch.cumsum(S * S, dim=-1)
-        below = running < energy * running[..., -1:]
-        rank = torch.minimum(rank, (below.sum(-1) + 1).clamp(max=k))
-    if threshold is not None:
-        rank = torch.minimum(rank, (S > threshold).sum(-1))
-    if max_rank is not None:
-        rank = rank.clamp(max=max_rank)
-    return torch.where(S[..., 0] > 0, rank, torch.zeros_like(rank))
+# The rank rule applied to descending singular values S [..., k]; int64 [...]. The same function
+# the composite path uses (one statement of the rule in Python).
+reference_rank = select_rank
 
 
 def reference_truncated_svd(W, energy=None, threshold=None, max_rank=None) -> TruncatedSVD:
