@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import trp_kernels as tk
+from trp_kernels import svd_select
 from trp_kernels.svd import (
     lowrank_project_groups,
     project_matrices,
@@ -18,10 +19,10 @@ from trp_kernels.svd import (
     reference_rank,
 )
 
-from testing import (adversarial, assert_svd_contract, cpu_and_cuda, cuda_only, dtypes, svd_tol,
-                     with_spectrum)
+from testing import (adversarial, assert_svd_contract, cpu_and_cuda, cuda_only, diag_matrix, dtypes,
+                     svd_tol, with_spectrum)
 
-SHAPES = [(24, 24), (40, 12), (12, 40), (2, 3, 10, 30)]
+SHAPES = [(24, 24), (40, 12), (12, 40), (2, 3, 10, 30), (64, 200), (90, 33)]
 RULES = [
     {},
     {"energy": 0.9},
@@ -29,13 +30,27 @@ RULES = [
     {"threshold": 0.5},
     {"max_rank": 5},
     {"energy": 0.99, "max_rank": 7},
+    {"threshold": 0.0},
+    {"max_rank": 1000},
 ]
+
+# Every contract test runs on both implementations (trp_kernels/svd_select.py): the compiled
+# op ("jacobi": LAPACK kernels on the CPU, Jacobi kernels on CUDA) and the composite path of
+# torch calls ("eigh": float64 Gram + torch.linalg.eigh), which is the CUDA default until the
+# kernels are validated on a GPU.
+SVD_IMPLS = ("jacobi", "eigh")
+
+
+@pytest.fixture(params=SVD_IMPLS)
+def impl(request):
+    with svd_select.forced(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_truncated_svd_contract(device, dtype, shape):
+def test_truncated_svd_contract(impl, device, dtype, shape):
     for name, W in adversarial(shape, dtype):
         for rule in RULES:
             out = tk.truncated_svd(W.to(device), **rule)
@@ -48,7 +63,7 @@ def test_truncated_svd_contract(device, dtype, shape):
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_lowrank_project_matches_reference(device, dtype, shape):
+def test_lowrank_project_matches_reference(impl, device, dtype, shape):
     tol = svd_tol[dtype]
     for name, W in adversarial(shape, dtype):
         for rule in ({"energy": 0.9}, {"threshold": 0.5}, {"max_rank": 3}, {}):
@@ -76,12 +91,6 @@ def test_lowrank_project_matches_reference(device, dtype, shape):
                         assert torch.linalg.norm(sub.double().cpu() - ref.subgrad) <= tol["ortho"] * max(1.0, float(r.max())) ** 0.5, name
 
 
-def diag_matrix(values, m=6, n=8, dtype=torch.float64):
-    W = torch.zeros(m, n, dtype=dtype)
-    for i, v in enumerate(values):
-        W[i, i] = v
-    return W
-
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
@@ -101,7 +110,7 @@ def diag_matrix(values, m=6, n=8, dtype=torch.float64):
         ({"energy": 1.0, "max_rank": 3}, 3),
     ],
 )
-def test_rank_rule(device, dtype, rule, expected):
+def test_rank_rule(impl, device, dtype, rule, expected):
     W = diag_matrix([4.0, 3.0, 2.0, 1.0], dtype=dtype).to(device)
     U, S, V, rank = tk.truncated_svd(W, **rule)
     assert int(rank) == expected
@@ -113,7 +122,7 @@ def test_rank_rule(device, dtype, rule, expected):
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
-def test_zero_matrix_has_rank_zero(device, dtype):
+def test_zero_matrix_has_rank_zero(impl, device, dtype):
     W = torch.zeros(3, 7, 5, dtype=dtype, device=device)
     for rule in ({}, {"energy": 0.9}, {"threshold": 0.0}):
         U, S, V, rank = tk.truncated_svd(W, **rule)
@@ -125,7 +134,7 @@ def test_zero_matrix_has_rank_zero(device, dtype):
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
-def test_rank_one_and_repeated_values_give_no_nan(device, dtype):
+def test_rank_one_and_repeated_values_give_no_nan(impl, device, dtype):
     u, v = torch.randn(9, 1, dtype=dtype), torch.randn(1, 4, dtype=dtype)
     for W in (u @ v, torch.eye(6, dtype=dtype), 3 * torch.eye(5, 8, dtype=dtype)):
         for rule in ({}, {"energy": 0.9}, {"energy": 1.0}):
@@ -137,7 +146,7 @@ def test_rank_one_and_repeated_values_give_no_nan(device, dtype):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-def test_rank_deficient_without_criteria_completes_orthonormal_factors(device):
+def test_rank_deficient_without_criteria_completes_orthonormal_factors(impl, device):
     # rank 3 in a 6 x 10 matrix: all 6 columns are kept and must still be orthonormal
     W = with_spectrum((6, 10), [3.0, 2.0, 1.0]).float().to(device)
     U, S, V, rank = tk.truncated_svd(W)
@@ -149,7 +158,7 @@ def test_rank_deficient_without_criteria_completes_orthonormal_factors(device):
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
-def test_batch_shapes(device, dtype):
+def test_batch_shapes(impl, device, dtype):
     W = torch.randn(2, 3, 4, 9, 5, dtype=dtype, device=device)
     U, S, V, rank = tk.truncated_svd(W, energy=0.9)
     assert U.shape == (2, 3, 4, 9, 5) and S.shape == (2, 3, 4, 5) and V.shape == (2, 3, 4, 5, 5)
@@ -170,7 +179,7 @@ def test_batch_shapes(device, dtype):
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
-def test_project_groups_and_mixed_lists(device, dtype):
+def test_project_groups_and_mixed_lists(impl, device, dtype):
     shapes = [(16, 36), (8, 8), (16, 36), (30, 6), (8, 8), (16, 36)]
     matrices = [torch.randn(s, dtype=dtype, device=device) for s in shapes]
     results = project_matrices(matrices, energy=0.8)
@@ -188,7 +197,7 @@ def test_project_groups_and_mixed_lists(device, dtype):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-def test_deterministic(device):
+def test_deterministic(impl, device):
     W = torch.randn(4, 32, 96, device=device)
     first = tk.lowrank_project(W, energy=0.9)
     for _ in range(3):
@@ -197,7 +206,7 @@ def test_deterministic(device):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-def test_huge_and_tiny_scales(device):
+def test_huge_and_tiny_scales(impl, device):
     W = torch.randn(20, 50, dtype=torch.float64)
     for scale in (1e-30, 1e30):
         for dtype in dtypes:
@@ -216,6 +225,13 @@ BLOCKED_32 = [(96, 96), (70, 100), (130, 90), (128, 1152)]
 BLOCKED_64 = [(520, 600)]
 PATHS = FUSED + BLOCKED_32 + BLOCKED_64
 
+@pytest.fixture
+def jacobi_kernels():
+    """The CUDA-only checks below are about the Jacobi kernels, whatever the default path."""
+    with svd_select.forced("jacobi"):
+        yield
+
+
 # The distinct layer matrices of ResNet-18 and ResNet-50 (bench/layer_sets.json), both schemes.
 RESNET_18_50 = [
     (64, 576), (128, 576), (128, 1152), (256, 1152), (256, 2304), (512, 2304), (512, 4608),
@@ -233,7 +249,7 @@ def reference(W, **rule):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", PATHS, ids=str)
 @pytest.mark.parametrize("device", cuda_only())
-def test_every_path_matches_the_cpu_op(device, shape, dtype):
+def test_every_path_matches_the_cpu_op(jacobi_kernels, device, shape, dtype):
     W = torch.randn(2, *shape, dtype=dtype)
     tol = svd_tol[dtype]
     for rule in ({}, {"energy": 0.9}, {"threshold": 1.0, "max_rank": 40}):
@@ -256,7 +272,7 @@ def test_every_path_matches_the_cpu_op(device, shape, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(6, 10), (80, 100), (100, 530)], ids=str)
 @pytest.mark.parametrize("device", cuda_only())
-def test_kept_zero_singular_values_are_completed(device, shape, dtype):
+def test_kept_zero_singular_values_are_completed(jacobi_kernels, device, shape, dtype):
     # rank 3 and no criterion: every column is kept, the factors must stay orthonormal. float32
     # flushes the Gram noise floor to exact zeros (as the CPU kernel); float64, like LAPACK,
     # leaves rounding-level values.
@@ -279,7 +295,7 @@ def test_kept_zero_singular_values_are_completed(device, shape, dtype):
 
 @pytest.mark.parametrize("shape", [(64, 576), (130, 90)], ids=str)
 @pytest.mark.parametrize("device", cuda_only())
-def test_repeated_calls_are_bitwise_identical(device, shape):
+def test_repeated_calls_are_bitwise_identical(jacobi_kernels, device, shape):
     W = torch.randn(3, *shape, device=device)
     first = tk.lowrank_project(W, energy=0.9)
     factors = tk.truncated_svd(W, energy=0.9)
@@ -291,7 +307,7 @@ def test_repeated_calls_are_bitwise_identical(device, shape):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(32, 288), (96, 96)], ids=str)
 @pytest.mark.parametrize("device", cuda_only())
-def test_graph_capture_and_replay(device, shape, dtype):
+def test_graph_capture_and_replay(jacobi_kernels, device, shape, dtype):
     static = torch.randn(4, *shape, device=device, dtype=dtype)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -317,7 +333,7 @@ def test_graph_capture_and_replay(device, shape, dtype):
 
 
 @pytest.mark.parametrize("device", cuda_only())
-def test_groups_run_concurrently_and_match_single_calls(device):
+def test_groups_run_concurrently_and_match_single_calls(jacobi_kernels, device):
     # lowrank_project_groups runs each group on its own stream: the same kernels as
     # lowrank_project, so the same bits, and the current stream sees every result.
     groups = [torch.randn(6, 16, 144, device=device), torch.randn(5, 96, 96, device=device),
@@ -351,7 +367,7 @@ def test_groups_run_concurrently_and_match_single_calls(device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(16, 144), (96, 96)], ids=str)
 @pytest.mark.parametrize("device", cuda_only())
-def test_nonfinite_matrix_gets_rank_minus_one(device, shape, dtype):
+def test_nonfinite_matrix_gets_rank_minus_one(jacobi_kernels, device, shape, dtype):
     W = torch.randn(3, *shape, device=device, dtype=dtype)
     W[1, 2, 3] = float("nan")
     W[2, 0, 0] = float("inf")
@@ -370,7 +386,7 @@ def test_nonfinite_matrix_gets_rank_minus_one(device, shape, dtype):
 
 @pytest.mark.parametrize("shape", [(0, 16, 144), (0, 96, 200), (2, 0, 5), (2, 5, 0)], ids=str)
 @pytest.mark.parametrize("device", cuda_only())
-def test_empty_batches_and_matrices(device, shape):
+def test_empty_batches_and_matrices(jacobi_kernels, device, shape):
     W = torch.randn(shape, device=device)
     k = min(shape[-2:])
     U, S, V, rank = tk.truncated_svd(W)
@@ -383,7 +399,7 @@ def test_empty_batches_and_matrices(device, shape):
 
 @pytest.mark.parametrize("shape", [(16, 144), (96, 96)], ids=str)
 @pytest.mark.parametrize("device", cuda_only())
-def test_zero_and_rank_one_matrices_give_no_nan(device, shape):
+def test_zero_and_rank_one_matrices_give_no_nan(jacobi_kernels, device, shape):
     u, v = torch.randn(shape[0], 1), torch.randn(1, shape[1])
     W = torch.stack([torch.zeros(shape), u @ v, torch.eye(*shape), 2 * torch.eye(*shape)]).to(device)
     for rule in ({}, {"energy": 0.9}, {"threshold": 0.5}):
@@ -397,7 +413,7 @@ def test_zero_and_rank_one_matrices_give_no_nan(device, shape):
 
 
 @pytest.mark.parametrize("device", cuda_only())
-def test_projection_accuracy_does_not_depend_on_tf32(device):
+def test_projection_accuracy_does_not_depend_on_tf32(jacobi_kernels, device):
     W = torch.randn(2, 128, 1152, device=device)
     before = torch.backends.cuda.matmul.allow_tf32
     try:
@@ -415,7 +431,7 @@ def test_projection_accuracy_does_not_depend_on_tf32(device):
 
 @pytest.mark.parametrize("shape", RESNET_18_50, ids=str)
 @pytest.mark.parametrize("device", cuda_only())
-def test_resnet_layer_shapes_at_float32_tolerance(device, shape):
+def test_resnet_layer_shapes_at_float32_tolerance(jacobi_kernels, device, shape):
     W = torch.randn(2, *shape, device=device)
     for rule in ({"energy": 0.9}, {}):
         assert_svd_contract(W, tk.truncated_svd(W, **rule), rule, exact_rank=True)

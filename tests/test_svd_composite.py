@@ -10,8 +10,7 @@ import trp_kernels as tk
 from trp_kernels import svd_select, validation
 from trp_kernels.svd import lowrank_project_groups, project_matrices, reference_rank
 
-import test_svd as op_contract   # the op's contract tests, rerun here on the composite path
-from testing import adversarial, devices, dtypes, svd_tol, with_spectrum
+from testing import adversarial, devices, diag_matrix, dtypes, svd_tol, with_spectrum
 
 EPS64 = torch.finfo(torch.float64).eps
 
@@ -20,46 +19,6 @@ EPS64 = torch.finfo(torch.float64).eps
 def eigh():
     with svd_select.forced("eigh"):
         yield
-
-
-# --- the composite path meets the op's contract --------------------------------------------
-
-
-@pytest.mark.parametrize("device", devices)
-@pytest.mark.parametrize("dtype", dtypes)
-@pytest.mark.parametrize("shape", op_contract.SHAPES + [(64, 200), (90, 33)], ids=str)
-def test_contract(eigh, device, dtype, shape):
-    """Adversarial matrices x rank rules against float64 LAPACK, and the projection against
-    its own factors and the reference."""
-    for name, W in adversarial(shape, dtype):
-        for rule in op_contract.RULES + [{"threshold": 0.0}, {"max_rank": 1000}]:
-            out = tk.truncated_svd(W.to(device), **rule)
-            try:
-                op_contract.check_contract(W, out, rule)
-            except AssertionError as e:
-                raise AssertionError(f"case {name}, rule {rule}: {e}") from e
-    op_contract.test_lowrank_project_matches_reference(device, dtype, shape)
-
-
-@pytest.mark.parametrize("device", devices)
-@pytest.mark.parametrize("dtype", dtypes)
-def test_op_suite_on_composite_path(eigh, device, dtype):
-    """The op's remaining contract tests, unchanged, on the composite path."""
-    for rule, expected in [({}, 6), ({"energy": 0.5}, 1), ({"energy": 0.8}, 2),
-                           ({"energy": 1.0}, 4), ({"threshold": 2.0}, 2), ({"threshold": 0.0}, 4),
-                           ({"max_rank": 0}, 0), ({"energy": 1.0, "max_rank": 3}, 3)]:
-        op_contract.test_rank_rule(device, dtype, rule, expected)
-    op_contract.test_zero_matrix_has_rank_zero(device, dtype)
-    op_contract.test_rank_one_and_repeated_values_give_no_nan(device, dtype)
-    op_contract.test_batch_shapes(device, dtype)
-    op_contract.test_project_groups_and_mixed_lists(device, dtype)
-
-
-@pytest.mark.parametrize("device", devices)
-def test_op_suite_on_composite_path_any_dtype(eigh, device):
-    op_contract.test_rank_deficient_without_criteria_completes_orthonormal_factors(device)
-    op_contract.test_deterministic(device)
-    op_contract.test_huge_and_tiny_scales(device)
 
 
 @pytest.mark.parametrize("dtype", dtypes)
@@ -302,7 +261,7 @@ def test_compiled_and_python_rules_cut_alike(impl, dtype):
     see the same numbers: the ranks must agree for every energy, at the floor included."""
     tail = (EPS64 * 14.0) ** 0.5
     values = [3.0, 2.0, 1.0, 0.5, 0.25] if dtype == torch.float32 else [3.0, 2.0, 1.0] + [tail] * 3
-    W = op_contract.diag_matrix(values, dtype=dtype)
+    W = diag_matrix(values, dtype=dtype)
     S = torch.tensor(values + [0.0] * (6 - len(values)), dtype=dtype).double()
     energies = [0.1, 0.5, 0.9, 0.99, 1.0 - 1e-12, 1.0, 0.9 + 2 * EPS64]
     with svd_select.forced(impl):

@@ -127,3 +127,11 @@ def assert_svd_contract(W, out, rule, *, exact_rank=False):
         big = int((s[:r] >= 1e-2 * s1).sum())
         for Q in (u[:, :big].double(), v[:, :big].double()) if big else ():
             assert (Q.T @ Q - torch.eye(big, dtype=torch.float64)).abs().max() <= tol["ortho"]
+
+
+def diag_matrix(values, m=6, n=8, dtype=torch.float64):
+    """An m x n matrix with ``values`` on its diagonal: singular values known exactly."""
+    W = torch.zeros(m, n, dtype=dtype)
+    for i, v in enumerate(values):
+        W[i, i] = v
+    return W
