@@ -119,8 +119,12 @@ class LatencyMeter:
 def _onnx_runner(module: nn.Module, x: torch.Tensor):
     """An InferenceSession of ``module`` exported (as plain convs) with the input's shape."""
     from .export import to_conv_pairs
+    from .layers import LowRankConv2d
     ort = _onnxruntime()
-    module = to_conv_pairs(copy.deepcopy(module).eval())
+    if isinstance(module, LowRankConv2d):
+        module = module.to_conv_pair().eval()
+    else:
+        module = to_conv_pairs(copy.deepcopy(module).eval())
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter: ~40 ms a layer, where dynamo export takes seconds.
