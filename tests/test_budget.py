@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import trp_kernels as tk
+from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 from trp_kernels import budget, flops
 from trp_kernels.decompose import decomposable_layers
 from trp_kernels.factorization import full_rank, weight_to_matrix

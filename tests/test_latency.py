@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import trp_kernels as tk
+from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 from trp_kernels import flops, latency
 from trp_kernels.latency import LatencyMeter, Timing
 
