@@ -20,7 +20,8 @@ can aim its projections at the budget; and maximising the total energy lets expe
 with flat spectra fall to a few ranks, a bottleneck that no accuracy recovers, while the
 smallest kept energy is what bounds the damage to any one layer.
 
-Plug-in point for other schemes: ``CANDIDATES[scheme](conv, spectrum, input_hw, rank_multiple)``
+Plug-in point for other schemes: ``CANDIDATES[scheme](conv, scheme, spectrum, input_hw,
+rank_multiple)``
 returns the factorised candidates of one layer as a chain (ascending MACs and energy). A scheme
 with a rank pair (tucker2) returns pairs as ``Candidate.rank`` along its own chain.
 """
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .factorization import full_rank, weight_to_matrix
+from .factorization import factors_from_svd, full_rank, weight_to_matrix
 from .flops import conv2d_macs, conv_costs, lowrank_macs
 from .layers import LowRankConv2d, _explicit_padding as explicit_padding
 from .svd import truncated_svd
@@ -113,22 +114,34 @@ def lowrank_candidates(conv, scheme, spectrum, input_hw, rank_multiple) -> list[
 CANDIDATES = {"channel": lowrank_candidates, "spatial": lowrank_candidates}
 
 
-def layer_spectra(convs: list[nn.Conv2d], scheme: str) -> list[torch.Tensor]:
-    """Singular values (float64, CPU) of each conv's matrix; convs of one weight shape, dtype
-    and device are stacked into one ``truncated_svd`` call."""
+def layer_svds(convs: list[nn.Conv2d], scheme: str) -> list[tuple]:
+    """(U, S, V) of each conv's matrix; convs of one weight shape, dtype and device are stacked
+    into one ``truncated_svd`` call."""
     groups = defaultdict(list)
     for i, conv in enumerate(convs):
         groups[(tuple(conv.weight.shape), conv.weight.dtype, conv.weight.device)].append(i)
-    spectra: list[torch.Tensor | None] = [None] * len(convs)
+    svds: list[tuple | None] = [None] * len(convs)
     with torch.no_grad():
         for indices in groups.values():
             stack = torch.stack([convs[i].weight.detach() for i in indices])
             if stack.dtype not in (torch.float32, torch.float64):
                 stack = stack.float()
-            S = truncated_svd(weight_to_matrix(stack, scheme)).S.double().cpu()
+            U, S, V, _ = truncated_svd(weight_to_matrix(stack, scheme))
             for j, i in enumerate(indices):
-                spectra[i] = S[j]
-    return spectra  # type: ignore[return-value]
+                svds[i] = (U[j], S[j], V[j])
+    return svds  # type: ignore[return-value]
+
+
+def layer_from_svd(conv: nn.Conv2d, scheme: str, svd, rank: int) -> LowRankConv2d:
+    """``LowRankConv2d.from_conv(conv, scheme, rank=rank)`` from an SVD already computed."""
+    layer = LowRankConv2d.empty_from_conv(conv, rank, scheme)
+    weight1, weight2 = factors_from_svd(*svd, rank, conv.weight.shape, scheme)
+    with torch.no_grad():
+        layer.weight1.copy_(weight1)
+        layer.weight2.copy_(weight2)
+        if conv.bias is not None:
+            layer.bias.copy_(conv.bias)
+    return layer
 
 
 @dataclass
@@ -141,6 +154,7 @@ class BudgetPlan:
     energy_level: float               # TRP's energy e whose rule alone reaches the budget
     max_speedup: float                # every layer at its cheapest candidate
     candidates: dict[str, list[Candidate]] = field(repr=False, default_factory=dict)
+    svds: dict[str, tuple] = field(repr=False, default_factory=dict)   # (U, S, V) per layer
 
     @property
     def flops_speedup(self) -> float:
@@ -160,9 +174,9 @@ def plan_budget(model: nn.Module, layers, scheme: str, example_input: torch.Tens
     costs = {c.name: c for c in conv_costs(model, example_input)}
     total_dense = sum(c.macs for c in costs.values())
     names = [name for name, _ in layers]
-    spectra = layer_spectra([conv for _, conv in layers], scheme)
+    svds = layer_svds([conv for _, conv in layers], scheme)
     chains, current = {}, {}
-    for (name, conv), spectrum in zip(layers, spectra):
+    for (name, conv), (_, spectrum, _) in zip(layers, svds):
         if name not in costs:
             raise ValueError(f"layer {name!r} does not run on example_input")
         hw = costs[name].input_hw
@@ -203,7 +217,7 @@ def plan_budget(model: nn.Module, layers, scheme: str, example_input: torch.Tens
         energy_level=1.0 if level is None else level,
         max_speedup=total_dense / (total_dense - sum(costs[n].macs for n in names)
                                    + sum(chains[n][0].macs for n in names)),
-        candidates=chains)
+        candidates=chains, svds=dict(zip(names, svds)))
 
 
 def energy_for_budget(model, layers, scheme, example_input, target_speedup,

@@ -202,7 +202,7 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
         full = factorization.full_rank(conv.weight.shape, scheme)
         if plan is not None:
             r = plan.ranks[name]
-            layer = None if r is None else LowRankConv2d.from_conv(conv, scheme, rank=r)
+            layer = None if r is None else budget.layer_from_svd(conv, scheme, plan.svds[name], r)
         else:
             layer = LowRankConv2d.from_conv(conv, scheme=scheme, energy=energy,
                                             threshold=threshold, rank=_layer_max_rank(rank, full))
