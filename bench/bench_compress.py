@@ -97,8 +97,8 @@ def runner(model, x, runtime):
             with torch.inference_mode():
                 model(x)
         return run
-    from trp_kernels.latency import _onnx_runner
-    return _onnx_runner(model, x)
+    from trp_kernels.latency import onnx_runner
+    return onnx_runner(model, x)
 
 
 PARAMS = [(f"{name}-{scheme}-b{MODELS[name][0]}-{runtime}", name, scheme, runtime, impl)

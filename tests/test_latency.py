@@ -185,3 +185,28 @@ def test_noise_rule():
     times = [1.0, 1.1, 0.9, 1.05, 0.95, 1.0, 1.0, 1.02]
     timing = latency._timing(times)
     assert timing.median == pytest.approx(1.0) and 0 < timing.stderr < 0.1
+
+
+def test_reports_show_flop_and_latency_speedups_and_dense_layers(tagged):
+    from trp_kernels import report as reports
+    torch.manual_seed(0)
+    model, x = tagged(), torch.randn(2, 16, 8, 8)
+    dense = copy.deepcopy(model)
+    decomposition = tk.decompose_model(model, "channel", rank=4, example_input=x,
+                                       measure=FakeMeter(slow={"b": 1.0}))
+    figures = reports.model_figures(model, dense, {"a", "b", "c"}, "channel", x[:1], x,
+                                    decomposition=decomposition)
+    rows = {row["name"]: row for row in figures["layers"]}
+    assert [rows[n]["kept_dense"] for n in "abc"] == [False, True, False]
+    assert rows["b"]["flops_speedup"] == 1 and rows["a"]["flops_speedup"] > 1
+    a = decomposition.layers[0]
+    assert rows["a"]["latency_speedup"] == pytest.approx(a.latency_dense / a.latency_factorised)
+    assert rows["b"]["latency_speedup"] == 1 and rows["a"]["latency_runtime"] == "torch"
+    assert figures["latency_speedup"] == pytest.approx(
+        figures["dense_latency_ms"] / figures["latency_ms"])
+    text = reports.markdown({"method": "decomp", "scheme": "channel", "test_accuracy": 0.5,
+                             "device": "cpu",
+                             "dense_test_accuracy": 0.5, **figures})
+    assert "| b | 32x32x3x3 | dense |" in text
+    assert f"| {rows['a']['flops_speedup']:.2f}x | {rows['a']['latency_speedup']:.2f}x (torch) |" \
+        in text

@@ -113,10 +113,10 @@ class LatencyMeter:
                 with torch.inference_mode():
                     module(x)
             return run
-        return _onnx_runner(module, x)
+        return onnx_runner(module, x)
 
 
-def _onnx_runner(module: nn.Module, x: torch.Tensor):
+def onnx_runner(module: nn.Module, x: torch.Tensor):
     """An InferenceSession of ``module`` exported (as plain convs) with the input's shape."""
     from .export import to_conv_pairs
     from .layers import LowRankConv2d
