@@ -11,6 +11,7 @@ from torch import nn
 import trp_kernels as tk
 from trp_kernels import flops
 from trp_kernels.decompose import is_decomposable
+from trp_kernels.factorization import matrix_to_weight, weight_to_matrix
 
 
 class SmallNet(nn.Module):
@@ -68,13 +69,21 @@ def test_conv_costs_leave_the_model_untouched():
 def test_decompose_model(scheme):
     torch.manual_seed(0)
     model = SmallNet().eval()
+    # Weights of rank 3, so that the decomposition is exact and cheaper than the dense convs
+    # (a full-rank factorisation is never cheaper, and such a layer stays a plain conv).
+    with torch.no_grad():
+        for conv in (model.body[0], model.body[5]):
+            M = weight_to_matrix(conv.weight, scheme)
+            conv.weight.copy_(matrix_to_weight(tk.lowrank_project(M, max_rank=3).W_low,
+                                               conv.weight.shape, scheme))
     original = copy.deepcopy(model)
     x = torch.randn(2, 3, 16, 16)
-    report = tk.decompose_model(model, scheme=scheme, skip=["stem"], example_input=x)
+    report = tk.decompose_model(model, scheme=scheme, threshold=1e-4, skip=["stem"],
+                                example_input=x)
     assert [l.name for l in report.layers] == ["body.0", "body.5"]
     assert isinstance(model.body[0], tk.LowRankConv2d) and isinstance(model.stem, nn.Conv2d)
     assert isinstance(model.body[3], nn.Conv2d) and isinstance(model.body[4], nn.Conv2d)
-    assert all(l.rank == l.full_rank for l in report.layers)
+    assert all(l.rank == 3 and not l.kept_dense for l in report.layers)
     torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-5)
     # per-layer MACs agree with the counter on the models themselves
     before = {c.name: c.macs for c in flops.conv_costs(original, x)}

@@ -15,6 +15,7 @@ from .checkpoint import atomic_write, atomic_write_text
 from .factorization import full_rank
 from .geometry import format_rank
 from .flops import ConvCost, conv_costs, count_params
+from .latency import LatencyMeter
 from .layers import LowRankConv2d
 
 # The keys every report.json holds (tests and users read them); the rest is context.
@@ -50,12 +51,17 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor, min_repeats: 
 
 
 def layer_rows(model: nn.Module, dense_model: nn.Module, names, scheme: str,
-               costs: list[ConvCost], dense_costs: list[ConvCost]) -> list[dict]:
+               costs: list[ConvCost], dense_costs: list[ConvCost], decomposition=None
+               ) -> list[dict]:
     """One row per layer in ``names`` (the decomposable convs the method acts on), in forward
-    order: its rank (the full rank while it is dense; [r_in, r_out] for tucker2), full rank, MACs per sample now and
-    dense, and parameters now and dense. ``costs`` / ``dense_costs``: ``conv_costs`` of the
-    two models."""
+    order: its rank (the full rank while it is dense; [r_in, r_out] for tucker2), full rank,
+    whether it is (still) a plain conv, MACs per sample now and dense and their ratio, and
+    parameters now and dense. ``costs`` / ``dense_costs``: ``conv_costs`` of the two models.
+    ``decomposition``: the DecompositionReport of a measured decomposition (``measure=``), whose
+    per-layer latencies (ms per batch, in its runtime) the rows then carry."""
     costs = {c.name: c for c in costs}
+    measured = {l.name: l for l in getattr(decomposition, "layers", ())
+                if l.latency_dense is not None}
     rows = []
     for dense in dense_costs:
         if dense.name not in names:
@@ -73,16 +79,27 @@ def layer_rows(model: nn.Module, dense_model: nn.Module, names, scheme: str,
             "dense_macs": dense.macs,
             "params": costs[dense.name].params,
             "dense_params": dense.params,
+            "kept_dense": not isinstance(layer, LowRankConv2d),
+            "flops_speedup": dense.macs / costs[dense.name].macs,
         })
+        if dense.name in measured:
+            entry = measured[dense.name]
+            time = entry.latency_dense if rows[-1]["kept_dense"] else entry.latency_factorised
+            rows[-1].update(latency_ms=1e3 * time, dense_latency_ms=1e3 * entry.latency_dense,
+                            latency_speedup=entry.latency_dense / time,
+                            latency_runtime=decomposition.measure)
     return rows
 
 
 def model_figures(model: nn.Module, dense_model: nn.Module, names, scheme: str,
-                  example_input: torch.Tensor, latency_input: torch.Tensor) -> dict:
-    """The model-dependent part of a report: MACs, speed-up, parameters, latency, layers."""
+                  example_input: torch.Tensor, latency_input: torch.Tensor,
+                  decomposition=None, onnxruntime: bool = False) -> dict:
+    """The model-dependent part of a report: MACs, speed-up, parameters, latency (torch, and
+    ONNX Runtime with ``onnxruntime``), layers (with measured per-layer latencies when
+    ``decomposition`` was measured)."""
     costs, dense_costs = conv_costs(model, example_input), conv_costs(dense_model, example_input)
     macs, dense_macs = sum(c.macs for c in costs), sum(c.macs for c in dense_costs)
-    return {
+    figures = {
         "flops_speedup": dense_macs / macs,
         "conv_macs": macs,
         "dense_conv_macs": dense_macs,
@@ -91,8 +108,17 @@ def model_figures(model: nn.Module, dense_model: nn.Module, names, scheme: str,
         "latency_ms": measure_latency(model, latency_input),
         "dense_latency_ms": measure_latency(dense_model, latency_input),
         "latency_batch": latency_input.shape[0],
-        "layers": layer_rows(model, dense_model, names, scheme, costs, dense_costs),
+        "layers": layer_rows(model, dense_model, names, scheme, costs, dense_costs,
+                             decomposition),
     }
+    figures["latency_speedup"] = figures["dense_latency_ms"] / figures["latency_ms"]
+    if onnxruntime:
+        dense, compressed = LatencyMeter("onnxruntime").seconds([dense_model, model],
+                                                                latency_input)
+        figures.update(onnxruntime_latency_ms=1e3 * compressed.median,
+                       dense_onnxruntime_latency_ms=1e3 * dense.median,
+                       onnxruntime_latency_speedup=dense.median / compressed.median)
+    return figures
 
 
 def _percent(value) -> str:
@@ -114,17 +140,33 @@ def markdown(report: dict) -> str:
         f"| parameters | {report['params']:,} | {report['dense_params']:,} |",
         f"| latency, batch {report['latency_batch']} on {report['device']} (ms) "
         f"| {report['latency_ms']:.2f} | {report['dense_latency_ms']:.2f} |",
+    ]
+    if "onnxruntime_latency_ms" in report:
+        lines.append(f"| latency in ONNX Runtime, batch {report['latency_batch']} (ms) "
+                     f"| {report['onnxruntime_latency_ms']:.2f} "
+                     f"| {report['dense_onnxruntime_latency_ms']:.2f} |")
+    speedups = [f"Conv FLOP speed-up: **{report['flops_speedup']:.2f}x**"]
+    if "latency_ms" in report:
+        speedups.append(f"latency speed-up: {report['dense_latency_ms'] / report['latency_ms']:.2f}x")
+    if "onnxruntime_latency_ms" in report:
+        speedups.append(f"in ONNX Runtime: {report['onnxruntime_latency_speedup']:.2f}x")
+    lines += [
         "",
-        f"Conv FLOP speed-up: **{report['flops_speedup']:.2f}x**.",
+        "; ".join(speedups) + ".",
         "",
-        "| layer | weight | rank / full | MMACs (dense) | params (dense) |",
-        "|---|---|---|---|---|",
+        "| layer | weight | rank / full | MMACs (dense) | FLOP speed-up | latency speed-up "
+        "| params (dense) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in report["layers"]:
         shape = "x".join(map(str, row["weight_shape"]))
-        lines.append(f"| {row['name']} | {shape} | {format_rank(row['rank'])} "
-                     f"/ {format_rank(row['full_rank'])} "
+        rank = ("dense" if row.get("kept_dense")
+                else f"{format_rank(row['rank'])} / {format_rank(row['full_rank'])}")
+        measured = (f"{row['latency_speedup']:.2f}x ({row['latency_runtime']})"
+                    if "latency_speedup" in row else "-")
+        lines.append(f"| {row['name']} | {shape} | {rank} "
                      f"| {row['macs'] / 1e6:.3f} ({row['dense_macs'] / 1e6:.3f}) "
+                     f"| {row['dense_macs'] / row['macs']:.2f}x | {measured} "
                      f"| {row['params']:,} ({row['dense_params']:,}) |")
     return "\n".join(lines) + "\n"
 
@@ -153,9 +195,11 @@ def plot(report: dict, path: str) -> None:
     top.set_ylabel("rank" if width == 0.8 else "rank (r_in, r_out)")
     top.legend(loc="upper left")
     bottom.bar(x, [r["dense_macs"] / 1e6 for r in rows], color="#d0d7e1", label="dense")
-    bottom.bar(x, [r["macs"] / 1e6 for r in rows], color="#c05621", label=report["method"])
+    bottom.bar(x, [r["macs"] / 1e6 for r in rows], color="#c05621", label=report["method"],
+               hatch=["//" if r.get("kept_dense") else "" for r in rows])
     bottom.set_ylabel("MMACs per image")
-    bottom.legend(loc="upper left")
+    bottom.legend(loc="upper left", title="hatched: kept dense"
+                  if any(r.get("kept_dense") for r in rows) else None)
     bottom.set_xticks(list(x), [r["name"] for r in rows], rotation=90, fontsize=7)
     top.set_title(f"{report['method']} / {report['scheme']}: "
                   f"{_percent(report['test_accuracy'])} test accuracy, "

@@ -96,5 +96,8 @@ def test_rank_is_required_and_checked():
     with pytest.raises(ValueError, match="rank"):
         make_lowrank(resnet20(), "channel", rank=1.5)
     model = resnet20()
-    make_lowrank(model, "channel", rank=40)      # an int rank caps each layer at its full rank
-    assert model.layer1[0].conv1.rank == 16 and model.layer3[0].conv1.rank == 40
+    report = make_lowrank(model, "channel", rank=40)   # an int rank caps each layer at its full rank
+    ranks = {l.name: l.rank for l in report.layers}
+    assert ranks["layer1.0.conv1"] == 16 and model.layer3[0].conv1.rank == 40
+    # the full rank is not cheaper than the dense conv, so that layer stays one
+    assert type(model.layer1[0].conv1) is nn.Conv2d

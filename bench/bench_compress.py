@@ -1,0 +1,125 @@
+"""Is the compressed model really faster? Whole-model latency of ResNet-18 (batch 1, 224x224)
+and CIFAR ResNet-56 (batch 64, 32x32), both schemes, in torch (CPU) and ONNX Runtime.
+
+impl:
+  dense        the model as built
+  energy0.9    decompose_model(energy=0.9): every decomposable conv factorised by the rank rule
+  budget2x/3x  decompose_model(target_speedup=2 / 3): leximin-energy ranks for that FLOP budget
+  measured     decompose_model(energy=0.9, measure=<the case's runtime>): a layer stays
+               factorised only where it is measured faster, and the model is checked whole
+
+TRP-like spectra: a trained (TRP) conv's singular values decay; random init's do not. Every
+decomposable conv's weight is therefore set, in the scheme's matrix view, to U diag(s) V^T with
+random orthonormal U, V (Householder reflections of the identity, rows permuted) and s_i = i^(-1/2) (squared singular values decaying like 1/i), scaled
+to the init's Frobenius norm. With it, energy 0.9 keeps about half the rank of a 512-wide layer.
+
+Every benchmark records the model's conv FLOP speed-up (and, for budget and measured, which
+layers stayed dense) in extra_info; bench/summarize_compress.py prints the table. CPU only
+(ONNX Runtime's CPU provider). TRP_BENCH_QUICK=1: ResNet-18 at 64x64 and ResNet-20 at batch 8.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import trp_kernels as tk
+from trp_kernels.factorization import matrix_shape, matrix_to_weight
+from trp_kernels.decompose import decomposable_layers
+from trp_kernels.latency import LatencyMeter
+from trp_kernels.models import create_model
+
+from conftest import QUICK
+
+MODELS = ({"resnet18": (1, 64), "resnet20": (8, 32)} if QUICK
+          else {"resnet18": (1, 224), "resnet56": (64, 32)})   # name: (batch, image size)
+SCHEMES = ("channel", "spatial")
+RUNTIMES = ("torch", "onnxruntime")
+IMPLS = ("dense", "energy0.9", "budget2x", "budget3x", "measured")
+
+
+def householder_columns(size, k, generator):
+    """The first k columns of a random orthogonal matrix: two Householder reflections of the
+    identity, O(size * k) work (a QR of a random matrix takes minutes on a loaded 2-core CPU)."""
+    Q = torch.eye(size, k, dtype=torch.float64)
+    for _ in range(2):
+        v = torch.randn(size, 1, generator=generator, dtype=torch.float64)
+        v /= v.norm()
+        Q -= 2 * v @ (v.T @ Q)
+    return Q[torch.randperm(size, generator=generator)]
+
+
+def trp_like(model, scheme, generator):
+    """Sets every decomposable conv (outside never_decomposed) to a power-law spectrum."""
+    with torch.no_grad():
+        for _, conv in decomposable_layers(model):
+            m, n = matrix_shape(conv.weight.shape, scheme)
+            k = min(m, n)
+            U, V = householder_columns(m, k, generator), householder_columns(n, k, generator)
+            s = torch.arange(1, k + 1, dtype=torch.float64) ** -0.5
+            M = (U * s) @ V.T
+            M *= conv.weight.norm().double() / M.norm()
+            conv.weight.copy_(matrix_to_weight(M.float(), conv.weight.shape, scheme))
+
+
+_models: dict = {}
+
+
+def built(name, scheme, impl, runtime):
+    """(model, input, report) of one case, built once (the measured choice per runtime)."""
+    key = (name, scheme, impl, runtime if impl == "measured" else None)
+    if key not in _models:
+        batch, size = MODELS[name]
+        g = torch.Generator().manual_seed(0)
+        base = create_model(name).eval()
+        trp_like(base, scheme, g)
+        x = torch.randn(batch, 3, size, size, generator=g)
+        model, report = copy.deepcopy(base), None
+        sample = x[:1]
+        if impl == "energy0.9":
+            report = tk.decompose_model(model, scheme, energy=0.9, skip=None, example_input=sample)
+        elif impl.startswith("budget"):
+            report = tk.decompose_model(model, scheme, skip=None, example_input=sample,
+                                        target_speedup=float(impl[6:-1]))
+        elif impl == "measured":
+            # measured on the benchmark's own batch: latency is a property of the batch size
+            report = tk.decompose_model(model, scheme, energy=0.9, skip=None, example_input=x,
+                                        measure=LatencyMeter(runtime, rounds=5, min_round_s=0.002))
+        _models[key] = (model.eval(), x, report)
+    return _models[key]
+
+
+def runner(model, x, runtime):
+    if runtime == "torch":
+        def run():
+            with torch.inference_mode():
+                model(x)
+        return run
+    from trp_kernels.latency import onnx_runner
+    return onnx_runner(model, x)
+
+
+PARAMS = [(f"{name}-{scheme}-b{MODELS[name][0]}-{runtime}", name, scheme, runtime, impl)
+          for name in MODELS for scheme in SCHEMES for runtime in RUNTIMES for impl in IMPLS]
+
+
+@pytest.mark.parametrize("case,name,scheme,runtime,impl", PARAMS,
+                         ids=[f"{p[0]}-{p[4]}" for p in PARAMS])
+def test_compressed_model(benchmark, case, name, scheme, runtime, impl):
+    if runtime == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    model, x, report = built(name, scheme, impl, runtime)
+    benchmark.group = case
+    benchmark.extra_info.update(
+        case=case, impl=impl, model=name, scheme=scheme, runtime=runtime, batch=x.shape[0],
+        threads=torch.get_num_threads(),
+        flops_speedup=1.0 if report is None else report.flops_speedup,
+        kept_dense=[] if report is None else [l.name for l in report.layers if l.kept_dense],
+        layers=0 if report is None else len(report.layers))
+    if report is not None and report.latency_before is not None:
+        benchmark.extra_info.update(measured_before=report.latency_before,
+                                    measured_after=report.latency_after)
+    run = runner(model, x, runtime)
+    benchmark.pedantic(run, rounds=3 if QUICK else 9, iterations=1, warmup_rounds=2)
