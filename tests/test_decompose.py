@@ -120,16 +120,38 @@ def test_is_decomposable():
 def test_decompose_model_new_formats(scheme):
     torch.manual_seed(0)
     model = SmallNet().eval()
-    original = copy.deepcopy(model)
     x = torch.randn(2, 3, 16, 16)
+    # At full rank no format is cheaper than the conv: every layer stays dense, output unchanged.
+    original = copy.deepcopy(model)
     report = tk.decompose_model(model, scheme=scheme, skip=["stem"], example_input=x)
     assert [l.name for l in report.layers] == ["body.0", "body.5"]
-    assert all(l.rank == l.full_rank for l in report.layers)
-    torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-5)
+    assert all(l.rank == l.full_rank and l.kept_dense for l in report.layers)
+    assert all(isinstance(model.get_submodule(l.name), nn.Conv2d) for l in report.layers)
+    torch.testing.assert_close(model(x), original(x), rtol=0, atol=0)
+    # Weights of multilinear rank (2, 2) (so also rank 2 per filter): the decomposition is exact
+    # and cheap, so every layer is factorised and the model computes the same outputs.
+    with torch.no_grad():
+        for name in ("body.0", "body.5"):
+            w = model.get_submodule(name).weight
+            N, C, kh, kw = w.shape
+            core = torch.randn(2, 2, kh, kw)
+            w.copy_(torch.einsum("na,abij,cb->ncij", torch.randn(N, 2), core, torch.randn(C, 2)))
+    original = copy.deepcopy(model)
+    report = tk.decompose_model(model, scheme=scheme, threshold=1e-3, skip=["stem"],
+                                example_input=x)
+    # decoupled runs its C -> r*N 1x1 conv at the input resolution: on the stride-2 body.0 that
+    # costs 2*16*8*16*16 + 2*16*9*8*8 = 83,968 MACs against the conv's 73,728, so it stays dense
+    dense = {"body.0"} if scheme == "decoupled" else set()
+    assert {l.name for l in report.layers if l.kept_dense} == dense
+    assert all(l.rank == ((2, 2) if scheme == "tucker2" else 2) for l in report.layers)
+    torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-4)
     after = {c.name: c for c in flops.conv_costs(model, x)}
     for l in report.layers:
         layer = model.get_submodule(l.name)
-        assert l.macs_after == after[l.name].macs == flops.lowrank_macs(layer, after[l.name].input_hw)[0]
+        if not l.kept_dense:
+            assert l.macs_after == after[l.name].macs == flops.lowrank_macs(layer, after[l.name].input_hw)[0]
+        else:
+            assert l.macs_after == l.macs_before == after[l.name].macs
         assert l.params_after == flops.count_params(layer)
     # rank as a fraction: of both modes for tucker2, or a pair of them
     rank = (0.25, 0.5) if scheme == "tucker2" else 0.5

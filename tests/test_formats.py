@@ -317,7 +317,12 @@ def test_make_lowrank_trains_factors_only(scheme):
     rank = (0.25, 0.5) if scheme == "tucker2" else 0.5
     report = make_lowrank(model, scheme, rank=rank)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, tk.LowRankConv2d)}
-    assert len(layers) == len(report.layers) == 18 and type(model.conv1) is nn.Conv2d
+    assert len(report.layers) == 18 and type(model.conv1) is nn.Conv2d
+    assert set(layers) == {entry.name for entry in report.layers if not entry.kept_dense}
+    # decoupled runs its 1x1 conv at the input resolution: on the two stride-2 convs that costs
+    # more than the conv itself, so they stay dense (the dense fallback of decompose_model)
+    dense = {"layer2.0.conv1", "layer3.0.conv1"} if scheme == "decoupled" else set()
+    assert {entry.name for entry in report.layers if entry.kept_dense} == dense
     for entry in report.layers:
         if scheme == "tucker2":
             assert entry.rank == (math.ceil(0.25 * entry.full_rank[0]),

@@ -51,7 +51,7 @@ class FakeMeter(LatencyMeter):
 
 @pytest.fixture
 def tagged(monkeypatch):
-    """LowRankConv2d.from_conv remembers which conv it came from, so the fake meter can tell
+    """LowRankConv2d.from_conv / from_convs remember which conv a layer came from, so the fake meter can tell
     layers apart."""
     names = {}
     original = tk.LowRankConv2d.from_conv.__func__
@@ -62,6 +62,15 @@ def tagged(monkeypatch):
         return layer
 
     monkeypatch.setattr(tk.LowRankConv2d, "from_conv", classmethod(from_conv))
+    batched = tk.LowRankConv2d.from_convs.__func__
+
+    def from_convs(cls, convs, *args, **kwargs):
+        layers = batched(cls, convs, *args, **kwargs)
+        for conv, layer in zip(convs, layers):
+            layer.tag = names.get(id(conv))
+        return layers
+
+    monkeypatch.setattr(tk.LowRankConv2d, "from_convs", classmethod(from_convs))
 
     def model():
         net = Net().eval()
