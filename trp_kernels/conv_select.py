@@ -24,12 +24,9 @@ rank 0, older GPUs, shapes whose tiles do not fit shared memory) runs ``two_conv
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
-
 import torch
 
-from . import validation
+from . import impl_switch, validation
 
 ENV = "TRP_CONV_IMPL"
 IMPLS = ("fused", "two_convs", "dense")
@@ -37,25 +34,13 @@ IMPLS = ("fused", "two_convs", "dense")
 
 def forced_impl() -> str | None:
     """The implementation ``TRP_CONV_IMPL`` forces now, or None for the default choice."""
-    value = os.environ.get(ENV, "")
-    return None if value in ("", "auto") else value
+    return impl_switch.read(ENV, IMPLS)
 
 
-@contextmanager
 def forced(impl: str | None):
     """Runs the block with ``impl`` forced (None or ``"auto"``: the default choice), then
     restores the previous setting. Sets the process environment, so it is not thread-local."""
-    if impl is not None and impl != "auto" and impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, 'auto' or None, got {impl!r}")
-    previous = os.environ.get(ENV)
-    os.environ[ENV] = impl or "auto"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[ENV]
-        else:
-            os.environ[ENV] = previous
+    return impl_switch.forced(ENV, IMPLS, impl)
 
 
 def apply_validation() -> None:

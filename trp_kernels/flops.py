@@ -64,6 +64,13 @@ def conv_costs(model: nn.Module, example_input: torch.Tensor) -> list[ConvCost]:
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, LowRankConv2d)):
             handles.append(module.register_forward_hook(hook(name)))
+    run_hooked(model, example_input, handles)
+    return costs
+
+
+def run_hooked(model: nn.Module, example_input: torch.Tensor, handles) -> None:
+    """Runs ``model(example_input)`` once in eval mode without gradients for the hooks in
+    ``handles`` to see, then removes them and restores every module's training flag."""
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -74,7 +81,6 @@ def conv_costs(model: nn.Module, example_input: torch.Tensor) -> list[ConvCost]:
             h.remove()
         for m, training in modes.items():
             m.training = training
-    return costs
 
 
 def conv_macs(model: nn.Module, example_input: torch.Tensor) -> int:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .flops import run_hooked
+
 RUNTIMES = ("torch", "onnxruntime")
 
 
@@ -177,16 +179,7 @@ def layer_inputs(model: nn.Module, names, example_input: torch.Tensor) -> dict:
         def record(module, inputs, name=name):
             captured.setdefault(name, inputs[0].detach())
         handles.append(model.get_submodule(name).register_forward_pre_hook(record))
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in modes.items():
-            m.training = training
+    run_hooked(model, example_input, handles)
     return captured
 
 

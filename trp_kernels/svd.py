@@ -92,15 +92,7 @@ def truncated_svd(W, energy=None, threshold=None, max_rank=None, *,
       ``torch.linalg.eigh`` synchronises once per call to check its own convergence, so this
       path cannot be captured in a CUDA graph.
     """
-    _checks.tensor(W, "W")
-    rule = _rule(energy, threshold, max_rank)
-    if svd_select.impl_for(W.device) == "eigh":
-        out = TruncatedSVD(*svd_composite.truncated_svd(W, *rule))
-    else:
-        out = TruncatedSVD(*ops.truncated_svd(W, *rule))
-    if check_finite and _marks_nonfinite(W.device):
-        _raise_if_nonfinite(out.rank)
-    return out
+    return TruncatedSVD(*_run("truncated_svd", W, energy, threshold, max_rank, check_finite))
 
 
 def lowrank_project(W, energy=None, threshold=None, max_rank=None, *,
@@ -108,14 +100,18 @@ def lowrank_project(W, energy=None, threshold=None, max_rank=None, *,
     """TRP projection of every matrix of ``W``: ``W_low = U_r S_r V_r^T`` and the nuclear-norm
     sub-gradient ``subgrad = U_r V_r^T``, both shaped like ``W``, and the ranks.
     Path and ``check_finite`` as in ``truncated_svd``."""
+    return LowRankProjection(*_run("lowrank_project", W, energy, threshold, max_rank,
+                                   check_finite))
+
+
+def _run(op: str, W, energy, threshold, max_rank, check_finite):
+    """``op`` (truncated_svd or lowrank_project) of W on the path svd_select picks; its last
+    output is the rank, checked for the non-finite mark when ``check_finite``."""
     _checks.tensor(W, "W")
-    rule = _rule(energy, threshold, max_rank)
-    if svd_select.impl_for(W.device) == "eigh":
-        out = LowRankProjection(*svd_composite.lowrank_project(W, *rule))
-    else:
-        out = LowRankProjection(*ops.lowrank_project(W, *rule))
+    impl = svd_composite if svd_select.impl_for(W.device) == "eigh" else ops
+    out = getattr(impl, op)(W, *_rule(energy, threshold, max_rank))
     if check_finite and _marks_nonfinite(W.device):
-        _raise_if_nonfinite(out.rank)
+        _raise_if_nonfinite(out[-1])
     return out
 
 

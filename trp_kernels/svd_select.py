@@ -16,12 +16,9 @@ default) forces one and is read on every call; any other value raises ValueError
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
-
 import torch
 
-from . import validation
+from . import impl_switch, validation
 
 ENV = "TRP_SVD_IMPL"
 IMPLS = ("jacobi", "eigh")
@@ -29,12 +26,7 @@ IMPLS = ("jacobi", "eigh")
 
 def forced_impl() -> str | None:
     """The implementation ``TRP_SVD_IMPL`` forces now, or None for the default choice."""
-    value = os.environ.get(ENV, "")
-    if value in ("", "auto"):
-        return None
-    if value not in IMPLS:
-        raise ValueError(f"{ENV} must be one of {IMPLS}, 'auto' or empty, got {value!r}")
-    return value
+    return impl_switch.read(ENV, IMPLS)
 
 
 def default_impl(device: torch.device) -> str:
@@ -51,18 +43,7 @@ def impl_for(device: torch.device) -> str:
     return forced_impl() or default_impl(torch.device(device))
 
 
-@contextmanager
 def forced(impl: str | None):
     """Runs the block with ``impl`` forced (None or ``"auto"``: the default choice), then
     restores the previous setting. Sets the process environment, so it is not thread-local."""
-    if impl is not None and impl != "auto" and impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, 'auto' or None, got {impl!r}")
-    previous = os.environ.get(ENV)
-    os.environ[ENV] = impl or "auto"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[ENV]
-        else:
-            os.environ[ENV] = previous
+    return impl_switch.forced(ENV, IMPLS, impl)
