@@ -49,7 +49,6 @@ CONV_IMPLS = ("fused", "two_convs", "dense")
 CONV_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CONV_TOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 1e-2}  # as tests/test_conv.py
 CONV_GEOMETRY = ((2, 1), (1, 1), (1, 2))  # stride, padding, dilation: both halos, uneven steps
-FUSED_KERNEL = "lowrank_conv2d_fused_kernel"
 STICKY_EXIT = 3  # a child's status when its CUDA context no longer works
 
 
@@ -205,16 +204,6 @@ def run_svd(case: Case):
 
 # -- conv -------------------------------------------------------------------------------------
 
-def fused_launches(fn):
-    """fn's result and how many fused-conv kernels it launched (CUPTI via torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        result = fn()
-        torch.cuda.synchronize()
-    count = sum(FUSED_KERNEL in e.name for e in prof.events()
-                if e.device_type == torch.autograd.DeviceType.CUDA)
-    return result, count
 
 
 def relative_error(got, want):
@@ -242,7 +231,7 @@ def run_conv(case: Case):
     inputs = [t.requires_grad_() for t in inputs]
     args = (*CONV_GEOMETRY, scheme)
     with conv_select.forced(impl):
-        y, launches = fused_launches(lambda: tk.lowrank_conv2d(*inputs, *args))
+        y, launches = conv_select.fused_launches(lambda: tk.lowrank_conv2d(*inputs, *args))
         grad_y = torch.randn(y.shape, device="cuda", generator=g).to(dtype)
         grads = torch.autograd.grad(y, inputs, grad_y)
     torch.cuda.synchronize()

@@ -19,7 +19,6 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
 import trp_kernels as tk
 from trp_kernels import conv_select, factorization
@@ -313,7 +312,6 @@ def test_forced_restores_the_environment(monkeypatch):
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-FUSED_KERNEL = "lowrank_conv2d_fused_kernel"
 
 # (C, N, rank, H, W, kernel, stride, padding, dilation)
 CASES = [
@@ -350,18 +348,10 @@ def float64_reference(inputs, case, scheme):
     return cpu, reference_lowrank_conv2d(*cpu, *geometry(case), scheme)
 
 
-def profiled(fn):
-    """fn's result and the number of fused-kernel launches it made."""
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        result = fn()
-        torch.cuda.synchronize()
-    launches = sum(FUSED_KERNEL in e.name for e in prof.events()
-                   if e.device_type == torch.autograd.DeviceType.CUDA)
-    return result, launches
 
 
 def fused_launches(fn):
-    return profiled(fn)[1]
+    return conv_select.fused_launches(fn)[1]
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -373,7 +363,7 @@ def fused_launches(fn):
 def test_forward_matches_float64(device, impl, scheme, dtype, channels_last, case):
     inputs = case_inputs(device, case, scheme, dtype, channels_last)
     with conv_select.forced(impl):
-        y, fused = profiled(lambda: tk.lowrank_conv2d(*inputs, *geometry(case), scheme))
+        y, fused = conv_select.fused_launches(lambda: tk.lowrank_conv2d(*inputs, *geometry(case), scheme))
     assert fused == (impl == "fused")  # every case here is one the fused kernel takes
     _, ref = float64_reference(inputs, case, scheme)
     assert y.dtype == dtype and y.shape == ref.shape

@@ -47,3 +47,19 @@ def apply_validation() -> None:
     """Lets the automatic choice on CUDA pick ``fused`` exactly when validation.py records a
     GPU run that validated it. Called once at import (trp_kernels/_ops.py)."""
     torch.ops.trp.set_fused_conv_in_auto(validation.FUSED_CONV_VALIDATED_BY is not None)
+
+
+FUSED_KERNEL = "lowrank_conv2d_fused_kernel"   # in the name of every fused-conv CUDA kernel
+
+
+def fused_launches(fn):
+    """``(fn(), n)``: fn's result and how many fused-conv kernels it launched on CUDA, counted
+    by torch.profiler (CUPTI). Shows which implementation a call really ran."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        result = fn()
+        torch.cuda.synchronize()
+    count = sum(FUSED_KERNEL in e.name for e in prof.events()
+                if e.device_type == torch.autograd.DeviceType.CUDA)
+    return result, count
