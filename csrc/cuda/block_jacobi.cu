@@ -221,21 +221,18 @@ __global__ void __launch_bounds__(kThreads, 1)
 // The same schedule as one launch per phase (two per round), for stream capture (a CUDA graph
 // replays the launches without host cost) and devices without cooperative launch. Kernels of a
 // sweep after one without rotations return at once.
-template <int kTile>
-__global__ void __launch_bounds__(kThreads)
-    block_jacobi_solve_kernel(const BlockJacobiArgs args, int sweep, int round) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  for (int64_t b = blockIdx.y; b < args.batch; b += gridDim.y) {
-    solve_pair<kTile>(args, b, static_cast<int>(blockIdx.x), sweep, round, smem);
-  }
-}
+enum class Phase { kSolve, kApply };
 
-template <int kTile>
+template <int kTile, Phase kPhase>
 __global__ void __launch_bounds__(kThreads)
-    block_jacobi_apply_kernel(const BlockJacobiArgs args, int sweep, int round) {
+    block_jacobi_phase_kernel(const BlockJacobiArgs args, int sweep, int round) {
   extern __shared__ __align__(16) unsigned char smem[];
   for (int64_t b = blockIdx.y; b < args.batch; b += gridDim.y) {
-    apply_tile<kTile>(args, b, static_cast<int>(blockIdx.x), sweep, round, smem);
+    if constexpr (kPhase == Phase::kSolve) {
+      solve_pair<kTile>(args, b, static_cast<int>(blockIdx.x), sweep, round, smem);
+    } else {
+      apply_tile<kTile>(args, b, static_cast<int>(blockIdx.x), sweep, round, smem);
+    }
   }
 }
 
@@ -290,17 +287,17 @@ cudaError_t run_block_jacobi(const BlockJacobiArgs& args, cudaStream_t stream) {
     }
   }
 
-  TRP_CUDA_TRY(allow_dynamic_smem(block_jacobi_solve_kernel<kTile>, solve_bytes));
-  TRP_CUDA_TRY(allow_dynamic_smem(block_jacobi_apply_kernel<kTile>, apply_bytes));
+  TRP_CUDA_TRY(allow_dynamic_smem(block_jacobi_phase_kernel<kTile, Phase::kSolve>, solve_bytes));
+  TRP_CUDA_TRY(allow_dynamic_smem(block_jacobi_phase_kernel<kTile, Phase::kApply>, apply_bytes));
   const unsigned int grid_y =
       static_cast<unsigned int>(args.batch < kMaxGridY ? args.batch : kMaxGridY);
   const dim3 solve_grid(pairs, grid_y), apply_grid(2 * pairs * pairs, grid_y);
   for (int sweep = 0; sweep < kBlockJacobiMaxSweeps; ++sweep) {
     for (int round = 0; round < static_cast<int>(2 * pairs) - 1; ++round) {
-      block_jacobi_solve_kernel<kTile>
+      block_jacobi_phase_kernel<kTile, Phase::kSolve>
           <<<solve_grid, kThreads, solve_bytes, stream>>>(args, sweep, round);
       TRP_CUDA_TRY(TRP_LAUNCH_STATUS());
-      block_jacobi_apply_kernel<kTile>
+      block_jacobi_phase_kernel<kTile, Phase::kApply>
           <<<apply_grid, kThreads, apply_bytes, stream>>>(args, sweep, round);
       TRP_CUDA_TRY(TRP_LAUNCH_STATUS());
     }
