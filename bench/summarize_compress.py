@@ -1,7 +1,8 @@
 """Prints the markdown table of a bench_compress.py JSON: per model, scheme and runtime, each
 impl's median latency, its speed-up over dense, its conv FLOP speed-up and the fraction of the
-FLOP speed-up it realises; then the two goals checked.
-Usage: python bench/summarize_compress.py RESULT.json"""
+FLOP speed-up it realises; then the two goals checked. Several JSONs (e.g. one pytest process
+per network, TRP_BENCH_MODELS) are read as one run.
+Usage: python bench/summarize_compress.py RESULT.json [RESULT.json ...]"""
 
 from __future__ import annotations
 
@@ -18,18 +19,23 @@ def stderr(stats) -> float:
     return 1.2533 * stats["iqr"] / 1.349 / math.sqrt(stats["rounds"])
 
 
-def load(path):
-    with open(path) as f:
-        data = json.load(f)
-    cases = defaultdict(dict)
-    for b in data["benchmarks"]:
-        info = b["extra_info"]
-        cases[info["case"]][info["impl"]] = (b["stats"], info)
-    return data, cases
+def load(paths):
+    """(the first JSON's data, case -> impl -> (stats, extra_info)) over all ``paths``."""
+    first, cases = None, defaultdict(dict)
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        first = first or data
+        for b in data["benchmarks"]:
+            info = b["extra_info"]
+            if info["impl"] in cases[info["case"]]:
+                raise ValueError(f"{path}: {info['case']} {info['impl']} is in two results")
+            cases[info["case"]][info["impl"]] = (b["stats"], info)
+    return first, cases
 
 
-def main(path):
-    data, cases = load(path)
+def main(paths):
+    data, cases = load(paths)
     machine = data.get("machine_info", {})
     print(f"Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, "
           f"torch {machine.get('trp', {}).get('torch')}, "
@@ -74,4 +80,6 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])
