@@ -19,6 +19,15 @@ def stderr(stats) -> float:
     return 1.2533 * stats["iqr"] / 1.349 / math.sqrt(stats["rounds"])
 
 
+def interleaved(extra) -> str:
+    """The measured choice's own final check, dense and chosen model timed in interleaved
+    rounds: unlike two benchmarks run minutes apart, immune to the machine's drift."""
+    if "measured_before" not in extra:
+        return "no interleaved check recorded"
+    return (f"in the choice's interleaved check {1e3 * extra['measured_after']:.2f} vs "
+            f"{1e3 * extra['measured_before']:.2f} ms dense")
+
+
 def load(paths):
     """(the first JSON's data, case -> impl -> (stats, extra_info)) over all ``paths``."""
     first, cases = None, defaultdict(dict)
@@ -65,7 +74,8 @@ def main(paths):
                 goals.append((f"{case} measured >= dense within noise",
                               stats["median"] <= dense["median"] + noise,
                               f"{1e3 * stats['median']:.2f} vs {1e3 * dense['median']:.2f} "
-                              f"ms (noise {1e3 * noise:.2f})"))
+                              f"ms (noise {1e3 * noise:.2f}); "
+                              + interleaved(extra)))
             if impl == "energy0.9" and info["model"] == "resnet18" \
                     and info["scheme"] == "channel" and info["runtime"] == "onnxruntime":
                 goals.append((f"{case} energy0.9 realises >= 0.75 of its FLOP speed-up",
