@@ -10,21 +10,24 @@ impl:
 
 TRP-like spectra: a trained (TRP) conv's singular values decay; random init's do not. Every
 decomposable conv's weight is therefore set, in the scheme's matrix view, to U diag(s) V^T with
-random orthonormal U, V (Householder reflections of the identity, rows permuted) and s_i = i^(-1/2) (squared singular values decaying like 1/i), scaled
-to the init's Frobenius norm. With it, energy 0.9 keeps about half the rank of a 512-wide layer.
+random orthonormal U, V (Householder reflections of the identity, rows permuted) and
+s_i = i^(-1/2) (squared singular values decaying like 1/i), scaled to the init's Frobenius norm.
+With it, energy 0.9 keeps about half the rank of a 512-wide layer.
 
 Every benchmark records the model's conv FLOP speed-up (and, for budget and measured, which
 layers stayed dense) in extra_info; bench/summarize_compress.py prints the table. CPU only
 (ONNX Runtime's CPU provider).
 
-Cost control (a ResNet-56 forward at batch 64 takes 1 to 4 s on a loaded 2-core CPU, and the
-measured choice times the whole model against the dense one at every step of its bisection):
-each (model, scheme)'s TRP-like base is built once and copied for every impl; the measured
-choice uses MEASURE_METER (TRP_BENCH_MEASURE_ROUNDS rounds, default 4, the fewest that give a
-noise estimate; one warm-up call); ResNet-56 is timed in fewer rounds than ResNet-18.
-TRP_BENCH_MODELS=resnet18 and TRP_BENCH_SCHEMES=spatial (comma-separated) run a subset, so each
-network (and scheme) can run in its own pytest process and write its own --benchmark-json (pytest-benchmark writes only at the end);
-bench/summarize_compress.py reads several JSONs as one table.
+Cost control (a ResNet-56 forward at batch 64 takes about a second on a loaded 2-core CPU,
+see bench/results/cpu-2core-compress-*.json, and the measured choice times the whole model
+against the dense one at every step of its bisection): each (model, scheme)'s TRP-like base is
+built once and copied for every impl, and every impl of a case is built before any is timed;
+the measured choice uses measure_meter (TRP_BENCH_MEASURE_ROUNDS rounds, default 4, the fewest
+that give a noise estimate; one warm-up call); ResNet-56 is timed in fewer rounds than
+ResNet-18. TRP_BENCH_MODELS=resnet18 and TRP_BENCH_SCHEMES=spatial (comma-separated) run a
+subset, so each network (and scheme) can run in its own pytest process and write its own
+--benchmark-json (pytest-benchmark writes only at the end); bench/summarize_compress.py reads
+several JSONs as one table.
 TRP_BENCH_QUICK=1: CIFAR ResNet-20 at batch 2, every impl, scheme and runtime, 3 rounds.
 """
 
@@ -140,9 +143,9 @@ def runner(model, x, runtime):
 @pytest.fixture(autouse=True)
 def quick_single_thread():
     """Quick mode is a smoke run (CI, a shared machine): one thread, because two OpenMP threads
-    that spin-wait on an oversubscribed CPU make a torch forward up to 50x slower (ResNet-20 at
-    batch 2: 1.6 s with 2 threads and load 9, 0.015 s with 1). Full runs keep the caller's
-    threads; run them with OMP_WAIT_POLICY=PASSIVE on a shared machine."""
+    that spin-wait on an oversubscribed CPU make a small torch forward many times slower than
+    one thread does. Full runs keep the caller's threads; run them with OMP_WAIT_POLICY=PASSIVE
+    on a shared machine (docs/compression.md, Benchmark)."""
     if not QUICK:
         yield
         return
@@ -163,6 +166,11 @@ PARAMS = [(f"{name}-{scheme}-b{MODELS[name][0]}-{runtime}", name, scheme, runtim
 def test_compressed_model(benchmark, case, name, scheme, runtime, impl):
     if runtime == "onnxruntime":
         pytest.importorskip("onnxruntime")
+    # Every impl of the case is built before any is timed, so the case's five benchmarks run
+    # back to back, not minutes apart (the measured choice takes that long): on a shared
+    # machine whose speed drifts, the ratios to dense then compare like with like.
+    for other in IMPLS:
+        built(name, scheme, other, runtime)
     model, x, report = built(name, scheme, impl, runtime)
     benchmark.group = case
     benchmark.extra_info.update(
