@@ -1,7 +1,8 @@
 """Prints the markdown table of a bench_compress.py JSON: per model, scheme and runtime, each
 impl's median latency, its speed-up over dense, its conv FLOP speed-up and the fraction of the
-FLOP speed-up it realises; then the two goals checked.
-Usage: python bench/summarize_compress.py RESULT.json"""
+FLOP speed-up it realises; then the two goals checked. Several JSONs (e.g. one pytest process
+per network, TRP_BENCH_MODELS) are read as one run.
+Usage: python bench/summarize_compress.py RESULT.json [RESULT.json ...]"""
 
 from __future__ import annotations
 
@@ -18,18 +19,32 @@ def stderr(stats) -> float:
     return 1.2533 * stats["iqr"] / 1.349 / math.sqrt(stats["rounds"])
 
 
-def load(path):
-    with open(path) as f:
-        data = json.load(f)
-    cases = defaultdict(dict)
-    for b in data["benchmarks"]:
-        info = b["extra_info"]
-        cases[info["case"]][info["impl"]] = (b["stats"], info)
-    return data, cases
+def interleaved(extra) -> str:
+    """The measured choice's own final check, dense and chosen model timed in interleaved
+    rounds: unlike two benchmarks run minutes apart, immune to the machine's drift."""
+    if "measured_before" not in extra:
+        return "no interleaved check recorded"
+    return (f"in the choice's interleaved check {1e3 * extra['measured_after']:.2f} vs "
+            f"{1e3 * extra['measured_before']:.2f} ms dense")
 
 
-def main(path):
-    data, cases = load(path)
+def load(paths):
+    """(the first JSON's data, case -> impl -> (stats, extra_info)) over all ``paths``."""
+    first, cases = None, defaultdict(dict)
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        first = first or data
+        for b in data["benchmarks"]:
+            info = b["extra_info"]
+            if info["impl"] in cases[info["case"]]:
+                raise ValueError(f"{path}: {info['case']} {info['impl']} is in two results")
+            cases[info["case"]][info["impl"]] = (b["stats"], info)
+    return first, cases
+
+
+def main(paths):
+    data, cases = load(paths)
     machine = data.get("machine_info", {})
     print(f"Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, "
           f"torch {machine.get('trp', {}).get('torch')}, "
@@ -59,7 +74,8 @@ def main(path):
                 goals.append((f"{case} measured >= dense within noise",
                               stats["median"] <= dense["median"] + noise,
                               f"{1e3 * stats['median']:.2f} vs {1e3 * dense['median']:.2f} "
-                              f"ms (noise {1e3 * noise:.2f})"))
+                              f"ms (noise {1e3 * noise:.2f}); "
+                              + interleaved(extra)))
             if impl == "energy0.9" and info["model"] == "resnet18" \
                     and info["scheme"] == "channel" and info["runtime"] == "onnxruntime":
                 goals.append((f"{case} energy0.9 realises >= 0.75 of its FLOP speed-up",
@@ -74,4 +90,6 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])
