@@ -121,34 +121,43 @@ class Tucker2Projection:
 
 
 class DecoupledProjection:
-    """Every filter of a weight as a C x (kh*kw) matrix: buffers [G, N, C, kh*kw]."""
+    """Every filter of a weight as a C x (kh*kw) matrix: buffers [G, N, C, kh*kw], also seen
+    as [G*N, C, kh*kw] so that the rank-r products are single ``bmm`` calls."""
 
     def __init__(self, weights: list[torch.Tensor]):
         self.groups = StackedGroups(weights, MATRIX_VIEWS["per_filter"])
         self.ranks: list[torch.Tensor] | None = None
+        # Built once: per group the flat batch views and the positions 0..k-1 of the singular
+        # values, [1, 1, k], for the rank masks.
+        self._flat_buffers = [b.view(-1, *b.shape[-2:]) for b in self.groups.buffers]
+        self._flat_subgrads = [b.view(-1, *b.shape[-2:]) for b in self.groups.subgrad_buffers]
+        self._positions = [torch.arange(min(b.shape[-2:]), device=b.device).view(1, 1, -1)
+                           for b in self.groups.buffers]
 
     def fits(self, weights) -> bool:
         return self.groups.fits(weights)
 
     def compute(self, weights, energy: float, keep_low: bool, keep_subgrad: bool) -> None:
         groups = self.groups
-        # Every filter's energy rank (one op call for all groups); the outputs are not kept.
+        # Every filter's energy rank (one op call for all groups); its outputs are not kept.
         filter_ranks = groups.project(weights, energy, keep_low=False, keep_subgrad=False)
         lows, subs, shared_ranks = [], [], []
-        for buffer, ranks in zip(groups.buffers, filter_ranks):
-            U, S, V, _ = svd.truncated_svd(buffer, check_finite=False)   # [G, N, ., k]
+        for g, ranks in enumerate(filter_ranks):
+            G, N = ranks.shape
+            U, S, V, _ = svd.truncated_svd(self._flat_buffers[g], check_finite=False)
             shared = ranks.amax(-1, keepdim=True)                          # [G, 1]
-            keep = torch.arange(S.shape[-1], device=S.device) < shared.unsqueeze(-1)
+            keep = (self._positions[g] < shared.unsqueeze(-1)).expand(G, N, -1)   # [G, N, k]
+            keep = keep.reshape(G * N, 1, -1)
             Vt = V.mT
             if keep_low:
-                lows.append((U * (S * keep).unsqueeze(-2)) @ Vt)
+                lows.append(torch.bmm(U * (S.unsqueeze(-2) * keep), Vt))
             if keep_subgrad:
-                subs.append((U * keep.unsqueeze(-2)) @ Vt)
+                subs.append(torch.bmm(U * keep, Vt))
             shared_ranks.append(shared)
         if keep_low:
-            torch._foreach_copy_(groups.buffers, lows)
+            torch._foreach_copy_(self._flat_buffers, lows)
         if keep_subgrad:
-            torch._foreach_copy_(groups.subgrad_buffers, subs)
+            torch._foreach_copy_(self._flat_subgrads, subs)
         self.ranks = shared_ranks
 
     @property
