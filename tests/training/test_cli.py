@@ -261,3 +261,18 @@ def test_python_dash_m_entry_point(tmp_path):
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert result.returncode == 2
     assert result.stderr.strip() == "trp_kernels train: error: energy must be in (0, 1], got 2.0"
+
+
+def test_the_configuration_takes_the_four_formats_and_a_stored_rank_pair():
+    from trp_kernels.training import SCHEMES, ConfigError, TrainConfig
+
+    assert SCHEMES == ("channel", "spatial", "tucker2", "decoupled")
+    for scheme in SCHEMES:
+        TrainConfig(scheme=scheme, method="lowrank", rank=0.5).validate()
+    stored = TrainConfig(scheme="tucker2", method="lowrank", rank=[0.25, 8])   # JSON's pair
+    stored.validate()
+    assert stored.rank_spec == (0.25, 8)
+    with pytest.raises(ConfigError, match="penalty_kind"):
+        TrainConfig(penalty_kind="hard").validate()
+    with pytest.raises(ConfigError, match="scheme"):
+        TrainConfig(scheme="tucker3").validate()
