@@ -149,9 +149,10 @@ def markdown(table: list[dict], command: str, meta: dict) -> str:
         f"Digits (1,437 train / 360 test images), ResNet-20 with stage strides "
         f"{tuple(DIGITS_STAGE_STRIDES)}, {meta['epochs']} epochs, seeds "
         f"{', '.join(map(str, meta['seeds']))}; mean ± std over seeds. Produced by "
-        f"`{command}` ({meta['wall_s'] / 60:.0f} min on {meta['machine']} shared with other "
-        f"jobs: 1-minute load average {meta['load_average_at_start'][0]:.1f} at the start, "
-        f"{meta['load_average_at_end'][0]:.1f} at the end).",
+        f"`{command}` ({meta['wall_s'] / 60:.0f} min for this call, which reads the runs "
+        f"already finished in --runs instead of repeating them, on {meta['machine']} shared "
+        f"with other jobs: 1-minute load average {meta['load_average_at_start'][0]:.1f} at the "
+        f"start, {meta['load_average_at_end'][0]:.1f} at the end).",
         "",
         "| method | scheme | test accuracy | conv FLOP speed-up | params | training CPU s |",
         "|---|---|---|---|---|---|",
