@@ -12,6 +12,9 @@ speed-up?" is answered at equal cost:
   lowrank  the largest rank fraction (in 1/64 steps; for tucker2 one fraction for both ranks)
            whose speed-up is at least TRP+Nu's, with each orthogonality penalty ("so" and
            ELRT's double-soft "dso").
+With ``--common-speedup X`` every format also trains low-rank from scratch (its default
+penalty) at the largest rank fraction whose speed-up is at least X, the same X for all: the rows
+that compare the formats with each other at equal cost (``--no-matched`` runs only those).
 A second table gives TRP's time cost per projection period (channel scheme, first seed): the
 median CPU time of an epoch's training steps (evaluation excluded) against the baseline's. CPU
 time, because wall time on cores shared with other jobs measures the other jobs.
@@ -176,6 +179,11 @@ def main(argv=None) -> int:
                         help="fine-tuning lengths of the decomposition rows (0 is always run)")
     parser.add_argument("--periods", type=int, nargs="*", default=[1, 2, 5, 10, 20])
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
+    parser.add_argument("--common-speedup", type=float, default=None,
+                        help="also train every format low-rank from scratch at this speed-up")
+    parser.add_argument("--no-matched", action="store_true",
+                        help="leave out the rows matched to TRP+Nu (baseline and "
+                             "--common-speedup rows only)")
     parser.add_argument("--runs", default="runs/compare-digits")
     parser.add_argument("--results", default="docs/results")
     args = parser.parse_args(argv)
@@ -195,7 +203,7 @@ def main(argv=None) -> int:
         base = train(out("baseline"), "--method", "baseline", *seeded)
         add("baseline", "-", figures(base))
         baseline_model = os.path.join(out("baseline"), "model.pt")
-        for scheme in args.schemes:
+        for scheme in () if args.no_matched else args.schemes:
             trp = train(out(f"trp-{scheme}"), "--scheme", scheme, "--nuclear-weight", "0",
                         *seeded)
             add("TRP", scheme, figures(trp))
@@ -216,6 +224,12 @@ def main(argv=None) -> int:
                             *seeded)
                 add(f"low-rank from scratch (ELRT), {kind} penalty", scheme,
                     figures(low, rank_fraction=fraction, penalty_kind=kind))
+        for scheme in args.schemes if args.common_speedup else ():
+            fraction = matched_rank_fraction(scheme, args.common_speedup)
+            low = train(out(f"common{args.common_speedup:g}-lowrank-{scheme}"), "--method",
+                        "lowrank", "--scheme", scheme, "--rank", str(fraction), *seeded)
+            add(f"low-rank from scratch (ELRT) at >= {args.common_speedup:g}x", scheme,
+                figures(low, rank_fraction=fraction))
 
     seed = args.seeds[0]
     baseline_epoch_s = statistics.median(
