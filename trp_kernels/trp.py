@@ -22,6 +22,8 @@ each, so a step is a handful of tensor ops whatever the depth of the model. On a
 step the same call also yields the sub-gradient (as in the official code), so a TRP+Nu step
 costs one batched SVD per shape whatever the period; with lambda = 0 the off steps cost
 nothing. The ops run with ``check_finite=False``: no host synchronisation in a step.
+Tucker-2 and network decoupling project differently (two mode unfoldings; per-filter matrices
+at one rank per layer): trp_projections.py holds each format's projection.
 
 Under DistributedDataParallel every process holds the same weights, so every process computes
 the same projection. By default the projected weights and the nuclear sub-gradients are also
@@ -80,7 +82,7 @@ class TRPRegularizer:
             broadcast = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.broadcast = bool(broadcast)
         self.step = 0               # completed training steps (after_backward calls)
-        self._groups = projection_for(self.scheme, self._weights())
+        self._projection = projection_for(self.scheme, self._weights())
         self._subgrads_ready = False   # the sub-gradient buffers hold the current weights'
 
     @property
@@ -96,13 +98,13 @@ class TRPRegularizer:
     def _weights(self) -> list[torch.Tensor]:
         return [conv.weight for _, conv in self.layers]
 
-    def _current_groups(self):
-        """The weights and their groups, rebuilt if the weights moved or changed dtype since
+    def _current_projection(self):
+        """The weights and their projection (stacked groups), rebuilt if the weights moved or changed dtype since
         (model.to(...) after construction)."""
         weights = self._weights()
-        if not self._groups.fits(weights):
-            self._groups = projection_for(self.scheme, weights)
-        return weights, self._groups
+        if not self._projection.fits(weights):
+            self._projection = projection_for(self.scheme, weights)
+        return weights, self._projection
 
     # -- the two hooks -------------------------------------------------------------------------
     def before_forward(self) -> None:
@@ -116,30 +118,31 @@ class TRPRegularizer:
         step. Call it after ``loss.backward()`` (and after DDP's gradient all-reduce, which
         backward completes) and before ``optimizer.step()``."""
         if self.nuclear_weight > 0:
-            weights, groups = self._current_groups()
+            weights, projection = self._current_projection()
             if not self._subgrads_ready:
-                groups.compute(weights, self.energy, keep_low=False, keep_subgrad=True)
+                projection.compute(weights, self.energy, keep_low=False, keep_subgrad=True)
             if self.broadcast:
                 # The sub-gradient is added after DDP's all-reduce: rank 0's, so replicas get
                 # the same update even where the SVD is not bitwise reproducible.
-                self._broadcast(groups.subgrad_flats)
+                self._broadcast(projection.subgrad_flats)
             for w in weights:
                 if w.grad is None:
                     w.grad = torch.zeros_like(w)
-            groups.add_subgrad([w.grad for w in weights], self.nuclear_weight)
+            projection.add_subgrad([w.grad for w in weights], self.nuclear_weight)
         self._subgrads_ready = False
         self.step += 1
 
     # -- the operations ------------------------------------------------------------------------
     @torch.no_grad()
     def project(self) -> None:
-        """W <- U_r S_r V_r^T for every layer, r by the energy rule (whatever the step)."""
-        weights, groups = self._current_groups()
+        """Projects every layer now (whatever the step): W <- U_r S_r V_r^T of its matrix, r by
+        the energy rule, or the format's projection (trp_projections.py)."""
+        weights, projection = self._current_projection()
         want_subgrad = self.nuclear_weight > 0
-        groups.compute(weights, self.energy, keep_low=True, keep_subgrad=want_subgrad)
+        projection.compute(weights, self.energy, keep_low=True, keep_subgrad=want_subgrad)
         if self.broadcast:
-            self._broadcast(groups.low_flats)
-        groups.write_low(weights)
+            self._broadcast(projection.low_flats)
+        projection.write_low(weights)
         # The sub-gradient of this step is this SVD's (of the weights before the projection),
         # as in the official code; for the matrix schemes the projected weights are exactly
         # rank r with the same singular vectors, so it is also the one at the new weights.
@@ -157,7 +160,7 @@ class TRPRegularizer:
         """Each layer's rank at the last SVD (projection or sub-gradient): the energy rank, a
         pair (r_in, r_out) for tucker2, the layer's shared rank for decoupled; empty before
         the first. Reading them synchronises with the device."""
-        ranks = self._groups.layer_ranks()
+        ranks = self._projection.layer_ranks()
         if ranks is None:
             return {}
         return {name: rank for (name, _), rank in zip(self.layers, ranks)}
