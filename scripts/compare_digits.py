@@ -56,9 +56,19 @@ ARCH = {"in_channels": 1, "stage_strides": list(DIGITS_STAGE_STRIDES)}
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 
 
+class MissingRun(Exception):
+    """--read-only: a run the table needs has not finished."""
+
+
+READ_ONLY = False   # set by --read-only
+
+
 def train(out: str, *args: str) -> dict:
-    """The report of the run in ``out``: read if finished, resumed if interrupted, else run."""
+    """The report of the run in ``out``: read if finished, resumed if interrupted, else run
+    (with --read-only: MissingRun instead)."""
     report = os.path.join(out, "report.json")
+    if not os.path.exists(report) and READ_ONLY:
+        raise MissingRun(out)
     if not os.path.exists(report):
         resume = ["--resume"] if os.path.exists(os.path.join(out, "checkpoint.pt")) else []
         command = ["train", "--out", out, "--no-progress", *args, *resume]
@@ -157,17 +167,49 @@ def markdown(table: list[dict], command: str, meta: dict) -> str:
         f"with other jobs: 1-minute load average {meta['load_average_at_start'][0]:.1f} at the "
         f"start, {meta['load_average_at_end'][0]:.1f} at the end).",
         "",
-        "| method | scheme | test accuracy | conv FLOP speed-up | params | training CPU s |",
-        "|---|---|---|---|---|---|",
+    ]
+    if meta["missing_runs"]:
+        lines += ["", f"Read-only call: {len(meta['missing_runs'])} runs of the protocol had not "
+                      f"finished and are left out (the rows that depend on them too); the "
+                      f"seeds column says how many seeds each row averages. The JSON file "
+                      f"lists the missing runs."]
+    lines += [
+        "",
+        "| method | scheme | seeds | test accuracy | conv FLOP speed-up | params "
+        "| training CPU s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in table:
         s = row["summary"]
         lines.append(
-            f"| {row['label']} | {row['scheme']} "
+            f"| {row['label']} | {row['scheme']} | {len(row['runs'])} "
             f"| {100 * s['test_accuracy']['mean']:.2f} ± {100 * s['test_accuracy']['std']:.2f}% "
             f"| {s['flops_speedup']['mean']:.2f} ± {s['flops_speedup']['std']:.2f}x "
             f"| {s['params']['mean']:,.0f} | {s['train_cpu_s']['mean']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def matched_rows(args, scheme, seed, seeded, out, baseline_model, add) -> None:
+    """One seed's rows of one format: TRP, TRP+Nu, and decomposition and low-rank training
+    matched to TRP+Nu's speed-up."""
+    trp = train(out(f"trp-{scheme}"), "--scheme", scheme, "--nuclear-weight", "0", *seeded)
+    add("TRP", scheme, figures(trp))
+    nu = train(out(f"trp-nu-{scheme}"), "--scheme", scheme, *seeded)
+    add("TRP+Nu", scheme, figures(nu))
+    target = nu["flops_speedup"]
+    energy = matched_energy(baseline_model, scheme, target)
+    for epochs in (0, *args.finetune_epochs):
+        d = train(out(f"decomp-ft{epochs}-{scheme}"), "--method", "decomp", "--scheme", scheme,
+                  "--init", baseline_model, "--energy", str(energy),
+                  "--finetune-epochs", str(epochs), "--seed", str(seed))
+        label = "decomposition" + (f" + {epochs} epochs fine-tuning" if epochs else "")
+        add(label, scheme, figures(d, energy=energy, finetune_epochs=epochs))
+    fraction = matched_rank_fraction(scheme, target)
+    for kind in ("so", "dso"):
+        low = train(out(f"lowrank-{kind}-{scheme}"), "--method", "lowrank", "--scheme", scheme,
+                    "--rank", str(fraction), "--penalty-kind", kind, *seeded)
+        add(f"low-rank from scratch (ELRT), {kind} penalty", scheme,
+            figures(low, rank_fraction=fraction, penalty_kind=kind))
 
 
 def main(argv=None) -> int:
@@ -186,7 +228,13 @@ def main(argv=None) -> int:
                              "--common-speedup rows only)")
     parser.add_argument("--runs", default="runs/compare-digits")
     parser.add_argument("--results", default="docs/results")
+    parser.add_argument("--read-only", action="store_true",
+                        help="train nothing: tabulate the finished runs, leaving out the rows "
+                             "whose runs (or the runs they are matched to) have not finished")
     args = parser.parse_args(argv)
+    global READ_ONLY
+    READ_ONLY = args.read_only
+    missing: list[str] = []
     started, load_at_start = time.perf_counter(), os.getloadavg()
     load_digits()   # fail early, before any run, if scikit-learn's data is unavailable
     common = ["--epochs", str(args.epochs)]
@@ -204,30 +252,18 @@ def main(argv=None) -> int:
         add("baseline", "-", figures(base))
         baseline_model = os.path.join(out("baseline"), "model.pt")
         for scheme in () if args.no_matched else args.schemes:
-            trp = train(out(f"trp-{scheme}"), "--scheme", scheme, "--nuclear-weight", "0",
-                        *seeded)
-            add("TRP", scheme, figures(trp))
-            nu = train(out(f"trp-nu-{scheme}"), "--scheme", scheme, *seeded)
-            add("TRP+Nu", scheme, figures(nu))
-            target = nu["flops_speedup"]
-            energy = matched_energy(baseline_model, scheme, target)
-            for epochs in (0, *args.finetune_epochs):
-                d = train(out(f"decomp-ft{epochs}-{scheme}"), "--method", "decomp",
-                          "--scheme", scheme, "--init", baseline_model, "--energy", str(energy),
-                          "--finetune-epochs", str(epochs), "--seed", str(seed))
-                label = "decomposition" + (f" + {epochs} epochs fine-tuning" if epochs else "")
-                add(label, scheme, figures(d, energy=energy, finetune_epochs=epochs))
-            fraction = matched_rank_fraction(scheme, target)
-            for kind in ("so", "dso"):
-                low = train(out(f"lowrank-{kind}-{scheme}"), "--method", "lowrank",
-                            "--scheme", scheme, "--rank", str(fraction), "--penalty-kind", kind,
-                            *seeded)
-                add(f"low-rank from scratch (ELRT), {kind} penalty", scheme,
-                    figures(low, rank_fraction=fraction, penalty_kind=kind))
+            try:
+                matched_rows(args, scheme, seed, seeded, out, baseline_model, add)
+            except MissingRun as exc:
+                missing.append(str(exc))
         for scheme in args.schemes if args.common_speedup else ():
             fraction = matched_rank_fraction(scheme, args.common_speedup)
-            low = train(out(f"common{args.common_speedup:g}-lowrank-{scheme}"), "--method",
-                        "lowrank", "--scheme", scheme, "--rank", str(fraction), *seeded)
+            try:
+                low = train(out(f"common{args.common_speedup:g}-lowrank-{scheme}"), "--method",
+                            "lowrank", "--scheme", scheme, "--rank", str(fraction), *seeded)
+            except MissingRun as exc:
+                missing.append(str(exc))
+                continue
             add(f"low-rank from scratch (ELRT) at >= {args.common_speedup:g}x", scheme,
                 figures(low, rank_fraction=fraction))
 
@@ -241,8 +277,12 @@ def main(argv=None) -> int:
             name = f"trp-{'nu-' if weight != '0' else ''}channel-seed{seed}"
             if period != 1:
                 name = f"period{period}-" + name
-            report = train(os.path.join(args.runs, name), "--nuclear-weight", weight,
-                           "--period", str(period), *common, "--seed", str(seed))
+            try:
+                report = train(os.path.join(args.runs, name), "--nuclear-weight", weight,
+                               "--period", str(period), *common, "--seed", str(seed))
+            except MissingRun as exc:
+                missing.append(str(exc))
+                continue
             periods.append({"seed": seed, **period_row(report)})
 
     rows = [{"label": label, "scheme": scheme, "summary": summary(runs), "runs": runs}
@@ -255,7 +295,7 @@ def main(argv=None) -> int:
             "wall_s": time.perf_counter() - started, "command": command,
             "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})",
             "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "missing_runs": missing}
     os.makedirs(args.results, exist_ok=True)
     text = markdown(rows, command, meta)
     if periods:
