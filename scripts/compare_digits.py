@@ -19,7 +19,7 @@ A second table gives TRP's time cost per projection period (channel scheme, firs
 median CPU time of an epoch's training steps (evaluation excluded) against the baseline's. CPU
 time, because wall time on cores shared with other jobs measures the other jobs.
 
-    python scripts/compare_digits.py                  # seeds 0 1 2, about 40 min on 2 cores
+    python scripts/compare_digits.py                  # seeds 0 1 2; over an hour on 2 cores
 
 Seeds may run in parallel processes (``--seeds 0`` and ``--seeds 1`` with the same --runs and
 another --results); a last call with all seeds then only reads the finished runs. ``--periods``
