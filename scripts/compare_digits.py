@@ -1,5 +1,6 @@
 """The paper's comparison on digits: baseline vs TRP (with and without the nuclear term) vs
-direct decomposition vs low-rank training from scratch, both schemes, several seeds.
+direct decomposition vs low-rank training from scratch, in the four low-rank formats (channel,
+spatial, tucker2, decoupled), several seeds.
 
 Every row is a ``python -m trp_kernels train`` run (called in-process). Direct decomposition
 and low-rank training are given the speed-up that TRP+Nu reached with the same scheme and seed
@@ -8,12 +9,21 @@ speed-up?" is answered at equal cost:
   decomp   the trained baseline (``--init``), decomposed at the largest energy whose conv FLOP
            speed-up is at least TRP+Nu's; without fine-tuning, and fine-tuned for 5 epochs and
            for as many epochs as TRP trains in all.
-  lowrank  the largest rank fraction (in 1/64 steps) whose speed-up is at least TRP+Nu's.
+  lowrank  the largest rank fraction (in 1/64 steps; for tucker2 one fraction for both ranks)
+           whose speed-up is at least TRP+Nu's, with each orthogonality penalty ("so" and
+           ELRT's double-soft "dso").
+With ``--common-speedup X`` every format also trains low-rank from scratch (its default
+penalty) at the largest rank fraction whose speed-up is at least X, the same X for all: the rows
+that compare the formats with each other at equal cost (``--no-matched`` runs only those).
 A second table gives TRP's time cost per projection period (channel scheme, first seed): the
 median CPU time of an epoch's training steps (evaluation excluded) against the baseline's. CPU
 time, because wall time on cores shared with other jobs measures the other jobs.
 
-    python scripts/compare_digits.py                  # seeds 0 1 2, about 15 min on 2 cores
+    python scripts/compare_digits.py                  # seeds 0 1 2, about 40 min on 2 cores
+
+Seeds may run in parallel processes (``--seeds 0`` and ``--seeds 1`` with the same --runs and
+another --results); a last call with all seeds then only reads the finished runs. ``--periods``
+with no value leaves out the period table.
 
 Runs go to --runs (one directory each; a finished run is reused, an interrupted one resumed),
 the table and every run's figures to --results (compare_digits.md / .json).
@@ -40,7 +50,7 @@ from trp_kernels.export import load_model
 from trp_kernels.flops import conv_macs
 from trp_kernels.lowrank_train import make_lowrank
 from trp_kernels.models import create_model
-from trp_kernels.training import DIGITS_STAGE_STRIDES, TrainConfig
+from trp_kernels.training import DIGITS_STAGE_STRIDES, SCHEMES, TrainConfig
 
 ARCH = {"in_channels": 1, "stage_strides": list(DIGITS_STAGE_STRIDES)}
 EXAMPLE = torch.zeros(1, 1, 8, 8)
@@ -142,9 +152,10 @@ def markdown(table: list[dict], command: str, meta: dict) -> str:
         f"Digits (1,437 train / 360 test images), ResNet-20 with stage strides "
         f"{tuple(DIGITS_STAGE_STRIDES)}, {meta['epochs']} epochs, seeds "
         f"{', '.join(map(str, meta['seeds']))}; mean ± std over seeds. Produced by "
-        f"`{command}` ({meta['wall_s'] / 60:.0f} min on {meta['machine']} shared with other "
-        f"jobs: 1-minute load average {meta['load_average_at_start'][0]:.1f} at the start, "
-        f"{meta['load_average_at_end'][0]:.1f} at the end).",
+        f"`{command}` ({meta['wall_s'] / 60:.0f} min for this call, which reads the runs "
+        f"already finished in --runs instead of repeating them, on {meta['machine']} shared "
+        f"with other jobs: 1-minute load average {meta['load_average_at_start'][0]:.1f} at the "
+        f"start, {meta['load_average_at_end'][0]:.1f} at the end).",
         "",
         "| method | scheme | test accuracy | conv FLOP speed-up | params | training CPU s |",
         "|---|---|---|---|---|---|",
@@ -166,7 +177,13 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune-epochs", type=int, nargs="+",
                         default=[TrainConfig.finetune_epochs, TrainConfig.epochs],
                         help="fine-tuning lengths of the decomposition rows (0 is always run)")
-    parser.add_argument("--periods", type=int, nargs="+", default=[1, 2, 5, 10, 20])
+    parser.add_argument("--periods", type=int, nargs="*", default=[1, 2, 5, 10, 20])
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
+    parser.add_argument("--common-speedup", type=float, default=None,
+                        help="also train every format low-rank from scratch at this speed-up")
+    parser.add_argument("--no-matched", action="store_true",
+                        help="leave out the rows matched to TRP+Nu (baseline and "
+                             "--common-speedup rows only)")
     parser.add_argument("--runs", default="runs/compare-digits")
     parser.add_argument("--results", default="docs/results")
     args = parser.parse_args(argv)
@@ -186,7 +203,7 @@ def main(argv=None) -> int:
         base = train(out("baseline"), "--method", "baseline", *seeded)
         add("baseline", "-", figures(base))
         baseline_model = os.path.join(out("baseline"), "model.pt")
-        for scheme in ("channel", "spatial"):
+        for scheme in () if args.no_matched else args.schemes:
             trp = train(out(f"trp-{scheme}"), "--scheme", scheme, "--nuclear-weight", "0",
                         *seeded)
             add("TRP", scheme, figures(trp))
@@ -201,15 +218,24 @@ def main(argv=None) -> int:
                 label = "decomposition" + (f" + {epochs} epochs fine-tuning" if epochs else "")
                 add(label, scheme, figures(d, energy=energy, finetune_epochs=epochs))
             fraction = matched_rank_fraction(scheme, target)
-            low = train(out(f"lowrank-{scheme}"), "--method", "lowrank", "--scheme", scheme,
-                        "--rank", str(fraction), *seeded)
-            add("low-rank from scratch (ELRT)", scheme, figures(low, rank_fraction=fraction))
+            for kind in ("so", "dso"):
+                low = train(out(f"lowrank-{kind}-{scheme}"), "--method", "lowrank",
+                            "--scheme", scheme, "--rank", str(fraction), "--penalty-kind", kind,
+                            *seeded)
+                add(f"low-rank from scratch (ELRT), {kind} penalty", scheme,
+                    figures(low, rank_fraction=fraction, penalty_kind=kind))
+        for scheme in args.schemes if args.common_speedup else ():
+            fraction = matched_rank_fraction(scheme, args.common_speedup)
+            low = train(out(f"common{args.common_speedup:g}-lowrank-{scheme}"), "--method",
+                        "lowrank", "--scheme", scheme, "--rank", str(fraction), *seeded)
+            add(f"low-rank from scratch (ELRT) at >= {args.common_speedup:g}x", scheme,
+                figures(low, rank_fraction=fraction))
 
     seed = args.seeds[0]
     baseline_epoch_s = statistics.median(
         h["train_cpu_s"]
         for h in train(os.path.join(args.runs, f"baseline-seed{seed}"))["history"])
-    periods = []
+    periods: list[dict] = []
     for period in args.periods:
         for weight in ("0", str(TrainConfig.nuclear_weight)):
             name = f"trp-{'nu-' if weight != '0' else ''}channel-seed{seed}"
@@ -221,7 +247,7 @@ def main(argv=None) -> int:
 
     rows = [{"label": label, "scheme": scheme, "summary": summary(runs), "runs": runs}
             for (label, scheme), runs in table.items()]
-    order = {"-": 0, "channel": 1, "spatial": 2}
+    order = {"-": 0, **{s: i + 1 for i, s in enumerate(SCHEMES)}}
     rows.sort(key=lambda r: order[r["scheme"]])
     command = "python scripts/compare_digits.py" + (
         f" {' '.join(argv)}" if argv else (" " + " ".join(sys.argv[1:])).rstrip())
@@ -231,7 +257,9 @@ def main(argv=None) -> int:
             "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
             "torch": torch.__version__}
     os.makedirs(args.results, exist_ok=True)
-    text = markdown(rows, command, meta) + "\n" + period_markdown(periods, baseline_epoch_s)
+    text = markdown(rows, command, meta)
+    if periods:
+        text += "\n" + period_markdown(periods, baseline_epoch_s)
     with open(os.path.join(args.results, "compare_digits.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows, "periods": periods,
                    "baseline_epoch_train_cpu_s": baseline_epoch_s}, f, indent=2)

@@ -50,13 +50,20 @@ def pair(value, name: str) -> list[int]:
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
-SCHEMES = ("channel", "spatial")
+FUSED_SCHEMES = ("channel", "spatial")   # the formats the lowrank_conv2d op runs
+
+
+def fused_scheme(value) -> str:
+    if value not in FUSED_SCHEMES:
+        raise ValueError(f"scheme must be 'channel' or 'spatial', got {value!r}")
+    return value
 
 
 def scheme(value) -> str:
-    if value not in SCHEMES:
-        raise ValueError(f"scheme must be 'channel' or 'spatial', got {value!r}")
-    return value
+    """A format name of geometry.SCHEMES (the one registry); ValueError naming ``scheme``."""
+    from . import geometry   # geometry imports this module
+
+    return geometry.scheme(value).name
 
 
 # -- option values shared by the Python API and the trainer (one home for each rule) -----------

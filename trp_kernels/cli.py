@@ -11,8 +11,8 @@ import argparse
 import os
 import sys
 
-from ._checks import SCHEMES
-from .training import (DATASETS, LR_SCHEDULES, METHODS, TRAIN_MODELS, TrainConfig,
+from .lowrank_train import PENALTY_KINDS
+from .training import (DATASETS, LR_SCHEDULES, METHODS, SCHEMES, TRAIN_MODELS, TrainConfig,
                        TrainingDiverged, prepare, prepare_resume, run)
 
 PROG = "trp_kernels"
@@ -30,8 +30,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message}")
 
 
-def _rank(text: str):
-    """An int (a rank cap, e.g. 8) or a float (a fraction of full rank, e.g. 0.25)."""
+def _rank_part(text: str):
     try:
         return int(text)
     except ValueError:
@@ -40,7 +39,20 @@ def _rank(text: str):
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"must be an int (rank) or a fraction of full rank in (0, 1], got {text!r}") from None
+            f"must be an int (rank) or a fraction of full rank in (0, 1], or for tucker2 a "
+            f"pair R_IN,R_OUT of those, got {text!r}") from None
+
+
+def _rank(text: str):
+    """An int (a rank cap, e.g. 8), a float (a fraction of full rank, e.g. 0.25), or two of
+    those separated by a comma (tucker2's (r_in, r_out), e.g. 0.25,0.5). The values are checked
+    by the format's own rule when the configuration is validated."""
+    parts = text.split(",")
+    if len(parts) == 2:
+        return tuple(_rank_part(p) for p in parts)
+    if len(parts) != 1:
+        raise argparse.ArgumentTypeError(f"must be one value or a pair R_IN,R_OUT, got {text!r}")
+    return _rank_part(text)
 
 
 def _train_parser(subparsers) -> argparse.ArgumentParser:
@@ -59,7 +71,9 @@ def _train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--model", choices=TRAIN_MODELS, help=f"(default {d.model})")
     g = p.add_argument_group("method")
     g.add_argument("--method", choices=METHODS, help=f"(default {d.method})")
-    g.add_argument("--scheme", choices=SCHEMES, help=f"(default {d.scheme})")
+    g.add_argument("--scheme", choices=SCHEMES,
+                   help=f"the low-rank format of trp, decomp and lowrank (baseline ignores "
+                        f"it) (default {d.scheme})")
     g.add_argument("--energy", type=float,
                    help="trp: energy of the projection (default 0.9); decomp: energy of the "
                         "decomposition (default 0.9 unless --rank is given)")
@@ -76,14 +90,20 @@ def _train_parser(subparsers) -> argparse.ArgumentParser:
                         "(both apply when both are given)")
     g.add_argument("--rank", type=_rank,
                    help="lowrank (required) and decomp: an int rank cap, or a float fraction "
-                        "of each layer's full rank")
+                        "of each layer's full rank; for tucker2 one value applies to both "
+                        "ranks, R_IN,R_OUT gives the pair")
     g.add_argument("--finetune-epochs", dest="finetune_epochs", type=int,
                    help=f"decomp: fine-tuning epochs after the decomposition "
                         f"(default {d.finetune_epochs})")
     g.add_argument("--init", help="decomp: model.pt of a trained baseline run to decompose "
                                   "instead of training one")
     g.add_argument("--orth-weight", dest="orth_weight", type=float,
-                   help=f"lowrank: weight of the orthogonality penalty (default {d.orth_weight})")
+                   help=f"lowrank: weight of the orthogonality penalty, 0 = off "
+                        f"(default {d.orth_weight})")
+    g.add_argument("--penalty-kind", dest="penalty_kind", choices=PENALTY_KINDS,
+                   help="lowrank: the orthogonality penalty, so = ||A^T A - I||^2, dso = ELRT's "
+                        "double soft ||A^T A - I||^2 + ||A A^T - I||^2 (default: dso for "
+                        "tucker2, so otherwise)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help=f"(default {d.epochs})")
     g.add_argument("--batch-size", dest="batch_size", type=int, help=f"(default {d.batch_size})")

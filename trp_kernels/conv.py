@@ -25,7 +25,7 @@ def _conv_args(x, weight1, weight2, bias, stride, padding, dilation, scheme):
         _checks.pair(stride, "stride"),
         _checks.pair(padding, "padding"),
         _checks.pair(dilation, "dilation"),
-        _checks.scheme(scheme),
+        _checks.fused_scheme(scheme),
     )
 
 

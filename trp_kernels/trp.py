@@ -22,6 +22,8 @@ each, so a step is a handful of tensor ops whatever the depth of the model. On a
 step the same call also yields the sub-gradient (as in the official code), so a TRP+Nu step
 costs one batched SVD per shape whatever the period; with lambda = 0 the off steps cost
 nothing. The ops run with ``check_finite=False``: no host synchronisation in a step.
+Tucker-2 and network decoupling project differently (two mode unfoldings; per-filter matrices
+at one rank per layer): trp_projections.py holds each format's projection.
 
 Under DistributedDataParallel every process holds the same weights, so every process computes
 the same projection. By default the projected weights and the nuclear sub-gradients are also
@@ -37,7 +39,7 @@ from torch import nn
 
 from . import _checks
 from .decompose import DecompositionReport, decompose_model, decomposable_layers
-from .trp_groups import MATRIX_VIEWS, StackedGroups
+from .trp_projections import projection_for
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -51,7 +53,8 @@ class TRPRegularizer:
     """TRP's projection and nuclear-norm sub-gradient for the decomposable convs of ``model``
     (an nn.Module or a DistributedDataParallel wrapping one).
 
-    scheme: "channel" or "spatial" (the matrix view of each weight).
+    scheme: "channel", "spatial", "tucker2" or "decoupled" (trp_projections.py: what each
+        projects).
     energy: the energy e in (0, 1] that picks each layer's rank at a projection (official 0.9).
     nuclear_weight: lambda >= 0 of the nuclear-norm sub-gradient (official 3e-4; 0 turns "+Nu"
         off).
@@ -79,9 +82,8 @@ class TRPRegularizer:
             broadcast = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.broadcast = bool(broadcast)
         self.step = 0               # completed training steps (after_backward calls)
-        self._groups = StackedGroups(self._weights(), MATRIX_VIEWS[self.scheme])
+        self._projection = projection_for(self.scheme, self._weights())
         self._subgrads_ready = False   # the sub-gradient buffers hold the current weights'
-        self._ranks: list[torch.Tensor] | None = None
 
     @property
     def energy(self) -> float:
@@ -96,13 +98,13 @@ class TRPRegularizer:
     def _weights(self) -> list[torch.Tensor]:
         return [conv.weight for _, conv in self.layers]
 
-    def _current_groups(self) -> tuple[list[torch.Tensor], StackedGroups]:
-        """The weights and their groups, rebuilt if the weights moved or changed dtype since
+    def _current_projection(self):
+        """The weights and their projection (stacked groups), rebuilt if the weights moved or changed dtype since
         (model.to(...) after construction)."""
         weights = self._weights()
-        if not self._groups.fits(weights):
-            self._groups = StackedGroups(weights, MATRIX_VIEWS[self.scheme])
-        return weights, self._groups
+        if not self._projection.fits(weights):
+            self._projection = projection_for(self.scheme, weights)
+        return weights, self._projection
 
     # -- the two hooks -------------------------------------------------------------------------
     def before_forward(self) -> None:
@@ -116,53 +118,52 @@ class TRPRegularizer:
         step. Call it after ``loss.backward()`` (and after DDP's gradient all-reduce, which
         backward completes) and before ``optimizer.step()``."""
         if self.nuclear_weight > 0:
-            weights, groups = self._current_groups()
+            weights, projection = self._current_projection()
             if not self._subgrads_ready:
-                self._ranks = groups.project(weights, self.energy, keep_low=False,
-                                             keep_subgrad=True)
+                projection.compute(weights, self.energy, keep_low=False, keep_subgrad=True)
             if self.broadcast:
                 # The sub-gradient is added after DDP's all-reduce: rank 0's, so replicas get
                 # the same update even where the SVD is not bitwise reproducible.
-                self._broadcast(groups.subgrad_flat)
+                self._broadcast(projection.subgrad_flats)
             for w in weights:
                 if w.grad is None:
                     w.grad = torch.zeros_like(w)
-            torch._foreach_add_([w.grad for w in weights], groups.subgrad_slots,
-                                alpha=self.nuclear_weight)
+            projection.add_subgrad([w.grad for w in weights], self.nuclear_weight)
         self._subgrads_ready = False
         self.step += 1
 
     # -- the operations ------------------------------------------------------------------------
     @torch.no_grad()
     def project(self) -> None:
-        """W <- U_r S_r V_r^T for every layer, r by the energy rule (whatever the step)."""
-        weights, groups = self._current_groups()
+        """Projects every layer now (whatever the step): W <- U_r S_r V_r^T of its matrix, r by
+        the energy rule, or the format's projection (trp_projections.py)."""
+        weights, projection = self._current_projection()
         want_subgrad = self.nuclear_weight > 0
-        self._ranks = groups.project(weights, self.energy, keep_low=True,
-                                     keep_subgrad=want_subgrad)
+        projection.compute(weights, self.energy, keep_low=True, keep_subgrad=want_subgrad)
         if self.broadcast:
-            self._broadcast(groups.flat)
-        torch._foreach_copy_(weights, groups.slots)
-        # The projected weights are exactly rank r with the same singular vectors, so this
-        # SVD's U_r V_r^T is also the sub-gradient at the weights this step trains with.
+            self._broadcast(projection.low_flats)
+        projection.write_low(weights)
+        # The sub-gradient of this step is this SVD's (of the weights before the projection),
+        # as in the official code; for the matrix schemes the projected weights are exactly
+        # rank r with the same singular vectors, so it is also the one at the new weights.
         self._subgrads_ready = want_subgrad
 
     @staticmethod
-    def _broadcast(flat: dict) -> None:
+    def _broadcast(flats: list) -> None:
         """Rank 0's values of the stacked buffers into every process: one collective each
-        (one per device and dtype of the layers, usually one)."""
-        for tensor in flat.values():
+        (one per device and dtype of the layers and per mode, usually one or two)."""
+        for tensor in flats:
             dist.broadcast(tensor, src=0)
 
     # -- what it has done ----------------------------------------------------------------------
-    def ranks(self) -> dict[str, int]:
-        """Each layer's energy rank at the last SVD (projection or sub-gradient); empty before
+    def ranks(self) -> dict:
+        """Each layer's rank at the last SVD (projection or sub-gradient): the energy rank, a
+        pair (r_in, r_out) for tucker2, the layer's shared rank for decoupled; empty before
         the first. Reading them synchronises with the device."""
-        if self._ranks is None:
+        ranks = self._projection.layer_ranks()
+        if ranks is None:
             return {}
-        host = [r.cpu() for r in self._ranks]
-        return {name: int(host[g][j].max()) for (name, _), (g, j)
-                in zip(self.layers, self._groups.where)}
+        return {name: rank for (name, _), rank in zip(self.layers, ranks)}
 
     def decompose(self, energy=None, threshold=None, rank=None,
                   example_input: torch.Tensor | None = None) -> DecompositionReport:

@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from . import svd
+from . import geometry, svd
 from .factorization import weight_to_matrix
 
 
@@ -72,6 +72,10 @@ class MatrixView:
 MATRIX_VIEWS: dict[str, MatrixView] = {
     "channel": MatrixView(lambda W: weight_to_matrix(W, "channel")),
     "spatial": MatrixView(lambda W: weight_to_matrix(W, "spatial")),
+    # Tucker-2's two mode unfoldings and decoupled's per-filter matrices (trp_projections.py).
+    "out_mode": MatrixView(geometry.OUT_MODE.to_matrix),
+    "in_mode": MatrixView(geometry.IN_MODE.to_matrix),
+    "per_filter": MatrixView(geometry.PER_FILTER.to_matrix),
 }
 
 

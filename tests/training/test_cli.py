@@ -68,6 +68,9 @@ def test_main_job_writes_model_and_report(main_run):
     ("trp", "spatial", ["--epochs", "1", "--nuclear-weight", "0", "--period", "2"]),
     ("decomp", "spatial", ["--epochs", "1", "--finetune-epochs", "1", "--energy", "0.8"]),
     ("lowrank", "channel", ["--epochs", "1", "--rank", "0.25"]),
+    ("trp", "tucker2", ["--epochs", "1"]),
+    ("trp", "decoupled", ["--epochs", "1", "--final-energy", "0.6"]),
+    ("lowrank", "decoupled", ["--epochs", "1", "--rank", "0.25", "--penalty-kind", "dso"]),
 ])
 def test_methods(tmp_path, method, scheme, extra):
     out = tmp_path / method
@@ -83,6 +86,21 @@ def test_methods(tmp_path, method, scheme, extra):
         assert [l["rank"] for l in r["layers"]] == [-(-l["full_rank"] // 4) for l in r["layers"]]
     if method == "decomp":
         assert [h["epoch"] for h in r["history"]] == [1, 2]
+
+
+def test_lowrank_tucker2_with_a_rank_pair_and_a_penalty(tmp_path):
+    out = tmp_path / "tucker2"
+    assert train(out, "--method", "lowrank", "--scheme", "tucker2", "--epochs", "1",
+                 "--rank", "0.25,0.5", "--penalty-kind", "so", "--orth-weight", "1e-2") == 0
+    r = report(out)
+    assert (r["method"], r["scheme"]) == ("lowrank", "tucker2")
+    assert r["config"]["penalty_kind"] == "so" and r["config"]["orth_weight"] == 1e-2
+    assert r["flops_speedup"] > 1
+    for layer in r["layers"]:
+        (r_in, r_out), (full_in, full_out) = layer["rank"], layer["full_rank"]
+        assert (r_in, r_out) == (-(-full_in // 4), -(-full_out // 2))
+    model = load_model(str(out / "model.pt"))
+    assert len(lowrank_layers(model)) == 18
 
 
 def test_cifar10_from_a_directory_in_the_python_format(tmp_path):
@@ -173,6 +191,15 @@ BAD = [
     (["--method", "lowrank", "--rank", "1.5"], "fraction of the full rank must be in (0, 1]"),
     (["--method", "lowrank", "--rank", "65"], "rank 65 exceeds the largest full rank (64)"),
     (["--rank", "x"], "--rank: must be an int"),
+    (["--rank", "1,2,3"], "--rank: must be one value or a pair"),
+    (["--method", "lowrank", "--rank", "0.25,0.5"], "a pair is for tucker2 only"),
+    (["--method", "lowrank", "--scheme", "tucker2", "--rank", "0.5,1.5"],
+     "fraction of the full rank must be in (0, 1]"),
+    (["--method", "lowrank", "--scheme", "tucker2", "--rank", "8,65"],
+     "rank 65 exceeds the largest full rank (64)"),
+    (["--scheme", "tucker3"], "--scheme: invalid choice"),
+    (["--penalty-kind", "hard"], "--penalty-kind: invalid choice"),
+    (["--orth-weight", "-1"], "orth_weight must be"),
     (["--period", "0"], "period must be an int >= 1"),
     (["--nuclear-weight", "-1"], "nuclear_weight must be"),
     (["--epochs", "0"], "epochs must be an int >= 1"),
@@ -234,3 +261,18 @@ def test_python_dash_m_entry_point(tmp_path):
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert result.returncode == 2
     assert result.stderr.strip() == "trp_kernels train: error: energy must be in (0, 1], got 2.0"
+
+
+def test_the_configuration_takes_the_four_formats_and_a_stored_rank_pair():
+    from trp_kernels.training import SCHEMES, ConfigError, TrainConfig
+
+    assert SCHEMES == ("channel", "spatial", "tucker2", "decoupled")
+    for scheme in SCHEMES:
+        TrainConfig(scheme=scheme, method="lowrank", rank=0.5).validate()
+    stored = TrainConfig(scheme="tucker2", method="lowrank", rank=[0.25, 8])   # JSON's pair
+    stored.validate()
+    assert stored.rank_spec == (0.25, 8)
+    with pytest.raises(ConfigError, match="penalty_kind"):
+        TrainConfig(penalty_kind="hard").validate()
+    with pytest.raises(ConfigError, match="scheme"):
+        TrainConfig(scheme="tucker3").validate()

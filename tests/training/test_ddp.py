@@ -8,11 +8,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from trp_kernels import training
+from trp_kernels import geometry, training
 from trp_kernels.models import resnet20
 from trp_kernels.trp import TRPRegularizer
 
 WORLD = 2
+SCHEMES = ("channel", "tucker2", "decoupled")
 
 
 def _free_port() -> int:
@@ -21,12 +22,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _regularizer_steps(rank, broadcast):
+def _regularizer_steps(rank, scheme, broadcast):
     """Five TRP+Nu steps (projection every 2) on data that differs between the processes."""
     torch.manual_seed(rank)        # different initial weights: DDP must make them rank 0's
     model = resnet20(in_channels=1, stage_strides=(1, 1, 2))
     ddp = torch.nn.parallel.DistributedDataParallel(model)
-    trp = TRPRegularizer(ddp, "channel", energy=0.6, nuclear_weight=1e-2, period=2,
+    trp = TRPRegularizer(ddp, scheme, energy=0.6, nuclear_weight=1e-2, period=2,
                          broadcast=broadcast)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
     data = torch.Generator().manual_seed(100 + rank)
@@ -41,7 +42,7 @@ def _regularizer_steps(rank, broadcast):
     trp.project()
     return {"weights": {name: conv.weight.detach().clone() for name, conv in trp.layers},
             "ranks": trp.ranks(),
-            "full_ranks": {name: min(conv.weight.shape[0], conv.weight[0].numel())
+            "full_ranks": {name: geometry.scheme(scheme).full_rank(conv.weight.shape)
                            for name, conv in trp.layers}}
 
 
@@ -50,9 +51,10 @@ def _worker(rank, port, out_dir):
                       WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    for broadcast in (False, True):
-        torch.save(_regularizer_steps(rank, broadcast),
-                   os.path.join(out_dir, f"trp-{broadcast}-{rank}.pt"))
+    for scheme in SCHEMES:
+        for broadcast in (False, True):
+            torch.save(_regularizer_steps(rank, scheme, broadcast),
+                       os.path.join(out_dir, f"trp-{scheme}-{broadcast}-{rank}.pt"))
     # The trainer as torchrun runs it: each process trains half of every batch.
     config = training.TrainConfig(epochs=1, batch_size=256, period=2)
     run = training.Run(training.prepare(config, os.path.join(out_dir, "run")), False,
@@ -68,12 +70,17 @@ def _worker(rank, port, out_dir):
 def test_every_process_projects_identically(tmp_path):
     mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD,
                        start_method="spawn")
-    for broadcast in (False, True):
-        a, b = (torch.load(tmp_path / f"trp-{broadcast}-{r}.pt") for r in range(WORLD))
-        assert a["ranks"] == b["ranks"]
-        assert all(a["ranks"][n] < a["full_ranks"][n] for n in a["ranks"])
-        for name, weight in a["weights"].items():
-            assert torch.equal(weight, b["weights"][name]), (broadcast, name)
+    for scheme in SCHEMES:
+        for broadcast in (False, True):
+            a, b = (torch.load(tmp_path / f"trp-{scheme}-{broadcast}-{r}.pt")
+                    for r in range(WORLD))
+            assert a["ranks"] == b["ranks"]
+            if scheme == "channel":
+                assert all(a["ranks"][n] < a["full_ranks"][n] for n in a["ranks"])
+            else:   # tucker2 pairs, decoupled's shared ranks: some layer is truncated
+                assert any(a["ranks"][n] != a["full_ranks"][n] for n in a["ranks"])
+            for name, weight in a["weights"].items():
+                assert torch.equal(weight, b["weights"][name]), (scheme, broadcast, name)
     trained = [torch.load(tmp_path / f"trained-{r}.pt") for r in range(WORLD)]
     assert trained[0].keys() == trained[1].keys()
     for name in trained[0]:

@@ -24,7 +24,7 @@ is written), checkpoints.py (the run's files), distributed.py (torchrun), evalua
 
 from ..data import DATASETS
 from .checkpoints import CHECKPOINT, CHECKPOINT_FORMAT, MODEL_FILE, REPORT, read_checkpoint
-from .config import DIGITS_STAGE_STRIDES, LR_SCHEDULES, TRAIN_MODELS, TrainConfig
+from .config import DIGITS_STAGE_STRIDES, LR_SCHEDULES, SCHEMES, TRAIN_MODELS, TrainConfig
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import evaluate
 from .loop import Run, cpu_threads, make_optimizer, run, train
@@ -35,6 +35,6 @@ __all__ = [
     "TrainConfig", "ConfigError", "TrainingDiverged", "Prepared", "Run", "Method",
     "prepare", "prepare_resume", "run", "train", "evaluate", "make_optimizer", "cpu_threads",
     "arch_kwargs", "read_checkpoint", "method_class",
-    "METHODS", "DATASETS", "TRAIN_MODELS", "LR_SCHEDULES", "DIGITS_STAGE_STRIDES",
+    "METHODS", "DATASETS", "TRAIN_MODELS", "LR_SCHEDULES", "SCHEMES", "DIGITS_STAGE_STRIDES",
     "CHECKPOINT", "CHECKPOINT_FORMAT", "MODEL_FILE", "REPORT", "RESUME_MAY_CHANGE",
 ]

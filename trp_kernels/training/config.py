@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .. import _checks
-from .._checks import SCHEMES
+from .. import _checks, geometry
 from ..data import DATASETS
+from ..lowrank_train import PENALTY_KINDS
 from .errors import ConfigError
 from .methods import METHODS, method_class
 
 TRAIN_MODELS = ("resnet20", "resnet32", "resnet56")
+SCHEMES = tuple(geometry.SCHEMES)        # the formats' one registry
 LR_SCHEDULES = ("cosine", "step")
 # Digits are 8x8: the paper's strides (1, 2, 2) would leave the last stage 2x2 pixels; one
 # downsampling step keeps 8x8, 8x8 and 4x4 (docs/training.md explains the choice).
@@ -30,13 +31,16 @@ class TrainConfig:
                                            # decomp: decomposition energy (0.9 when no rank)
     nuclear_weight: float = 3e-4           # trp "+Nu"; 0 turns it off
     period: int = 1                        # trp: project every period steps
-    rank: int | float | None = None        # lowrank (required) / decomp: int cap or fraction
+    rank: int | float | tuple | None = None   # lowrank (required) / decomp: int cap or
+                                           # fraction; tucker2 also a pair (r_in, r_out)
     final_threshold: float | None = 5e-2   # trp: the final decomposition's rule
     final_energy: float | None = None
     epochs: int = 15
     finetune_epochs: int = 5               # decomp
     init: str | None = None                # decomp: a model.pt of a trained baseline
-    orth_weight: float = 1e-3              # lowrank
+    orth_weight: float = 1e-3              # lowrank: weight of the orthogonality penalty
+    penalty_kind: str | None = None        # lowrank: "so" or "dso"; None: the format's
+                                           # default ("dso" for tucker2, "so" otherwise)
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -52,7 +56,7 @@ class TrainConfig:
         _choice(self.dataset, DATASETS, "dataset")
         _choice(self.model, TRAIN_MODELS, "model")
         _choice(self.method, METHODS, "method")
-        _choice(self.scheme, SCHEMES, "scheme")
+        _check(_checks.scheme, self.scheme)
         _choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         for name in ("energy", "final_energy"):
             if getattr(self, name) is not None:
@@ -73,12 +77,19 @@ class TrainConfig:
         _check(_checks.int_at_least, self.epochs, method.min_epochs(self), "epochs")
         if self.threads is not None:
             _check(_checks.int_at_least, self.threads, 1, "threads")
-        _check(_checks.rank_or_fraction, self.rank, "rank")
+        if self.penalty_kind is not None:
+            _choice(self.penalty_kind, PENALTY_KINDS, "penalty_kind")
+        _check(geometry.scheme(self.scheme).check_rank_spec, self.rank, "rank")
         method.check(self)
         if self.dataset == "cifar10" and not self.data_dir:
             raise ConfigError("dataset cifar10 needs data_dir: the cifar-10-batches-py directory")
 
     # -- derived -------------------------------------------------------------------------------
+    @property
+    def rank_spec(self):
+        """The rank as the format takes it (a JSON-stored pair comes back as a tuple)."""
+        return geometry.scheme(self.scheme).check_rank_spec(self.rank, "rank")
+
     @property
     def trp_energy(self) -> float:
         return 0.9 if self.energy is None else self.energy

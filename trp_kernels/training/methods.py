@@ -135,7 +135,9 @@ class TRP(Method):
         ranks = self.regularizer.ranks()
         decomposed = copy.deepcopy(run.model)
         report = self.final_decomposition(run, decomposed)
-        return {"mean_rank": sum(ranks.values()) / max(len(ranks), 1),
+        # tucker2's ranks are pairs (r_in, r_out): the mean is over both.
+        parts = [p for r in ranks.values() for p in (r if isinstance(r, tuple) else (r,))]
+        return {"mean_rank": sum(parts) / max(len(parts), 1),
                 "decomposed_test_accuracy": evaluate(decomposed, run.data, run.device),
                 "decomposed_speedup": report.flops_speedup}
 
@@ -193,7 +195,8 @@ class Decomp(Method):
         config = self.config
         run.dense_test_accuracy = evaluate(run.model, run.data, run.device)
         report = decompose_model(run.model, config.scheme, energy=config.decomp_energy,
-                                 rank=config.rank, layers=run.targets, example_input=run.example)
+                                 rank=config.rank_spec, layers=run.targets,
+                                 example_input=run.example)
         self.decomposed = True
         if run.writer:
             run.log(f"decomposed the baseline ({100 * run.dense_test_accuracy:.2f}% test "
@@ -213,8 +216,9 @@ class Decomp(Method):
 
 
 class LowRank(Method):
-    """ELRT: low-rank from step 0 (rank as an int or a fraction of full rank), with an
-    orthogonality penalty of weight ``orth_weight``."""
+    """ELRT: low-rank from step 0 (rank as an int or a fraction of full rank; a pair for
+    tucker2), with an orthogonality penalty of kind ``penalty_kind`` and weight
+    ``orth_weight``."""
 
     name = "lowrank"
 
@@ -226,11 +230,12 @@ class LowRank(Method):
         super().check(config)
 
     def setup_model(self, run, model) -> None:
-        make_lowrank(model, self.config.scheme, self.config.rank)
+        make_lowrank(model, self.config.scheme, self.config.rank_spec)
 
     def extra_loss(self, model):
         if self.config.orth_weight > 0:
-            return self.config.orth_weight * orthogonality_penalty(model)
+            return self.config.orth_weight * orthogonality_penalty(model,
+                                                                   self.config.penalty_kind)
         return None
 
 METHODS_BY_NAME = {cls.name: cls for cls in (Baseline, TRP, Decomp, LowRank)}

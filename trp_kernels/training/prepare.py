@@ -12,7 +12,7 @@ from torch import nn
 from ..data import ImageData, load_dataset, num_train_batches
 from ..decompose import decomposable_layers
 from ..export import load_model, lowrank_layers
-from ..factorization import full_rank
+from .. import geometry
 from ..models import create_model
 from . import distributed
 from .checkpoints import CHECKPOINT, MODEL_FILE, REPORT, read_checkpoint
@@ -99,11 +99,15 @@ def _prepare(config: TrainConfig, out_dir: str, checkpoint: dict | None) -> Prep
         raise ConfigError(f"batch_size {config.batch_size} is larger than the "
                           f"{len(data.train_y)} training images of {config.dataset}")
     dense = create_model(config.model, **arch_kwargs(config, data))
-    largest = max(full_rank(conv.weight.shape, config.scheme)
-                  for _, conv in decomposable_layers(dense))
-    if isinstance(config.rank, numbers.Integral) and config.rank > largest:
-        raise ConfigError(f"rank {config.rank} exceeds the largest full rank ({largest}) of "
-                          f"{config.model}'s layers in the {config.scheme} scheme")
+    scheme = geometry.scheme(config.scheme)
+    fulls = [scheme.rank_parts(scheme.full_rank(conv.weight.shape))
+             for _, conv in decomposable_layers(dense)]
+    spec = config.rank_spec
+    parts = spec if isinstance(spec, tuple) else (spec,) * len(fulls[0])
+    for part, largest in zip(parts, map(max, zip(*fulls))):
+        if isinstance(part, numbers.Integral) and part > largest:
+            raise ConfigError(f"rank {part} exceeds the largest full rank ({largest}) of "
+                              f"{config.model}'s layers in the {config.scheme} scheme")
     init_model = None
     if config.init is not None and checkpoint is None:
         init_model = load_model(config.init, create_model(config.model,
