@@ -88,8 +88,7 @@ class TrainConfig:
         if self.target_speedup is not None:
             _check(budget.check_target_speedup, self.target_speedup)
         _check(budget.check_rank_multiple, self.rank_multiple)
-        if self.measure is not None:
-            _choice(self.measure, latency.RUNTIMES, "measure")
+        _check(latency.meter, self.measure)   # also: is onnxruntime installed
         method.check(self)
         if self.dataset == "cifar10" and not self.data_dir:
             raise ConfigError("dataset cifar10 needs data_dir: the cifar-10-batches-py directory")
