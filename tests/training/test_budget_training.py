@@ -42,7 +42,7 @@ BAD = [
     (["--method", "decomp", "--target-speedup", "2", "--rank", "0.5"],
      "without energy and rank"),
     (["--method", "lowrank", "--target-speedup", "2", "--rank", "0.5"], "not both"),
-    (["--method", "lowrank"], "needs either rank"),
+    (["--method", "lowrank"], "needs rank"),
 ]
 
 

@@ -292,16 +292,17 @@ class LowRank(Method):
     @classmethod
     def check(cls, config) -> None:
         if (config.rank is None) == (config.target_speedup is None):
-            raise ConfigError("method lowrank needs either rank (an int, or a fraction of each "
+            raise ConfigError("method lowrank needs rank (an int, or a fraction of each "
                               "layer's full rank in (0, 1]) or target_speedup, not both")
         super().check(config)
 
     def setup_model(self, run, model) -> None:
-        # The fresh model is still on the CPU: the budget's example input is too.
-        example = run.data.batch_inputs(run.data.test_x[:1], torch.device("cpu"))
-        make_lowrank(model, self.config.scheme, self.config.rank_spec,
-                     example_input=example, target_speedup=self.config.target_speedup,
-                     rank_multiple=self.config.rank_multiple)
+        config, example = self.config, None
+        if config.target_speedup is not None:
+            # The fresh model is still on the CPU: the budget's example input is too.
+            example = run.data.batch_inputs(run.data.test_x[:1], torch.device("cpu"))
+        make_lowrank(model, config.scheme, config.rank_spec, example_input=example,
+                     target_speedup=config.target_speedup, rank_multiple=config.rank_multiple)
 
     def extra_loss(self, model):
         if self.config.orth_weight > 0:
