@@ -167,3 +167,71 @@ def test_bad_options(kwargs, error, match):
 def test_target_speedup_needs_an_example_input():
     with pytest.raises(ValueError, match="example_input is required"):
         tk.decompose_model(TinyNet(), target_speedup=2)
+
+
+# -- the budget for training from scratch (make_lowrank) and TRP's decomposition -------------
+
+def common_fraction_speedup(model, x, scheme, fraction, multiple):
+    """Conv FLOP speed-up of ``model`` decomposed at one rank fraction (decompose_model's own
+    rank= path, the dense fallback included)."""
+    return tk.decompose_model(copy.deepcopy(model), scheme, rank=fraction, example_input=x,
+                              rank_multiple=multiple, skip=()).flops_speedup
+
+
+@pytest.mark.parametrize("scheme, multiple, target", [("channel", 1, 1.5), ("channel", 2, 2.0),
+                                                       ("spatial", 1, 2.5)])
+def test_make_lowrank_budget_is_the_largest_common_fraction(scheme, multiple, target):
+    torch.manual_seed(0)
+    model, x = TinyNet(), torch.randn(1, 3, 8, 8)
+    fresh = copy.deepcopy(model)
+    report = tk.make_lowrank(model, scheme, rank=None, skip=(), example_input=x,
+                             target_speedup=target, rank_multiple=multiple)
+    assert report.flops_speedup >= target
+    # brute force: every fraction r/k at which a layer's rank changes; the speed-up of the
+    # largest one that meets the target is the one chosen, and any larger fraction misses it
+    fulls = [full_rank(conv.weight.shape, scheme) for _, conv in decomposable_layers(fresh, ())]
+    fractions = sorted({r / k for k in fulls for r in range(1, k + 1)})
+    speedups = [common_fraction_speedup(fresh, x, scheme, f, multiple) for f in fractions]
+    best = max(i for i, s in enumerate(speedups) if s >= target)
+    assert report.flops_speedup == speedups[best]
+    assert all(s < target for s in speedups[best + 1:])
+    for entry in report.layers:
+        assert entry.kept_dense or entry.rank % multiple == 0 or entry.rank == entry.full_rank
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rank": 0.5, "target_speedup": 2}, "target_speedup chooses the ranks itself"),
+    ({"rank": None, "target_speedup": 2, "example_input": None}, "example_input is required"),
+    ({"rank": None, "target_speedup": 1.0}, "target_speedup must be"),
+    ({"rank": None, "target_speedup": 2, "rank_multiple": 0}, "rank_multiple must be"),
+    ({"rank": None, "target_speedup": 500}, "largest reachable conv FLOP speed-up"),
+    ({"rank": None}, "rank is required"),
+])
+def test_make_lowrank_bad_budget_options(kwargs, match):
+    kwargs = {"example_input": torch.randn(1, 3, 8, 8), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        tk.make_lowrank(TinyNet(), "channel", skip=(), **kwargs)
+
+
+def test_make_lowrank_budget_is_for_channel_and_spatial():
+    with pytest.raises(ValueError, match="not supported for scheme 'tucker2'"):
+        tk.make_lowrank(TinyNet(), "tucker2", rank=None, skip=(), target_speedup=2,
+                        example_input=torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("options", [{"target_speedup": 2.0, "rank_multiple": 2},
+                                     {"energy": 0.8, "rank_multiple": 3}])
+def test_trp_decompose_passes_the_budget_options_through(options):
+    torch.manual_seed(1)
+    model, x = TinyNet(), torch.randn(1, 3, 8, 8)
+    reference = copy.deepcopy(model)
+    trp = tk.TRPRegularizer(model, "channel", skip=())
+    got = trp.decompose(example_input=x, **options)
+    want = tk.decompose_model(reference, "channel", example_input=x, skip=(), **options)
+    assert got.to_dict() == want.to_dict()
+    if "target_speedup" in options:
+        assert got.flops_speedup >= options["target_speedup"]
+    torch.testing.assert_close(model(x), reference(x))
+    with pytest.raises(ValueError, match="target_speedup must be"):
+        tk.TRPRegularizer(TinyNet(), "channel", skip=()).decompose(target_speedup=0.5,
+                                                                    example_input=x)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import geometry
 from .factorization import factors_from_svd, full_rank, weight_to_matrix
 from .flops import conv2d_macs, conv_costs, lowrank_macs
 from .layers import LowRankConv2d, _explicit_padding as explicit_padding
@@ -229,3 +230,54 @@ def energy_for_budget(model, layers, scheme, example_input, target_speedup,
     re-chosen at each epoch boundary so that training aims at the budget."""
     return plan_budget(model, layers, scheme, example_input, target_speedup,
                        rank_multiple).energy_level
+
+
+def fraction_for_budget(model: nn.Module, layers, scheme: str, example_input: torch.Tensor,
+                        target_speedup, rank_multiple: int = 1) -> float:
+    """For low-rank training from scratch (``make_lowrank``): the largest common fraction f of
+    each layer's full rank whose ranks (``geometry``'s ``layer_rank(f)``, rounded up to
+    ``rank_multiple``, dense where no cheaper) give a conv FLOP speed-up of at least
+    ``target_speedup``; so the speed-up is >= t and as close to it as one common fraction allows.
+    Why one fraction and not ``plan_budget``'s leximin energy: a freshly initialised weight has
+    a flat spectrum, so its kept energy only measures its rank fraction and the leximin ranks
+    carry no information that a common fraction lacks. The speed-up falls as f grows, so the
+    fraction is found by bisection over the fractions r/k at which some layer's rank changes.
+    Raises ValueError naming the largest reachable speed-up when t is out of reach."""
+    target = check_target_speedup(target_speedup)
+    rank_multiple = check_rank_multiple(rank_multiple)
+    if scheme not in CANDIDATES:
+        raise ValueError(f"target_speedup is not supported for scheme {scheme!r}")
+    fmt = geometry.scheme(scheme)
+    costs = {c.name: c for c in conv_costs(model, example_input)}
+    total_dense = sum(c.macs for c in costs.values())
+    others = total_dense - sum(costs[name].macs for name, _ in layers)
+    per_layer = []      # (full rank, MACs per rank, dense MACs, weight shape)
+    for name, conv in layers:
+        if name not in costs:
+            raise ValueError(f"layer {name!r} does not run on example_input")
+        hw = costs[name].input_hw
+        per_layer.append((fmt.full_rank(conv.weight.shape),
+                          factorised_macs(conv, scheme, 1, hw), costs[name].macs,
+                          tuple(conv.weight.shape)))
+
+    def speedup(fraction: float) -> float:
+        total = others
+        for full, per_rank, dense, shape in per_layer:
+            r = round_rank(fmt.layer_rank(fraction, shape), full, rank_multiple)
+            total += r * per_rank if r * per_rank < dense else dense
+        return total_dense / total
+
+    fractions = sorted({r / full for full, *_ in per_layer for r in range(1, full + 1)} | {1.0})
+    if speedup(fractions[0]) < target:
+        raise ValueError(
+            f"target_speedup {target:g} cannot be reached: the largest reachable conv FLOP "
+            f"speed-up is {speedup(fractions[0]):.4g}x (every decomposed layer at rank "
+            f"{rank_multiple}, or dense where no rank is cheaper)")
+    low, high = 0, len(fractions)      # speedup(fractions[low]) >= t; high: past the last
+    while high - low > 1:
+        mid = (low + high) // 2
+        if speedup(fractions[mid]) >= target:
+            low = mid
+        else:
+            high = mid
+    return fractions[low]

@@ -88,6 +88,19 @@ def _train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--final-energy", dest="final_energy", type=float,
                    help="trp: decompose at the end by this energy instead of the threshold "
                         "(both apply when both are given)")
+    g.add_argument("--target-speedup", dest="target_speedup", type=float,
+                   help="trp, decomp, lowrank: a conv FLOP budget, the ranks chosen for a "
+                        "speed-up of at least this (> 1) and as close as the rank steps allow; "
+                        "trp adapts its projection energy to it every epoch and replaces the "
+                        "final threshold/energy rule, decomp replaces --energy/--rank, lowrank "
+                        "replaces --rank (one common rank fraction)")
+    g.add_argument("--rank-multiple", dest="rank_multiple", type=int,
+                   help="trp, decomp, lowrank: round every rank up to a multiple of this, "
+                        "capped at full rank (default 1)")
+    g.add_argument("--measure", choices=("torch", "onnxruntime"),
+                   help="trp, decomp: time each layer dense and factorised in this runtime on "
+                        "its real input and keep the faster (the report then holds both "
+                        "latencies)")
     g.add_argument("--rank", type=_rank,
                    help="lowrank (required) and decomp: an int rank cap, or a float fraction "
                         "of each layer's full rank; for tucker2 one value applies to both "
@@ -153,6 +166,8 @@ def _train(args: argparse.Namespace) -> int:
                if k not in ("command", "out", "resume", "no_progress")}
     if "final_energy" in options and "final_threshold" not in options:
         options["final_threshold"] = None   # --final-energy alone replaces the threshold rule
+    if "target_speedup" in options and "final_threshold" not in options:
+        options["final_threshold"] = None   # so does --target-speedup (trp's final ranks)
     resume = getattr(args, "resume", False)
     if resume and not hasattr(args, "out"):
         raise UsageError(f"{PROG} train: error: --resume needs --out, the run's directory")

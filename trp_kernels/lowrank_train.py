@@ -31,21 +31,44 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .decompose import DecompositionReport, decompose_model
+from . import budget
+from .decompose import DecompositionReport, decompose_model, decomposable_layers
 from .layers import LowRankConv2d
 
 
 def make_lowrank(model: nn.Module, scheme: str = "channel", rank=0.5, skip=None,
-                 example_input: torch.Tensor | None = None) -> DecompositionReport:
+                 example_input: torch.Tensor | None = None, target_speedup=None,
+                 rank_multiple=1) -> DecompositionReport:
     """Replaces, in place, every decomposable conv of a freshly initialised ``model`` (except
     those named in ``skip``; None means the model's ``never_decomposed``) by a LowRankConv2d of
     rank ``rank``: an int (capped at each layer's full rank) or a fraction in (0, 1] of each
     layer's full rank, rounded up; for tucker2 also a pair (r_in, r_out) of those. Returns the
-    decomposition report."""
+    decomposition report.
+
+    ``target_speedup`` t (instead of ``rank``; needs ``example_input``; channel and spatial): a
+    FLOP budget for training from scratch. The spectra of fresh weights are flat, so the budget
+    is met by one common rank fraction for the whole model, the largest whose conv FLOP
+    speed-up is at least t (``budget.fraction_for_budget``; the report's layers hold the
+    ranks it gives). ``rank_multiple`` m:
+    every rank rounded up to a multiple of m, capped at the full rank. A layer whose factorised
+    form is not cheaper than its conv stays a plain nn.Conv2d."""
+    if target_speedup is not None:
+        budget.check_target_speedup(target_speedup)
+        if rank is not None:
+            raise ValueError("target_speedup chooses the ranks itself; pass it with rank=None")
+        if example_input is None:
+            raise ValueError("example_input is required with target_speedup")
+        rank_multiple = budget.check_rank_multiple(rank_multiple)
+        layers = decomposable_layers(model, skip)
+        rank = budget.fraction_for_budget(model, layers, scheme, example_input, target_speedup,
+                                          rank_multiple)
+        return decompose_model(model, scheme, rank=rank, example_input=example_input,
+                               rank_multiple=rank_multiple, layers=[n for n, _ in layers])
     if rank is None:
         raise ValueError("rank is required for low-rank training (an int, or a fraction of each "
-                         "layer's full rank in (0, 1])")
-    return decompose_model(model, scheme, rank=rank, skip=skip, example_input=example_input)
+                         "layer's full rank in (0, 1]), unless target_speedup is given")
+    return decompose_model(model, scheme, rank=rank, skip=skip, example_input=example_input,
+                           rank_multiple=rank_multiple)
 
 
 PENALTY_KINDS = ("so", "dso")

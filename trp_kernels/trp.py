@@ -166,13 +166,17 @@ class TRPRegularizer:
         return {name: rank for (name, _), rank in zip(self.layers, ranks)}
 
     def decompose(self, energy=None, threshold=None, rank=None,
-                  example_input: torch.Tensor | None = None) -> DecompositionReport:
+                  example_input: torch.Tensor | None = None, target_speedup=None,
+                  rank_multiple=1, measure=None) -> DecompositionReport:
         """Replaces this regularizer's layers (only those) by LowRankConv2d in place, by the rank
-        rule given, and returns the report; the end of TRP training. Unwrap a DDP model first
-        if you keep training it: DDP does not follow replaced parameters."""
+        rule given or by the FLOP budget ``target_speedup`` (with ``rank_multiple`` and
+        ``measure``: ``decompose_model``'s options, which check them), and returns the report;
+        the end of TRP training. Unwrap a DDP model first if you keep training it: DDP does not
+        follow replaced parameters."""
         return decompose_model(self.model, self.scheme, energy=energy, threshold=threshold,
                                rank=rank, example_input=example_input,
-                               layers=[name for name, _ in self.layers])
+                               target_speedup=target_speedup, rank_multiple=rank_multiple,
+                               measure=measure, layers=[name for name, _ in self.layers])
 
     def state_dict(self) -> dict:
         return {"step": self.step}

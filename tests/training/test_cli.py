@@ -141,6 +141,8 @@ def interrupt_in_epoch(monkeypatch, epoch, batch):
     ("trp", ["--epochs", "2", "--period", "2"]),
     # Interrupted in the first fine-tuning epoch: the resumed run must redo the decomposition.
     ("decomp", ["--epochs", "1", "--finetune-epochs", "1", "--energy", "0.7"]),
+    # The energy chosen for the budget at epoch 1's end is part of the checkpoint.
+    ("trp", ["--epochs", "2", "--target-speedup", "4"]),
 ])
 def test_resume_continues_exactly(tmp_path, monkeypatch, capsys, method, args):
     args = ["--method", method, "--scheme", "spatial", *args]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .. import _checks, geometry
+from .. import _checks, budget, geometry, latency
 from ..data import DATASETS
 from ..lowrank_train import PENALTY_KINDS
 from .errors import ConfigError
@@ -35,6 +35,11 @@ class TrainConfig:
                                            # fraction; tucker2 also a pair (r_in, r_out)
     final_threshold: float | None = 5e-2   # trp: the final decomposition's rule
     final_energy: float | None = None
+    target_speedup: float | None = None    # trp / decomp / lowrank: a conv FLOP budget (the
+                                           # ranks give a speed-up >= t); trp adapts its energy
+    rank_multiple: int = 1                 # every decomposed rank rounded up to a multiple
+    measure: str | None = None             # trp / decomp: "torch" or "onnxruntime", keep each
+                                           # layer dense or factorised by measured latency
     epochs: int = 15
     finetune_epochs: int = 5               # decomp
     init: str | None = None                # decomp: a model.pt of a trained baseline
@@ -80,6 +85,10 @@ class TrainConfig:
         if self.penalty_kind is not None:
             _choice(self.penalty_kind, PENALTY_KINDS, "penalty_kind")
         _check(geometry.scheme(self.scheme).check_rank_spec, self.rank, "rank")
+        if self.target_speedup is not None:
+            _check(budget.check_target_speedup, self.target_speedup)
+        _check(budget.check_rank_multiple, self.rank_multiple)
+        _check(latency.meter, self.measure)   # also: is onnxruntime installed
         method.check(self)
         if self.dataset == "cifar10" and not self.data_dir:
             raise ConfigError("dataset cifar10 needs data_dir: the cifar-10-batches-py directory")
@@ -96,7 +105,9 @@ class TrainConfig:
 
     @property
     def decomp_energy(self) -> float | None:
-        return 0.9 if self.energy is None and self.rank is None else self.energy
+        if self.energy is None and self.rank is None and self.target_speedup is None:
+            return 0.9
+        return self.energy
 
     @property
     def pretrain_epochs(self) -> int:

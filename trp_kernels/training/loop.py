@@ -82,6 +82,11 @@ class Run:
         else:
             self.method.setup_model(self, model)
         self.model = model.to(self.device)
+        # One image for FLOP counts and budgets; one batch for latencies.
+        self.example = self.data.batch_inputs(self.data.test_x[:1], self.device)
+        self.latency_input = self.data.batch_inputs(self.data.test_x[:config.batch_size],
+                                                    self.device)
+        self.decomposition = None   # the final decomposition's report, set by the method
         self.wrapped = distributed.wrap(self.model, self.world_size, self.device)
         self.epoch = 0 if ckpt is None else ckpt["epoch"]
         self.history: list[dict] = []
@@ -98,7 +103,6 @@ class Run:
             self.history = ckpt["history"]
             self.dense_test_accuracy = ckpt.get("dense_test_accuracy")
             self.train_time = ckpt.get("train_time_s", 0.0)
-        self.example = self.data.batch_inputs(self.data.test_x[:1], self.device)
         if self.writer:
             os.makedirs(prepared.out_dir, exist_ok=True)
 
@@ -157,7 +161,7 @@ class Run:
         line = (f"epoch {row['epoch']}/{self.config.total_epochs}  loss {row['train_loss']:.4f}  "
                 f"train {100 * row['train_accuracy']:.2f}%  test {100 * row['test_accuracy']:.2f}%")
         if "decomposed_test_accuracy" in row:
-            line += (f"  decomposed {100 * row['decomposed_test_accuracy']:.2f}% at "
+            line += (f"  energy {row['energy']:.3f}  decomposed {100 * row['decomposed_test_accuracy']:.2f}% at "
                      f"{row['decomposed_speedup']:.2f}x (mean rank {row['mean_rank']:.1f})")
         line += f"  lr {row['lr']:.3g}  {row['time_s']:.1f}s"
         self.log(line)
@@ -199,14 +203,14 @@ class Run:
         self.method.finish(self)
         accuracy = evaluate(model, self.data, self.device)
         dense = create_model(config.model, **self.arch).to(self.device)
-        latency_input = self.data.batch_inputs(self.data.test_x[:config.batch_size], self.device)
         report = {
             "method": config.method,
             "scheme": config.scheme,
             "test_accuracy": accuracy,
             "dense_test_accuracy": self.dense_test_accuracy,
             **model_figures(model, dense, set(self.targets), config.scheme, self.example,
-                            latency_input),
+                            self.latency_input, decomposition=self.decomposition,
+                            onnxruntime=config.measure == "onnxruntime"),
             "dataset": config.dataset,
             "model": config.model,
             "device": str(self.device),

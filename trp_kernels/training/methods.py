@@ -21,11 +21,18 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
+from ..budget import energy_for_budget
 from ..decompose import decompose_model
 from ..lowrank_train import make_lowrank, orthogonality_penalty
 from ..trp import TRPRegularizer
 from .errors import ConfigError
 from .evaluate import evaluate
+
+# The projections' energy is kept above 0 (the rank rule's domain is (0, 1]).
+MIN_ENERGY = 1e-6
+ENERGY_STEP = 2.0
 
 
 class Method:
@@ -33,14 +40,26 @@ class Method:
 
     name = ""
     hooks_cpu_key: str | None = None   # history key for the CPU time of the step hooks
+    # Which of the options of compression that is really faster the method takes.
+    budget_options: tuple[str, ...] = ()
 
     # -- the configuration ---------------------------------------------------------------------
     @classmethod
     def check(cls, config) -> None:
         """Raises ConfigError for an option this method cannot use or lacks."""
+        cls.check_budget_options(config)
         if config.init is not None:
             raise ConfigError(f"init (a trained baseline to decompose) is for method decomp, "
                               f"not {config.method}")
+
+    @classmethod
+    def check_budget_options(cls, config) -> None:
+        given = {"target_speedup": config.target_speedup is not None,
+                 "rank_multiple": config.rank_multiple != 1,
+                 "measure": config.measure is not None}
+        for option, set_ in given.items():
+            if set_ and option not in cls.budget_options:
+                raise ConfigError(f"{option} does not apply to method {config.method}")
 
     @classmethod
     def min_epochs(cls, config) -> int:
@@ -111,11 +130,41 @@ class TRP(Method):
 
     name = "trp"
     hooks_cpu_key = "trp_cpu_s"   # TRP's cost (on CUDA, only the host's part)
+    budget_options = ("target_speedup", "rank_multiple", "measure")
+
+    @classmethod
+    def check(cls, config) -> None:
+        super().check(config)
+        if config.target_speedup is not None:
+            given = [n for n in ("energy", "final_threshold", "final_energy")
+                     if getattr(config, n) is not None]
+            if given:
+                raise ConfigError(f"target_speedup chooses the projection energy and the final "
+                                  f"ranks itself; give it without {', '.join(given)}")
 
     def attach(self, run) -> None:
         config = self.config
         self.regularizer = TRPRegularizer(run.wrapped, config.scheme, config.trp_energy,
                                           config.nuclear_weight, config.period)
+
+    def aim_energy_at_budget(self, run) -> None:
+        """The projections' energy <- the energy whose rank rule meets the FLOP budget on the
+        current weights (budget.energy_for_budget), so that the model trains towards the
+        budget instead of being cut to it at the end."""
+        config = self.config
+        energy = energy_for_budget(self.regularizer.model, self.regularizer.layers,
+                                   config.scheme, run.example, config.target_speedup,
+                                   config.rank_multiple)
+        # The level cuts the current weights to the budget's ranks in one projection, but it is
+        # applied at every step, and each projection cuts again: lowered at once, the ranks
+        # collapse to 1 within an epoch. So 1 - e grows at most ENERGY_STEP-fold per epoch;
+        # raising the energy (ranks below the budget's) follows the level at once.
+        floor = 1.0 - ENERGY_STEP * (1.0 - self.regularizer.energy)
+        self.regularizer.energy = min(1.0, max(energy, floor, MIN_ENERGY))
+
+    def epoch_end(self, run) -> None:
+        if self.config.target_speedup is not None:
+            self.aim_energy_at_budget(run)
 
     def before_forward(self) -> None:
         self.regularizer.before_forward()
@@ -123,33 +172,41 @@ class TRP(Method):
     def after_backward(self) -> None:
         self.regularizer.after_backward()
 
-    def final_decomposition(self, run, model):
+    def final_decomposition(self, run, model, measure=None):
         config = self.config
         return decompose_model(model, config.scheme, energy=config.final_energy,
                                threshold=config.final_threshold, layers=run.targets,
-                               example_input=run.example)
+                               target_speedup=config.target_speedup,
+                               rank_multiple=config.rank_multiple, measure=measure,
+                               example_input=run.example if measure is None
+                               else run.latency_input)
 
     def epoch_metrics(self, run) -> dict:
-        """The mean rank of the last projection, and the model decomposed now by the final
-        rule: its accuracy and speed-up."""
+        """The energy and mean rank of the epoch's projections, and the model decomposed now by
+        the final rule (not measured: timing every epoch would cost more than the epoch): its
+        accuracy and speed-up."""
         ranks = self.regularizer.ranks()
         decomposed = copy.deepcopy(run.model)
         report = self.final_decomposition(run, decomposed)
         # tucker2's ranks are pairs (r_in, r_out): the mean is over both.
         parts = [p for r in ranks.values() for p in (r if isinstance(r, tuple) else (r,))]
-        return {"mean_rank": sum(parts) / max(len(parts), 1),
+        return {"energy": self.regularizer.energy,
+                "mean_rank": sum(parts) / max(len(parts), 1),
                 "decomposed_test_accuracy": evaluate(decomposed, run.data, run.device),
                 "decomposed_speedup": report.flops_speedup}
 
     def finish(self, run) -> None:
         run.dense_test_accuracy = evaluate(run.model, run.data, run.device)
-        self.final_decomposition(run, run.model)
+        run.decomposition = self.final_decomposition(run, run.model, self.config.measure)
 
     def state_dict(self):
-        return self.regularizer.state_dict()
+        # The energy too: with target_speedup it is chosen at each epoch's end.
+        return {**self.regularizer.state_dict(), "energy": self.regularizer.energy}
 
     def load_state_dict(self, state) -> None:
         self.regularizer.load_state_dict(state)
+        if "energy" in state:
+            self.regularizer.energy = state["energy"]
 
 
 class Decomp(Method):
@@ -157,10 +214,15 @@ class Decomp(Method):
     energy and/or rank, fine-tune for ``finetune_epochs`` with a fresh optimizer."""
 
     name = "decomp"
+    budget_options = ("target_speedup", "rank_multiple", "measure")
 
     @classmethod
     def check(cls, config) -> None:
-        pass   # init is this method's option
+        cls.check_budget_options(config)   # init is this method's option
+        if config.target_speedup is not None and (config.energy is not None
+                                                  or config.rank is not None):
+            raise ConfigError("target_speedup chooses the ranks itself; give it without energy "
+                              "and rank")
 
     @classmethod
     def min_epochs(cls, config) -> int:
@@ -196,7 +258,11 @@ class Decomp(Method):
         run.dense_test_accuracy = evaluate(run.model, run.data, run.device)
         report = decompose_model(run.model, config.scheme, energy=config.decomp_energy,
                                  rank=config.rank_spec, layers=run.targets,
-                                 example_input=run.example)
+                                 target_speedup=config.target_speedup,
+                                 rank_multiple=config.rank_multiple, measure=config.measure,
+                                 example_input=run.example if config.measure is None
+                                 else run.latency_input)
+        run.decomposition = report
         self.decomposed = True
         if run.writer:
             run.log(f"decomposed the baseline ({100 * run.dense_test_accuracy:.2f}% test "
@@ -221,16 +287,22 @@ class LowRank(Method):
     ``orth_weight``."""
 
     name = "lowrank"
+    budget_options = ("target_speedup", "rank_multiple")
 
     @classmethod
     def check(cls, config) -> None:
-        if config.rank is None:
+        if (config.rank is None) == (config.target_speedup is None):
             raise ConfigError("method lowrank needs rank (an int, or a fraction of each "
-                              "layer's full rank in (0, 1])")
+                              "layer's full rank in (0, 1]) or target_speedup, not both")
         super().check(config)
 
     def setup_model(self, run, model) -> None:
-        make_lowrank(model, self.config.scheme, self.config.rank_spec)
+        config, example = self.config, None
+        if config.target_speedup is not None:
+            # The fresh model is still on the CPU: the budget's example input is too.
+            example = run.data.batch_inputs(run.data.test_x[:1], torch.device("cpu"))
+        make_lowrank(model, config.scheme, config.rank_spec, example_input=example,
+                     target_speedup=config.target_speedup, rank_multiple=config.rank_multiple)
 
     def extra_loss(self, model):
         if self.config.orth_weight > 0:

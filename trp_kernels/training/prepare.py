@@ -12,7 +12,7 @@ from torch import nn
 from ..data import ImageData, load_dataset, num_train_batches
 from ..decompose import decomposable_layers
 from ..export import load_model, lowrank_layers
-from .. import geometry
+from .. import budget, geometry
 from ..models import create_model
 from . import distributed
 from .checkpoints import CHECKPOINT, MODEL_FILE, REPORT, read_checkpoint
@@ -108,6 +108,8 @@ def _prepare(config: TrainConfig, out_dir: str, checkpoint: dict | None) -> Prep
         if isinstance(part, numbers.Integral) and part > largest:
             raise ConfigError(f"rank {part} exceeds the largest full rank ({largest}) of "
                               f"{config.model}'s layers in the {config.scheme} scheme")
+    if config.target_speedup is not None:
+        _check_reachable(config, data, dense)
     init_model = None
     if config.init is not None and checkpoint is None:
         init_model = load_model(config.init, create_model(config.model,
@@ -116,3 +118,15 @@ def _prepare(config: TrainConfig, out_dir: str, checkpoint: dict | None) -> Prep
             raise ConfigError(f"init {config.init!r} is already compressed; decomp starts from "
                               f"a dense (baseline) model")
     return Prepared(config, out_dir, data, device, checkpoint, init_model)
+
+
+def _check_reachable(config: TrainConfig, data: ImageData, dense: nn.Module) -> None:
+    """An unreachable target_speedup is refused now, not after training (the largest
+    reachable speed-up depends on the layer shapes and rank_multiple, not on the weights)."""
+    example = data.batch_inputs(data.test_x[:1], torch.device("cpu"))
+    choose = budget.fraction_for_budget if config.method == "lowrank" else budget.plan_budget
+    try:
+        choose(dense, decomposable_layers(dense), config.scheme, example, config.target_speedup,
+               config.rank_multiple)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
