@@ -120,22 +120,19 @@ class Tucker2Projection:
         return list(zip(r_in, r_out))
 
 
-class DecoupledProjection:
+class DecoupledProjection(MatrixProjection):
     """Every filter of a weight as a C x (kh*kw) matrix: buffers [G, N, C, kh*kw], also seen
-    as [G*N, C, kh*kw] so that the rank-r products are single ``bmm`` calls."""
+    as [G*N, C, kh*kw] so that the rank-r products are single ``bmm`` calls. Gathering,
+    writing and the flat buffers are the matrix projection's; the rank is shared per layer."""
 
     def __init__(self, weights: list[torch.Tensor]):
-        self.groups = StackedGroups(weights, MATRIX_VIEWS["per_filter"])
-        self.ranks: list[torch.Tensor] | None = None
+        super().__init__(weights, "per_filter")
         # Built once: per group the flat batch views and the positions 0..k-1 of the singular
         # values, [1, 1, k], for the rank masks.
         self._flat_buffers = [b.view(-1, *b.shape[-2:]) for b in self.groups.buffers]
         self._flat_subgrads = [b.view(-1, *b.shape[-2:]) for b in self.groups.subgrad_buffers]
         self._positions = [torch.arange(min(b.shape[-2:]), device=b.device).view(1, 1, -1)
                            for b in self.groups.buffers]
-
-    def fits(self, weights) -> bool:
-        return self.groups.fits(weights)
 
     def compute(self, weights, energy: float, keep_low: bool, keep_subgrad: bool) -> None:
         groups = self.groups
@@ -159,20 +156,6 @@ class DecoupledProjection:
         if keep_subgrad:
             torch._foreach_copy_(self._flat_subgrads, subs)
         self.ranks = shared_ranks
-
-    @property
-    def low_flats(self) -> list[torch.Tensor]:
-        return list(self.groups.flat.values())
-
-    @property
-    def subgrad_flats(self) -> list[torch.Tensor]:
-        return list(self.groups.subgrad_flat.values())
-
-    def write_low(self, weights) -> None:
-        torch._foreach_copy_(weights, self.groups.slots)
-
-    def add_subgrad(self, grads, alpha: float) -> None:
-        torch._foreach_add_(grads, self.groups.subgrad_slots, alpha=alpha)
 
     def layer_ranks(self) -> list | None:
         """Each layer's shared rank at the last SVD."""

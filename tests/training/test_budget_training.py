@@ -1,24 +1,14 @@
 """FLOP budgets in training: --target-speedup, --rank-multiple and --measure on the command
 line and in TrainConfig, TRP's energy that follows the budget, and lowrank's budget."""
 
-import json
-import os
 
 import pytest
 
 from trp_kernels.cli import main
 from trp_kernels.training import ConfigError, TrainConfig
 
-QUICK = ["--batch-size", "256", "--no-progress"]
+from cli_runs import report, train
 
-
-def train(out, *args):
-    return main(["train", "--out", str(out), *QUICK, *args])
-
-
-def report(out):
-    with open(os.path.join(out, "report.json")) as f:
-        return json.load(f)
 
 
 BAD = [

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from torch.utils._pytree import tree_flatten
+from cli_runs import report, train
 from test_data import write_fake_cifar
 
 import trp_kernels.training.loop as training_loop
@@ -15,16 +16,6 @@ from trp_kernels.cli import main
 from trp_kernels.export import load_model, lowrank_layers
 from trp_kernels.report import REQUIRED_KEYS
 
-QUICK = ["--batch-size", "256", "--no-progress"]
-
-
-def train(out, *args):
-    return main(["train", "--out", str(out), *QUICK, *args])
-
-
-def report(out):
-    with open(os.path.join(out, "report.json")) as f:
-        return json.load(f)
 
 
 def snapshot(directory):

@@ -149,14 +149,20 @@ def test_decompose_after_projection_is_exact_and_only_touches_its_layers():
     assert report.flops_speedup > 1
 
 
-def test_half_precision_weights_are_projected_in_float32():
-    model = small_resnet("cpu").to(torch.bfloat16)
-    trp = TRPRegularizer(model, "channel", energy=0.5)
+def assert_bfloat16_projected_in_float32(trp):
+    """A projection at energy 0.5 of bfloat16 weights: the float32 reference's ranks, and the
+    weights stay bfloat16."""
     reference_ranks = {name: int(reference(M.float(), 0.5).rank)
                        for name, M in matrices(trp).items()}
     trp.project()
     assert trp.ranks() == reference_ranks
     assert all(conv.weight.dtype == torch.bfloat16 for _, conv in trp.layers)
+
+
+def test_half_precision_weights_are_projected_in_float32():
+    model = small_resnet("cpu").to(torch.bfloat16)
+    trp = TRPRegularizer(model, "channel", energy=0.5)
+    assert_bfloat16_projected_in_float32(trp)
 
 
 def test_state_dict_round_trip():
@@ -238,11 +244,7 @@ def test_weights_moved_after_construction_are_followed():
     model = small_resnet("cpu")
     trp = TRPRegularizer(model, "spatial", energy=0.5)
     model.to(torch.bfloat16)
-    reference_ranks = {name: int(reference(M.float(), 0.5).rank)
-                       for name, M in matrices(trp).items()}
-    trp.project()
-    assert trp.ranks() == reference_ranks
-    assert all(conv.weight.dtype == torch.bfloat16 for _, conv in trp.layers)
+    assert_bfloat16_projected_in_float32(trp)
 
 
 def test_energy_may_change_between_steps():
