@@ -42,3 +42,26 @@ def test_relative_links_resolve(doc):
         path = os.path.normpath(os.path.join(os.path.dirname(doc), target.split("#")[0]))
         assert path.startswith(ROOT + os.sep), f"{target} leaves the repository"
         assert os.path.exists(path), f"{target} does not exist"
+
+
+SOURCE_SUFFIXES = (".py", ".md", ".cpp", ".h", ".cu", ".cuh", ".sh", ".toml", ".txt", ".cfg")
+SKIPPED_DIRS = {".git", "build", "dist", "__pycache__", ".pytest_cache", ".benchmarks", "runs"}
+# Built from parts so that this file does not match itself.
+OUTSIDE_REFERENCE = re.compile("|".join([r"\.\./" + "shared", "DESIGN" + r"\.md",
+                                         r"\b" + "issue" + r" \d+"]))
+
+
+def test_no_reference_outside_the_repository():
+    # The contract lives in docs/design.md: a user's clone holds only the repository.
+    hits = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info")]
+        for name in files:
+            if not name.endswith(SOURCE_SUFFIXES) and name != "run":
+                continue
+            path = os.path.join(folder, name)
+            with open(path, errors="replace") as f:
+                for number, line in enumerate(f, 1):
+                    if OUTSIDE_REFERENCE.search(line):
+                        hits.append(f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}")
+    assert not hits, "\n".join(hits)
