@@ -37,12 +37,6 @@ def lowrank_conv2d(x, weight1, weight2, bias=None, stride=1, padding=0, dilation
     return ops.lowrank_conv2d(x, weight1, weight2, bias, *geometry)
 
 
-def split_geometry(stride, padding, dilation, scheme):
-    """(stride, padding, dilation) of the first and of the second conv of a matrix scheme."""
-    convs = geometry.scheme(scheme).convs((1, 1, 1, 1), 1, stride, padding, dilation)
-    return tuple((c.stride, c.padding, c.dilation) for c in convs)
-
-
 def composite_conv2d(x, factors, convs, bias=None) -> torch.Tensor:
     """The thin convs ``convs`` (``geometry.ThinConv``) with weights ``factors`` in a row, as
     ATen convolutions (traceable by torch.compile, torch.export and ONNX); the bias goes to the
