@@ -36,9 +36,9 @@ def test_run_gpu_without_a_gpu_fails_fast_with_a_summary(tmp_path):
     done, seconds = run_script(tmp_path)
     assert done.returncode != 0 and seconds < 60
     summary = (tmp_path / "summary.txt").read_text()
-    assert summary.startswith("run_gpu.sh ")
+    assert summary.startswith("build ")  # the verdict lines first
     assert "no GPU" in summary or "no usable CUDA device" in summary
-    assert "exit 3" in summary
+    assert "run_gpu.sh exit 3" in summary
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.txt"]
 
 
@@ -93,7 +93,18 @@ def test_timing_cases():
     assert all(c["layer"].network == "resnet18" and "-b128-" in c["case"] for c in conv)
     steps = {(c["impl"], c["scheme"]) for c in cases if c["group"] == "step"}
     assert ("plain", "channel") in steps and ("trp_eigh", "spatial") in steps
-    assert len(gpu_timings.cases(quick=True)) < len(cases)
+    # the quick run holds a case of every goal; quick and the rest are the whole table, once
+    quick = gpu_timings.selected(quick=True)
+    rest = gpu_timings.selected(skip_quick=True)
+    key = lambda c: (c["group"], c["case"], c["impl"])
+    assert sorted(map(key, quick + rest)) == sorted(keys) and not set(map(key, quick)) & set(map(key, rest))
+    assert {c["group"] for c in quick} == set(gpu_timings.GROUPS)
+    assert {(c["network"], c["scheme"]) for c in quick if c["group"] == "svd"} == {
+        (n, s) for n in ("resnet20", "resnet18", "resnet50") for s in ("channel", "spatial")}
+    quick_conv = [c for c in quick if c["group"] == "conv"]
+    assert {(c["dtype"], c["backward"], c["impl"]) for c in quick_conv} == {
+        (d, b, i) for d in ("bf16", "f32") for b in (False, True)
+        for i in ("fused", "two_convs", "dense", "auto")}
 
 
 def test_timings_rejects_unknown_groups_and_needs_cuda(capsys):
