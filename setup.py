@@ -41,7 +41,8 @@ def _sources(pattern):
 
 
 def extension():
-    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    sources = (_sources("csrc/*.cpp") + _sources("csrc/aten/trp/*.cpp")
+               + _sources("csrc/cpu/*.cpp"))
     # csrc/include: torch-free headers (also the CUDA kernels'); csrc/aten: those using ATen.
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc", "aten")]
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]

@@ -4,7 +4,7 @@
 // round-robin tournament of the blocks; a round is two phases:
 //   solve: one thread block per pair of blocks (I, J) loads the T x T subproblem
 //          [[G_II, G_IJ], [G_JI, G_JJ]], runs one sweep of the shared-memory Jacobi on it
-//          (trp/jacobi_eigen.cuh), writes it back and writes its rotation R (T x T);
+//          (trp/svd/jacobi_eigen.cuh), writes it back and writes its rotation R (T x T);
 //   apply: G_ac <- R_a^T G_ac R_c for every pair of pairs a < c (and its mirror), and
 //          Q[:, pair c] <- Q[:, pair c] R_c, one thread block per T x T tile.
 // One inner sweep per visit instead of a full inner diagonalisation costs about one more outer
@@ -25,8 +25,8 @@
 
 #include "trp/cuda_utils.cuh"
 #include "trp/dynamic_smem.h"
-#include "trp/jacobi_eigen.cuh"
-#include "trp/svd_cuda.h"
+#include "trp/svd/jacobi_eigen.cuh"
+#include "trp/svd/svd_cuda.h"
 
 namespace trp::cuda {
 namespace {

@@ -11,290 +11,28 @@
 // with Q1 from the first pass, Y = A^T Q1 has nearly orthogonal columns, and the Jacobi
 // eigensolver of Y^T Y computed from Y (not from G) resolves each singular value to high
 // relative accuracy, as a one-sided Jacobi SVD of Y would. U = Q1 Q2, V = Y Q2 / s.
+//
+// The shared-memory layout: trp/svd/fused_svd_layout.cuh; the block-wide products:
+// trp/svd/fused_svd_products.cuh.
 #include <cmath>
 #include <type_traits>
 
 #include "trp/block_reduce.cuh"
 #include "trp/cuda_utils.cuh"
 #include "trp/dynamic_smem.h"
-#include "trp/jacobi_eigen.cuh"
-#include "trp/orthonormal_completion.cuh"
-#include "trp/svd_cuda.h"
-#include "trp/svd_scaling.cuh"
-#include "trp/svd_spectrum.cuh"
+#include "trp/svd/fused_svd_layout.cuh"
+#include "trp/svd/fused_svd_products.cuh"
+#include "trp/svd/jacobi_eigen.cuh"
+#include "trp/svd/orthonormal_completion.cuh"
+#include "trp/svd/svd_cuda.h"
+#include "trp/svd/svd_scaling.cuh"
+#include "trp/svd/svd_spectrum.cuh"
 
 namespace trp::cuda {
+namespace fused_svd {
 namespace {
 
-constexpr int kThreads = 256;           // 16 x 16: one 4 x 4 tile of the 64 x 64 Gram each
-constexpr int kWarps = kThreads / kWarpSize;
-constexpr int kChunk = 32;              // long-side columns staged in shared memory per pass
-constexpr int kMaxSweeps = 32;          // adversarial spectra converge in <= 20 (docs)
-static_assert(kThreads == 256 && kFusedSvdMaxK == 64, "the Gram tiling assumes 16 x 16 tiles");
-
-// Entry (i, l) of the k x L orientation of a stored matrix, times `scale`.
-template <typename E>
-struct Oriented {
-  const E* data;
-  int64_t row_stride, col_stride;
-  double scale;
-  __device__ double operator()(int64_t i, int64_t l) const {
-    return static_cast<double>(data[i * row_stride + l * col_stride]) * scale;
-  }
-};
-
-// Shared-memory layout of one block: byte offsets, computed the same way on the host (for the
-// launch size) and on the device (to place the arrays). V: the eigenvector element type.
-struct FusedLayout {
-  int order_n;      // k rounded up to even (a zero row and column pad odd k)
-  int ld;           // row stride of g / vt / vt2
-  int stage_rows;   // order_n rounded up to the Gram tile (4)
-  int stage_ld;     // odd, so that strided stores spread over the banks
-  int64_t g, vt, vt2, stage, lambda, sigma, column_scale, reduce_v, jacobi_scratch, order, rank,
-      reduce_i;
-  int64_t bytes;
-
-  __host__ __device__ FusedLayout(int k, bool refine, int64_t v_size) {
-    order_n = k + (k & 1);
-    ld = order_n + 1;
-    stage_rows = (order_n + 3) / 4 * 4;
-    stage_ld = stage_rows + 1;
-    int64_t at = 0;
-    auto take = [&](int64_t count, int64_t size) {
-      at = (at + 7) / 8 * 8;
-      const int64_t offset = at;
-      at += count * size;
-      return offset;
-    };
-    const int64_t square = static_cast<int64_t>(order_n) * ld;
-    g = take(square, 8);
-    vt = take(square, v_size);
-    vt2 = take(refine ? square : 0, v_size);
-    stage = take(static_cast<int64_t>(kChunk) * stage_ld, 8);
-    lambda = take(order_n, 8);
-    sigma = take(order_n, 8);
-    column_scale = take(order_n, 8);
-    reduce_v = take(kWarps, 8);
-    jacobi_scratch = take(JacobiShared<double>::scratch_bytes(order_n), 1);
-    order = take(order_n, 4);
-    rank = take(1, 8);
-    reduce_i = take(kWarps, 8);
-    bytes = at;
-  }
-};
-
-// The arrays of FusedLayout, placed in the block's shared memory. The pointers are offsets from
-// the kernel's `extern __shared__` array itself (never through an integer), so that the
-// compiler can tell they point to shared memory and emits ld.shared / st.shared for them.
-template <typename V>
-struct FusedShared {
-  int order_n, ld, stage_rows, stage_ld;
-  double* g;
-  V* vt;
-  V* vt2;           // float64 only: the refinement pass's eigenvectors
-  double* stage;    // kChunk x stage_ld staged long-side columns; also scratch of k doubles
-  double* lambda;   // eigenvalues in eigenvector order
-  double* sigma;    // singular values, descending (scaled domain)
-  double* column_scale;  // 1 / sigma[j] for the kept nonzero columns, else 0
-  double* reduce_v;
-  unsigned char* jacobi_scratch;
-  int32_t* order;
-  int64_t* rank;
-  int64_t* reduce_i;
-
-  __device__ FusedShared(unsigned char* smem, const FusedLayout& at)
-      : order_n(at.order_n),
-        ld(at.ld),
-        stage_rows(at.stage_rows),
-        stage_ld(at.stage_ld),
-        g(reinterpret_cast<double*>(smem + at.g)),
-        vt(reinterpret_cast<V*>(smem + at.vt)),
-        vt2(reinterpret_cast<V*>(smem + at.vt2)),
-        stage(reinterpret_cast<double*>(smem + at.stage)),
-        lambda(reinterpret_cast<double*>(smem + at.lambda)),
-        sigma(reinterpret_cast<double*>(smem + at.sigma)),
-        column_scale(reinterpret_cast<double*>(smem + at.column_scale)),
-        reduce_v(reinterpret_cast<double*>(smem + at.reduce_v)),
-        jacobi_scratch(smem + at.jacobi_scratch),
-        order(reinterpret_cast<int32_t*>(smem + at.order)),
-        rank(reinterpret_cast<int64_t*>(smem + at.rank)),
-        reduce_i(reinterpret_cast<int64_t*>(smem + at.reduce_i)) {}
-
-  __device__ JacobiShared<V> jacobi(double* matrix, V* vectors) const {
-    JacobiShared<V> s;
-    s.g = matrix;
-    s.vt = vectors;
-    s.ld = ld;
-    s.n = order_n;
-    s.place_scratch(jacobi_scratch);
-    return s;
-  }
-};
-
-// Stages columns l0 .. l0+kChunk-1 of the orientation: stage[lc * stage_ld + i], zero past k
-// and L. Threads run along whichever index is contiguous in memory.
-template <typename Src, typename Shared>
-__device__ void stage_columns(const Src& src, int k, int64_t L, int64_t l0,
-                              const Shared& sh) {
-  __syncthreads();  // the previous chunk has been used
-  const int items = kChunk * sh.stage_rows;
-  for (int u = threadIdx.x; u < items; u += kThreads) {
-    int lc, i;
-    if (src.col_stride == 1) {
-      i = u / kChunk;
-      lc = u - i * kChunk;
-    } else {
-      lc = u / sh.stage_rows;
-      i = u - lc * sh.stage_rows;
-    }
-    const int64_t l = l0 + lc;
-    sh.stage[lc * sh.stage_ld + i] = (i < k && l < L) ? src(i, l) : 0.0;
-  }
-  __syncthreads();
-}
-
-// g (upper triangle, order_n x order_n, zero padding) = src src^T.
-template <typename Src, typename Shared>
-__device__ void gram_upper(const Src& src, int k, int64_t L, double* g, const Shared& sh) {
-  const int tiles = sh.stage_rows / 4;
-  const int ti = threadIdx.x / 16, tj = threadIdx.x % 16;
-  const bool mine = ti < tiles && tj < tiles && ti <= tj;
-  double acc[4][4] = {};
-  for (int64_t l0 = 0; l0 < L; l0 += kChunk) {
-    stage_columns(src, k, L, l0, sh);
-    if (mine) {
-      for (int lc = 0; lc < kChunk; ++lc) {
-        const double* row = sh.stage + lc * sh.stage_ld;
-        double a[4], b[4];
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          a[r] = row[4 * ti + r];
-          b[r] = row[4 * tj + r];
-        }
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-#pragma unroll
-          for (int c = 0; c < 4; ++c) acc[r][c] += a[r] * b[c];
-        }
-      }
-    }
-  }
-  if (mine) {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int i = 4 * ti + r, j = 4 * tj + c;
-        if (i <= j && j < sh.order_n) g[i * sh.ld + j] = acc[r][c];
-      }
-    }
-  }
-  __syncthreads();
-}
-
-template <typename V, typename Shared>
-__device__ void set_identity(V* vt, const Shared& sh) {
-  for (int u = threadIdx.x; u < sh.order_n * sh.order_n; u += kThreads) {
-    const int c = u / sh.order_n, i = u - c * sh.order_n;
-    vt[c * sh.ld + i] = static_cast<V>(c == i ? 1 : 0);
-  }
-}
-
-// out[l * out_ld + j] = column_scale[j] * sum_i src(i, l) vecs[order[j]][i] for l < L, j < k
-// (order null: the identity; column_scale null: 1). vecs holds vectors as rows (stride ld).
-template <typename Src, typename V, typename Out, typename Shared>
-__device__ void multiply_long_side(const Src& src, int k, int64_t L, const V* vecs,
-                                   const int32_t* order, const double* column_scale, Out* out,
-                                   int64_t out_ld, const Shared& sh) {
-  const int col_groups = (k + 3) / 4;
-  const int groups = col_groups * (kChunk / 2);  // 4 columns x 2 rows per thread
-  for (int64_t l0 = 0; l0 < L; l0 += kChunk) {
-    stage_columns(src, k, L, l0, sh);
-    for (int t = threadIdx.x; t < groups; t += kThreads) {
-      const int jg = t % col_groups, lg = t / col_groups;
-      const V* vec[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int j = 4 * jg + q < k ? 4 * jg + q : k - 1;
-        vec[q] = vecs + (order ? order[j] : j) * sh.ld;
-      }
-      const double* s0 = sh.stage + (2 * lg) * sh.stage_ld;
-      const double* s1 = s0 + sh.stage_ld;
-      double acc[2][4] = {};
-      for (int i = 0; i < k; ++i) {
-        const double a0 = s0[i], a1 = s1[i];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const double v = static_cast<double>(vec[q][i]);
-          acc[0][q] += a0 * v;
-          acc[1][q] += a1 * v;
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int64_t l = l0 + 2 * lg + r;
-        if (l >= L) continue;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const int j = 4 * jg + q;
-          if (j < k) {
-            const double scale = column_scale ? column_scale[j] : 1.0;
-            out[l * out_ld + j] = static_cast<Out>(acc[r][q] * scale);
-          }
-        }
-      }
-    }
-  }
-  __syncthreads();
-}
-
-// low(i, l) = sum_{j<r} short[i][j] s_j long[l][j] and subgrad(i, l) = sum_{j<r} short[i][j]
-// long[l][j] at the position of A(i, l) in W, with short[i][j] = vecs[order[j]][i].
-template <typename T, typename V, typename F, typename Shared>
-__device__ void compose_products(const Oriented<T>& a, int k, int64_t L, const V* vecs,
-                                 const int32_t* order, const double* sigma, int exponent, int r,
-                                 const F* long_factor, T* low, T* subgrad,
-                                 const Shared& sh) {
-  const Oriented<F> factor{long_factor, 1, k, 1.0};  // entry (j, l) = long[l][j]
-  const int row_groups = (k + 3) / 4;
-  const int groups = row_groups * (kChunk / 2);  // 4 rows i x 2 columns l per thread
-  for (int64_t l0 = 0; l0 < L; l0 += kChunk) {
-    stage_columns(factor, r, L, l0, sh);
-    for (int t = threadIdx.x; t < groups; t += kThreads) {
-      const int ig = t % row_groups, lg = t / row_groups;
-      const double* s0 = sh.stage + (2 * lg) * sh.stage_ld;
-      const double* s1 = s0 + sh.stage_ld;
-      double acc_low[2][4] = {}, acc_sub[2][4] = {};
-      for (int j = 0; j < r; ++j) {
-        const V* vec = vecs + order[j] * sh.ld + 4 * ig;
-        const double sj = ldexp(sigma[j], exponent);
-        const double b0 = s0[j], b1 = s1[j];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const double u = 4 * ig + q < k ? static_cast<double>(vec[q]) : 0.0;
-          acc_sub[0][q] += u * b0;
-          acc_sub[1][q] += u * b1;
-          acc_low[0][q] += u * sj * b0;
-          acc_low[1][q] += u * sj * b1;
-        }
-      }
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int64_t l = l0 + 2 * lg + c;
-        if (l >= L) continue;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const int i = 4 * ig + q;
-          if (i >= k) continue;
-          const int64_t at = i * a.row_stride + l * a.col_stride;
-          low[at] = static_cast<T>(acc_low[c][q]);
-          subgrad[at] = static_cast<T>(acc_sub[c][q]);
-        }
-      }
-    }
-  }
-  __syncthreads();
-}
+constexpr int kMaxSweeps = 32;  // adversarial spectra converge in <= 20 (docs)
 
 template <typename T, typename F>
 __device__ void write_nonfinite(const FusedSvdArgs<T, F>& args, int64_t b, int k) {
@@ -332,7 +70,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const FusedShared<V> sh(smem, FusedLayout(k, kRefine, sizeof(V)));
   const T* w = args.w + b * m * n;
 
-  // 1. Power-of-two scale and finiteness (trp/svd_scaling.cuh).
+  // 1. Power-of-two scale and finiteness (trp/svd/svd_scaling.cuh).
   double local_max = 0.0;
   int bad = 0;
   for (int64_t e = threadIdx.x; e < m * n; e += kThreads) {
@@ -416,6 +154,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 }  // namespace
+}  // namespace fused_svd
 
 template <typename T, typename F>
 cudaError_t launch_fused_svd(const FusedSvdArgs<T, F>& args, cudaStream_t stream) {
@@ -423,10 +162,10 @@ cudaError_t launch_fused_svd(const FusedSvdArgs<T, F>& args, cudaStream_t stream
   const int k = static_cast<int>(args.m < args.n ? args.m : args.n);
   constexpr bool kRefine = std::is_same_v<T, double>;
   using V = std::conditional_t<kRefine, double, float>;
-  const int64_t bytes = FusedLayout(k, kRefine, sizeof(V)).bytes;
-  auto kernel = fused_svd_kernel<T, F>;
+  const int64_t bytes = fused_svd::FusedLayout(k, kRefine, sizeof(V)).bytes;
+  auto kernel = fused_svd::fused_svd_kernel<T, F>;
   TRP_CUDA_TRY(allow_dynamic_smem(kernel, bytes));
-  kernel<<<static_cast<unsigned int>(args.batch), kThreads, bytes, stream>>>(args);
+  kernel<<<static_cast<unsigned int>(args.batch), fused_svd::kThreads, bytes, stream>>>(args);
   return TRP_LAUNCH_STATUS();
 }
 

@@ -1,5 +1,5 @@
 // The fused low-rank convolution kernels for __half (both layouts).
-#include "trp/lowrank_conv2d_fused_launch.cuh"
+#include "trp/conv/lowrank_conv2d_fused_launch.cuh"
 
 namespace trp::cuda {
 

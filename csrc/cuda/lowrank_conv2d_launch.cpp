@@ -26,7 +26,7 @@
 #include "trp/conv_impl.h"
 #include "trp/cuda_launch.h"
 #include "trp/lowrank_conv2d_composite.h"
-#include "trp/lowrank_conv2d_fused.h"
+#include "trp/conv/lowrank_conv2d_fused.h"
 #include "trp/measured_choice.h"
 
 namespace trp {

@@ -4,10 +4,10 @@
 #include <cmath>
 
 #include "trp/cuda_utils.cuh"
-#include "trp/orthonormal_completion.cuh"
-#include "trp/svd_cuda.h"
-#include "trp/svd_scaling.cuh"
-#include "trp/svd_spectrum.cuh"
+#include "trp/svd/orthonormal_completion.cuh"
+#include "trp/svd/svd_cuda.h"
+#include "trp/svd/svd_scaling.cuh"
+#include "trp/svd/svd_spectrum.cuh"
 
 namespace trp::cuda {
 namespace {

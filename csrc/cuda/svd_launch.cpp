@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "trp/cuda_launch.h"
-#include "trp/svd_cuda.h"
+#include "trp/svd/svd_cuda.h"
 
 namespace trp::cuda {
 namespace {

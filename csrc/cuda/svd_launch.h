@@ -1,5 +1,5 @@
 // The CUDA SVD pipeline shared by the trp::truncated_svd and trp::lowrank_project launchers
-// (ATen side: allocation, cuBLAS GEMMs through ATen, current stream; kernels in trp/svd_cuda.h).
+// (ATen side: allocation, cuBLAS GEMMs through ATen, current stream; kernels in trp/svd/svd_cuda.h).
 #pragma once
 
 #include <ATen/ATen.h>

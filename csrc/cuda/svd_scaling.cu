@@ -1,10 +1,10 @@
-// The power-of-two scaling of the blocked path's inputs (trp/svd_scaling.cuh): a scan for the
+// The power-of-two scaling of the blocked path's inputs (trp/svd/svd_scaling.cuh): a scan for the
 // largest finite magnitude and for non-finite values, then the scaled float64 copy that the
 // cuBLAS GEMMs read.
 #include "trp/block_reduce.cuh"
 #include "trp/cuda_utils.cuh"
-#include "trp/svd_cuda.h"
-#include "trp/svd_scaling.cuh"
+#include "trp/svd/svd_cuda.h"
+#include "trp/svd/svd_scaling.cuh"
 
 namespace trp::cuda {
 namespace {

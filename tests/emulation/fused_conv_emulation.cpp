@@ -1,5 +1,5 @@
 // Host-side emulation of the fused low-rank convolution kernels
-// (csrc/include/trp/lowrank_conv2d_fused.cuh), for machines without a GPU: the real kernel
+// (csrc/include/trp/conv/lowrank_conv2d_fused.cuh), for machines without a GPU: the real kernel
 // source, compiled by the host compiler against the shim headers of include/ (warp-collective
 // ldmatrix / mma.sync / cp.async emulated there), each block run as 256 cooperative fibers
 // (ucontext) with __syncthreads as a barrier, the weights packed by the real packing kernel, the
@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "trp/lowrank_conv2d_fused.cuh"
+#include "trp/conv/lowrank_conv2d_fused.cuh"
 
 uint3 threadIdx, blockIdx, blockDim, gridDim;
 EmulatedBarrier* emulated_block_barrier;

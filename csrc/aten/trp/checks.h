@@ -8,7 +8,7 @@
 #include <optional>
 #include <string_view>
 
-#include "trp/conv_geometry.h"
+#include "trp/conv/conv_geometry.h"
 #include "trp/rank_rule.h"
 
 namespace trp {

@@ -8,7 +8,7 @@
 #include <array>
 #include <optional>
 
-#include "trp/conv_geometry.h"
+#include "trp/conv/conv_geometry.h"
 
 namespace trp {
 

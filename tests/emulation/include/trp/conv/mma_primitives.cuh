@@ -1,4 +1,4 @@
-// Host emulation of csrc/include/trp/mma_primitives.cuh, found first on the include path. The
+// Host emulation of csrc/include/trp/conv/mma_primitives.cuh, found first on the include path. The
 // lanes of a warp (fibers) rendezvous on a barrier to exchange operands, so ldmatrix and
 // mma.sync see the whole warp's registers, with the fragment layouts of the PTX ISA that the real
 // header's comment states. cp.async copies land when the issuing thread waits, as late as the

@@ -8,7 +8,7 @@
 #include <cstdint>
 
 #include "trp/rank_rule.h"
-#include "trp/svd_scaling.cuh"
+#include "trp/svd/svd_scaling.cuh"
 
 namespace trp::cuda {
 

@@ -1,4 +1,4 @@
-// The fused low-rank convolution kernel (csrc/include/trp/lowrank_conv2d_fused.cuh) as its
+// The fused low-rank convolution kernel (csrc/include/trp/conv/lowrank_conv2d_fused.cuh) as its
 // launcher sees it: the problem, the tiling plan (host code, shared with the kernel) and the
 // launch functions. Plain C++: no torch, no device code.
 //

@@ -57,7 +57,7 @@ cudaError_t launch_scale_scan(const T* w, int64_t batch, int64_t elems,
                               unsigned long long* max_bits, int32_t* nonfinite,
                               cudaStream_t stream);
 
-// out = w * 2^-e(b) in float64 (trp/svd_scaling.cuh), same layout.
+// out = w * 2^-e(b) in float64 (trp/svd/svd_scaling.cuh), same layout.
 template <typename T>
 cudaError_t launch_scale_to_double(const T* w, int64_t batch, int64_t elems,
                                    const unsigned long long* max_bits, double* out,
@@ -87,7 +87,7 @@ int64_t block_jacobi_dim(int64_t k);
 
 cudaError_t launch_block_jacobi(const BlockJacobiArgs& args, cudaStream_t stream);
 
-// Order, noise floor, singular values and rank (trp/svd_spectrum.cuh) from the eigenvalues on
+// Order, noise floor, singular values and rank (trp/svd/svd_spectrum.cuh) from the eigenvalues on
 // the diagonal of g, one block per matrix.
 struct SpectrumArgs {
   const double* g;   // [batch] matrices of `g_batch_stride` elements, row stride g_ld

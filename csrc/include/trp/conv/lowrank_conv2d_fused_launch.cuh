@@ -6,7 +6,7 @@
 
 #include "trp/cuda_utils.cuh"
 #include "trp/dynamic_smem.h"
-#include "trp/lowrank_conv2d_fused.cuh"
+#include "trp/conv/lowrank_conv2d_fused.cuh"
 
 namespace trp::cuda {
 namespace fused {
