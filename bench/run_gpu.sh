@@ -28,8 +28,8 @@
 # Everything lands in $OUT as it is written (PYTHONUNBUFFERED=1), in at most 8 files:
 #   summary.txt, build.log, smoke.log, tests.log, sanitizer.log, timings.log,
 #   <device>-<yyyymmdd>.json (the timings; commit it to bench/results/ unedited) and the built
-#   extension trp_kernels/_C*.so (when under 16 MiB: carried back, a rerun on a fresh machine
-#   need not build again). Anything else is folded into build.log.
+#   extension trp_kernels/_C*.so without debug sections (so that a rerun on a fresh machine can
+#   take it along instead of building again). Anything else is folded into build.log.
 # Without a GPU it writes summary.txt saying so and exits 3 within seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -236,7 +236,12 @@ if wanted build || ! cuda_extension_ok; then
   if (( extension_ok )); then
     so=$(ls trp_kernels/_C*.so 2>/dev/null | head -1)
     { echo "=== resource usage of $so"; cuobjdump --dump-resource-usage "$so" 2>&1; } >>"$OUT/build.log"
-    if [ -n "$so" ] && (( $(stat -c %s "$so") < 16 * 1024 * 1024 )); then cp "$so" "$OUT/"; fi
+    # without its debug sections (about 5 MB of 23): files over 16 MiB do not come back
+    if [ -n "$so" ]; then
+      copy="$OUT/$(basename "$so")"
+      strip --strip-debug -o "$copy" "$so" 2>/dev/null || cp "$so" "$copy"
+      (( $(stat -c %s "$copy") < 16 * 1024 * 1024 )) || rm -f "$copy"
+    fi
   fi
 fi
 
