@@ -142,3 +142,33 @@ def test_fold_and_headline(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Test GPU" in text and "two_convs/fused 2.00 (n=1)" in text
     assert "3 measured, 1 failed" in text and "boom" in text
+
+
+def test_goals_compare_each_case_with_its_target():
+    import summarize
+
+    timing = lambda group, case, impl, ms: {"group": group, "case": case, "impl": impl,  # noqa: E731
+                                            "median_ms": ms}
+    data = {"measurements": [
+        timing("svd", "resnet50-spatial", "trp_jacobi", 1.0),
+        timing("svd", "resnet50-spatial", "torch_svd", 9.0),     # 9x: misses 10x
+        timing("svd", "resnet50-spatial", "torch_gram", 2.5),    # 2.5x: meets 2x
+        timing("svd", "resnet20-channel", "trp_jacobi", 0.6),    # misses 0.5 ms
+        timing("step", "resnet20-b128", "plain", 10.0),
+        timing("step", "resnet20-b128-channel", "trp_jacobi", 11.0),   # 1.10x: meets 1.15x
+        timing("conv", "l-fwd", "fused", 1.0), timing("conv", "l-fwd", "two_convs", 1.1),
+        timing("conv", "l-fwd", "dense", 3.0), timing("conv", "l-fwd", "auto", 1.04),
+        timing("conv", "l-fwdbwd", "fused", 4.0), timing("conv", "l-fwdbwd", "two_convs", 3.0),
+        timing("conv", "l-fwdbwd", "auto", 3.3),                 # 10% over the best: misses
+        {"group": "conv", "case": "l-fwd", "impl": "x", "error": "boom"},
+    ]}
+    rows = {goal: met for goal, _, _, met in summarize.goal_rows(data)}
+    assert rows == {
+        "svd resnet50-spatial torch_svd/trp_jacobi": False,
+        "svd resnet50-spatial torch_gram/trp_jacobi": True,
+        "svd resnet20-channel trp_jacobi ms": False,
+        "step resnet20-b128-channel trp_jacobi/plain": True,
+        "conv l-fwd two_convs/fused": False,   # 1.1x: misses 1.2x; the backward has no such goal
+        "conv l-fwd auto/best": True,
+        "conv l-fwdbwd auto/best": False,
+    }
