@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 import trp_kernels as tk
-from trp_kernels import conv_select, factorization
-from trp_kernels._ops import memory_format_of, ops
-from trp_kernels.conv import reference_lowrank_conv2d
+from trp_kernels import factorization
+from trp_kernels.ops import backends
+from trp_kernels.ops import memory_format_of, ops
+from trp_kernels.ops.conv import reference_lowrank_conv2d
 
 from testing import cpu_and_cuda, cuda_only, dtypes
 
@@ -89,7 +90,7 @@ def test_forward_equals_dense_conv(impl, device, dtype, scheme):
         x, w1, w2, b = conv_inputs(device, scheme, C, N, rank, kernel, (13, 11), dtype=dtype,
                                    seed=seed)
         b = b if bias else None
-        with conv_select.forced(impl):
+        with backends.forced(conv=impl):
             y = tk.lowrank_conv2d(x, w1, w2, b, stride, padding, dilation, scheme)
         dense = factorization.full_weight(w1.double(), w2.double(), scheme)
         ref = F.conv2d(x.double(), dense, None if b is None else b.double(), stride, padding, dilation)
@@ -112,7 +113,7 @@ def test_gradcheck(impl, device, scheme, geometry):
     def fn(x, w1, w2, b):
         return tk.lowrank_conv2d(x, w1, w2, b, stride, padding, dilation, scheme)
 
-    with conv_select.forced(impl):
+    with backends.forced(conv=impl):
         assert torch.autograd.gradcheck(fn, inputs)
         # only some inputs requiring grad (the op's output_mask paths)
         for needs in ((True, False, False, False), (False, True, False, True), (False, False, True, False)):
@@ -125,7 +126,7 @@ def test_gradcheck(impl, device, scheme, geometry):
 def test_gradients_equal_dense_conv(impl, device, scheme):
     x, w1, w2, b = conv_inputs(device, scheme, C=4, N=6, rank=3, size=(10, 9), batch=3, seed=2)
     leaves = [t.clone().requires_grad_() for t in (x, w1, w2, b)]
-    with conv_select.forced(impl):
+    with backends.forced(conv=impl):
         tk.lowrank_conv2d(*leaves, 2, 1, 1, scheme).square().sum().backward()
     ref = [t.clone().requires_grad_() for t in (x, w1, w2, b)]
     F.conv2d(ref[0], factorization.full_weight(ref[1], ref[2], scheme), ref[3], 2, 1).square().sum().backward()
@@ -139,7 +140,7 @@ def test_channels_last(impl, device, scheme):
     x, w1, w2, _ = conv_inputs(device, scheme, C=6, N=8, rank=4, size=(12, 12),
                                dtype=torch.float32, seed=3)
     xc = x.contiguous(memory_format=torch.channels_last)
-    with conv_select.forced(impl):
+    with backends.forced(conv=impl):
         y = tk.lowrank_conv2d(x, w1, w2, None, 1, 1, 1, scheme)
         yc = tk.lowrank_conv2d(xc, w1, w2, None, 1, 1, 1, scheme)
         assert yc.is_contiguous(memory_format=torch.channels_last) and y.is_contiguous()
@@ -161,7 +162,7 @@ def test_half_precision_against_float32(impl, device, dtype, scheme):
             pytest.skip("this torch build has no float16 CPU convolution")
     x, w1, w2, _ = conv_inputs(device, scheme, C=8, N=16, rank=6, size=(10, 10),
                                dtype=torch.float32, seed=4)
-    with conv_select.forced(impl):
+    with backends.forced(conv=impl):
         ref = tk.lowrank_conv2d(x, w1, w2, None, 1, 1, 1, scheme)
         y = tk.lowrank_conv2d(x.to(dtype), w1.to(dtype), w2.to(dtype), None, 1, 1, 1, scheme)
     assert y.dtype == dtype
@@ -177,7 +178,7 @@ def test_rank_zero_is_the_bias(impl, device, scheme):
     inputs = conv_inputs(device, scheme, C=3, N=5, rank=0, size=(8, 7), dtype=torch.float32,
                          requires_grad=True)
     x, w1, w2, b = inputs
-    with conv_select.forced(impl):
+    with backends.forced(conv=impl):
         y = tk.lowrank_conv2d(*inputs, 2, 1, 1, scheme)
         grads = torch.autograd.grad(y, inputs, torch.ones_like(y))
     assert y.shape == (2, 5, 4, 4)
@@ -201,7 +202,7 @@ DENSE_GEOMETRIES = [
 
 @pytest.fixture
 def dense():
-    with conv_select.forced("dense"):
+    with backends.forced(conv="dense"):
         yield
 
 
@@ -245,7 +246,7 @@ def test_dense_backward_output_mask(dense, device, scheme, mask):
     args = ((1, 1), (1, 1), (1, 1), scheme)
     grad_y = torch.randn_like(tk.lowrank_conv2d(x, w1, w2, None, *args))
     grads = ops.lowrank_conv2d_backward(grad_y, x, w1, w2, *args, mask)
-    with conv_select.forced("two_convs"):
+    with backends.forced(conv="two_convs"):
         want = ops.lowrank_conv2d_backward(grad_y, x, w1, w2, *args, [True] * 4)
     for needed, got, ref in zip(mask, grads, want):
         if needed:
@@ -279,7 +280,7 @@ def test_dense_opcheck(dense, device, scheme, channels_last):
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_unknown_impl_is_a_value_error(device, monkeypatch):
     x, w1, w2, bias = conv_inputs(device, "channel")
-    monkeypatch.setenv(conv_select.ENV, "fastest")
+    monkeypatch.setenv(backends.CONV_ENV, "fastest")
     with pytest.raises(ValueError, match="TRP_CONV_IMPL"):
         tk.lowrank_conv2d(x, w1, w2, bias, 1, 1, 1, "channel")
 
@@ -287,24 +288,26 @@ def test_unknown_impl_is_a_value_error(device, monkeypatch):
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("impl", ["auto", "fused", "two_convs", "dense"])
 def test_every_impl_name_runs(device, impl):
-    # On the CPU, `fused` and `auto` run two_convs; on CUDA see section 3.
+    # On the CPU, `fused` and `auto` run two_convs; on CUDA see the CUDA-only tests below.
     x, w1, w2, bias = conv_inputs(device, "spatial")
-    with conv_select.forced(impl):
+    with backends.forced(conv=impl):
         y = tk.lowrank_conv2d(x, w1, w2, bias, 1, 1, 1, "spatial")
     ref = reference_lowrank_conv2d(x, w1, w2, bias, 1, 1, 1, "spatial")
     assert relative_error(y, ref) < 1e-12
 
 
 def test_forced_restores_the_environment(monkeypatch):
-    monkeypatch.delenv(conv_select.ENV, raising=False)
-    with conv_select.forced("dense"):
-        assert conv_select.forced_impl() == "dense"
-        with conv_select.forced(None):
-            assert conv_select.forced_impl() is None
-        assert os.environ[conv_select.ENV] == "dense"
-    assert conv_select.ENV not in os.environ
-    with pytest.raises(ValueError, match="impl"):
-        with conv_select.forced("fastest"):
+    monkeypatch.delenv(backends.CONV_ENV, raising=False)
+    with backends.forced(conv="dense"):
+        assert backends.conv_setting() == "dense"
+        with backends.forced(conv="auto"):
+            assert backends.conv_setting() is backends.ConvImpl.AUTO
+        with backends.forced(conv=None):   # None leaves the setting as it is
+            assert backends.conv_setting() is backends.ConvImpl.DENSE
+        assert os.environ[backends.CONV_ENV] == "dense"
+    assert backends.CONV_ENV not in os.environ
+    with pytest.raises(ValueError, match="conv"):
+        with backends.forced(conv="fastest"):
             pass
 
 
@@ -351,7 +354,7 @@ def float64_reference(inputs, case, scheme):
 
 
 def fused_launches(fn):
-    return conv_select.fused_launches(fn)[1]
+    return backends.fused_launches(fn)[1]
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -362,8 +365,8 @@ def fused_launches(fn):
 @pytest.mark.parametrize("device", cuda_only())
 def test_forward_matches_float64(device, impl, scheme, dtype, channels_last, case):
     inputs = case_inputs(device, case, scheme, dtype, channels_last)
-    with conv_select.forced(impl):
-        y, fused = conv_select.fused_launches(lambda: tk.lowrank_conv2d(*inputs, *geometry(case), scheme))
+    with backends.forced(conv=impl):
+        y, fused = backends.fused_launches(lambda: tk.lowrank_conv2d(*inputs, *geometry(case), scheme))
     assert fused == (impl == "fused")  # every case here is one the fused kernel takes
     _, ref = float64_reference(inputs, case, scheme)
     assert y.dtype == dtype and y.shape == ref.shape
@@ -380,7 +383,7 @@ def test_forward_matches_float64(device, impl, scheme, dtype, channels_last, cas
 @pytest.mark.parametrize("device", cuda_only())
 def test_gradients_match_float64(device, impl, scheme, dtype, channels_last, case):
     inputs = case_inputs(device, case, scheme, dtype, channels_last, requires_grad=True)
-    with conv_select.forced(impl):
+    with backends.forced(conv=impl):
         y = tk.lowrank_conv2d(*inputs, *geometry(case), scheme)
         grad_y = torch.randn_like(y)
         grads = torch.autograd.grad(y, inputs, grad_y)
@@ -398,7 +401,7 @@ def test_gradcheck_float64(device, impl, scheme):
     # float64 has no fused kernel: `fused` runs two_convs, which this also checks.
     case = (3, 4, 2, 6, 5, (3, 2), (2, 1), (1, 1), (1, 2))
     inputs = case_inputs(device, case, scheme, torch.float64, requires_grad=True)
-    with conv_select.forced(impl):
+    with backends.forced(conv=impl):
         assert torch.autograd.gradcheck(
             lambda *a: tk.lowrank_conv2d(*a, *geometry(case), scheme), inputs)
 
@@ -412,7 +415,7 @@ def test_opcheck(device, impl, scheme, dtype, channels_last):
     case = CASES[1]
     x, w1, w2, bias = case_inputs(device, case, scheme, dtype, channels_last, requires_grad=True)
     args = [list(v) if isinstance(v, tuple) else [v, v] for v in geometry(case)]
-    with conv_select.forced(impl):
+    with backends.forced(conv=impl):
         torch.library.opcheck(ops.lowrank_conv2d, (x, w1, w2, bias, *args, scheme))
         grad_y = torch.randn_like(ops.lowrank_conv2d(x, w1, w2, bias, *args, scheme)).detach()
         for mask in ([True] * 4, [True, False, True, False]):
@@ -428,11 +431,11 @@ def test_opcheck(device, impl, scheme, dtype, channels_last):
 def test_forcing_switches_the_kernel_per_call(device, scheme, dtype, channels_last):
     inputs = case_inputs(device, CASES[0], scheme, dtype, channels_last)
     run = lambda: tk.lowrank_conv2d(*inputs, *geometry(CASES[0]), scheme)  # noqa: E731
-    with conv_select.forced("fused"):
+    with backends.forced(conv="fused"):
         assert fused_launches(run) == 1
-    with conv_select.forced("two_convs"):
+    with backends.forced(conv="two_convs"):
         assert fused_launches(run) == 0
-    with conv_select.forced("dense"):
+    with backends.forced(conv="dense"):
         assert fused_launches(run) == 0
 
 
@@ -443,7 +446,7 @@ def test_fused_falls_back_where_the_kernel_cannot_run(device, dtype, rank):
     # (rank 0, the other case the kernel does not take, is test_rank_zero_is_the_bias's)
     case = (16, 24, rank, 8, 8, 3, 1, 1, 1)
     inputs = case_inputs(device, case, "channel", dtype)
-    with conv_select.forced("fused"):
+    with backends.forced(conv="fused"):
         run = lambda: tk.lowrank_conv2d(*inputs, *geometry(case), "channel")  # noqa: E731
         assert fused_launches(run) == 0
         y = run()
@@ -462,7 +465,7 @@ def test_fused_misaligned_channels_last_input(device, scheme, dtype):
     shifted = storage[1:].as_strided(x.shape, x.stride())
     shifted.copy_(x)
     assert shifted.data_ptr() % 16 != 0 and memory_format_of(shifted) == torch.channels_last
-    with conv_select.forced("fused"):
+    with backends.forced(conv="fused"):
         assert fused_launches(lambda: tk.lowrank_conv2d(shifted, w1, w2, bias, 1, 1, 1, scheme)) == 1
         y = tk.lowrank_conv2d(shifted, w1, w2, bias, 1, 1, 1, scheme)
     _, ref = float64_reference([x, w1, w2, bias], case, scheme)
@@ -478,7 +481,7 @@ def test_non_contiguous_input_and_weights(device, impl):
     wide[..., ::2] = x
     x_view = wide[..., ::2]
     w1_view = w1.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
-    with conv_select.forced(impl):
+    with backends.forced(conv=impl):
         y = tk.lowrank_conv2d(x_view, w1_view, w2, bias, *geometry(case), "spatial")
     _, ref = float64_reference([x, w1, w2, bias], case, "spatial")
     assert relative_error(y, ref) < 1e-4
@@ -495,7 +498,7 @@ def test_auto_measures_once_then_reuses_its_choice(device, dtype):
     case = unique_case(DTYPES.index(dtype))
     inputs = case_inputs(device, case, "channel", dtype)
     run = lambda: tk.lowrank_conv2d(*inputs, *geometry(case), "channel")  # noqa: E731
-    with conv_select.forced("auto"):
+    with backends.forced(conv="auto"):
         first = fused_launches(run)  # times the candidates, then runs the choice
         second = fused_launches(run)
         third = fused_launches(run)
@@ -510,7 +513,7 @@ def test_auto_measures_once_then_reuses_its_choice(device, dtype):
     assert torch.equal(y1, y2)
     outputs = {}
     for impl in CUDA_IMPLS:
-        with conv_select.forced(impl):
+        with backends.forced(conv=impl):
             outputs[impl] = run()
     chosen = [impl for impl, y in outputs.items() if torch.equal(y, y1)]
     assert chosen and (("fused" in chosen) == (second == 1))
@@ -523,18 +526,18 @@ def test_auto_under_graph_capture_uses_the_default_without_timing(device):
     args = (*geometry(case), "spatial")
     stream = torch.cuda.Stream()
     graph = torch.cuda.CUDAGraph()
-    with conv_select.forced("auto"):
+    with backends.forced(conv="auto"):
         with torch.cuda.stream(stream):
             with torch.cuda.graph(graph, stream=stream):
                 captured = tk.lowrank_conv2d(x, w1, w2, bias, *args)
         graph.replay()
         torch.cuda.synchronize()
-    with conv_select.forced("two_convs"):  # the default while capturing with nothing cached
+    with backends.forced(conv="two_convs"):  # the default while capturing with nothing cached
         eager = tk.lowrank_conv2d(x, w1, w2, bias, *args)
     assert torch.equal(captured, eager)
     x.add_(1.0)
     graph.replay()
-    with conv_select.forced("two_convs"):
+    with backends.forced(conv="two_convs"):
         assert torch.equal(captured, tk.lowrank_conv2d(x, w1, w2, bias, *args))
 
 
@@ -544,7 +547,7 @@ def test_backward_under_graph_capture_after_measuring(device):
     inputs = case_inputs(device, case, "channel", torch.float16, requires_grad=True)
     args = (*geometry(case), "channel")
     grad_y = torch.randn_like(tk.lowrank_conv2d(*inputs, *args))
-    with conv_select.forced("auto"):
+    with backends.forced(conv="auto"):
         eager = torch.autograd.grad(tk.lowrank_conv2d(*inputs, *args), inputs, grad_y)  # measures
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

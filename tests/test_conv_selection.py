@@ -8,26 +8,26 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trp_kernels import conv_select, validation
-from trp_kernels._ops import ops
+from trp_kernels.ops import backends
+from trp_kernels.ops import ops
 
 
 @pytest.fixture
 def restore_switch():
     yield
-    conv_select.apply_validation()  # back to what the committed record says
+    backends.apply_validation()  # back to what the committed record says
 
 
 def test_import_set_the_switch_from_the_validation_record():
     # The package applied the record at import; nothing in the tests has changed it since.
-    assert ops.fused_conv_in_auto() is (validation.FUSED_CONV_VALIDATED_BY is not None)
+    assert ops.fused_conv_in_auto() is (backends.FUSED_CONV_VALIDATED_BY is not None)
 
 
 @pytest.mark.parametrize("record", [None, "bench/results/gpu_validation.json"])
 def test_apply_validation_follows_the_record(monkeypatch, restore_switch, record):
-    monkeypatch.setattr(validation, "FUSED_CONV_VALIDATED_BY", record)
+    monkeypatch.setattr(backends, "FUSED_CONV_VALIDATED_BY", record)
     ops.set_fused_conv_in_auto(record is None)  # the opposite, so that the call must change it
-    conv_select.apply_validation()
+    backends.apply_validation()
     assert ops.fused_conv_in_auto() is (record is not None)
 
 

@@ -15,7 +15,7 @@ from trp_kernels import factorization, flops, geometry
 from trp_kernels.lowrank_train import make_lowrank, orthogonality_penalty
 from trp_kernels.models import resnet20
 from trp_kernels.report import markdown, plot
-from trp_kernels.svd import reference_rank
+from trp_kernels.ops.svd import reference_rank
 
 from testing import devices
 

@@ -11,7 +11,7 @@ from torch import nn
 
 import trp_kernels as tk
 from trp_kernels import factorization
-from trp_kernels.svd import reference_rank
+from trp_kernels.ops.svd import reference_rank
 
 from testing import devices, dtypes
 

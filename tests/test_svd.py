@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import trp_kernels as tk
-from trp_kernels import svd_select
-from trp_kernels.svd import (
+from trp_kernels.ops import backends
+from trp_kernels.ops.svd import (
     lowrank_project_groups,
     project_matrices,
     reference_lowrank_project,
@@ -43,7 +43,7 @@ SVD_IMPLS = ("jacobi", "eigh")
 
 @pytest.fixture(params=SVD_IMPLS)
 def impl(request):
-    with svd_select.forced(request.param):
+    with backends.forced(svd=request.param):
         yield request.param
 
 
@@ -228,7 +228,7 @@ PATHS = FUSED + BLOCKED_32 + BLOCKED_64
 @pytest.fixture
 def jacobi_kernels():
     """The CUDA-only checks below are about the Jacobi kernels, whatever the default path."""
-    with svd_select.forced("jacobi"):
+    with backends.forced(svd="jacobi"):
         yield
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import trp_kernels as tk
-from trp_kernels import svd_select, validation
-from trp_kernels.svd import lowrank_project_groups, project_matrices, reference_rank
+from trp_kernels.ops import backends
+from trp_kernels.ops.svd import lowrank_project_groups, project_matrices, reference_rank
 
 from testing import adversarial, devices, diag_matrix, dtypes, svd_tol, with_spectrum
 
@@ -17,7 +17,7 @@ EPS64 = torch.finfo(torch.float64).eps
 
 @pytest.fixture
 def eigh():
-    with svd_select.forced("eigh"):
+    with backends.forced(svd="eigh"):
         yield
 
 
@@ -26,9 +26,9 @@ def test_matches_op_on_cpu(dtype):
     """Same ranks as the compiled op and the same projection, to the contract's tolerance."""
     W = torch.randn(6, 24, 60, dtype=dtype, generator=torch.Generator().manual_seed(3))
     for rule in ({"energy": 0.9}, {"threshold": 2.0}, {"max_rank": 5}):
-        with svd_select.forced("jacobi"):
+        with backends.forced(svd="jacobi"):
             op = tk.lowrank_project(W, **rule)
-        with svd_select.forced("eigh"):
+        with backends.forced(svd="eigh"):
             comp = tk.lowrank_project(W, **rule)
         assert torch.equal(op.rank, comp.rank)
         scale = float(torch.linalg.norm(W.double()))
@@ -114,9 +114,9 @@ def test_nonfinite_only_the_op_raises_without_check(dtype):
     the composite path marks it with rank -1."""
     W = torch.randn(2, 4, 6, dtype=dtype)
     W[0, 0, 0] = float("inf")
-    with svd_select.forced("jacobi"), pytest.raises(ValueError, match="non-finite"):
+    with backends.forced(svd="jacobi"), pytest.raises(ValueError, match="non-finite"):
         tk.truncated_svd(W, check_finite=False)
-    with svd_select.forced("eigh"):
+    with backends.forced(svd="eigh"):
         assert tk.truncated_svd(W, check_finite=False).rank[0] == -1
 
 
@@ -130,8 +130,8 @@ def test_unknown_impl_raises(monkeypatch):
                  lambda: lowrank_project_groups([W]), lambda: project_matrices([W])):
         with pytest.raises(ValueError, match="TRP_SVD_IMPL"):
             call()
-    with pytest.raises(ValueError, match="impl"):
-        with svd_select.forced("lapack"):
+    with pytest.raises(ValueError, match="svd"):
+        with backends.forced(svd="lapack"):
             pass
 
 
@@ -145,32 +145,34 @@ def test_env_read_on_every_call(monkeypatch):
         tk.truncated_svd(W, check_finite=False)
     for value in ("", "auto"):
         monkeypatch.setenv("TRP_SVD_IMPL", value)
-        assert svd_select.impl_for(torch.device("cpu")) == "jacobi"
+        assert backends.svd_impl(torch.device("cpu")) == "jacobi"
 
 
 def test_defaults_per_device(monkeypatch):
     monkeypatch.delenv("TRP_SVD_IMPL", raising=False)
     cpu, cuda, meta = torch.device("cpu"), torch.device("cuda", 0), torch.device("meta")
-    monkeypatch.setattr(validation, "CUDA_SVD_VALIDATED_BY", None)
-    assert svd_select.impl_for(cpu) == "jacobi"
-    assert svd_select.impl_for(cuda) == "eigh"         # unvalidated kernels stay off by default
-    assert svd_select.impl_for(meta) == "eigh"         # no compiled kernel there
-    monkeypatch.setattr(validation, "CUDA_SVD_VALIDATED_BY", "bench/results/gpu_run.txt")
-    assert svd_select.impl_for(cuda) == "jacobi"
-    assert svd_select.impl_for(cpu) == "jacobi"
-    with svd_select.forced("eigh"):
-        assert svd_select.impl_for(cpu) == "eigh" and svd_select.impl_for(cuda) == "eigh"
-    with svd_select.forced("jacobi"):
-        assert svd_select.impl_for(meta) == "jacobi"
+    monkeypatch.setattr(backends, "CUDA_SVD_VALIDATED_BY", None)
+    assert backends.svd_impl(cpu) == "jacobi"
+    assert backends.svd_impl(cuda) == "eigh"         # unvalidated kernels stay off by default
+    assert backends.svd_impl(meta) == "eigh"         # no compiled kernel there
+    monkeypatch.setattr(backends, "CUDA_SVD_VALIDATED_BY", "bench/results/gpu_run.txt")
+    assert backends.svd_impl(cuda) == "jacobi"
+    assert backends.svd_impl(cpu) == "jacobi"
+    with backends.forced(svd="eigh"):
+        assert backends.svd_impl(cpu) == "eigh" and backends.svd_impl(cuda) == "eigh"
+    with backends.forced(svd="jacobi"):
+        assert backends.svd_impl(meta) == "jacobi"
 
 
 def test_forced_restores_the_environment(monkeypatch):
     monkeypatch.setenv("TRP_SVD_IMPL", "jacobi")
-    with svd_select.forced("eigh"):
-        with svd_select.forced(None):
-            assert svd_select.forced_impl() is None
-        assert svd_select.forced_impl() == "eigh"
-    assert svd_select.forced_impl() == "jacobi"
+    with backends.forced(svd="eigh"):
+        with backends.forced(svd="auto"):
+            assert backends.svd_setting() is backends.SvdImpl.AUTO
+        with backends.forced(svd=None):   # None leaves the setting as it is
+            assert backends.svd_setting() is backends.SvdImpl.EIGH
+        assert backends.svd_setting() == "eigh"
+    assert backends.svd_setting() == "jacobi"
 
 
 def test_composite_path_under_compile_and_export(eigh):
@@ -233,7 +235,7 @@ def test_rule_tail_below_rounding_floor_counts_as_zero():
 
 @pytest.mark.parametrize("impl", CPU_PATHS)
 def test_energy_one_keeps_numerical_rank_float64(impl):
-    with svd_select.forced(impl):
+    with backends.forced(svd=impl):
         for seed in range(3):
             W = rank3_with_tail_at_rounding_floor(seed=seed)
             assert int(tk.truncated_svd(W, energy=1.0).rank) == 3
@@ -247,7 +249,7 @@ def test_energy_one_keeps_numerical_rank_float64(impl):
 
 @pytest.mark.parametrize("impl", CPU_PATHS)
 def test_energy_one_keeps_numerical_rank_float32(impl):
-    with svd_select.forced(impl):
+    with backends.forced(svd=impl):
         for shape in ((8, 12), (40, 9), (24, 24)):
             W = exact_rank3(torch.float32, shape)
             assert int(tk.truncated_svd(W, energy=1.0).rank) == 3
@@ -264,6 +266,6 @@ def test_compiled_and_python_rules_cut_alike(impl, dtype):
     W = diag_matrix(values, dtype=dtype)
     S = torch.tensor(values + [0.0] * (6 - len(values)), dtype=dtype).double()
     energies = [0.1, 0.5, 0.9, 0.99, 1.0 - 1e-12, 1.0, 0.9 + 2 * EPS64]
-    with svd_select.forced(impl):
+    with backends.forced(svd=impl):
         for energy in energies:
             assert int(tk.truncated_svd(W, energy=energy).rank) == int(reference_rank(S, energy=energy)), energy

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trp_kernels.svd import reference_truncated_svd
+from trp_kernels.ops.svd import reference_truncated_svd
 
 devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

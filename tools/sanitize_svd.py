@@ -13,7 +13,7 @@ import sys
 import torch
 
 import trp_kernels as tk
-from trp_kernels.svd import reference_truncated_svd
+from trp_kernels.ops.svd import reference_truncated_svd
 
 # (shape, dtypes): fused wide / tall with odd k; blocked (order padded 70 -> 96; tall).
 CASES = [

@@ -9,12 +9,11 @@ The trainer behind ``python -m trp_kernels train`` is ``trp_kernels.training``; 
 in ``trp_kernels.models``.
 """
 
-from .conv import lowrank_conv2d
+from .ops import lowrank_conv2d, lowrank_project, truncated_svd
 from .decompose import decompose_model
 from .export import export_onnx, export_program, load_model, save_model, to_conv_pairs
 from .layers import LowRankConv2d
 from .lowrank_train import make_lowrank, orthogonality_penalty
-from .svd import lowrank_project, truncated_svd
 from .trp import TRPRegularizer
 from ._version import __version__
 

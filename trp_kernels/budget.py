@@ -29,8 +29,6 @@ with a rank pair (tucker2) returns pairs as ``Candidate.rank`` along its own cha
 from __future__ import annotations
 
 import heapq
-import math
-import numbers
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -41,26 +39,13 @@ from . import geometry
 from .factorization import factors_from_svd, full_rank, weight_to_matrix
 from .flops import conv2d_macs, conv_costs, lowrank_macs
 from .layers import LowRankConv2d, _explicit_padding as explicit_padding
-from .svd import truncated_svd
+from .ops import checks
+from .ops.svd import truncated_svd
 
 # Without an example input, costs are compared at this input size: for the usual 'same'-padded
 # layers the intermediate of a stride-s spatial pair is then exactly s times wider than the output,
 # as at any even input size.
 NOMINAL_HW = (1024, 1024)
-
-
-def check_rank_multiple(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"rank_multiple must be an int >= 1, got {value!r}")
-    return int(value)
-
-
-def check_target_speedup(value) -> float:
-    """t > 1: a speed-up of 1 is the dense model, which needs no option."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(value) or value <= 1:
-        raise ValueError(f"target_speedup must be a finite number > 1, got {value!r}")
-    return float(value)
 
 
 def round_rank(rank, full, multiple: int):
@@ -170,8 +155,8 @@ def plan_budget(model: nn.Module, layers, scheme: str, example_input: torch.Tens
     ``model``) for a conv FLOP speed-up of at least ``target_speedup`` on ``example_input``.
     Convs of the model outside ``layers`` count at their dense cost. Raises ValueError naming
     the largest reachable speed-up when the target is out of reach."""
-    target = check_target_speedup(target_speedup)
-    rank_multiple = check_rank_multiple(rank_multiple)
+    target = checks.target_speedup(target_speedup)
+    rank_multiple = checks.rank_multiple(rank_multiple)
     if scheme not in CANDIDATES:
         raise ValueError(f"target_speedup is not supported for scheme {scheme!r}")
     costs = {c.name: c for c in conv_costs(model, example_input)}
@@ -243,8 +228,8 @@ def fraction_for_budget(model: nn.Module, layers, scheme: str, example_input: to
     carry no information that a common fraction lacks. The speed-up falls as f grows, so the
     fraction is found by bisection over the fractions r/k at which some layer's rank changes.
     Raises ValueError naming the largest reachable speed-up when t is out of reach."""
-    target = check_target_speedup(target_speedup)
-    rank_multiple = check_rank_multiple(rank_multiple)
+    target = checks.target_speedup(target_speedup)
+    rank_multiple = checks.rank_multiple(rank_multiple)
     if scheme not in CANDIDATES:
         raise ValueError(f"target_speedup is not supported for scheme {scheme!r}")
     fmt = geometry.scheme(scheme)

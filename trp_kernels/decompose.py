@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from . import budget, geometry, latency
+from .ops import checks
 from .flops import conv_costs, count_params
 from .layers import LowRankConv2d
 
@@ -172,10 +173,10 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
     With ``example_input`` (one batch), the report holds per-layer and model conv MACs."""
     fmt = geometry.scheme(scheme)
     rank = fmt.check_rank_spec(rank)
-    rank_multiple = budget.check_rank_multiple(rank_multiple)
+    rank_multiple = checks.rank_multiple(rank_multiple)
     meter = latency.meter(measure)
     if target_speedup is not None:
-        budget.check_target_speedup(target_speedup)
+        checks.target_speedup(target_speedup)
         if energy is not None or threshold is not None or rank is not None:
             raise ValueError("target_speedup chooses the ranks itself; pass it without energy, "
                              "threshold and rank")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks, geometry
-from .svd import truncated_svd
+from . import geometry
+from .ops import checks
+from .ops.svd import truncated_svd
 
 
 # -- the geometry by scheme name ----------------------------------------------------------------
@@ -86,7 +87,7 @@ def decompose_weights(W: torch.Tensor, scheme: str = "channel", energy=None, thr
         lower its reconstruction error.
     """
     s = geometry.scheme(scheme)
-    _checks.tensor(W, "weight")
+    checks.tensor(W, "weight")
     if W.dim() != 5:
         raise ValueError(f"weights must be a stack [B, N, C, kh, kw], got shape {tuple(W.shape)}")
     if rank is not None:
@@ -159,7 +160,7 @@ def decompose_weight(W: torch.Tensor, scheme: str = "channel", energy=None, thre
     """Factors of one dense weight [N, C, kh, kw] by the rank rule; ``rank`` is an upper bound
     that must not exceed the full rank. Half-precision weights are factorised in float32."""
     geometry.scheme(scheme)
-    _checks.tensor(W, "weight")
+    checks.tensor(W, "weight")
     if W.dim() != 4:
         raise ValueError(f"weight must be 4-D [N, C, kh, kw], got shape {tuple(W.shape)}")
     return decompose_weights(W.unsqueeze(0), scheme, energy, threshold, rank,

@@ -27,44 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _checks
-
-
-def conv_out_size(size, kernel, stride, padding, dilation):
-    """Output length of a conv along one dimension (works on SymInts too)."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-@dataclass(frozen=True)
-class ThinConv:
-    """One plain conv of a factorised layer."""
-
-    in_channels: int
-    out_channels: int
-    kernel: tuple[int, int]
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
-
-    def out_hw(self, input_hw):
-        return tuple(conv_out_size(input_hw[i], self.kernel[i], self.stride[i], self.padding[i],
-                                   self.dilation[i]) for i in range(2))
-
-    @property
-    def weight_numel(self) -> int:
-        return self.out_channels * (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
-
-    def macs(self, input_hw) -> tuple[int, tuple[int, int]]:
-        out = self.out_hw(input_hw)       # (MACs per sample, output size)
-        return self.weight_numel * out[0] * out[1], out
-
-
-def chain_out_hw(convs, input_hw):
-    """Output size of thin convs run one after the other."""
-    for conv in convs:
-        input_hw = conv.out_hw(input_hw)
-    return input_hw
+from .ops import checks
+from .ops.conv_geometry import ThinConv, chain_out_hw, op_convs
 
 
 # -- matrix views of W --------------------------------------------------------------------------
@@ -155,9 +119,9 @@ class Scheme:
         if spec is None:
             return None
         if self.paired_rank and isinstance(spec, (tuple, list)) and len(spec) == 2:
-            return tuple(_checks.rank_or_fraction(p, name) for p in spec)
+            return tuple(checks.rank_or_fraction(p, name) for p in spec)
         if self.paired_rank or not isinstance(spec, (tuple, list)):
-            return _checks.rank_or_fraction(spec, name)
+            return checks.rank_or_fraction(spec, name)
         raise TypeError(f"{name} must be an int or a float in (0, 1] for scheme "
                         f"'{self.name}' (a pair is for tucker2 only), got {spec!r}")
 
@@ -251,9 +215,8 @@ class Channel(FactorPairScheme):
         return (rank, C, kh, kw), (N, rank, 1, 1)
 
     def convs(self, weight_shape, rank, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
-        N, C, kh, kw = weight_shape[-4:]
-        return (ThinConv(C, rank, (kh, kw), tuple(stride), tuple(padding), tuple(dilation)),
-                ThinConv(rank, N, (1, 1)))
+        return op_convs(*self.factor_shapes(weight_shape, rank), stride, padding, dilation,
+                        self.name)
 
     def kernel_of(self, shape1, shape2):
         return tuple(shape1[2:])
@@ -277,10 +240,8 @@ class Spatial(FactorPairScheme):
         return (rank, C, kh, 1), (N, rank, 1, kw)
 
     def convs(self, weight_shape, rank, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
-        N, C, kh, kw = weight_shape[-4:]
-        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-        return (ThinConv(C, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1)),
-                ThinConv(rank, N, (1, kw), (1, sw), (0, pw), (1, dw)))
+        return op_convs(*self.factor_shapes(weight_shape, rank), stride, padding, dilation,
+                        self.name)
 
     def kernel_of(self, shape1, shape2):
         return (shape1[2], shape2[3])

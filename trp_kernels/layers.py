@@ -8,8 +8,9 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from . import _checks, factorization, geometry
-from .conv import composite_conv2d, lowrank_conv2d
+from . import factorization, geometry
+from .ops import checks
+from .ops.conv import composite_conv2d, lowrank_conv2d
 
 
 def _positive(value, name):
@@ -44,12 +45,12 @@ class LowRankConv2d(nn.Module):
         super().__init__()
         self.in_channels = _positive(in_channels, "in_channels")
         self.out_channels = _positive(out_channels, "out_channels")
-        self.kernel_size = tuple(_checks.pair(kernel_size, "kernel_size"))
+        self.kernel_size = tuple(checks.pair(kernel_size, "kernel_size"))
         _positive(self.kernel_size[0], "kernel_size")
         _positive(self.kernel_size[1], "kernel_size")
-        self.stride = tuple(_checks.pair(stride, "stride"))
-        self.padding = tuple(_checks.pair(padding, "padding"))
-        self.dilation = tuple(_checks.pair(dilation, "dilation"))
+        self.stride = tuple(checks.pair(stride, "stride"))
+        self.padding = tuple(checks.pair(padding, "padding"))
+        self.dilation = tuple(checks.pair(dilation, "dilation"))
         if min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
             raise ValueError(
                 f"stride and dilation must be >= 1 and padding >= 0, got stride={stride}, "

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from . import budget
+from .ops import checks
 from .decompose import DecompositionReport, decompose_model, decomposable_layers
 from .layers import LowRankConv2d
 
@@ -53,12 +54,12 @@ def make_lowrank(model: nn.Module, scheme: str = "channel", rank=0.5, skip=None,
     every rank rounded up to a multiple of m, capped at the full rank. A layer whose factorised
     form is not cheaper than its conv stays a plain nn.Conv2d."""
     if target_speedup is not None:
-        budget.check_target_speedup(target_speedup)
+        checks.target_speedup(target_speedup)
         if rank is not None:
             raise ValueError("target_speedup chooses the ranks itself; pass it with rank=None")
         if example_input is None:
             raise ValueError("example_input is required with target_speedup")
-        rank_multiple = budget.check_rank_multiple(rank_multiple)
+        rank_multiple = checks.rank_multiple(rank_multiple)
         layers = decomposable_layers(model, skip)
         rank = budget.fraction_for_budget(model, layers, scheme, example_input, target_speedup,
                                           rank_multiple)

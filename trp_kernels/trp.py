@@ -37,7 +37,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import _checks
+from . import geometry
+from .ops import checks
 from .decompose import DecompositionReport, decompose_model, decomposable_layers
 from .trp_projections import projection_for
 
@@ -69,10 +70,10 @@ class TRPRegularizer:
     def __init__(self, model: nn.Module, scheme: str = "channel", energy: float = 0.9,
                  nuclear_weight: float = 3e-4, period: int = 1, skip=None,
                  broadcast: bool | None = None):
-        self.scheme = _checks.scheme(scheme)
+        self.scheme = geometry.scheme(scheme).name
         self.energy = energy
-        self.nuclear_weight = _checks.non_negative(nuclear_weight, "nuclear_weight")
-        self.period = _checks.int_at_least(period, 1, "period")
+        self.nuclear_weight = checks.non_negative(nuclear_weight, "nuclear_weight")
+        self.period = checks.int_at_least(period, 1, "period")
         self.model = unwrap(model)
         self.layers = decomposable_layers(self.model, skip)
         if not self.layers:
@@ -93,7 +94,7 @@ class TRPRegularizer:
 
     @energy.setter
     def energy(self, value) -> None:
-        self._energy = _checks.energy(value)
+        self._energy = checks.energy(value)
 
     def _weights(self) -> list[torch.Tensor]:
         return [conv.weight for _, conv in self.layers]

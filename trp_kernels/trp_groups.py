@@ -29,7 +29,8 @@ from typing import Callable
 
 import torch
 
-from . import geometry, svd
+from . import geometry
+from .ops import svd
 from .factorization import weight_to_matrix
 
 

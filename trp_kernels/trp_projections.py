@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from . import svd
+from .ops import svd
 from .trp_groups import MATRIX_VIEWS, StackedGroups
 
 

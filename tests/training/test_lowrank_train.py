@@ -10,7 +10,7 @@ from trp_kernels.layers import LowRankConv2d
 from trp_kernels.factorization import factor_matrices
 from trp_kernels.lowrank_train import make_lowrank, orthogonality_penalty
 from trp_kernels.models import resnet20
-from trp_kernels.svd import reference_lowrank_project
+from trp_kernels.ops.svd import reference_lowrank_project
 
 SCHEMES = ["channel", "spatial"]
 

@@ -7,11 +7,11 @@ from testing import devices
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import trp_kernels.svd as svd_module
+import trp_kernels.ops.svd as svd_module
 from trp_kernels.factorization import matrix_to_weight, weight_to_matrix
 from trp_kernels.layers import LowRankConv2d
 from trp_kernels.models import resnet20, resnet56
-from trp_kernels.svd import reference_lowrank_project
+from trp_kernels.ops.svd import reference_lowrank_project
 from trp_kernels.trp import TRPRegularizer
 from trp_kernels.trp_groups import MATRIX_VIEWS, MatrixView
 

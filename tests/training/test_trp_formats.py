@@ -9,7 +9,7 @@ from testing import devices
 from trp_kernels import geometry
 from trp_kernels.layers import LowRankConv2d
 from trp_kernels.models import resnet56
-from trp_kernels.svd import reference_lowrank_project, reference_rank
+from trp_kernels.ops.svd import reference_lowrank_project, reference_rank
 from trp_kernels.trp import TRPRegularizer
 
 FORMATS = ["tucker2", "decoupled"]

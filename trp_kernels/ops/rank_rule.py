@@ -1,18 +1,12 @@
-"""The rank rule (docs/design.md, section 1) written with tensor ops, for every device.
+"""The rank rule of docs/design.md, "Rank rules", written with tensor ops for every device: the
+statement the references and the composite SVD path use. The compiled kernels run the same rule
+in C++ (csrc/include/trp/rank_rule.h, ``select_rank``) on the same float64 running sum, so both
+cut at the same place.
 
-Per matrix with singular values s_1 >= ... >= s_k: ``energy`` e in (0, 1] keeps the smallest r
-with s_1^2 + ... + s_r^2 >= (e - k * eps) * total (total = the sum of all s_i^2, eps the
-float64 machine epsilon); ``threshold`` t >= 0 keeps the s_i > t; ``max_rank`` caps r.
-Criteria combine by taking the smallest r; with none, r = k. An all-zero matrix has rank 0.
-
-The slack k * eps * total of the energy cut is the rounding floor of the float64 total (a sum of
-k non-negative terms is known to a relative error below (k - 1) * eps / 2): a tail under it is
-indistinguishable from zero, so energy = 1 keeps the numerical rank instead of every noise
-direction whose square changes the last bit of the sum.
-
-This is the statement the references and the composite SVD path use; the compiled kernels run
-the same rule in C++ (csrc/include/trp/rank_rule.h, ``select_rank``), on the same float64
-running sum, so both cut at the same place.
+The rule's numerical-rank tolerance is a slack of k * eps * total in the energy cut (total = the
+sum of all s_i^2, eps the float64 machine epsilon): the rounding floor of the float64 total, a
+sum of k non-negative terms known to a relative error below (k - 1) * eps / 2. A tail under it
+cannot be told from zero, so energy = 1 keeps the numerical rank.
 """
 
 from __future__ import annotations

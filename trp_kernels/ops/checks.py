@@ -1,7 +1,8 @@
 """Python-side argument checks: the ones the C++ ops cannot phrase well (Python types, devices
 of several tensors), and the options of the Python API and the trainer (energy, rank as an int or
-a fraction, loss weights), each rule in one function that every caller imports. The ops' own
-value ranges are checked once, in C++ (csrc/aten/trp/checks.h)."""
+a fraction, loss weights, FLOP budgets), each rule in one function that every caller imports.
+The ops' own value ranges are checked once, in C++ (csrc/aten/trp/checks.h); the conventions are
+docs/design.md, "Errors"."""
 
 from __future__ import annotations
 
@@ -50,20 +51,13 @@ def pair(value, name: str) -> list[int]:
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
-FUSED_SCHEMES = ("channel", "spatial")   # the formats the lowrank_conv2d op runs
+FUSED_SCHEMES = ("channel", "spatial")   # the schemes the lowrank_conv2d op runs
 
 
 def fused_scheme(value) -> str:
     if value not in FUSED_SCHEMES:
         raise ValueError(f"scheme must be 'channel' or 'spatial', got {value!r}")
     return value
-
-
-def scheme(value) -> str:
-    """A format name of geometry.SCHEMES (the one registry); ValueError naming ``scheme``."""
-    from . import geometry   # geometry imports this module
-
-    return geometry.scheme(value).name
 
 
 # -- option values shared by the Python API and the trainer (one home for each rule) -----------
@@ -107,4 +101,16 @@ def rank_or_fraction(value, name: str = "rank"):
         return int(value)
     if not 0 < value <= 1:
         raise ValueError(f"{name} as a fraction of the full rank must be in (0, 1], got {value}")
+    return float(value)
+
+
+def rank_multiple(value) -> int:
+    """Every rank rounded up to a multiple of this: an int >= 1."""
+    return int_at_least(value, 1, "rank_multiple")
+
+
+def target_speedup(value) -> float:
+    """A conv FLOP budget t > 1 (a speed-up of 1 is the dense model, which needs no option)."""
+    if not (is_finite_real(value) and value > 1):
+        raise ValueError(f"target_speedup must be a finite number > 1, got {value!r}")
     return float(value)

@@ -1,5 +1,5 @@
 """The composite SVD path: truncated SVD and TRP projection built from torch calls only, so it
-runs on any device torch supports (selected by ``TRP_SVD_IMPL=eigh``, see svd_select.py).
+runs on any device torch supports (``TRP_SVD_IMPL=eigh``; backends.py chooses the path).
 
 Algorithm, per matrix W (m x n), in float64 whatever the input dtype; A = the k x L orientation
 of W (k = min(m, n), L = max(m, n); A = W if m <= n, else W^T):

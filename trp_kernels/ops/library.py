@@ -1,15 +1,16 @@
-"""Loads the compiled extension and registers, per op, its fake kernel (shape propagation for
-torch.compile / torch.export / meta tensors) and its autograd formula."""
+"""Loads the compiled extension ``trp_kernels._C`` (its schemas and kernels: csrc/ops.cpp) and
+registers, per op, its fake kernel (shape propagation for torch.compile, torch.export and meta
+tensors) and its autograd formula."""
 
 from __future__ import annotations
 
 import torch
 
-from . import conv_select
-from . import geometry
+from . import backends
+from .conv_geometry import chain_out_hw, op_convs
 
 try:
-    from . import _C  # noqa: F401  (importing registers the torch.ops.trp.* kernels)
+    from .. import _C  # noqa: F401  (importing registers the torch.ops.trp.* kernels)
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "trp_kernels' compiled extension trp_kernels._C is missing or does not load "
@@ -19,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
     ) from exc
 
 ops = torch.ops.trp
-conv_select.apply_validation()  # fused joins the automatic conv choice only once validated
+backends.apply_validation()  # fused joins the automatic conv choice only once validated
 
 
 def memory_format_of(t: torch.Tensor) -> torch.memory_format:
@@ -31,11 +32,8 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format:
 
 
 def lowrank_conv2d_out_shape(x, weight1, weight2, stride, padding, dilation, scheme):
-    s = geometry.scheme(scheme)
-    shapes = (weight1.shape, weight2.shape)
-    hw = s.out_hw(s.weight_shape_of(*shapes), s.rank_of(*shapes), x.shape[2:], stride, padding,
-                  dilation)
-    return (x.shape[0], weight2.shape[0], *hw)
+    convs = op_convs(weight1.shape, weight2.shape, stride, padding, dilation, scheme)
+    return (x.shape[0], weight2.shape[0], *chain_out_hw(convs, x.shape[2:]))
 
 
 @torch.library.register_fake("trp::truncated_svd")

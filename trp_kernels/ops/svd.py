@@ -1,22 +1,12 @@
-"""Batched truncated SVD with the TRP rank rule, and the fused TRP projection.
+"""Batched truncated SVD with the rank rule, and the fused TRP projection: the Python face of
+``torch.ops.trp.truncated_svd``, ``lowrank_project`` and ``lowrank_project_groups``.
 
-The rank rule (docs/design.md section 3), per matrix with singular values s_1 >= ... >= s_k:
-``energy`` e in (0, 1] keeps the smallest r with s_1^2 + ... + s_r^2 >= (e - k * eps) * total
-(total = sum(s^2), eps = float64 machine epsilon: the slack k * eps * total is the rounding floor
-of the float64 total, so a tail below it counts as zero and e = 1 keeps the numerical rank);
-``threshold`` t >= 0 keeps the s_i > t; ``max_rank`` caps r. Criteria combine by taking the
-smallest r; with none, r = k = min(m, n). An all-zero matrix has rank 0. The rule is written once
-per language: trp_kernels/rank_rule.py (references, composite path) and
-csrc/include/trp/rank_rule.h (compiled kernels, CPU and CUDA).
-
-Two implementations compute every function here to the same contract (svd_select.py):
-``jacobi``, the compiled op (LAPACK kernels on the CPU, Jacobi kernels on CUDA), and ``eigh``,
-the composite path of plain torch calls (svd_composite.py: float64 Gram matrix of the short side
-+ ``torch.linalg.eigh``), which runs on any device. The CPU uses the compiled op; CUDA uses the
-composite path until ``validation.CUDA_SVD_VALIDATED_BY`` names the committed GPU run that
-validated the Jacobi kernels. ``TRP_SVD_IMPL=jacobi|eigh`` (read on every call) forces one;
-``svd_select.forced`` does it for a block. Both are plain torch ops to ``torch.compile`` and
-``torch.export``.
+The rank rule is docs/design.md, "Rank rules"; rank_rule.py states it with tensor ops and
+csrc/include/trp/rank_rule.h in C++. Two implementations compute every function here to the
+same contract, chosen per call by backends.py: the compiled op, and the composite path of plain
+torch calls (svd_composite.py), which runs on any device. Both are plain torch ops to
+``torch.compile`` and ``torch.export``. The pure-torch references at the end are what the tests
+hold both paths to.
 """
 
 from __future__ import annotations
@@ -26,8 +16,9 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from . import _checks, svd_composite, svd_select
-from ._ops import ops
+from . import checks, svd_composite
+from .backends import SvdImpl, svd_impl
+from .library import ops
 from .rank_rule import select_rank
 
 
@@ -46,9 +37,9 @@ class LowRankProjection(NamedTuple):
 
 def _rule(energy, threshold, max_rank):
     return (
-        _checks.optional_real(energy, "energy"),
-        _checks.optional_real(threshold, "threshold"),
-        _checks.optional_int(max_rank, "max_rank"),
+        checks.optional_real(energy, "energy"),
+        checks.optional_real(threshold, "threshold"),
+        checks.optional_int(max_rank, "max_rank"),
     )
 
 
@@ -56,7 +47,7 @@ def _marks_nonfinite(device: torch.device) -> bool:
     """Whether the path selected for ``device`` reports a matrix holding inf/nan with rank -1
     (and NaN factors) instead of raising: every path but the compiled CPU op, which raises
     ValueError itself. A device cannot raise without a host synchronisation."""
-    return device.type != "cpu" or svd_select.impl_for(device) == "eigh"
+    return device.type != "cpu" or svd_impl(device) is SvdImpl.EIGH
 
 
 def _raise_if_nonfinite(rank: torch.Tensor, name: str = "W") -> None:
@@ -105,10 +96,10 @@ def lowrank_project(W, energy=None, threshold=None, max_rank=None, *,
 
 
 def _run(op: str, W, energy, threshold, max_rank, check_finite):
-    """``op`` (truncated_svd or lowrank_project) of W on the path svd_select picks; its last
+    """``op`` (truncated_svd or lowrank_project) of W on the path backends.py picks; its last
     output is the rank, checked for the non-finite mark when ``check_finite``."""
-    _checks.tensor(W, "W")
-    impl = svd_composite if svd_select.impl_for(W.device) == "eigh" else ops
+    checks.tensor(W, "W")
+    impl = svd_composite if svd_impl(W.device) is SvdImpl.EIGH else ops
     out = getattr(impl, op)(W, *_rule(energy, threshold, max_rank))
     if check_finite and _marks_nonfinite(W.device):
         _raise_if_nonfinite(out[-1])
@@ -123,10 +114,10 @@ def lowrank_project_groups(groups: Sequence[torch.Tensor], energy=None, threshol
     with the same k in one eigh call. Returns lists (W_low, subgrad, rank), one entry per group."""
     groups = list(groups)
     for i, group in enumerate(groups):
-        _checks.tensor(group, f"groups[{i}]")
+        checks.tensor(group, f"groups[{i}]")
     rule = _rule(energy, threshold, max_rank)
     device = groups[0].device if groups else torch.device("cpu")
-    if svd_select.impl_for(device) == "eigh":
+    if svd_impl(device) is SvdImpl.EIGH:
         lows, subs, ranks = svd_composite.lowrank_project_groups(groups, *rule)
     else:
         lows, subs, ranks = ops.lowrank_project_groups(groups, *rule)
@@ -144,7 +135,7 @@ def project_matrices(matrices: Sequence[torch.Tensor], energy=None, threshold=No
     one ``lowrank_project_groups`` call. Results come back in input order."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, M in enumerate(matrices):
-        _checks.tensor(M, f"matrices[{i}]")
+        checks.tensor(M, f"matrices[{i}]")
         if M.dim() != 2:
             raise ValueError(f"matrices[{i}] must be 2-D, got shape {tuple(M.shape)}")
         groups[(tuple(M.shape), M.dtype, M.device)].append(i)
