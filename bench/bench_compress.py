@@ -40,7 +40,7 @@ import pytest
 import torch
 
 import trp_kernels as tk
-from trp_kernels.factorization import matrix_shape, matrix_to_weight
+from trp_kernels.schemes.factorization import matrix_shape, matrix_to_weight
 from trp_kernels.decompose import decomposable_layers
 from trp_kernels.latency import LatencyMeter
 from trp_kernels.models import create_model

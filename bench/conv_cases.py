@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from layer_sets import load
 
-from trp_kernels import geometry
+from trp_kernels.ops import conv_geometry
+from trp_kernels.schemes import geometry
 
 RANK_FRACTION = {"channel": 0.3, "spatial": 0.23}
 NETWORKS = {"resnet20": "r20", "resnet18": "r18"}
@@ -55,7 +56,7 @@ class Layer:
 
     @property
     def out_size(self) -> int:
-        return geometry.conv_out_size(self.size, 3, self.stride, self.padding, 1)
+        return conv_geometry.conv_out_size(self.size, 3, self.stride, self.padding, 1)
 
     def full_rank(self, scheme: str) -> int:
         return geometry.scheme(scheme).full_rank(self.weight_shape)
@@ -73,7 +74,7 @@ class Layer:
         """Multiply-accumulates per image: the dense conv (scheme None) or the factor pair."""
         hw = (self.size, self.size)
         if scheme is None:
-            dense = geometry.ThinConv(self.in_channels, self.out_channels, (3, 3), *self.conv_args)
+            dense = conv_geometry.ThinConv(self.in_channels, self.out_channels, (3, 3), *self.conv_args)
             return dense.macs(hw)[0]
         return geometry.scheme(scheme).macs(self.weight_shape, self.rank(scheme), hw,
                                             *self.conv_args)[0]

@@ -213,7 +213,7 @@ def relative_error(got, want):
 
 def run_conv(case: Case):
     import trp_kernels as tk
-    from trp_kernels import factorization
+    from trp_kernels.schemes import factorization
     from trp_kernels.ops import backends, memory_format_of
     from trp_kernels.ops.conv import reference_lowrank_conv2d
 

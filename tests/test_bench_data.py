@@ -12,7 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from trp_kernels import factorization, models
+from trp_kernels import models
+
+from trp_kernels.schemes import factorization
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER_SETS = os.path.join(ROOT, "bench", "layer_sets.json")

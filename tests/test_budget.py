@@ -11,9 +11,10 @@ from torch import nn
 
 import trp_kernels as tk
 from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
-from trp_kernels import budget, flops
+from trp_kernels import budget
+from trp_kernels.schemes import costs
 from trp_kernels.decompose import decomposable_layers
-from trp_kernels.factorization import full_rank, weight_to_matrix
+from trp_kernels.schemes.factorization import full_rank, weight_to_matrix
 
 
 class TinyNet(nn.Module):
@@ -33,12 +34,12 @@ class TinyNet(nn.Module):
 def reference_options(model, x, scheme, multiple):
     """Per layer: [(rank or None, MACs, kept energy)], from the flops counter and float64 SVDs,
     without the budget module: every rank that is a multiple (or the full rank), and dense."""
-    hw = {c.name: c.input_hw for c in flops.conv_costs(model, x)}
+    hw = {c.name: c.input_hw for c in costs.conv_costs(model, x)}
     out = {}
     for name, conv in decomposable_layers(model, skip=()):
         s = torch.linalg.svdvals(weight_to_matrix(conv.weight.detach().double(), scheme))
         kept = torch.cumsum(s * s, 0) / (s * s).sum()
-        dense = flops.conv2d_macs(conv, hw[name])[0]
+        dense = costs.conv2d_macs(conv, hw[name])[0]
         k = full_rank(conv.weight.shape, scheme)
         options = [(None, dense, 1.0)]
         for r in range(1, k + 1):
@@ -46,7 +47,7 @@ def reference_options(model, x, scheme, multiple):
                 continue
             layer = tk.LowRankConv2d(conv.in_channels, conv.out_channels, 3, r,
                                      stride=conv.stride, padding=conv.padding, scheme=scheme)
-            macs = flops.lowrank_macs(layer, hw[name])[0]
+            macs = costs.lowrank_macs(layer, hw[name])[0]
             if macs < dense:
                 options.append((r, macs, float(kept[r - 1])))
         out[name] = options
@@ -54,7 +55,7 @@ def reference_options(model, x, scheme, multiple):
 
 
 def head_macs(model, x):
-    return next(c.macs for c in flops.conv_costs(model, x) if c.name == "head")
+    return next(c.macs for c in costs.conv_costs(model, x) if c.name == "head")
 
 
 @pytest.mark.parametrize("scheme, multiple", [("channel", 1), ("spatial", 1), ("channel", 2),
@@ -140,12 +141,12 @@ def test_layers_not_cheaper_stay_plain_convs():
     torch.testing.assert_close(model(x), original(x))
     assert report.flops_speedup == 1 and report.to_dict()["layers"][0]["kept_dense"]
     # the same rank is cheaper for one layer and not for another: judged per layer
-    hw = {c.name: c.input_hw for c in flops.conv_costs(original, x)}
+    hw = {c.name: c.input_hw for c in costs.conv_costs(original, x)}
     report = tk.decompose_model(copy.deepcopy(original), "channel", rank=4, example_input=x)
     assert sorted(l.kept_dense for l in report.layers) == [False, False, True]
     for l in report.layers:
         conv = original.get_submodule(l.name)
-        assert l.kept_dense == (l.macs_before <= budget.factorised_macs(conv, "channel", 4,
+        assert l.kept_dense == (l.macs_before <= costs.factorised_macs(conv, "channel", 4,
                                                                         hw[l.name]))
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import trp_kernels as tk
-from trp_kernels import factorization
+from trp_kernels.schemes import factorization
 from trp_kernels.ops import backends
 from trp_kernels.ops import memory_format_of, ops
 from trp_kernels.ops.conv import reference_lowrank_conv2d

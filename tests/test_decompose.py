@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import trp_kernels as tk
-from trp_kernels import flops
+from trp_kernels.schemes import costs
 from trp_kernels.decompose import is_decomposable
-from trp_kernels.factorization import matrix_to_weight, weight_to_matrix
+from trp_kernels.schemes.factorization import matrix_to_weight, weight_to_matrix
 
 
 class SmallNet(nn.Module):
@@ -32,11 +32,11 @@ class SmallNet(nn.Module):
 
 def test_conv_macs_formulas():
     conv = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-    macs, out = flops.conv2d_macs(conv, (32, 30))
+    macs, out = costs.conv2d_macs(conv, (32, 30))
     assert out == (16, 15) and macs == 16 * 8 * 9 * 16 * 15
     for scheme in ("channel", "spatial"):
         layer = tk.LowRankConv2d(8, 16, 3, rank=5, stride=2, padding=1, scheme=scheme)
-        macs, out = flops.lowrank_macs(layer, (32, 30))
+        macs, out = costs.lowrank_macs(layer, (32, 30))
         assert out == (16, 15)
         if scheme == "channel":
             assert macs == 5 * (8 * 9 + 16) * 16 * 15
@@ -50,7 +50,7 @@ def test_string_padding_counts_the_real_output(kernel, dilation, padding):
     """'same' with an even dilated kernel pads asymmetrically: the counter must follow PyTorch."""
     conv = nn.Conv2d(2, 3, kernel, padding=padding, dilation=dilation)
     x = torch.randn(1, 2, 9, 8)
-    macs, out = flops.conv2d_macs(conv, (9, 8))
+    macs, out = costs.conv2d_macs(conv, (9, 8))
     assert out == tuple(conv(x).shape[-2:])
     assert macs == 3 * 2 * conv.kernel_size[0] * conv.kernel_size[1] * out[0] * out[1]
 
@@ -59,10 +59,10 @@ def test_conv_costs_leave_the_model_untouched():
     model = SmallNet().train()
     bn = model.body[1]
     before = bn.running_mean.clone()
-    costs = flops.conv_costs(model, torch.randn(2, 3, 16, 16))
-    assert [c.name for c in costs] == ["stem", "body.0", "body.3", "body.4", "body.5"]
+    counted = costs.conv_costs(model, torch.randn(2, 3, 16, 16))
+    assert [c.name for c in counted] == ["stem", "body.0", "body.3", "body.4", "body.5"]
     assert model.training and torch.equal(bn.running_mean, before)
-    assert costs[2].macs == 16 * 8 * 9 * 8 * 8      # groups divide the input channels
+    assert counted[2].macs == 16 * 8 * 9 * 8 * 8      # groups divide the input channels
 
 
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
@@ -86,8 +86,8 @@ def test_decompose_model(scheme):
     assert all(l.rank == 3 and not l.kept_dense for l in report.layers)
     torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-5)
     # per-layer MACs agree with the counter on the models themselves
-    before = {c.name: c.macs for c in flops.conv_costs(original, x)}
-    after = {c.name: c.macs for c in flops.conv_costs(model, x)}
+    before = {c.name: c.macs for c in costs.conv_costs(original, x)}
+    after = {c.name: c.macs for c in costs.conv_costs(model, x)}
     for l in report.layers:
         assert (l.macs_before, l.macs_after) == (before[l.name], after[l.name])
     assert report.conv_macs_before == sum(before.values())
@@ -145,14 +145,14 @@ def test_decompose_model_new_formats(scheme):
     assert {l.name for l in report.layers if l.kept_dense} == dense
     assert all(l.rank == ((2, 2) if scheme == "tucker2" else 2) for l in report.layers)
     torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-4)
-    after = {c.name: c for c in flops.conv_costs(model, x)}
+    after = {c.name: c for c in costs.conv_costs(model, x)}
     for l in report.layers:
         layer = model.get_submodule(l.name)
         if not l.kept_dense:
-            assert l.macs_after == after[l.name].macs == flops.lowrank_macs(layer, after[l.name].input_hw)[0]
+            assert l.macs_after == after[l.name].macs == costs.lowrank_macs(layer, after[l.name].input_hw)[0]
         else:
             assert l.macs_after == l.macs_before == after[l.name].macs
-        assert l.params_after == flops.count_params(layer)
+        assert l.params_after == costs.count_params(layer)
     # rank as a fraction: of both modes for tucker2, or a pair of them
     rank = (0.25, 0.5) if scheme == "tucker2" else 0.5
     report = tk.decompose_model(SmallNet(), scheme=scheme, rank=rank)
@@ -167,7 +167,7 @@ def test_decompose_model_new_formats(scheme):
 def test_one_batched_svd_per_shape_group_and_mode(monkeypatch):
     """tucker2: one call per mode unfolding of each weight shape; decoupled: one per shape
     (every filter of every layer of that shape)."""
-    from trp_kernels import factorization
+    from trp_kernels.schemes import factorization
     from trp_kernels.models import resnet20
 
     calls = []

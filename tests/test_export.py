@@ -10,7 +10,7 @@ from trp_kernels.checkpoint import CheckpointError
 from trp_kernels.decompose import decompose_model
 from trp_kernels.export import (export_onnx, export_program, load_model, lowrank_layers,
                                 save_model, saved_input_shape, to_conv_pairs)
-from trp_kernels.layers import LowRankConv2d
+from trp_kernels.schemes.layers import LowRankConv2d
 from trp_kernels.models import resnet20
 
 ARCH = {"in_channels": 1, "stage_strides": [1, 1, 2]}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import trp_kernels as tk
-from trp_kernels import factorization, flops, geometry
+from trp_kernels.schemes import costs, factorization, geometry
 from trp_kernels.lowrank_train import make_lowrank, orthogonality_penalty
 from trp_kernels.models import resnet20
 from trp_kernels.report import markdown, plot
@@ -135,7 +135,7 @@ def test_gradcheck(scheme):
     layer = tk.LowRankConv2d(3, 4, (3, 2), rank=2, stride=2, padding=1, dilation=(1, 2),
                              scheme=scheme, dtype=torch.float64)
     x = torch.randn(1, 3, 6, 7, dtype=torch.float64, requires_grad=True)
-    names = layer.format.factor_names + ("bias",)
+    names = layer.geometry.factor_names + ("bias",)
 
     def run(x, *params):
         return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
@@ -185,7 +185,7 @@ def test_state_dict_with_other_ranks_resizes(scheme):
     x = torch.randn(1, 4, 6, 6)
     torch.testing.assert_close(target(x), source(x))
     bad = source.state_dict()
-    name = "0." + source[0].format.factor_names[0]
+    name = "0." + source[0].geometry.factor_names[0]
     bad[name] = torch.randn(bad[name].shape[0], 3, 1, 1)
     with pytest.raises(RuntimeError, match="size mismatch"):
         target.load_state_dict(bad)
@@ -248,18 +248,18 @@ def test_thin_convs_sizes_macs_and_params(scheme):
         macs += step
     assert hw == tuple(layer(torch.randn(1, 4, 11, 13)).shape[-2:])
     assert (macs, hw) == s.macs(layer.weight_shape, rank, (11, 13), layer.stride,
-                                layer.padding, layer.dilation) == flops.lowrank_macs(layer, (11, 13))
-    assert s.params(layer.weight_shape, rank, bias=True) == flops.count_params(layer)
+                                layer.padding, layer.dilation) == costs.lowrank_macs(layer, (11, 13))
+    assert s.params(layer.weight_shape, rank, bias=True) == costs.count_params(layer)
     assert [tuple(f.shape) for f in layer.factors] == list(s.factor_shapes(layer.weight_shape, rank))
 
 
 def test_macs_of_the_design():
     tucker = tk.LowRankConv2d(8, 16, 3, rank=(3, 5), stride=2, padding=1, scheme="tucker2")
-    macs, out = flops.lowrank_macs(tucker, (32, 30))
+    macs, out = costs.lowrank_macs(tucker, (32, 30))
     assert out == (16, 15)
     assert macs == 3 * 8 * 32 * 30 + (5 * 3 * 9 + 16 * 5) * 16 * 15
     decoupled = tk.LowRankConv2d(8, 16, 3, rank=2, stride=2, padding=1, scheme="decoupled")
-    macs, out = flops.lowrank_macs(decoupled, (32, 30))
+    macs, out = costs.lowrank_macs(decoupled, (32, 30))
     assert macs == 2 * 16 * 8 * 32 * 30 + 2 * 16 * 9 * 16 * 15
 
 

@@ -13,7 +13,8 @@ from torch import nn
 
 import trp_kernels as tk
 from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
-from trp_kernels import flops, latency
+from trp_kernels import latency
+from trp_kernels.schemes import costs
 from trp_kernels.latency import LatencyMeter, Timing
 
 
@@ -40,7 +41,7 @@ class FakeMeter(LatencyMeter):
         self.calls += 1
         out = []
         for module in modules:
-            t = 1e-9 * flops.conv_macs(module, x)
+            t = 1e-9 * costs.conv_macs(module, x)
             if isinstance(module, tk.LowRankConv2d):
                 t += self.slow.get(module.tag, 0.0)
             else:

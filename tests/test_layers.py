@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import trp_kernels as tk
-from trp_kernels import factorization
+from trp_kernels.schemes import factorization
 from trp_kernels.ops.svd import reference_rank
 
 from testing import devices, dtypes

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import trp_kernels  # noqa: F401  (registers the ops)
-from trp_kernels import factorization
+from trp_kernels.schemes import factorization
 
 from testing import cpu_and_cuda, dtypes
 

@@ -12,7 +12,7 @@ import sys
 import torch
 
 import trp_kernels as tk
-from trp_kernels import factorization
+from trp_kernels.schemes import factorization
 from trp_kernels.ops import backends
 
 GEOMETRY = ((2, 1), (1, 1), (1, 2))  # stride, padding, dilation: both halos, uneven steps

@@ -12,7 +12,7 @@ in ``trp_kernels.models``.
 from .ops import lowrank_conv2d, lowrank_project, truncated_svd
 from .decompose import decompose_model
 from .export import export_onnx, export_program, load_model, save_model, to_conv_pairs
-from .layers import LowRankConv2d
+from .schemes import LowRankConv2d
 from .lowrank_train import make_lowrank, orthogonality_penalty
 from .trp import TRPRegularizer
 from ._version import __version__

@@ -29,24 +29,15 @@ with a rank pair (tucker2) returns pairs as ``Candidate.rank`` along its own cha
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from . import geometry
-from .factorization import factors_from_svd, full_rank, weight_to_matrix
-from .flops import conv2d_macs, conv_costs, lowrank_macs
-from .layers import LowRankConv2d, _explicit_padding as explicit_padding
 from .ops import checks
-from .ops.svd import truncated_svd
-
-# Without an example input, costs are compared at this input size: for the usual 'same'-padded
-# layers the intermediate of a stride-s spatial pair is then exactly s times wider than the output,
-# as at any even input size.
-NOMINAL_HW = (1024, 1024)
-
+from .schemes import geometry
+from .schemes.costs import conv_costs, dense_macs, factorised_macs
+from .schemes.factorization import full_rank, matrix_svds
 
 def round_rank(rank, full, multiple: int):
     """``rank`` rounded up to a multiple of ``multiple``, capped at ``full``; 0 (an all-zero
@@ -54,24 +45,6 @@ def round_rank(rank, full, multiple: int):
     if isinstance(rank, (tuple, list)):
         return tuple(round_rank(r, k, multiple) for r, k in zip(rank, full))
     return min(full, -(-rank // multiple) * multiple)
-
-
-def dense_macs(conv: nn.Conv2d, input_hw=None) -> int:
-    return conv2d_macs(conv, input_hw or NOMINAL_HW)[0]
-
-
-def factorised_macs(conv: nn.Conv2d, scheme: str, rank: int, input_hw=None) -> int:
-    """MACs per sample of ``conv`` factorised at ``rank`` (the flops module's count, on a
-    rank-``rank`` layer with the conv's geometry)."""
-    layer = LowRankConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, rank,
-                          stride=conv.stride, padding=explicit_padding(conv),
-                          dilation=conv.dilation, bias=False, scheme=scheme, device="meta")
-    return lowrank_macs(layer, input_hw or NOMINAL_HW)[0]
-
-
-def is_cheaper(conv: nn.Conv2d, scheme: str, rank: int, input_hw=None) -> bool:
-    """Whether ``conv`` factorised at ``rank`` costs fewer MACs than ``conv`` itself."""
-    return factorised_macs(conv, scheme, rank, input_hw) < dense_macs(conv, input_hw)
 
 
 @dataclass(frozen=True)
@@ -83,7 +56,7 @@ class Candidate:
 
 def lowrank_candidates(conv, scheme, spectrum, input_hw, rank_multiple) -> list[Candidate]:
     """Channel and spatial: ranks m, 2m, ... capped at the full rank, while cheaper than dense.
-    Their MACs are linear in the rank (flops.lowrank_macs), so one count at rank 1 serves all."""
+    Their MACs are linear in the rank (costs.lowrank_macs), so one count at rank 1 serves all."""
     k = full_rank(conv.weight.shape, scheme)
     per_rank = factorised_macs(conv, scheme, 1, input_hw)
     limit = dense_macs(conv, input_hw)
@@ -100,36 +73,6 @@ def lowrank_candidates(conv, scheme, spectrum, input_hw, rank_multiple) -> list[
 
 
 CANDIDATES = {"channel": lowrank_candidates, "spatial": lowrank_candidates}
-
-
-def layer_svds(convs: list[nn.Conv2d], scheme: str) -> list[tuple]:
-    """(U, S, V) of each conv's matrix; convs of one weight shape, dtype and device are stacked
-    into one ``truncated_svd`` call."""
-    groups = defaultdict(list)
-    for i, conv in enumerate(convs):
-        groups[(tuple(conv.weight.shape), conv.weight.dtype, conv.weight.device)].append(i)
-    svds: list[tuple | None] = [None] * len(convs)
-    with torch.no_grad():
-        for indices in groups.values():
-            stack = torch.stack([convs[i].weight.detach() for i in indices])
-            if stack.dtype not in (torch.float32, torch.float64):
-                stack = stack.float()
-            U, S, V, _ = truncated_svd(weight_to_matrix(stack, scheme))
-            for j, i in enumerate(indices):
-                svds[i] = (U[j], S[j], V[j])
-    return svds  # type: ignore[return-value]
-
-
-def layer_from_svd(conv: nn.Conv2d, scheme: str, svd, rank: int) -> LowRankConv2d:
-    """``LowRankConv2d.from_conv(conv, scheme, rank=rank)`` from an SVD already computed."""
-    layer = LowRankConv2d.empty_from_conv(conv, rank, scheme)
-    weight1, weight2 = factors_from_svd(*svd, rank, conv.weight.shape, scheme)
-    with torch.no_grad():
-        layer.weight1.copy_(weight1)
-        layer.weight2.copy_(weight2)
-        if conv.bias is not None:
-            layer.bias.copy_(conv.bias)
-    return layer
 
 
 @dataclass
@@ -162,7 +105,7 @@ def plan_budget(model: nn.Module, layers, scheme: str, example_input: torch.Tens
     costs = {c.name: c for c in conv_costs(model, example_input)}
     total_dense = sum(c.macs for c in costs.values())
     names = [name for name, _ in layers]
-    svds = layer_svds([conv for _, conv in layers], scheme)
+    svds = matrix_svds([conv for _, conv in layers], scheme)
     chains, current = {}, {}
     for (name, conv), (_, spectrum, _) in zip(layers, svds):
         if name not in costs:
@@ -232,7 +175,7 @@ def fraction_for_budget(model: nn.Module, layers, scheme: str, example_input: to
     rank_multiple = checks.rank_multiple(rank_multiple)
     if scheme not in CANDIDATES:
         raise ValueError(f"target_speedup is not supported for scheme {scheme!r}")
-    fmt = geometry.scheme(scheme)
+    registered = geometry.scheme(scheme)
     costs = {c.name: c for c in conv_costs(model, example_input)}
     total_dense = sum(c.macs for c in costs.values())
     others = total_dense - sum(costs[name].macs for name, _ in layers)
@@ -241,14 +184,14 @@ def fraction_for_budget(model: nn.Module, layers, scheme: str, example_input: to
         if name not in costs:
             raise ValueError(f"layer {name!r} does not run on example_input")
         hw = costs[name].input_hw
-        per_layer.append((fmt.full_rank(conv.weight.shape),
+        per_layer.append((registered.full_rank(conv.weight.shape),
                           factorised_macs(conv, scheme, 1, hw), costs[name].macs,
                           tuple(conv.weight.shape)))
 
     def speedup(fraction: float) -> float:
         total = others
         for full, per_rank, dense, shape in per_layer:
-            r = round_rank(fmt.layer_rank(fraction, shape), full, rank_multiple)
+            r = round_rank(registered.layer_rank(fraction, shape), full, rank_multiple)
             total += r * per_rank if r * per_rank < dense else dense
         return total_dense / total
 

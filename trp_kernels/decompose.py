@@ -9,10 +9,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from . import budget, geometry, latency
+from . import budget, latency
 from .ops import checks
-from .flops import conv_costs, count_params
-from .layers import LowRankConv2d
+from .schemes import geometry
+from .schemes.costs import conv_costs, count_params, is_cheaper
+from .schemes.layers import LowRankConv2d
 
 
 def is_decomposable(module: nn.Module) -> bool:
@@ -171,8 +172,8 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
     (trp_kernels/latency.py). The measured choice has the last word: a layer measured slower
     stays dense even if the FLOP speed-up then falls below ``target_speedup``.
     With ``example_input`` (one batch), the report holds per-layer and model conv MACs."""
-    fmt = geometry.scheme(scheme)
-    rank = fmt.check_rank_spec(rank)
+    registered = geometry.scheme(scheme)
+    rank = registered.check_rank_spec(rank)
     rank_multiple = checks.rank_multiple(rank_multiple)
     meter = latency.meter(measure)
     if target_speedup is not None:
@@ -201,21 +202,21 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
     report = DecompositionReport(scheme, energy_level=plan and plan.energy_level)
     if plan is not None:
         built = [None if plan.ranks[name] is None
-                 else budget.layer_from_svd(conv, scheme, plan.svds[name], plan.ranks[name])
+                 else LowRankConv2d.from_svd(conv, scheme, plan.svds[name], plan.ranks[name])
                  for name, conv in targets]
     else:   # one batched factorisation per weight shape
         built = LowRankConv2d.from_convs(
             [conv for _, conv in targets], scheme=scheme, energy=energy, threshold=threshold,
-            ranks=[fmt.layer_rank(rank, conv.weight.shape) for _, conv in targets])
+            ranks=[registered.layer_rank(rank, conv.weight.shape) for _, conv in targets])
     factorised = {}
     for (name, conv), layer in zip(targets, built):
-        full = fmt.full_rank(conv.weight.shape)
+        full = registered.full_rank(conv.weight.shape)
         if plan is None:
             r = budget.round_rank(layer.rank, full, rank_multiple)
             if r != layer.rank:
                 layer = LowRankConv2d.from_conv(conv, scheme, rank=r)
             hw = before[name].input_hw if name in before else None
-            if not budget.is_cheaper(conv, scheme, r, hw):
+            if not is_cheaper(conv, scheme, r, hw):
                 layer = None
         else:
             r = plan.ranks[name]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, atomic_save, load_file
-from .layers import LowRankConv2d
+from .schemes.layers import LowRankConv2d
 from .models import create_model
 
 MODEL_FORMAT = "trp_kernels.model/1"

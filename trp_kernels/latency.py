@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .flops import run_hooked
+from .schemes.costs import run_hooked
 
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -121,7 +121,7 @@ class LatencyMeter:
 def onnx_runner(module: nn.Module, x: torch.Tensor):
     """An InferenceSession of ``module`` exported (as plain convs) with the input's shape."""
     from .export import to_conv_pairs
-    from .layers import LowRankConv2d
+    from .schemes.layers import LowRankConv2d
     ort = _onnxruntime()
     if isinstance(module, LowRankConv2d):
         module = module.to_conv_pair().eval()

@@ -34,7 +34,7 @@ from torch import nn
 from . import budget
 from .ops import checks
 from .decompose import DecompositionReport, decompose_model, decomposable_layers
-from .layers import LowRankConv2d
+from .schemes.layers import LowRankConv2d
 
 
 def make_lowrank(model: nn.Module, scheme: str = "channel", rank=0.5, skip=None,
@@ -85,8 +85,8 @@ def orthogonality_penalty(model: nn.Module, kind: str | None = None) -> torch.Te
     for layer in model.modules():
         if not isinstance(layer, LowRankConv2d):
             continue
-        layer_kind = kind or layer.format.default_penalty
-        for A in layer.format.orthogonal_factors(*layer.factors):
+        layer_kind = kind or layer.geometry.default_penalty
+        for A in layer.geometry.orthogonal_factors(*layer.factors):
             term = _factor_penalty(A, layer_kind)
             if term is not None:
                 total = term if total is None else total + term

@@ -37,8 +37,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import geometry
 from .ops import checks
+from .schemes import geometry
 from .decompose import DecompositionReport, decompose_model, decomposable_layers
 from .trp_projections import projection_for
 
@@ -83,7 +83,7 @@ class TRPRegularizer:
             broadcast = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.broadcast = bool(broadcast)
         self.step = 0               # completed training steps (after_backward calls)
-        self._projection = projection_for(self.scheme, self._weights())
+        self._projection = projection_for(geometry.scheme(self.scheme), self._weights())
         self._subgrads_ready = False   # the sub-gradient buffers hold the current weights'
 
     @property
@@ -104,7 +104,7 @@ class TRPRegularizer:
         (model.to(...) after construction)."""
         weights = self._weights()
         if not self._projection.fits(weights):
-            self._projection = projection_for(self.scheme, weights)
+            self._projection = projection_for(geometry.scheme(self.scheme), weights)
         return weights, self._projection
 
     # -- the two hooks -------------------------------------------------------------------------

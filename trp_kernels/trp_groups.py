@@ -1,15 +1,13 @@
 """The stacked matrix groups behind a TRP step: built once, then a handful of tensor ops a step.
 
-A scheme enters TRP through its ``MatrixView``: the function that shows a conv weight
-[N, C, kh, kw] as a matrix [m, n] (or a batch of matrices [..., m, n]) by reshaping and permuting
-alone, so that every matrix element is one weight element. ``factorization.weight_to_matrix`` is
-that function for the channel and spatial schemes; a new scheme registers its own in
-``MATRIX_VIEWS`` and TRP needs nothing else from it.
+A scheme enters TRP through its matrix views (schemes/matrix_views.py): each shows a conv weight
+[N, C, kh, kw] as a matrix [m, n] (or a batch of matrices [..., m, n]) by reshaping and
+permuting alone, so that every matrix element is one weight element.
 
 ``StackedGroups`` groups the layers once, by (matrix shape, working dtype, device), and keeps for
 every group a contiguous matrix buffer [G, m, n], every buffer a slice of one flat tensor per
-device. Each layer's weight is laid over its slot of the buffer as a strided view (derived from
-the view function: no copy, whatever the permutation), so a step is
+device. Each layer's weight is laid over its slot of the buffer as a strided view
+(``MatrixView.layout``: no copy, whatever the permutation), so a step is
 
     gather     torch._foreach_copy_(slots, weights)        one op for all layers
     project    lowrank_project_groups(buffers)             one op per device
@@ -24,60 +22,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from . import geometry
 from .ops import svd
-from .factorization import weight_to_matrix
-
-
-@dataclass(frozen=True)
-class MatrixView:
-    """How a scheme shows a conv weight (with leading batch dimensions) as its matrix:
-    ``to_matrix(W [..., N, C, kh, kw]) -> M [..., m, n]``, by reshape and permute only."""
-
-    to_matrix: Callable[[torch.Tensor], torch.Tensor]
-
-    def layout(self, weight_shape) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-        """(matrix shape, strides, offset): ``as_strided(M, weight_shape, strides, offset)`` of
-        a contiguous matrix M is the weight that ``to_matrix`` turns into M, without a copy.
-        Found by sending the weight's element indices through ``to_matrix``."""
-        weight_shape = tuple(weight_shape)
-        numel = math.prod(weight_shape)
-        index = self.to_matrix(torch.arange(numel).reshape(weight_shape))
-        matrix_shape = tuple(index.shape)
-        flat = index.reshape(-1)
-        if flat.numel() != numel or not torch.equal(flat.sort().values, torch.arange(numel)):
-            raise ValueError(f"the matrix view of a {weight_shape} weight is not a reshape or "
-                             f"permutation of its elements")
-        position = torch.empty(numel, dtype=torch.int64)
-        position[flat] = torch.arange(numel)      # where each weight element sits in M
-        position = position.reshape(weight_shape)
-        offset = int(position.reshape(-1)[0])
-        strides = []
-        for dim, size in enumerate(weight_shape):
-            unit = [0] * len(weight_shape)
-            unit[dim] = 1 if size > 1 else 0   # a dimension of size 1 takes any stride
-            strides.append(int(position[tuple(unit)]) - offset if size > 1 else 1)
-        # The defining property: the strided weight of a matrix turns back into that matrix.
-        elements = torch.arange(numel)
-        if not torch.equal(self.to_matrix(elements.as_strided(weight_shape, strides, offset)),
-                           elements.reshape(matrix_shape)):
-            raise ValueError(f"the matrix view of a {weight_shape} weight is not a strided view")
-        return matrix_shape, tuple(strides), offset
-
-
-MATRIX_VIEWS: dict[str, MatrixView] = {
-    "channel": MatrixView(lambda W: weight_to_matrix(W, "channel")),
-    "spatial": MatrixView(lambda W: weight_to_matrix(W, "spatial")),
-    # Tucker-2's two mode unfoldings and decoupled's per-filter matrices (trp_projections.py).
-    "out_mode": MatrixView(geometry.OUT_MODE.to_matrix),
-    "in_mode": MatrixView(geometry.IN_MODE.to_matrix),
-    "per_filter": MatrixView(geometry.PER_FILTER.to_matrix),
-}
+from .schemes.matrix_views import MatrixView
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:

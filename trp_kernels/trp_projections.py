@@ -28,14 +28,16 @@ from __future__ import annotations
 import torch
 
 from .ops import svd
-from .trp_groups import MATRIX_VIEWS, StackedGroups
+from .schemes.geometry import Scheme
+from .schemes.matrix_views import IN_MODE, OUT_MODE, PER_FILTER, MatrixView
+from .trp_groups import StackedGroups
 
 
 class MatrixProjection:
     """channel and spatial: one matrix view, one ``lowrank_project_groups`` call per device."""
 
-    def __init__(self, weights: list[torch.Tensor], view_name: str):
-        self.groups = StackedGroups(weights, MATRIX_VIEWS[view_name])
+    def __init__(self, weights: list[torch.Tensor], view: MatrixView):
+        self.groups = StackedGroups(weights, view)
         self.ranks: list[torch.Tensor] | None = None
 
     def fits(self, weights) -> bool:
@@ -75,8 +77,8 @@ class Tucker2Projection:
     stacked groups (output mode [N, C*kh*kw], input mode [C, N*kh*kw])."""
 
     def __init__(self, weights: list[torch.Tensor]):
-        self.out_mode = StackedGroups(weights, MATRIX_VIEWS["out_mode"])
-        self.in_mode = StackedGroups(weights, MATRIX_VIEWS["in_mode"])
+        self.out_mode = StackedGroups(weights, OUT_MODE)
+        self.in_mode = StackedGroups(weights, IN_MODE)
         self.ranks: tuple | None = None
 
     def fits(self, weights) -> bool:
@@ -126,7 +128,7 @@ class DecoupledProjection(MatrixProjection):
     writing and the flat buffers are the matrix projection's; the rank is shared per layer."""
 
     def __init__(self, weights: list[torch.Tensor]):
-        super().__init__(weights, "per_filter")
+        super().__init__(weights, PER_FILTER)
         # Built once: per group the flat batch views and the positions 0..k-1 of the singular
         # values, [1, 1, k], for the rank masks.
         self._flat_buffers = [b.view(-1, *b.shape[-2:]) for b in self.groups.buffers]
@@ -162,10 +164,10 @@ class DecoupledProjection(MatrixProjection):
         return _layer_ranks(self.groups, self.ranks)
 
 
-def projection_for(scheme: str, weights: list[torch.Tensor]):
-    """The projection object of ``scheme`` (a name of geometry.SCHEMES) for ``weights``."""
-    if scheme == "tucker2":
+def projection_for(scheme: Scheme, weights: list[torch.Tensor]):
+    """The projection object of ``scheme`` (an entry of the scheme registry) for ``weights``."""
+    if scheme.name == "tucker2":
         return Tucker2Projection(weights)
-    if scheme == "decoupled":
+    if scheme.name == "decoupled":
         return DecoupledProjection(weights)
-    return MatrixProjection(weights, scheme)
+    return MatrixProjection(weights, scheme.views[0])

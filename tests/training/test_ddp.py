@@ -8,7 +8,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from trp_kernels import geometry, training
+from trp_kernels import training
+
+from trp_kernels.schemes import geometry
 from trp_kernels.models import resnet20
 from trp_kernels.trp import TRPRegularizer
 

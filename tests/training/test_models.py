@@ -6,7 +6,7 @@ import torch
 from testing import devices
 
 from trp_kernels.decompose import is_decomposable
-from trp_kernels.flops import conv_costs, conv_macs, count_params
+from trp_kernels.schemes.costs import conv_costs, conv_macs, count_params
 from trp_kernels.models import MODELS, create_model, resnet20
 from trp_kernels.decompose import decomposable_layers, never_decomposed
 

@@ -8,12 +8,13 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import trp_kernels.ops.svd as svd_module
-from trp_kernels.factorization import matrix_to_weight, weight_to_matrix
-from trp_kernels.layers import LowRankConv2d
+from trp_kernels.schemes.factorization import matrix_to_weight, weight_to_matrix
+from trp_kernels.schemes.layers import LowRankConv2d
 from trp_kernels.models import resnet20, resnet56
 from trp_kernels.ops.svd import reference_lowrank_project
 from trp_kernels.trp import TRPRegularizer
-from trp_kernels.trp_groups import MATRIX_VIEWS, MatrixView
+from trp_kernels.schemes import geometry
+from trp_kernels.schemes.matrix_views import MatrixView
 
 SCHEMES = ["channel", "spatial"]
 
@@ -262,7 +263,8 @@ def test_energy_may_change_between_steps():
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("shape", [(16, 8, 3, 3), (8, 16, 3, 1), (5, 3, 1, 7), (1, 4, 2, 3)])
 def test_a_weight_lies_over_its_matrix_as_a_strided_view(scheme, shape):
-    matrix_shape, strides, offset = MATRIX_VIEWS[scheme].layout(shape)
+    (view,) = geometry.scheme(scheme).views
+    matrix_shape, strides, offset = view.layout(shape)
     M = torch.randn(matrix_shape, dtype=torch.float64)
     weight = M.as_strided(shape, strides, offset)
     assert weight.data_ptr() == M.data_ptr()            # a view, no copy
@@ -270,6 +272,13 @@ def test_a_weight_lies_over_its_matrix_as_a_strided_view(scheme, shape):
     torch.testing.assert_close(weight_to_matrix(weight, scheme), M, rtol=0, atol=0)
 
 
+class TruncatingView(MatrixView):
+    """Keeps two elements of each filter: not a reshape or permutation of the weight."""
+
+    def to_matrix(self, W):
+        return W.flatten(-3)[..., :2]
+
+
 def test_a_view_that_is_not_a_permutation_is_refused():
     with pytest.raises(ValueError, match="not a reshape or permutation"):
-        MatrixView(lambda W: W.flatten(-3)[..., :2]).layout((4, 3, 3, 3))
+        TruncatingView("truncating").layout((4, 3, 3, 3))

@@ -6,8 +6,8 @@ import torch
 from test_trp import ops_per_step, small_resnet
 from testing import devices
 
-from trp_kernels import geometry
-from trp_kernels.layers import LowRankConv2d
+from trp_kernels.schemes import geometry
+from trp_kernels.schemes.layers import LowRankConv2d
 from trp_kernels.models import resnet56
 from trp_kernels.ops.svd import reference_lowrank_project, reference_rank
 from trp_kernels.trp import TRPRegularizer

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .. import geometry, latency
+from .. import latency
+from ..schemes import geometry
 from ..ops import checks
 from ..data import DATASETS
 from ..lowrank_train import PENALTY_KINDS

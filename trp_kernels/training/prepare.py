@@ -12,7 +12,8 @@ from torch import nn
 from ..data import ImageData, load_dataset, num_train_batches
 from ..decompose import decomposable_layers
 from ..export import load_model, lowrank_layers
-from .. import budget, geometry
+from .. import budget
+from ..schemes import geometry
 from ..models import create_model
 from . import distributed
 from .checkpoints import CHECKPOINT, MODEL_FILE, REPORT, read_checkpoint

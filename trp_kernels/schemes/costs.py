@@ -1,12 +1,8 @@
-"""Counting the multiply-accumulates (MACs) and parameters of convolutions, dense or low-rank.
-
-MACs of a conv = N * (C / groups) * kh * kw * H_out * W_out; a LowRankConv2d costs the sum of
-its thin convs (``trp_kernels.geometry``), each at its own resolution (docs/design.md
-section 2): channel r * (C*kh*kw + N) * H_out * W_out, spatial
-r * C * kh * H_mid * W_mid + N * r * kw * H_out * W_out, tucker2
-r_in * C * H_in * W_in + (r_out * r_in * kh * kw + N * r_out) * H_out * W_out, decoupled
-r * N * C * H_in * W_in + r * N * kh * kw * H_out * W_out. The TRP papers' "speed-up" is the
-ratio of the conv MACs of the dense and of the compressed model.
+"""What convolutions cost: multiply-accumulates (MACs) per sample and parameters, dense or
+factorised, counted by the thin convs of each scheme at their own resolutions (geometry.py;
+the counts are docs/design.md, "Costs and where they live"). The TRP papers' "speed-up" is the
+ratio of the conv MACs of the dense and of the compressed model; a factorised form that is not
+cheaper than its dense conv is never worth taking (``is_cheaper``).
 """
 
 from __future__ import annotations
@@ -16,8 +12,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .geometry import ThinConv
-from .layers import LowRankConv2d
+from ..ops.conv_geometry import ThinConv
+from .layers import LowRankConv2d, explicit_padding
+
+# Without an example input, costs are compared at this input size: for the usual 'same'-padded
+# layers the intermediate of a stride-s spatial pair is then exactly s times wider than the output,
+# as at any even input size.
+NOMINAL_HW = (1024, 1024)
 
 
 @dataclass
@@ -40,8 +41,27 @@ def conv2d_macs(conv: nn.Conv2d, input_hw) -> tuple[int, tuple[int, int]]:
 
 
 def lowrank_macs(layer: LowRankConv2d, input_hw) -> tuple[int, tuple[int, int]]:
-    return layer.format.macs(layer.weight_shape, layer.rank, input_hw, layer.stride,
-                             layer.padding, layer.dilation)
+    return layer.geometry.macs(layer.weight_shape, layer.rank, input_hw, layer.stride,
+                               layer.padding, layer.dilation)
+
+
+def dense_macs(conv: nn.Conv2d, input_hw=None) -> int:
+    """MACs per sample of ``conv`` on ``input_hw`` (default ``NOMINAL_HW``)."""
+    return conv2d_macs(conv, input_hw or NOMINAL_HW)[0]
+
+
+def factorised_macs(conv: nn.Conv2d, scheme: str, rank, input_hw=None) -> int:
+    """MACs per sample of ``conv`` factorised at ``rank`` (a rank-``rank`` layer with the conv's
+    geometry, counted like any LowRankConv2d)."""
+    layer = LowRankConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, rank,
+                          stride=conv.stride, padding=explicit_padding(conv),
+                          dilation=conv.dilation, bias=False, scheme=scheme, device="meta")
+    return lowrank_macs(layer, input_hw or NOMINAL_HW)[0]
+
+
+def is_cheaper(conv: nn.Conv2d, scheme: str, rank, input_hw=None) -> bool:
+    """Whether ``conv`` factorised at ``rank`` costs fewer MACs than ``conv`` itself."""
+    return factorised_macs(conv, scheme, rank, input_hw) < dense_macs(conv, input_hw)
 
 
 def conv_costs(model: nn.Module, example_input: torch.Tensor) -> list[ConvCost]:

@@ -1,4 +1,4 @@
-"""LowRankConv2d: a conv layer stored as the factors of one of the four low-rank formats."""
+"""LowRankConv2d: a conv layer stored as the factors of one of the low-rank schemes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from ..ops import checks
+from ..ops.conv import composite_conv2d, lowrank_conv2d
+from ..ops.conv_geometry import ThinConv
 from . import factorization, geometry
-from .ops import checks
-from .ops.conv import composite_conv2d, lowrank_conv2d
 
 
 def _positive(value, name):
@@ -20,8 +21,9 @@ def _positive(value, name):
 
 
 class LowRankConv2d(nn.Module):
-    """A conv2d layer whose weight is kept as the factors of a low-rank format (the thin convs
-    of each are listed in ``trp_kernels.geometry``); the bias belongs to the last thin conv.
+    """A conv2d layer whose weight is kept as the factors of a low-rank scheme (the thin convs
+    of each are listed in ``trp_kernels.schemes.geometry``; ``layer.geometry`` is the layer's
+    entry there); the bias belongs to the last thin conv.
 
     ``scheme="channel"``: ``weight1`` [r, C, kh, kw] (a kh x kw conv C->r with the layer's
     stride, padding and dilation), then ``weight2`` [N, r, 1, 1].
@@ -56,9 +58,9 @@ class LowRankConv2d(nn.Module):
                 f"stride and dilation must be >= 1 and padding >= 0, got stride={stride}, "
                 f"padding={padding}, dilation={dilation}"
             )
-        self.format = geometry.scheme(scheme)
-        self.scheme = self.format.name
-        rank = self.format.check_rank(rank, self.weight_shape)
+        self.geometry = geometry.scheme(scheme)
+        self.scheme = self.geometry.name
+        rank = self.geometry.check_rank(rank, self.weight_shape)
         self._make_factors(rank, device, dtype)
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype))
@@ -73,26 +75,26 @@ class LowRankConv2d(nn.Module):
 
     @property
     def full_rank(self):
-        return self.format.full_rank(self.weight_shape)
+        return self.geometry.full_rank(self.weight_shape)
 
     @property
     def factors(self) -> tuple[nn.Parameter, ...]:
         """The factor parameters, in the order of their thin convs."""
-        return tuple(getattr(self, name) for name in self.format.factor_names)
+        return tuple(getattr(self, name) for name in self.geometry.factor_names)
 
     @property
     def rank(self):
         """An int, or (r_in, r_out) for tucker2."""
-        return self.format.rank_of(*(f.shape for f in self.factors))
+        return self.geometry.rank_of(*(f.shape for f in self.factors))
 
-    def thin_convs(self) -> tuple[geometry.ThinConv, ...]:
-        return self.format.convs(self.weight_shape, self.rank, self.stride, self.padding,
+    def thin_convs(self) -> tuple[ThinConv, ...]:
+        return self.geometry.convs(self.weight_shape, self.rank, self.stride, self.padding,
                                  self.dilation)
 
     # -- construction --------------------------------------------------------------------------
     def _make_factors(self, rank, device, dtype) -> None:
-        for name, shape in zip(self.format.factor_names,
-                               self.format.factor_shapes(self.weight_shape, rank)):
+        for name, shape in zip(self.geometry.factor_names,
+                               self.geometry.factor_shapes(self.weight_shape, rank)):
             setattr(self, name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
 
     def reset_parameters(self) -> None:
@@ -123,7 +125,7 @@ class LowRankConv2d(nn.Module):
             )
         layer = torch.nn.utils.skip_init(
             cls, conv.in_channels, conv.out_channels, conv.kernel_size, rank,
-            stride=conv.stride, padding=_explicit_padding(conv), dilation=conv.dilation,
+            stride=conv.stride, padding=explicit_padding(conv), dilation=conv.dilation,
             bias=conv.bias is not None, scheme=scheme, device=conv.weight.device,
             dtype=conv.weight.dtype,
         )
@@ -155,7 +157,7 @@ class LowRankConv2d(nn.Module):
         groups = defaultdict(list)
         for i, (conv, rank) in enumerate(zip(convs, ranks)):
             if rank is not None:
-                rank = layers[i].format.check_rank(rank, conv.weight.shape)
+                rank = layers[i].geometry.check_rank(rank, conv.weight.shape)
             w = conv.weight
             groups[(tuple(w.shape), w.dtype, w.device, rank)].append(i)
         for (_, _, _, rank), indices in groups.items():
@@ -164,7 +166,7 @@ class LowRankConv2d(nn.Module):
                                                       hooi_iterations)
             for i, factors in zip(indices, results):
                 layer, conv = layers[i], convs[i]
-                layer.resize_rank(layer.format.rank_of(*(f.shape for f in factors)))
+                layer.resize_rank(layer.geometry.rank_of(*(f.shape for f in factors)))
                 with torch.no_grad():
                     for param, value in zip(layer.factors, factors):
                         param.copy_(value)
@@ -172,16 +174,29 @@ class LowRankConv2d(nn.Module):
                         layer.bias.copy_(conv.bias)
         return layers
 
+    @classmethod
+    def from_svd(cls, conv: nn.Conv2d, scheme: str, svd, rank: int) -> "LowRankConv2d":
+        """``from_conv(conv, scheme, rank=rank)`` from the SVD (U, S, V) of the conv's matrix,
+        already computed (``factorization.matrix_svds``); channel and spatial."""
+        layer = cls.empty_from_conv(conv, rank, scheme)
+        weight1, weight2 = factorization.factors_from_svd(*svd, rank, conv.weight.shape, scheme)
+        with torch.no_grad():
+            layer.weight1.copy_(weight1)
+            layer.weight2.copy_(weight2)
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        return layer
+
     # -- use -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.format.fused_op:
+        if self.geometry.fused_op:
             return lowrank_conv2d(x, self.weight1, self.weight2, self.bias, self.stride,
                                   self.padding, self.dilation, self.scheme)
         return composite_conv2d(x, self.factors, self.thin_convs(), self.bias)
 
     def full_weight(self) -> torch.Tensor:
         """The dense [N, C, kh, kw] weight this layer computes with (differentiable)."""
-        return self.format.full_weight(*self.factors)
+        return self.geometry.full_weight(*self.factors)
 
     def to_convs(self) -> nn.Sequential:
         """Plain nn.Conv2d layers with the same outputs, one per thin conv (for export or plain
@@ -202,8 +217,8 @@ class LowRankConv2d(nn.Module):
 
     def to_conv_pair(self) -> nn.Sequential:
         """Two plain nn.Conv2d layers with the same outputs (the two-conv schemes)."""
-        if len(self.format.factor_names) != 2:
-            raise ValueError(f"scheme '{self.scheme}' runs {len(self.format.factor_names)} "
+        if len(self.geometry.factor_names) != 2:
+            raise ValueError(f"scheme '{self.scheme}' runs {len(self.geometry.factor_names)} "
                              f"convs, not a pair; use to_convs()")
         return self.to_convs()
 
@@ -221,30 +236,31 @@ class LowRankConv2d(nn.Module):
     # -- checkpoints with another rank ---------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        saved = [state_dict.get(prefix + name) for name in self.format.factor_names]
+        saved = [state_dict.get(prefix + name) for name in self.geometry.factor_names]
         if all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in saved):
             shapes = [tuple(t.shape) for t in saved]
-            rank = self.format.rank_of(*shapes)
+            rank = self.geometry.rank_of(*shapes)
             if rank != self.rank and self._is_rank(rank) \
-                    and list(self.format.factor_shapes(self.weight_shape, rank)) == shapes:
+                    and list(self.geometry.factor_shapes(self.weight_shape, rank)) == shapes:
                 self.resize_rank(rank)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
     def _is_rank(self, rank) -> bool:
         try:
-            self.format.check_rank(rank, self.weight_shape)
+            self.geometry.check_rank(rank, self.weight_shape)
         except (TypeError, ValueError):
             return False
         return True
 
     def resize_rank(self, rank) -> None:
         """Replaces the factors by uninitialised ones of another rank (new Parameters)."""
-        rank = self.format.check_rank(rank, self.weight_shape)
+        rank = self.geometry.check_rank(rank, self.weight_shape)
         self._make_factors(rank, self.factors[0].device, self.factors[0].dtype)
 
 
-def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:
+def explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """``conv``'s padding as a pair of ints ('valid' and symmetric 'same' spelled out)."""
     if not isinstance(conv.padding, str):
         return tuple(conv.padding)
     if conv.padding == "valid":

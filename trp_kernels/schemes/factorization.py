@@ -1,7 +1,7 @@
-"""Factorising dense conv weights into the factors of a low-rank format by the rank rule of
-``truncated_svd`` (docs/design.md section 1). The shapes and matrix views are
-``trp_kernels.geometry``'s; the functions named after it here (``weight_to_matrix``,
-``factor_shapes``, ...) take the scheme by name and stay for the code that uses them.
+"""Factorising dense conv weights into the factors of a low-rank scheme by the rank rule of
+``truncated_svd`` (docs/design.md, "Rank rules"). The shapes and matrix views are the scheme
+registry's (geometry.py); the functions here that take the scheme by name (``weight_to_matrix``,
+``factor_shapes``, ...) are shorthands for its methods.
 
 One batched SVD call serves a whole stack of same-shaped weights: channel / spatial one call on
 the scheme's matrices; tucker2 one call per mode unfolding (HOSVD), plus optional HOOI sweeps;
@@ -10,11 +10,15 @@ decoupled one call on every filter of every layer.
 
 from __future__ import annotations
 
-import torch
+from collections import defaultdict
 
+import torch
+from torch import nn
+
+from ..ops import checks
+from ..ops.svd import truncated_svd
 from . import geometry
-from .ops import checks
-from .ops.svd import truncated_svd
+from .matrix_views import IN_MODE, OUT_MODE
 
 
 # -- the geometry by scheme name ----------------------------------------------------------------
@@ -66,6 +70,24 @@ def full_weight(*factors_and_scheme) -> torch.Tensor:
     """The dense [N, C, kh, kw] weight of a layer's factors (``full_weight(w1, w2, scheme)``)."""
     *factors, scheme = factors_and_scheme
     return geometry.scheme(scheme).full_weight(*factors)
+
+
+def matrix_svds(convs: list[nn.Conv2d], scheme: str) -> list[tuple]:
+    """(U, S, V) of each conv's matrix (untruncated); convs of one weight shape, dtype and device
+    are stacked into one ``truncated_svd`` call."""
+    groups = defaultdict(list)
+    for i, conv in enumerate(convs):
+        groups[(tuple(conv.weight.shape), conv.weight.dtype, conv.weight.device)].append(i)
+    svds: list[tuple | None] = [None] * len(convs)
+    with torch.no_grad():
+        for indices in groups.values():
+            stack = torch.stack([convs[i].weight.detach() for i in indices])
+            if stack.dtype not in (torch.float32, torch.float64):
+                stack = stack.float()
+            U, S, V, _ = truncated_svd(weight_to_matrix(stack, scheme))
+            for j, i in enumerate(indices):
+                svds[i] = (U[j], S[j], V[j])
+    return svds  # type: ignore[return-value]
 
 
 # -- decomposition --------------------------------------------------------------------------------
@@ -147,9 +169,9 @@ def _hooi(s, W, U_in, U_out, keep_in, keep_out, iterations):
     for _ in range(iterations):
         # W x_N U_out^T, unfolded along C: its leading left singular vectors are the new U_in
         Y = torch.einsum("bno,bncij->bocij", U_out, W)
-        U_in = truncated_svd(geometry.IN_MODE.to_matrix(Y))[0] * keep_in
+        U_in = truncated_svd(IN_MODE.to_matrix(Y))[0] * keep_in
         Z = torch.einsum("bcp,bncij->bnpij", U_in, W)
-        U_out = truncated_svd(geometry.OUT_MODE.to_matrix(Z))[0] * keep_out
+        U_out = truncated_svd(OUT_MODE.to_matrix(Z))[0] * keep_out
     refined = captured(U_in, U_out)
     better = (refined > best)[:, None, None]
     return torch.where(better, U_in, best_in), torch.where(better, U_out, best_out)

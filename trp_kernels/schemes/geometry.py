@@ -1,8 +1,9 @@
-"""The geometry of the four low-rank formats of a conv weight W [N, C, kh, kw] (docs/design.md
-section 1), in one place: each format's factor shapes, its matrix views of W, the thin convs
-it runs (with the stride, padding, dilation and groups of each), output sizes, MACs and
-parameters. Pure shape arithmetic and reshapes, no SVD: layers, FLOP counts, the fake kernels
-and the benchmarks import it instead of re-deriving it.
+"""The registry of the low-rank schemes (``SCHEMES``; ``scheme(name)`` looks one up): for each,
+its factor shapes, the matrix views of W [N, C, kh, kw] whose SVDs give the factors, the thin
+convs it runs (with the stride, padding, dilation and groups of each), output sizes, MACs and
+parameters. Pure shape arithmetic and reshapes, no SVD: the layers, the cost counts, the
+decompositions, TRP and the benchmarks import it instead of re-deriving it. The schemes' math
+is docs/design.md, "The schemes"; in short:
 
 scheme      factors (parameter names)     thin convs, in order
 channel     weight1 [r, C, kh, kw]        kh x kw C->r (the layer's geometry); 1x1 r->N
@@ -23,61 +24,17 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
 
 import torch
 
-from .ops import checks
-from .ops.conv_geometry import ThinConv, chain_out_hw, op_convs
+from ..ops import checks
+from ..ops.conv_geometry import ThinConv, chain_out_hw, op_convs
+from .matrix_views import IN_MODE, OUT_MODE, PER_FILTER, SPATIAL, MatrixView
 
 
-# -- matrix views of W --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MatrixView:
-    """One way of seeing W [..., N, C, kh, kw] as a matrix [..., m, n] (the decoupled view is a
-    batch of N matrices, one per filter). ``to_weight`` inverts ``to_matrix``."""
-
-    name: str
-
-    def shape(self, weight_shape) -> tuple[int, ...]:
-        N, C, kh, kw = weight_shape[-4:]
-        return {"out_mode": (N, C * kh * kw), "in_mode": (C, N * kh * kw),
-                "spatial": (C * kh, N * kw), "per_filter": (N, C, kh * kw)}[self.name]
-
-    def full_rank(self, weight_shape) -> int:
-        return min(self.shape(weight_shape)[-2:])
-
-    def to_matrix(self, W: torch.Tensor) -> torch.Tensor:
-        *batch, N, C, kh, kw = W.shape
-        b = len(batch)
-        lead = tuple(range(b))
-        if self.name == "out_mode":       # a view for a contiguous W
-            return W.reshape(*batch, N, C * kh * kw)
-        if self.name == "per_filter":
-            return W.reshape(*batch, N, C, kh * kw)
-        if self.name == "in_mode":
-            return W.transpose(b, b + 1).reshape(*batch, C, N * kh * kw)
-        return W.permute(*lead, b + 1, b + 2, b, b + 3).reshape(*batch, C * kh, N * kw)
-
-    def to_weight(self, M: torch.Tensor, weight_shape) -> torch.Tensor:
-        N, C, kh, kw = weight_shape[-4:]
-        if self.name in ("out_mode", "per_filter"):
-            return M.reshape(*M.shape[:-2 if self.name == "out_mode" else -3], N, C, kh, kw)
-        batch = M.shape[:-2]
-        b = len(batch)
-        lead = tuple(range(b))
-        if self.name == "in_mode":
-            return M.reshape(*batch, C, N, kh, kw).transpose(b, b + 1).contiguous()
-        return M.reshape(*batch, C, kh, N, kw).permute(*lead, b + 2, b, b + 1, b + 3).contiguous()
-
-
-OUT_MODE, IN_MODE, SPATIAL, PER_FILTER = (MatrixView(n) for n in
-                                          ("out_mode", "in_mode", "spatial", "per_filter"))
-
-
-# -- the formats --------------------------------------------------------------------------------
+# -- the schemes --------------------------------------------------------------------------------
 class Scheme:
-    """A low-rank format. Subclasses set the class attributes and the shape methods."""
+    """A low-rank scheme. Subclasses set the class attributes and the shape methods."""
 
     name: str
     factor_names: tuple[str, ...]
@@ -344,7 +301,7 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (Channel(), Spatial(), Tucker2(
 
 
 def scheme(name) -> Scheme:
-    """The format called ``name``; ValueError naming the argument for an unknown one."""
+    """The scheme called ``name``; ValueError naming the argument for an unknown one."""
     if name not in SCHEMES:
         raise ValueError(f"scheme must be one of {', '.join(repr(s) for s in SCHEMES)}, "
                          f"got {name!r}")
