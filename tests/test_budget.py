@@ -11,9 +11,9 @@ from torch import nn
 
 import trp_kernels as tk
 from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
-from trp_kernels import budget
+from trp_kernels.compression import budget
 from trp_kernels.schemes import costs
-from trp_kernels.decompose import decomposable_layers
+from trp_kernels.compression import decomposable_layers
 from trp_kernels.schemes.factorization import full_rank, weight_to_matrix
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 import trp_kernels as tk
 from trp_kernels.schemes import costs
-from trp_kernels.decompose import is_decomposable
+from trp_kernels.compression import is_decomposable
 from trp_kernels.schemes.factorization import matrix_to_weight, weight_to_matrix
 
 

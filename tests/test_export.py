@@ -6,9 +6,9 @@ from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread
 from testing import devices
 from torch import nn
 
-from trp_kernels.checkpoint import CheckpointError
-from trp_kernels.decompose import decompose_model
-from trp_kernels.export import (export_onnx, export_program, load_model, lowrank_layers,
+from trp_kernels.compression import decompose_model
+from trp_kernels.compression.files import CheckpointError, atomic_save
+from trp_kernels.compression.export import (export_onnx, export_program, load_model, lowrank_layers,
                                 save_model, saved_input_shape, to_conv_pairs)
 from trp_kernels.schemes.layers import LowRankConv2d
 from trp_kernels.models import resnet20
@@ -38,7 +38,8 @@ def outputs(model, x):
 def test_save_and_load_restore_every_rank(tmp_path, device):
     model = compressed_model(device)
     path = str(tmp_path / "model.pt")
-    save_model(model, path, "resnet20", ARCH, input_shape=(1, 8, 8), metadata={"note": 1})
+    save_model(model, path, "trp_kernels.models:resnet20", ARCH, input_shape=(1, 8, 8),
+               metadata={"note": 1})
     loaded = load_model(path, device=device)
     assert lowrank_layers(loaded) == lowrank_layers(model)
     assert set(lowrank_layers(model).values()) == {"channel", "spatial"}
@@ -65,6 +66,43 @@ def test_a_model_of_your_own_loads_into_a_fresh_instance(tmp_path):
     torch.testing.assert_close(outputs(loaded, x), outputs(model.eval(), x))
 
 
+def small_net(channels=8):
+    """A model of your own, importable by name (this test module's)."""
+    return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(channels, channels, 3))
+
+
+def test_the_architecture_is_an_importable_reference(tmp_path):
+    model = small_net(6)
+    decompose_model(model, "spatial", rank=2, skip=())
+    path = str(tmp_path / "own.pt")
+    save_model(model, path, small_net, {"channels": 6})
+    assert torch.load(path, weights_only=True)["arch"] == f"{__name__}:small_net"
+    loaded = load_model(path)
+    assert lowrank_layers(loaded) == {"0": "spatial", "2": "spatial"}
+    x = torch.randn(2, 3, 7, 7)
+    torch.testing.assert_close(outputs(loaded, x), outputs(model.eval(), x))
+    with pytest.raises(ValueError, match="local"):
+        save_model(model, path, lambda: small_net(6))
+    with pytest.raises(TypeError, match="arch"):
+        save_model(model, path, 3)
+
+
+def test_files_naming_a_library_model_without_its_module_still_load(tmp_path):
+    """Model files written before architectures were references name one of this library's
+    models alone ("resnet20"); they load as trp_kernels.models:resnet20."""
+    model = compressed_model()
+    path = str(tmp_path / "older.pt")
+    atomic_save({"format": "trp_kernels.model/1", "arch": "resnet20", "arch_kwargs": ARCH,
+                 "input_shape": [1, 8, 8], "lowrank_layers": lowrank_layers(model),
+                 "state_dict": model.state_dict(), "metadata": {}}, path)
+    loaded = load_model(path)
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(outputs(loaded, x), outputs(model, x))
+    save_model(model, path, "resnet20", ARCH)
+    assert torch.load(path, weights_only=True)["arch"] == "trp_kernels.models:resnet20"
+
+
 def test_bad_files_are_reported(tmp_path):
     missing = str(tmp_path / "none.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -81,6 +119,10 @@ def test_bad_files_are_reported(tmp_path):
     save_model(compressed_model(), wrong, "resnet32", ARCH)
     with pytest.raises(CheckpointError, match="does not fit the model"):
         load_model(wrong)
+    unknown = str(tmp_path / "unknown.pt")
+    save_model(compressed_model(), unknown, "no_such_package.models:resnet20", ARCH)
+    with pytest.raises(CheckpointError, match="cannot be imported"):
+        load_model(unknown)
 
 
 @pytest.mark.parametrize("device", devices)

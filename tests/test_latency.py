@@ -13,9 +13,9 @@ from torch import nn
 
 import trp_kernels as tk
 from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
-from trp_kernels import latency
+from trp_kernels.compression import latency
 from trp_kernels.schemes import costs
-from trp_kernels.latency import LatencyMeter, Timing
+from trp_kernels.compression.latency import LatencyMeter, Timing
 
 
 class Net(nn.Module):

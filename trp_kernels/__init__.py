@@ -10,8 +10,8 @@ in ``trp_kernels.models``.
 """
 
 from .ops import lowrank_conv2d, lowrank_project, truncated_svd
-from .decompose import decompose_model
-from .export import export_onnx, export_program, load_model, save_model, to_conv_pairs
+from .compression import (decompose_model, export_onnx, export_program, load_model, save_model,
+                          to_conv_pairs)
 from .schemes import LowRankConv2d
 from .lowrank_train import make_lowrank, orthogonality_penalty
 from .trp import TRPRegularizer

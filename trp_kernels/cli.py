@@ -203,7 +203,7 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import torch
 
-    from .export import export_onnx, export_program, load_model, saved_input_shape
+    from .compression.export import export_onnx, export_program, load_model, saved_input_shape
 
     targets = [p for p in (args.onnx, args.program) if p]
     if not targets:

@@ -31,9 +31,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import budget
+from .compression import budget
 from .ops import checks
-from .decompose import DecompositionReport, decompose_model, decomposable_layers
+from .compression import DecompositionReport, decompose_model, decomposable_layers
 from .schemes.layers import LowRankConv2d
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import time
 
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write, atomic_write_text
-from .latency import LatencyMeter
+from .compression.files import atomic_write, atomic_write_text
+from .compression.latency import LatencyMeter
 from .schemes.costs import ConvCost, conv_costs, count_params
 from .schemes.factorization import full_rank
 from .schemes.geometry import format_rank
@@ -21,33 +19,6 @@ from .schemes.layers import LowRankConv2d
 # The keys every report.json holds (tests and users read them); the rest is context.
 REQUIRED_KEYS = ("method", "scheme", "test_accuracy", "dense_test_accuracy", "flops_speedup",
                  "params", "dense_params", "latency_ms", "dense_latency_ms", "layers")
-
-
-@torch.inference_mode()
-def measure_latency(model: nn.Module, example_input: torch.Tensor, min_repeats: int = 10,
-                    min_seconds: float = 0.25, warmup: int = 3) -> float:
-    """Median wall time in ms of one eval-mode forward of ``example_input``, over at least
-    ``min_repeats`` runs and ``min_seconds``, after ``warmup`` runs. CUDA is synchronised
-    around every run, so the time is the forward's, not its launch's."""
-    training = model.training
-    model.eval()
-    cuda = example_input.device.type == "cuda"
-    try:
-        for _ in range(warmup):
-            model(example_input)
-        times: list[float] = []
-        start = time.perf_counter()
-        while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
-            if cuda:
-                torch.cuda.synchronize(example_input.device)
-            t = time.perf_counter()
-            model(example_input)
-            if cuda:
-                torch.cuda.synchronize(example_input.device)
-            times.append(time.perf_counter() - t)
-    finally:
-        model.train(training)
-    return 1000.0 * statistics.median(times)
 
 
 def layer_rows(model: nn.Module, dense_model: nn.Module, names, scheme: str,
@@ -105,19 +76,17 @@ def model_figures(model: nn.Module, dense_model: nn.Module, names, scheme: str,
         "dense_conv_macs": dense_macs,
         "params": count_params(model),
         "dense_params": count_params(dense_model),
-        "latency_ms": measure_latency(model, latency_input),
-        "dense_latency_ms": measure_latency(dense_model, latency_input),
         "latency_batch": latency_input.shape[0],
         "layers": layer_rows(model, dense_model, names, scheme, costs, dense_costs,
                              decomposition),
     }
-    figures["latency_speedup"] = figures["dense_latency_ms"] / figures["latency_ms"]
-    if onnxruntime:
-        dense, compressed = LatencyMeter("onnxruntime").seconds([dense_model, model],
-                                                                latency_input)
-        figures.update(onnxruntime_latency_ms=1e3 * compressed.median,
-                       dense_onnxruntime_latency_ms=1e3 * dense.median,
-                       onnxruntime_latency_speedup=dense.median / compressed.median)
+    runtimes = ("torch", "onnxruntime") if onnxruntime else ("torch",)
+    for runtime in runtimes:
+        dense, compressed = LatencyMeter(runtime).seconds([dense_model, model], latency_input)
+        prefix = "" if runtime == "torch" else f"{runtime}_"
+        figures.update({f"{prefix}latency_ms": 1e3 * compressed.median,
+                        f"dense_{prefix}latency_ms": 1e3 * dense.median,
+                        f"{prefix}latency_speedup": dense.median / compressed.median})
     return figures
 
 

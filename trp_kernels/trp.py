@@ -39,7 +39,7 @@ from torch import nn
 
 from .ops import checks
 from .schemes import geometry
-from .decompose import DecompositionReport, decompose_model, decomposable_layers
+from .compression import DecompositionReport, decompose_model, decomposable_layers
 from .trp_projections import projection_for
 
 

@@ -5,7 +5,7 @@ import pytest
 from torch import nn
 
 import trp_kernels as tk
-from trp_kernels.decompose import decomposable_layers, never_decomposed
+from trp_kernels.compression import decomposable_layers, never_decomposed
 from trp_kernels.models import resnet20
 
 

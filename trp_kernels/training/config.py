@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .. import latency
+from ..compression import latency
 from ..schemes import geometry
 from ..ops import checks
 from ..data import DATASETS

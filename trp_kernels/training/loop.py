@@ -14,14 +14,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..checkpoint import set_rng_states
 from ..data import num_train_batches, train_batches
-from ..decompose import decomposable_layers
-from ..export import restore_lowrank_layers, save_model
+from ..compression import decomposable_layers, restore_lowrank_layers, save_model
 from ..models import create_model
 from ..report import model_figures, write_report
 from . import distributed
-from .checkpoints import MODEL_FILE, save_checkpoint
+from .checkpoints import MODEL_FILE, save_checkpoint, set_rng_states
 from .config import TrainConfig
 from .errors import TrainingDiverged
 from .evaluate import evaluate

@@ -23,8 +23,7 @@ import copy
 
 import torch
 
-from ..budget import energy_for_budget
-from ..decompose import decompose_model
+from ..compression import decompose_model, energy_for_budget
 from ..lowrank_train import make_lowrank, orthogonality_penalty
 from ..trp import TRPRegularizer
 from .errors import ConfigError

@@ -10,9 +10,7 @@ import torch
 from torch import nn
 
 from ..data import ImageData, load_dataset, num_train_batches
-from ..decompose import decomposable_layers
-from ..export import load_model, lowrank_layers
-from .. import budget
+from ..compression import budget, decomposable_layers, load_model, lowrank_layers
 from ..schemes import geometry
 from ..models import create_model
 from . import distributed

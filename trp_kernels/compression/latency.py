@@ -1,4 +1,6 @@
-"""Measuring whether a factorised layer is really faster, in the runtime that will run it.
+"""Measured latency: the library's one timer (``LatencyMeter``, which the trainer's reports use
+too) and the measured choice of ``decompose_model(measure=...)``: whether a factorised layer is
+really faster, in the runtime that will run it (``choose_faster``; docs/compression.md).
 
 ``LatencyMeter("torch")`` times modules as PyTorch runs them (eval mode, inference mode, CUDA
 synchronised around every round); ``LatencyMeter("onnxruntime")`` exports each module (low-rank
@@ -24,7 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .schemes.costs import run_hooked
+from ..schemes.costs import run_hooked
+from ..schemes.layers import LowRankConv2d
+from .export import to_conv_pairs
 
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -120,8 +124,6 @@ class LatencyMeter:
 
 def onnx_runner(module: nn.Module, x: torch.Tensor):
     """An InferenceSession of ``module`` exported (as plain convs) with the input's shape."""
-    from .export import to_conv_pairs
-    from .schemes.layers import LowRankConv2d
     ort = _onnxruntime()
     if isinstance(module, LowRankConv2d):
         module = module.to_conv_pair().eval()

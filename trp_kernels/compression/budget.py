@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .ops import checks
-from .schemes import geometry
-from .schemes.costs import conv_costs, dense_macs, factorised_macs
-from .schemes.factorization import full_rank, matrix_svds
+from ..ops import checks
+from ..schemes import geometry
+from ..schemes.costs import conv_costs, dense_macs, factorised_macs
+from ..schemes.factorization import full_rank, matrix_svds
 
 def round_rank(rank, full, multiple: int):
     """``rank`` rounded up to a multiple of ``multiple``, capped at ``full``; 0 (an all-zero

@@ -1,8 +1,8 @@
 """Shipping a compressed model: a self-describing file that restores every layer's rank and
-format, plain PyTorch convs instead of the library's layers, torch.export and ONNX.
+scheme, plain PyTorch convs instead of the library's layers, torch.export and ONNX.
 
-    save_model(model, "model.pt", arch="resnet20", arch_kwargs={"in_channels": 1},
-               input_shape=(1, 8, 8))
+    save_model(model, "model.pt", arch="trp_kernels.models:resnet20",
+               arch_kwargs={"in_channels": 1}, input_shape=(1, 8, 8))
     model = load_model("model.pt")                # ranks and schemes restored from the file
     to_conv_pairs(model)                          # plain nn.Conv2d only: no trp_kernels needed
     export_onnx(model, torch.randn(1, 1, 8, 8), "model.onnx")
@@ -11,15 +11,47 @@ format, plain PyTorch convs instead of the library's layers, torch.export and ON
 from __future__ import annotations
 
 import copy
+import importlib
 
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, atomic_save, load_file
-from .schemes.layers import LowRankConv2d
-from .models import create_model
+from ..schemes.layers import LowRankConv2d
+from .files import CheckpointError, atomic_save, load_file
 
 MODEL_FORMAT = "trp_kernels.model/1"
+# Where an architecture named without a module lives: this library's models, which is how
+# files written before architectures were references name theirs ("resnet20").
+LIBRARY_MODELS = "trp_kernels.models"
+
+
+def arch_reference(arch) -> str:
+    """``arch`` as a model file stores it: "package.module:callable". A callable gives its
+    module and qualified name; a name without a module ("resnet20") is one of this library's
+    models."""
+    if callable(arch):
+        arch = f"{arch.__module__}:{arch.__qualname__}"
+        if "<" in arch:
+            raise ValueError(f"arch must be importable by name, got the local callable {arch}")
+        return arch
+    if not isinstance(arch, str) or not arch.strip(":"):
+        raise TypeError(f"arch must be 'package.module:callable', a model name or a callable, "
+                        f"got {arch!r}")
+    return arch if ":" in arch else f"{LIBRARY_MODELS}:{arch}"
+
+
+def build_arch(arch, arch_kwargs: dict) -> nn.Module:
+    """The dense model ``arch`` (see ``arch_reference``) builds from ``arch_kwargs``, imported
+    by name: no import of the model zoo here. CheckpointError if it cannot be imported."""
+    reference = arch_reference(arch)
+    module_name, _, name = reference.partition(":")
+    try:
+        target = importlib.import_module(module_name)
+        for part in name.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise CheckpointError(f"architecture {reference!r} cannot be imported: {exc}") from None
+    return target(**arch_kwargs)
 
 
 def lowrank_layers(model: nn.Module) -> dict[str, str]:
@@ -27,19 +59,21 @@ def lowrank_layers(model: nn.Module) -> dict[str, str]:
     return {name: m.scheme for name, m in model.named_modules() if isinstance(m, LowRankConv2d)}
 
 
-def save_model(model: nn.Module, path: str, arch: str | None = None, arch_kwargs=None,
+def save_model(model: nn.Module, path: str, arch=None, arch_kwargs=None,
                input_shape=None, metadata=None) -> None:
     """Writes ``model`` (dense, compressed or mixed) atomically to ``path``.
 
-    arch / arch_kwargs: the ``trp_kernels.models`` constructor that builds the dense model, so
-        ``load_model(path)`` needs nothing else; leave them out for a model of your own and pass
-        a freshly built dense instance to ``load_model`` instead.
+    arch / arch_kwargs: the callable that builds the dense model and its keyword arguments, so
+        ``load_model(path)`` needs nothing else: "package.module:callable", the callable
+        itself, or the name of one of this library's models (``arch_reference``). Leave them
+        out for a model that cannot be built by name, and pass a freshly built dense instance
+        to ``load_model`` instead.
     input_shape: (C, H, W) of one input, kept for exporting from the file alone.
     metadata: any plain-Python dict (e.g. accuracy, speed-up) stored alongside.
     """
     atomic_save({
         "format": MODEL_FORMAT,
-        "arch": arch,
+        "arch": None if arch is None else arch_reference(arch),
         "arch_kwargs": dict(arch_kwargs or {}),
         "input_shape": None if input_shape is None else list(input_shape),
         "lowrank_layers": lowrank_layers(model),
@@ -68,7 +102,7 @@ def restore_lowrank_layers(model: nn.Module, layers: dict[str, str]) -> nn.Modul
 def load_model(path: str, model: nn.Module | None = None, device="cpu") -> nn.Module:
     """The model saved by ``save_model``, in eval mode, with every low-rank layer at its saved
     rank. ``model``: a freshly built dense instance of the architecture, needed when the file
-    names no ``trp_kernels.models`` constructor; it is modified in place."""
+    names none (``save_model``'s ``arch``); it is modified in place."""
     saved = load_file(path, "model file", ("format", "state_dict", "lowrank_layers"),
                       device)
     if saved["format"] != MODEL_FORMAT:
@@ -78,7 +112,7 @@ def load_model(path: str, model: nn.Module | None = None, device="cpu") -> nn.Mo
         if not saved.get("arch"):
             raise CheckpointError(f"model file {path} names no architecture; pass the dense "
                                   f"model it was made from as model=")
-        model = create_model(saved["arch"], **saved["arch_kwargs"])
+        model = build_arch(saved["arch"], saved["arch_kwargs"])
     restore_lowrank_layers(model, saved["lowrank_layers"])
     try:
         model.load_state_dict(saved["state_dict"])

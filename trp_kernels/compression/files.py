@@ -1,13 +1,11 @@
-"""Crash-safe files: atomic writes (temp file + rename), checked reads, and the random number
-generator states a resumed run needs to continue exactly where it stopped."""
+"""Crash-safe files: atomic writes (temp file + rename) and checked reads, for model files and
+the trainer's checkpoints alike."""
 
 from __future__ import annotations
 
 import os
-import random
 import tempfile
 
-import numpy as np
 import torch
 
 
@@ -66,27 +64,3 @@ def load_file(path: str, kind: str, required_keys=(), device="cpu") -> dict:
         raise CheckpointError(f"{kind} {path} lacks the entries {missing}; it was not written "
                               f"by this version of trp_kernels")
     return obj
-
-
-def rng_states() -> dict:
-    """Every generator a training step may draw from: torch (CPU and each CUDA device),
-    Python's random and NumPy's global generator."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-    }
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = states["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["gauss"]))

@@ -9,20 +9,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..ops import checks
+from ..schemes import geometry
+from ..schemes.costs import conv_costs, count_params, is_cheaper
+from ..schemes.layers import LowRankConv2d
 from . import budget, latency
-from .ops import checks
-from .schemes import geometry
-from .schemes.costs import conv_costs, count_params, is_cheaper
-from .schemes.layers import LowRankConv2d
-
-
-def is_decomposable(module: nn.Module) -> bool:
-    """An nn.Conv2d with groups 1 and a kernel larger than 1x1 (what TRP factorises)."""
-    return (
-        isinstance(module, nn.Conv2d)
-        and module.groups == 1
-        and module.kernel_size[0] * module.kernel_size[1] > 1
-    )
+from .selection import decomposable_layers
 
 
 @dataclass
@@ -114,39 +106,6 @@ class DecompositionReport:
         return "\n".join(lines)
 
 
-def never_decomposed(model: nn.Module) -> tuple[str, ...]:
-    """The layer names ``model`` asks to keep dense, from its ``never_decomposed`` attribute
-    (this library's ResNets name their first conv); none for a model without one."""
-    return tuple(getattr(model, "never_decomposed", ()))
-
-
-def decomposable_layers(model: nn.Module, skip=None, layers=None) -> list[tuple[str, nn.Conv2d]]:
-    """(name, conv) in model order of the decomposable convs to act on: those named in
-    ``layers`` if given (each must be a decomposable conv), else every decomposable conv not
-    named in ``skip``; ``skip=None`` means the model's ``never_decomposed`` (see there)."""
-    modules = dict(model.named_modules())
-    if layers is not None:
-        if skip is not None:
-            raise ValueError("give skip (layers to leave dense) or layers (layers to "
-                             "decompose), not both")
-        if isinstance(layers, str):
-            raise TypeError(f"layers must be a list of layer names, got the str {layers!r}")
-        chosen = set(layers)
-        unknown = sorted(chosen - set(modules))
-        if unknown:
-            raise ValueError(f"layers names layers the model does not have: {unknown}")
-        dense = sorted(name for name in chosen if not is_decomposable(modules[name]))
-        if dense:
-            raise ValueError(f"layers names modules that are not decomposable convs (nn.Conv2d, "
-                             f"groups 1, kernel larger than 1x1): {dense}")
-        return [(name, m) for name, m in modules.items() if name in chosen]
-    skip = set(never_decomposed(model) if skip is None else skip)
-    unknown = sorted(skip - set(modules))
-    if unknown:
-        raise ValueError(f"skip names layers the model does not have: {unknown}")
-    return [(name, m) for name, m in modules.items() if is_decomposable(m) and name not in skip]
-
-
 def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=None, rank=None,
                     skip=None, example_input: torch.Tensor | None = None, target_speedup=None,
                     rank_multiple=1, measure=None, layers=None) -> DecompositionReport:
@@ -160,7 +119,7 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
     or a fraction of each layer's full rank as a float), or, with ``target_speedup`` t > 1
     (instead of the rule; needs ``example_input``; channel and spatial), the leximin-energy
     ranks whose conv FLOP speed-up is at least t and as close to it as the rank steps allow
-    (trp_kernels/budget.py; an unreachable t raises ValueError naming the largest reachable
+    (budget.py; an unreachable t raises ValueError naming the largest reachable
     speed-up). ``rank_multiple`` m: every rank rounded up to a multiple of m, capped at the
     full rank. A layer whose factorised form does not cost fewer MACs than the conv stays a
     plain nn.Conv2d (``kept_dense``), always; without ``example_input`` that is judged at a
@@ -169,7 +128,7 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
     each factorised layer is timed against its conv on its real input in that runtime and
     kept only if faster; then the whole model is timed against the dense one and, if it is
     slower beyond noise, the layers with the smallest gains go back to dense until it is not
-    (trp_kernels/latency.py). The measured choice has the last word: a layer measured slower
+    (latency.py). The measured choice has the last word: a layer measured slower
     stays dense even if the FLOP speed-up then falls below ``target_speedup``.
     With ``example_input`` (one batch), the report holds per-layer and model conv MACs."""
     registered = geometry.scheme(scheme)
