@@ -48,7 +48,7 @@ from trp_kernels.data import load_digits
 from trp_kernels.compression import decompose_model
 from trp_kernels.compression.export import load_model
 from trp_kernels.schemes.costs import conv_macs
-from trp_kernels.lowrank_train import make_lowrank
+from trp_kernels.rank_training.elrt import make_lowrank
 from trp_kernels.models import create_model
 from trp_kernels.training import DIGITS_STAGE_STRIDES, SCHEMES, TrainConfig
 

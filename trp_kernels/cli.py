@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from .lowrank_train import PENALTY_KINDS
+from .rank_training import PENALTY_KINDS
 from .training import (DATASETS, LR_SCHEDULES, METHODS, SCHEMES, TRAIN_MODELS, TrainConfig,
                        TrainingDiverged, prepare, prepare_resume, run)
 

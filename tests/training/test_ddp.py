@@ -12,7 +12,7 @@ from trp_kernels import training
 
 from trp_kernels.schemes import geometry
 from trp_kernels.models import resnet20
-from trp_kernels.trp import TRPRegularizer
+from trp_kernels.rank_training.trp import TRPRegularizer
 
 WORLD = 2
 SCHEMES = ("channel", "tucker2", "decoupled")

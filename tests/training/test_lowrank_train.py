@@ -8,7 +8,7 @@ from torch import nn
 from trp_kernels.schemes.factorization import factors_from_svd, full_weight, weight_to_matrix
 from trp_kernels.schemes.layers import LowRankConv2d
 from trp_kernels.schemes.factorization import factor_matrices
-from trp_kernels.lowrank_train import make_lowrank, orthogonality_penalty
+from trp_kernels.rank_training.elrt import make_lowrank, orthogonality_penalty
 from trp_kernels.models import resnet20
 from trp_kernels.ops.svd import reference_lowrank_project
 

@@ -12,7 +12,7 @@ from trp_kernels.schemes.factorization import matrix_to_weight, weight_to_matrix
 from trp_kernels.schemes.layers import LowRankConv2d
 from trp_kernels.models import resnet20, resnet56
 from trp_kernels.ops.svd import reference_lowrank_project
-from trp_kernels.trp import TRPRegularizer
+from trp_kernels.rank_training.trp import TRPRegularizer
 from trp_kernels.schemes import geometry
 from trp_kernels.schemes.matrix_views import MatrixView
 

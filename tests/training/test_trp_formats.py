@@ -10,7 +10,7 @@ from trp_kernels.schemes import geometry
 from trp_kernels.schemes.layers import LowRankConv2d
 from trp_kernels.models import resnet56
 from trp_kernels.ops.svd import reference_lowrank_project, reference_rank
-from trp_kernels.trp import TRPRegularizer
+from trp_kernels.rank_training.trp import TRPRegularizer
 
 FORMATS = ["tucker2", "decoupled"]
 

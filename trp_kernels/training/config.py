@@ -10,7 +10,7 @@ from ..compression import latency
 from ..schemes import geometry
 from ..ops import checks
 from ..data import DATASETS
-from ..lowrank_train import PENALTY_KINDS
+from ..rank_training import PENALTY_KINDS
 from .errors import ConfigError
 from .methods import METHODS, method_class
 

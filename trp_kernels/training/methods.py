@@ -24,8 +24,7 @@ import copy
 import torch
 
 from ..compression import decompose_model, energy_for_budget
-from ..lowrank_train import make_lowrank, orthogonality_penalty
-from ..trp import TRPRegularizer
+from ..rank_training import TRPRegularizer, make_lowrank, orthogonality_penalty
 from .errors import ConfigError
 from .evaluate import evaluate
 

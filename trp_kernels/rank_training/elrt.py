@@ -31,10 +31,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .compression import budget
-from .ops import checks
-from .compression import DecompositionReport, decompose_model, decomposable_layers
-from .schemes.layers import LowRankConv2d
+from ..compression import DecompositionReport, budget, decompose_model, decomposable_layers
+from ..ops import checks
+from ..schemes.layers import LowRankConv2d
 
 
 def make_lowrank(model: nn.Module, scheme: str = "channel", rank=0.5, skip=None,

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import torch
 
-from .ops import svd
-from .schemes.geometry import Scheme
-from .schemes.matrix_views import IN_MODE, OUT_MODE, PER_FILTER, MatrixView
-from .trp_groups import StackedGroups
+from ..ops import svd
+from ..schemes.geometry import Scheme
+from ..schemes.matrix_views import IN_MODE, OUT_MODE, PER_FILTER, MatrixView
+from .groups import StackedGroups
 
 
 class MatrixProjection:

@@ -25,8 +25,8 @@ from collections import defaultdict
 
 import torch
 
-from .ops import svd
-from .schemes.matrix_views import MatrixView
+from ..ops import svd
+from ..schemes.matrix_views import MatrixView
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -37,10 +37,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .ops import checks
-from .schemes import geometry
-from .compression import DecompositionReport, decompose_model, decomposable_layers
-from .trp_projections import projection_for
+from ..compression import DecompositionReport, decompose_model, decomposable_layers
+from ..ops import checks
+from ..schemes import geometry
+from .projections import projection_for
 
 
 def unwrap(model: nn.Module) -> nn.Module:
