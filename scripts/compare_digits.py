@@ -44,7 +44,7 @@ import time
 import torch
 
 from trp_kernels.cli import main as cli
-from trp_kernels.data import load_digits
+from trp_kernels.training.data import load_digits
 from trp_kernels.compression import decompose_model
 from trp_kernels.compression.export import load_model
 from trp_kernels.schemes.costs import conv_macs

@@ -14,7 +14,7 @@ import trp_kernels as tk
 from trp_kernels.schemes import costs, factorization, geometry
 from trp_kernels.rank_training.elrt import make_lowrank, orthogonality_penalty
 from trp_kernels.models import resnet20
-from trp_kernels.report import markdown, plot
+from trp_kernels.training.report import markdown, plot
 from trp_kernels.ops.svd import reference_rank
 
 from testing import devices

@@ -198,7 +198,7 @@ def test_noise_rule():
 
 
 def test_reports_show_flop_and_latency_speedups_and_dense_layers(tagged):
-    from trp_kernels import report as reports
+    from trp_kernels.training import report as reports
     torch.manual_seed(0)
     model, x = tagged(), torch.randn(2, 16, 8, 8)
     dense = copy.deepcopy(model)

@@ -14,7 +14,7 @@ from test_data import write_fake_cifar
 import trp_kernels.training.loop as training_loop
 from trp_kernels.cli import main
 from trp_kernels.compression.export import load_model, lowrank_layers
-from trp_kernels.report import REQUIRED_KEYS
+from trp_kernels.training.report import REQUIRED_KEYS
 
 
 

@@ -160,7 +160,7 @@ def _nan_where_nonfinite(x: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
 
 
 def truncated_svd(W: torch.Tensor, energy=None, threshold=None, max_rank=None):
-    """(U, S, V, rank) of ``trp_kernels.svd.truncated_svd`` by the composite path; non-finite
+    """(U, S, V, rank) of ``svd.truncated_svd`` by the composite path; non-finite
     matrices get rank -1 and NaN factors (the caller raises)."""
     _check_batch(W)
     check_rule(energy, threshold, max_rank)
@@ -186,7 +186,7 @@ def _projection(W: torch.Tensor, f: _Factors):
 
 
 def lowrank_project(W: torch.Tensor, energy=None, threshold=None, max_rank=None):
-    """(W_low, subgrad, rank) of ``trp_kernels.svd.lowrank_project`` by the composite path."""
+    """(W_low, subgrad, rank) of ``svd.lowrank_project`` by the composite path."""
     _check_batch(W)
     check_rule(energy, threshold, max_rank)
     (f,) = _factor_batches([W], (energy, threshold, max_rank))

@@ -12,7 +12,7 @@ ELRT's spectral initialisation, and it keeps the model's initialisation scheme (
 library's ResNets, Kaiming normal) instead of imposing another.
 
 The orthogonality penalty keeps each layer's factor matrices A [m, r] (``orthogonal_factors``
-of its format in ``trp_kernels.geometry``) well conditioned while they train:
+of its scheme in ``trp_kernels.schemes.geometry``) well conditioned while they train:
 - channel / spatial: M = L R^T with L and R the two factors seen as matrices (for the channel
   scheme L = weight2 as [N, r] and R^T = weight1 as [r, C*kh*kw]);
 - tucker2: A = U_in (weight_in as [C, r_in]^T) and A = U_out (weight_out as [N, r_out]); the

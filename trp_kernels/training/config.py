@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from ..compression import latency
 from ..schemes import geometry
 from ..ops import checks
-from ..data import DATASETS
+from .data import DATASETS
 from ..rank_training import PENALTY_KINDS
 from .errors import ConfigError
 from .methods import METHODS, method_class

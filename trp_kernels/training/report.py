@@ -9,12 +9,12 @@ import os
 import torch
 from torch import nn
 
-from .compression.files import atomic_write, atomic_write_text
-from .compression.latency import LatencyMeter
-from .schemes.costs import ConvCost, conv_costs, count_params
-from .schemes.factorization import full_rank
-from .schemes.geometry import format_rank
-from .schemes.layers import LowRankConv2d
+from ..compression.files import atomic_write, atomic_write_text
+from ..compression.latency import LatencyMeter
+from ..schemes.costs import ConvCost, conv_costs, count_params
+from ..schemes.factorization import full_rank
+from ..schemes.geometry import format_rank
+from ..schemes.layers import LowRankConv2d
 
 # The keys every report.json holds (tests and users read them); the rest is context.
 REQUIRED_KEYS = ("method", "scheme", "test_accuracy", "dense_test_accuracy", "flops_speedup",
