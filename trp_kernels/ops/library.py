@@ -10,7 +10,7 @@ from . import backends
 from .conv_geometry import chain_out_hw, op_convs
 
 try:
-    from .. import _C  # noqa: F401  (importing registers the torch.ops.trp.* kernels)
+    import trp_kernels._C  # noqa: F401  (importing registers the torch.ops.trp.* kernels)
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "trp_kernels' compiled extension trp_kernels._C is missing or does not load "

@@ -11,7 +11,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..compression.export import lowrank_layers
 from ..compression.files import CheckpointError, atomic_save, load_file
 

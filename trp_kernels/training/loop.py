@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..compression import decomposable_layers, restore_lowrank_layers, save_model
 from ..models import create_model
 from . import distributed
