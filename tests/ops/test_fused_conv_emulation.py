@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 EMULATION = ROOT / "tests" / "emulation"
 FLAGS = ["-std=c++20", "-O1", "-Wno-unknown-pragmas"]
 # What the emulation needs besides C++20: ucontext fibers and a float16 type.

@@ -1,0 +1,4 @@
+"""Every test under tests/rank_training runs with one torch CPU thread (the autouse fixture of
+tests/single_thread.py)."""
+
+from single_thread import one_cpu_thread  # noqa: F401  (registers the autouse fixture here)
