@@ -185,8 +185,7 @@ class Channel(FactorPairScheme):
         return R.T.reshape(r, C, kh, kw).contiguous(), L.reshape(N, r, 1, 1).contiguous()
 
     def orthogonal_factors(self, weight1, weight2):
-        r = weight1.shape[0]
-        return weight2.reshape(-1, r), weight1.reshape(r, -1).T
+        return weight2.flatten(1), weight1.flatten(1).T
 
 
 class Spatial(FactorPairScheme):
@@ -212,9 +211,8 @@ class Spatial(FactorPairScheme):
         return weight1, weight2
 
     def orthogonal_factors(self, weight1, weight2):
-        r = weight1.shape[0]
-        left = weight1[..., 0].permute(1, 2, 0).reshape(-1, r)
-        right = weight2[:, :, 0, :].permute(1, 0, 2).reshape(r, -1).T
+        left = weight1[..., 0].permute(1, 2, 0).flatten(0, 1)
+        right = weight2[:, :, 0, :].permute(1, 0, 2).flatten(1).T
         return left, right
 
 
