@@ -1,15 +1,21 @@
+"""Shipping a compressed model in every scheme (one SchemeCase each, tests/scheme_cases.py):
+the model file restores every layer's scheme and rank (and names its architecture by an
+importable reference, older files included), plain conv pairs, torch.export and ONNX Runtime."""
+
 import numpy as np
 import onnxruntime
 import pytest
 import torch
+from scheme_cases import every_scheme
 from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 from testing import devices
 from torch import nn
 
 from trp_kernels.compression import decompose_model
 from trp_kernels.compression.files import CheckpointError, atomic_save
-from trp_kernels.compression.export import (export_onnx, export_program, load_model, lowrank_layers,
-                                save_model, saved_input_shape, to_conv_pairs)
+from trp_kernels.compression.export import (export_onnx, export_program, load_model,
+                                            lowrank_layers, save_model, saved_input_shape,
+                                            to_conv_pairs)
 from trp_kernels.schemes.layers import LowRankConv2d
 from trp_kernels.models import resnet20
 
@@ -167,7 +173,7 @@ def small_dense_model():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 10))
 
 
-def new_formats_model():
+def tensor_schemes_model():
     """A small net with tucker2 layers (energy ranks, two per layer) and a decoupled layer, and
     non-trivial BatchNorm statistics."""
     torch.manual_seed(0)
@@ -179,20 +185,29 @@ def new_formats_model():
     return model.eval()
 
 
-def test_new_formats_save_load_pairs_export_and_onnx(tmp_path):
-    model = new_formats_model()
-    assert lowrank_layers(model) == {"2": "tucker2", "5": "tucker2", "8": "decoupled"}
-    ranks = {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankConv2d)}
-    assert len(set(ranks.values())) == 3
+def ranks_of(model):
+    return {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankConv2d)}
+
+
+def saved_and_loaded(model, path):
+    """(loaded, x, expected): ``model`` saved without its architecture and loaded into a fresh
+    small_dense_model; the file restores every layer's scheme, rank and outputs without being
+    told them."""
     x = torch.randn(5, 1, 8, 8)
     expected = outputs(model, x)
-    # the file restores every layer's format and rank without being told them
-    path = str(tmp_path / "model.pt")
     save_model(model, path)
     loaded = load_model(path, model=small_dense_model())
     assert lowrank_layers(loaded) == lowrank_layers(model)
-    assert ranks == {n: m.rank for n, m in loaded.named_modules() if isinstance(m, LowRankConv2d)}
+    assert ranks_of(loaded) == ranks_of(model)
     torch.testing.assert_close(outputs(loaded, x), expected)
+    return loaded, x, expected
+
+
+def test_tucker2_and_decoupled_in_one_model_save_load_and_pair(tmp_path):
+    model = tensor_schemes_model()
+    assert lowrank_layers(model) == {"2": "tucker2", "5": "tucker2", "8": "decoupled"}
+    assert len(set(ranks_of(model).values())) == 3
+    loaded, x, expected = saved_and_loaded(model, str(tmp_path / "model.pt"))
     # plain convs: three per tucker2 layer, a 1x1 and a grouped conv per decoupled layer
     plain = to_conv_pairs(loaded)
     assert not lowrank_layers(plain)
@@ -207,3 +222,40 @@ def test_new_formats_save_load_pairs_export_and_onnx(tmp_path):
     session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"input": x.numpy()})
     np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def decomposed(case):
+    """small_dense_model with every conv but the first in ``case``'s scheme at a fraction of its
+    full rank (the dense fallback may keep some), and non-trivial BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = small_dense_model().train()
+    with torch.no_grad():
+        model(torch.randn(32, 1, 8, 8))
+    decompose_model(model, case.name, rank=case.fraction, skip=("0",))
+    return model.eval()
+
+
+@every_scheme
+def test_every_scheme_saves_loads_pairs_and_exports(case, tmp_path):
+    model = decomposed(case)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LowRankConv2d)}
+    assert layers and set(lowrank_layers(model).values()) == {case.name}
+    loaded, x, expected = saved_and_loaded(model, str(tmp_path / "model.pt"))
+    # torch.export: the library's op where the scheme runs it
+    program = export_program(model, torch.randn(1, 1, 8, 8))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any("trp.lowrank_conv2d" in t for t in targets) == case.scheme.fused_op
+    torch.testing.assert_close(program.module()(x), expected, rtol=1e-4, atol=1e-5)
+    # ONNX Runtime runs the plain convs
+    onnx_path = str(tmp_path / "model.onnx")
+    export_onnx(model, torch.randn(2, 1, 8, 8), onnx_path)
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": x.numpy()})
+    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-5)
+    # plain convs, one per thin conv of each layer
+    plain = to_conv_pairs(loaded)
+    assert not lowrank_layers(plain)
+    for name, layer in layers.items():
+        convs = plain.get_submodule(name)
+        assert [c.groups for c in convs] == [t.groups for t in layer.thin_convs()]
+    torch.testing.assert_close(outputs(plain, x), expected, rtol=1e-4, atol=1e-5)

@@ -1,16 +1,13 @@
-"""Which convs TRP, decomposition and low-rank training act on: one default for all three
-(the model's ``never_decomposed``), an explicit ``layers`` list, and errors naming the option."""
+"""Which convs TRP, decomposition and low-rank training act on: the decomposable ones, one
+default for all three (the model's ``never_decomposed``), an explicit ``layers`` list, and
+errors naming the option."""
 
 import pytest
 from torch import nn
 
 import trp_kernels as tk
-from trp_kernels.compression import decomposable_layers, never_decomposed
-from trp_kernels.models import resnet20
-
-
-def small_resnet():
-    return resnet20(in_channels=1, stage_strides=(1, 1, 2))
+from small_models import small_resnet
+from trp_kernels.compression import decomposable_layers, is_decomposable, never_decomposed
 
 
 def lowrank_names(model):
@@ -75,3 +72,11 @@ def test_bad_selections_name_the_option(kwargs, message):
 def test_layers_as_one_string_is_a_type_error():
     with pytest.raises(TypeError, match="layers must be a list of layer names"):
         tk.decompose_model(small_resnet(), rank=2, layers="conv1")
+
+
+def test_is_decomposable():
+    assert is_decomposable(nn.Conv2d(3, 4, 3))
+    assert is_decomposable(nn.Conv2d(3, 4, (3, 1)))
+    assert not is_decomposable(nn.Conv2d(3, 4, 1))
+    assert not is_decomposable(nn.Conv2d(4, 4, 3, groups=2))
+    assert not is_decomposable(nn.Linear(3, 4))

@@ -1,11 +1,11 @@
-"""Bad input raises ValueError or TypeError naming the argument (docs/design.md section 5), on the
-public API and on the raw ops alike; nothing is silently clamped."""
+"""Bad input to the ops raises ValueError or TypeError naming the argument (docs/design.md,
+"Errors"), on the public functions and on the raw ops alike; nothing is silently clamped. The
+layers' and decompose_model's arguments are checked beside their other tests."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import trp_kernels as tk
 
@@ -102,61 +102,6 @@ def test_spatial_factor_shapes_checked():
         tk.lowrank_conv2d(x, torch.randn(3, 4, 3, 3), w2, b, scheme="spatial")
     with pytest.raises(ValueError, match="spatial scheme: weight2"):
         tk.lowrank_conv2d(x, w1, torch.randn(5, 3, 3, 3), b, scheme="spatial")
-
-
-def test_layer_arguments():
-    with pytest.raises(ValueError, match="rank"):
-        tk.LowRankConv2d(4, 8, 3, rank=9)           # full rank is min(8, 36) = 8
-    with pytest.raises(ValueError, match="rank"):
-        tk.LowRankConv2d(4, 8, 3, rank=-1)
-    with pytest.raises(TypeError, match="rank"):
-        tk.LowRankConv2d(4, 8, 3, rank=2.0)
-    with pytest.raises(ValueError, match="in_channels"):
-        tk.LowRankConv2d(0, 8, 3, rank=2)
-    with pytest.raises(ValueError, match="kernel_size"):
-        tk.LowRankConv2d(4, 8, 0, rank=2)
-    with pytest.raises(ValueError, match="scheme"):
-        tk.LowRankConv2d(4, 8, 3, rank=2, scheme="tucker")
-    with pytest.raises(ValueError, match="stride"):
-        tk.LowRankConv2d(4, 8, 3, rank=2, stride=0)
-    with pytest.raises(TypeError, match="conv"):
-        tk.LowRankConv2d.from_conv(nn.Linear(3, 4))
-    with pytest.raises(ValueError, match="groups"):
-        tk.LowRankConv2d.from_conv(nn.Conv2d(4, 8, 3, groups=2))
-    with pytest.raises(ValueError, match="padding_mode"):
-        tk.LowRankConv2d.from_conv(nn.Conv2d(4, 8, 3, padding=1, padding_mode="circular"))
-    with pytest.raises(ValueError, match="padding='same'"):
-        tk.LowRankConv2d.from_conv(nn.Conv2d(4, 8, 2, padding="same"))
-    with pytest.raises(ValueError, match="rank"):
-        tk.LowRankConv2d.from_conv(nn.Conv2d(4, 8, 3), rank=9)
-    with pytest.raises(ValueError, match="energy"):
-        tk.LowRankConv2d.from_conv(nn.Conv2d(4, 8, 3), energy=0)
-    conv = nn.Conv2d(4, 8, 3)
-    with torch.no_grad():
-        conv.weight[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="non-finite"):
-        tk.LowRankConv2d.from_conv(conv)
-
-
-def test_decompose_arguments():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
-    with pytest.raises(ValueError, match="skip"):
-        tk.decompose_model(model, skip=["conv9"])
-    with pytest.raises(ValueError, match="scheme"):
-        tk.decompose_model(model, scheme="cp")
-    with pytest.raises(ValueError, match="rank"):
-        tk.decompose_model(model, rank=1.5)
-    with pytest.raises(ValueError, match="rank"):
-        tk.decompose_model(model, rank=0)
-    with pytest.raises(TypeError, match="model"):
-        tk.decompose_model("resnet20")
-    with pytest.raises(ValueError, match="single conv"):
-        tk.decompose_model(nn.Conv2d(3, 8, 3))
-    circular = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular"))
-    with pytest.raises(ValueError, match=r"skip=\['0'\]"):
-        tk.decompose_model(circular)
-    # a failed call replaced nothing
-    assert isinstance(model[2], nn.Conv2d)
 
 
 def test_missing_extension_says_how_to_build():

@@ -1,5 +1,5 @@
-"""The composite SVD path (TRP_SVD_IMPL=eigh) held to the contract of the compiled op, the path
-selection, and the rank rule's rounding floor on every CPU path."""
+"""The composite SVD path (TRP_SVD_IMPL=eigh) held to the contract of the compiled op, and the
+rank rule's rounding floor on every CPU path (which path runs: test_backends.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import trp_kernels as tk
 from trp_kernels.ops import backends
 from trp_kernels.ops.svd import lowrank_project_groups, project_matrices, reference_rank
 
-from testing import adversarial, devices, diag_matrix, dtypes, svd_tol, with_spectrum
+from testing import devices, diag_matrix, dtypes, svd_tol, with_spectrum
 
 EPS64 = torch.finfo(torch.float64).eps
 
@@ -118,61 +118,6 @@ def test_nonfinite_only_the_op_raises_without_check(dtype):
         tk.truncated_svd(W, check_finite=False)
     with backends.forced(svd="eigh"):
         assert tk.truncated_svd(W, check_finite=False).rank[0] == -1
-
-
-# --- selection: TRP_SVD_IMPL, defaults, the validation constant ------------------------------
-
-
-def test_unknown_impl_raises(monkeypatch):
-    monkeypatch.setenv("TRP_SVD_IMPL", "lapack")
-    W = torch.randn(4, 6)
-    for call in (lambda: tk.truncated_svd(W), lambda: tk.lowrank_project(W),
-                 lambda: lowrank_project_groups([W]), lambda: project_matrices([W])):
-        with pytest.raises(ValueError, match="TRP_SVD_IMPL"):
-            call()
-    with pytest.raises(ValueError, match="svd"):
-        with backends.forced(svd="lapack"):
-            pass
-
-
-def test_env_read_on_every_call(monkeypatch):
-    W = torch.randn(2, 4, 6)
-    W[1, 0, 0] = float("nan")
-    monkeypatch.setenv("TRP_SVD_IMPL", "eigh")
-    assert tk.truncated_svd(W, check_finite=False).rank[1] == -1
-    monkeypatch.setenv("TRP_SVD_IMPL", "jacobi")
-    with pytest.raises(ValueError, match="non-finite"):
-        tk.truncated_svd(W, check_finite=False)
-    for value in ("", "auto"):
-        monkeypatch.setenv("TRP_SVD_IMPL", value)
-        assert backends.svd_impl(torch.device("cpu")) == "jacobi"
-
-
-def test_defaults_per_device(monkeypatch):
-    monkeypatch.delenv("TRP_SVD_IMPL", raising=False)
-    cpu, cuda, meta = torch.device("cpu"), torch.device("cuda", 0), torch.device("meta")
-    monkeypatch.setattr(backends, "CUDA_SVD_VALIDATED_BY", None)
-    assert backends.svd_impl(cpu) == "jacobi"
-    assert backends.svd_impl(cuda) == "eigh"         # unvalidated kernels stay off by default
-    assert backends.svd_impl(meta) == "eigh"         # no compiled kernel there
-    monkeypatch.setattr(backends, "CUDA_SVD_VALIDATED_BY", "bench/results/gpu_run.txt")
-    assert backends.svd_impl(cuda) == "jacobi"
-    assert backends.svd_impl(cpu) == "jacobi"
-    with backends.forced(svd="eigh"):
-        assert backends.svd_impl(cpu) == "eigh" and backends.svd_impl(cuda) == "eigh"
-    with backends.forced(svd="jacobi"):
-        assert backends.svd_impl(meta) == "jacobi"
-
-
-def test_forced_restores_the_environment(monkeypatch):
-    monkeypatch.setenv("TRP_SVD_IMPL", "jacobi")
-    with backends.forced(svd="eigh"):
-        with backends.forced(svd="auto"):
-            assert backends.svd_setting() is backends.SvdImpl.AUTO
-        with backends.forced(svd=None):   # None leaves the setting as it is
-            assert backends.svd_setting() is backends.SvdImpl.EIGH
-        assert backends.svd_setting() == "eigh"
-    assert backends.svd_setting() == "jacobi"
 
 
 def test_composite_path_under_compile_and_export(eigh):

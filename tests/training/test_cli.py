@@ -1,6 +1,5 @@
 """The command line end to end, on digits with few, large batches so every run takes seconds."""
 
-import json
 import os
 import subprocess
 import sys
