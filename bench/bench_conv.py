@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 import trp_kernels as tk
-from trp_kernels.schemes import factorization
 from trp_kernels.ops import backends
 from trp_kernels.ops.conv import reference_lowrank_conv2d
+from trp_kernels.schemes import factorization
 
 from conftest import QUICK, devices
 from conv_cases import NETWORKS, Layer, layers, network_layers, roofline

@@ -3,10 +3,11 @@ ResNet-18 3x3 layer shapes at TRP-like ranks, the FLOPs and the fewest bytes eac
 move, and the time an H100 needs for them at best.
 
 TRP-like ranks: the fraction of a layer's full rank that reproduces the FLOP speed-ups TRP
-reports (docs/design.md section 2) on square 3x3 layers. channel (C = N): speed-up 9N / (10 r), so
-2.84x (ResNet-20 channel+Nu) to 3.18x (ResNet-18 channel+Nu) gives r ~ 0.3 N, N being the full
-rank; spatial: speed-up 3N / (2 r), so 2.17x (ResNet-20 spatial+Nu) gives r ~ 0.69 N, 0.23 of
-the full rank 3N. Trained TRP layers differ layer by layer; these are typical, not measured.
+reports (docs/design.md, "The schemes") on square 3x3 layers. channel (C = N): speed-up
+9N / (10 r), so 2.84x (ResNet-20 channel+Nu) to 3.18x (ResNet-18 channel+Nu) gives r ~ 0.3 N,
+N being the full rank; spatial: speed-up 3N / (2 r), so 2.17x (ResNet-20 spatial+Nu) gives
+r ~ 0.69 N, 0.23 of the full rank 3N. Trained TRP layers differ layer by layer; these are
+typical, not measured.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class Layer:
         """Multiply-accumulates per image: the dense conv (scheme None) or the factor pair."""
         hw = (self.size, self.size)
         if scheme is None:
-            dense = conv_geometry.ThinConv(self.in_channels, self.out_channels, (3, 3), *self.conv_args)
+            dense = conv_geometry.ThinConv(self.in_channels, self.out_channels, (3, 3),
+                                           *self.conv_args)
             return dense.macs(hw)[0]
         return geometry.scheme(scheme).macs(self.weight_shape, self.rank(scheme), hw,
                                             *self.conv_args)[0]

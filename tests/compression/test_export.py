@@ -203,6 +203,19 @@ def saved_and_loaded(model, path):
     return loaded, x, expected
 
 
+def exported_ops(model, x, expected, tmp_path) -> set[str]:
+    """The ops of ``model``'s torch.export program, after checking that the program and the
+    ONNX file (in ONNX Runtime) both compute ``expected`` on ``x``."""
+    program = export_program(model, torch.randn(1, 1, 8, 8))
+    torch.testing.assert_close(program.module()(x), expected, rtol=1e-4, atol=1e-5)
+    onnx_path = str(tmp_path / "model.onnx")
+    export_onnx(model, torch.randn(2, 1, 8, 8), onnx_path)
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": x.numpy()})
+    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-5)
+    return {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+
+
 def test_tucker2_and_decoupled_in_one_model_save_load_and_pair(tmp_path):
     model = tensor_schemes_model()
     assert lowrank_layers(model) == {"2": "tucker2", "5": "tucker2", "8": "decoupled"}
@@ -213,15 +226,8 @@ def test_tucker2_and_decoupled_in_one_model_save_load_and_pair(tmp_path):
     assert not lowrank_layers(plain)
     assert len(plain[2]) == len(plain[5]) == 3 and len(plain[8]) == 2 and plain[8][1].groups == 12
     torch.testing.assert_close(outputs(plain, x), expected, rtol=1e-4, atol=1e-5)
-    program = export_program(model, torch.randn(1, 1, 8, 8))
-    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    targets = exported_ops(model, x, expected, tmp_path)
     assert not any("trp." in t for t in targets)     # ATen convolutions only
-    torch.testing.assert_close(program.module()(x), expected, rtol=1e-4, atol=1e-5)
-    onnx_path = str(tmp_path / "model.onnx")
-    export_onnx(model, torch.randn(2, 1, 8, 8), onnx_path)
-    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    (logits,) = session.run(["logits"], {"input": x.numpy()})
-    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def decomposed(case):
@@ -241,17 +247,9 @@ def test_every_scheme_saves_loads_pairs_and_exports(case, tmp_path):
     layers = {n: m for n, m in model.named_modules() if isinstance(m, LowRankConv2d)}
     assert layers and set(lowrank_layers(model).values()) == {case.name}
     loaded, x, expected = saved_and_loaded(model, str(tmp_path / "model.pt"))
-    # torch.export: the library's op where the scheme runs it
-    program = export_program(model, torch.randn(1, 1, 8, 8))
-    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    # torch.export keeps the library's op where the scheme runs it
+    targets = exported_ops(model, x, expected, tmp_path)
     assert any("trp.lowrank_conv2d" in t for t in targets) == case.scheme.fused_op
-    torch.testing.assert_close(program.module()(x), expected, rtol=1e-4, atol=1e-5)
-    # ONNX Runtime runs the plain convs
-    onnx_path = str(tmp_path / "model.onnx")
-    export_onnx(model, torch.randn(2, 1, 8, 8), onnx_path)
-    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    (logits,) = session.run(["logits"], {"input": x.numpy()})
-    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-5)
     # plain convs, one per thin conv of each layer
     plain = to_conv_pairs(loaded)
     assert not lowrank_layers(plain)

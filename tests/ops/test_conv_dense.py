@@ -22,16 +22,25 @@ DENSE_GEOMETRIES = [
 ]
 
 
+def every_dense_case(test):
+    """Parametrizes ``test`` over device x scheme x geometry x layout."""
+    marks = [pytest.mark.parametrize("device", cpu_and_cuda()),
+             pytest.mark.parametrize("scheme", SCHEMES),
+             pytest.mark.parametrize("geometry", DENSE_GEOMETRIES,
+                                     ids=lambda g: "k{}s{}p{}d{}".format(*g)),
+             pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])]
+    for mark in reversed(marks):
+        test = mark(test)
+    return test
+
+
 @pytest.fixture
 def dense():
     with backends.forced(conv="dense"):
         yield
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("scheme", SCHEMES)
-@pytest.mark.parametrize("geometry", DENSE_GEOMETRIES, ids=lambda g: "k{}s{}p{}d{}".format(*g))
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@every_dense_case
 def test_dense_forward_matches_reference(dense, device, scheme, geometry, channels_last):
     kernel, stride, padding, dilation = geometry
     x, w1, w2, bias = conv_inputs(device, scheme, kernel=kernel, channels_last=channels_last)
@@ -41,10 +50,7 @@ def test_dense_forward_matches_reference(dense, device, scheme, geometry, channe
     assert y.is_contiguous(memory_format=memory_format_of(x))
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("scheme", SCHEMES)
-@pytest.mark.parametrize("geometry", DENSE_GEOMETRIES, ids=lambda g: "k{}s{}p{}d{}".format(*g))
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@every_dense_case
 def test_dense_gradients_match_reference(dense, device, scheme, geometry, channels_last):
     kernel, stride, padding, dilation = geometry
     inputs = conv_inputs(device, scheme, kernel=kernel, channels_last=channels_last,

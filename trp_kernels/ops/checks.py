@@ -18,20 +18,20 @@ def tensor(value, name: str) -> torch.Tensor:
     return value
 
 
-def optional_real(value, name: str):
+def _optional_number(value, name: str, kind, what: str, convert):
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number or None, got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{name} must be {what} or None, got {value!r}")
+    return convert(value)
+
+
+def optional_real(value, name: str):
+    return _optional_number(value, name, numbers.Real, "a real number", float)
 
 
 def optional_int(value, name: str):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int or None, got {value!r}")
-    return int(value)
+    return _optional_number(value, name, numbers.Integral, "an int", int)
 
 
 def same_device(reference: torch.Tensor, reference_name: str, **others) -> None:

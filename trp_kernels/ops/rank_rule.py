@@ -1,13 +1,7 @@
-"""The rank rule of docs/design.md, "Rank rules", written with tensor ops for every device: the
-statement the references and the composite SVD path use. The compiled kernels run the same rule
-in C++ (csrc/include/trp/rank_rule.h, ``select_rank``) on the same float64 running sum, so both
-cut at the same place.
-
-The rule's numerical-rank tolerance is a slack of k * eps * total in the energy cut (total = the
-sum of all s_i^2, eps the float64 machine epsilon): the rounding floor of the float64 total, a
-sum of k non-negative terms known to a relative error below (k - 1) * eps / 2. A tail under it
-cannot be told from zero, so energy = 1 keeps the numerical rank.
-"""
+"""The rank rule of docs/design.md, "Rank rules" (numerical-rank tolerance included), written
+with tensor ops for every device: the statement the references and the composite SVD path use.
+The compiled kernels run the same rule in C++ (``select_rank`` in csrc's rank_rule.h) on the same
+float64 running sum, so both cut at the same place."""
 
 from __future__ import annotations
 

@@ -11,19 +11,12 @@ whose factors are the rank-r truncated SVD of the conv's own fresh initialisatio
 ELRT's spectral initialisation, and it keeps the model's initialisation scheme (for this
 library's ResNets, Kaiming normal) instead of imposing another.
 
-The orthogonality penalty keeps each layer's factor matrices A [m, r] (``orthogonal_factors``
-of its scheme in ``trp_kernels.schemes.geometry``) well conditioned while they train:
-- channel / spatial: M = L R^T with L and R the two factors seen as matrices (for the channel
-  scheme L = weight2 as [N, r] and R^T = weight1 as [r, C*kh*kw]);
-- tucker2: A = U_in (weight_in as [C, r_in]^T) and A = U_out (weight_out as [N, r_out]); the
-  core is free;
-- decoupled: per output channel n, L_n [C, r] and R_n [kh*kw, r] of its r branches.
-kind "so" (one-sided) adds ||A^T A - I||_F^2 per factor; kind "dso" (ELRT's double soft
-orthogonality) adds (1/r) (||A^T A - I||_F^2 + ||A A^T - I||_F^2), r = A's number of columns,
-and the caller's weight rho multiplies the sum. By default tucker2 layers get "dso" and the
-others "so". For channel / spatial, orthonormal factors also pull each layer's singular values
-towards 1, which costs nothing in a network that normalises every conv's output (BatchNorm, as
-in the ResNets here).
+The orthogonality penalty (its terms and each scheme's factor matrices: docs/design.md, "Public
+API", ``orthogonality_penalty``) keeps each layer's factor matrices A [m, r] well conditioned
+while they train; the registry gives them (``orthogonal_factors``). By default tucker2 layers get
+ELRT's "dso" and the others "so". For channel / spatial, orthonormal factors also pull each
+layer's singular values towards 1, which costs nothing in a network that normalises every conv's
+output (BatchNorm, as in the ResNets here).
 """
 
 from __future__ import annotations

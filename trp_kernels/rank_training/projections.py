@@ -1,25 +1,22 @@
-"""TRP's projection and nuclear sub-gradient for each low-rank format (docs/design.md section 2),
-on stacked groups built once (trp_groups.StackedGroups).
+"""TRP's projection and nuclear sub-gradient for each low-rank scheme (the maths:
+docs/design.md, "The schemes"), on stacked groups built once (groups.StackedGroups).
 
-    channel, spatial   one matrix view M of W: W <- U_r S_r V_r^T, sub-gradient U_r V_r^T.
-    tucker2            both mode unfoldings of the same current W: W <- W x_N P_out x_C P_in
-                       with P = U_r U_r^T of each mode at its own energy rank; the sub-gradient
-                       of lambda (||W_(N)||_* + ||W_(C)||_*) is the sum of both modes' U_r V_r^T
-                       folded back. P_in is formed as (U_r V_r^T)(U_r V_r^T)^T = U_r U_r^T from
-                       the sub-gradient the op already returns, so no factor leaves the op.
-    decoupled          every filter W[n] as a C x (kh*kw) matrix, projected at one rank per
-                       layer: the largest of its filters' energy ranks. The batched op's rank
+    channel, spatial   the one matrix view: one ``lowrank_project_groups`` call per device.
+    tucker2            both mode unfoldings of the same current weights, one call each. P_in is
+                       formed as (U_r V_r^T)(U_r V_r^T)^T = U_r U_r^T from the sub-gradient the
+                       op already returns, so no factor leaves the op.
+    decoupled          the per-filter matrices at one rank per layer. The batched op's rank
                        bound is one scalar per call, so a per-layer rank takes two steps: one
                        ``lowrank_project_groups`` call gives every filter's energy rank (all
                        groups at once), then one ``truncated_svd`` per shape group (untruncated)
                        is cut at each layer's shared rank by a mask. Nothing synchronises with
                        the host.
 
-Every projection object has the same face, so TRPRegularizer never asks which format runs:
+Every projection object has the same face, so TRPRegularizer never asks which scheme runs:
 ``compute`` (one SVD pass on the current weights), ``low_flats`` / ``subgrad_flats`` (the flat
 buffers a DDP broadcast sends), ``write_low``, ``add_subgrad`` and ``layer_ranks``. On a
 projection step the sub-gradient comes from the SVD of the weights before the projection, as
-in the official TRP code; for the matrix formats it is also the sub-gradient at the projected
+in the official TRP code; for the matrix schemes it is also the sub-gradient at the projected
 weights (same singular vectors).
 """
 

@@ -1,9 +1,7 @@
-"""Trained Rank Pruning (Xu et al. 2019) as two hooks around any training step.
-
-Every decomposable conv W (docs/design.md section 1) is viewed as the matrix M of the scheme.
-(B) Every ``period`` steps, before the forward pass, M <- U_r S_r V_r^T with r the energy rank.
-(A) Every step with ``nuclear_weight`` lambda > 0 ("+Nu"), after the backward pass,
-    grad(W) += lambda * U_r V_r^T, the sub-gradient of lambda * ||M||_* restricted to rank r.
+"""Trained Rank Pruning (Xu et al. 2019) as two hooks around any training step: the projection
+every ``period`` steps before the forward pass, and the nuclear-norm sub-gradient ("+Nu") after
+the backward pass (the method: docs/design.md, "The method"; each scheme's projection:
+"The schemes").
 
     trp = TRPRegularizer(model, scheme="channel", energy=0.9, nuclear_weight=3e-4, period=1)
     for x, y in loader:
@@ -15,7 +13,7 @@ Every decomposable conv W (docs/design.md section 1) is viewed as the matrix M o
         optimizer.step()
     report = trp.decompose(threshold=5e-2)   # the trained model, factorised; no fine-tuning
 
-The layers are grouped by matrix shape once, at construction (trp_groups.StackedGroups), and all
+The layers are grouped by matrix shape once, at construction (groups.StackedGroups), and all
 groups go to one ``lowrank_project_groups`` call (one batched SVD per shape, pooled over the
 threads); gathering the weights and writing the results back are one ``torch._foreach_*`` op
 each, so a step is a handful of tensor ops whatever the depth of the model. On a projection
@@ -23,7 +21,7 @@ step the same call also yields the sub-gradient (as in the official code), so a 
 costs one batched SVD per shape whatever the period; with lambda = 0 the off steps cost
 nothing. The ops run with ``check_finite=False``: no host synchronisation in a step.
 Tucker-2 and network decoupling project differently (two mode unfoldings; per-filter matrices
-at one rank per layer): trp_projections.py holds each format's projection.
+at one rank per layer): projections.py holds each scheme's projection.
 
 Under DistributedDataParallel every process holds the same weights, so every process computes
 the same projection. By default the projected weights and the nuclear sub-gradients are also
@@ -54,7 +52,7 @@ class TRPRegularizer:
     """TRP's projection and nuclear-norm sub-gradient for the decomposable convs of ``model``
     (an nn.Module or a DistributedDataParallel wrapping one).
 
-    scheme: "channel", "spatial", "tucker2" or "decoupled" (trp_projections.py: what each
+    scheme: "channel", "spatial", "tucker2" or "decoupled" (projections.py: what each
         projects).
     energy: the energy e in (0, 1] that picks each layer's rank at a projection (official 0.9).
     nuclear_weight: lambda >= 0 of the nuclear-norm sub-gradient (official 3e-4; 0 turns "+Nu"
@@ -136,8 +134,8 @@ class TRPRegularizer:
     # -- the operations ------------------------------------------------------------------------
     @torch.no_grad()
     def project(self) -> None:
-        """Projects every layer now (whatever the step): W <- U_r S_r V_r^T of its matrix, r by
-        the energy rule, or the format's projection (trp_projections.py)."""
+        """Projects every layer now (whatever the step): the scheme's projection
+        (projections.py), its ranks by the energy rule."""
         weights, projection = self._current_projection()
         want_subgrad = self.nuclear_weight > 0
         projection.compute(weights, self.energy, keep_low=True, keep_subgrad=want_subgrad)

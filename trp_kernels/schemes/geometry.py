@@ -3,21 +3,9 @@ its factor shapes, the matrix views of W [N, C, kh, kw] whose SVDs give the fact
 convs it runs (with the stride, padding, dilation and groups of each), output sizes, MACs and
 parameters. Pure shape arithmetic and reshapes, no SVD: the layers, the cost counts, the
 decompositions, TRP and the benchmarks import it instead of re-deriving it. The schemes' math
-is docs/design.md, "The schemes"; in short:
-
-scheme      factors (parameter names)     thin convs, in order
-channel     weight1 [r, C, kh, kw]        kh x kw C->r (the layer's geometry); 1x1 r->N
-            weight2 [N, r, 1, 1]
-spatial     weight1 [r, C, kh, 1]         kh x 1 C->r (vertical geometry); 1 x kw r->N
-            weight2 [N, r, 1, kw]         (horizontal geometry)
-tucker2     weight_in [r_in, C, 1, 1]     1x1 C->r_in; kh x kw r_in->r_out (the layer's
-            core [r_out, r_in, kh, kw]    geometry); 1x1 r_out->N
-            weight_out [N, r_out, 1, 1]
-decoupled   weight1 [r*N, C, 1, 1]        1x1 C->r*N; kh x kw r*N->N with groups N (the layer's
-            weight2 [N, r, kh, kw]        geometry)
-
-The bias always belongs to the last conv. The rank of ``tucker2`` is a pair (r_in, r_out);
-the others' is an int. Every tensor function accepts extra leading batch dimensions.
+is docs/design.md, "The schemes". The bias always belongs to the last conv; the rank of
+``tucker2`` is a pair (r_in, r_out), the others' an int. Every tensor function accepts extra
+leading batch dimensions.
 """
 
 from __future__ import annotations

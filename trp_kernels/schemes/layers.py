@@ -21,18 +21,10 @@ def _positive(value, name):
 
 
 class LowRankConv2d(nn.Module):
-    """A conv2d layer whose weight is kept as the factors of a low-rank scheme (the thin convs
-    of each are listed in ``trp_kernels.schemes.geometry``; ``layer.geometry`` is the layer's
-    entry there); the bias belongs to the last thin conv.
-
-    ``scheme="channel"``: ``weight1`` [r, C, kh, kw] (a kh x kw conv C->r with the layer's
-    stride, padding and dilation), then ``weight2`` [N, r, 1, 1].
-    ``scheme="spatial"``: ``weight1`` [r, C, kh, 1] (a kh x 1 conv), then ``weight2`` [N, r, 1, kw].
-    ``scheme="tucker2"``, rank (r_in, r_out) (an int applies to both): ``weight_in``
-    [r_in, C, 1, 1] (U_in^T), ``core`` [r_out, r_in, kh, kw] (the layer's stride, padding and
-    dilation), ``weight_out`` [N, r_out, 1, 1] (U_out).
-    ``scheme="decoupled"``: ``weight1`` [r*N, C, 1, 1] (r 1x1 branches per output channel),
-    then ``weight2`` [N, r, kh, kw], a kh x kw conv with groups N.
+    """A conv2d layer whose weight is kept as the factors of a low-rank scheme: their names,
+    shapes and the thin conv each runs are docs/design.md, "The schemes" (``layer.geometry`` is
+    the layer's entry in the scheme registry). The bias belongs to the last thin conv; tucker2's
+    rank is a pair (r_in, r_out), an int applying to both.
 
     channel and spatial run the library's fused op; tucker2 and decoupled are composed from
     ATen convolutions. A freshly built layer is initialised spectrally: a dense weight drawn

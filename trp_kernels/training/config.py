@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .methods import METHODS, method_class
 
 TRAIN_MODELS = ("resnet20", "resnet32", "resnet56")
-SCHEMES = tuple(geometry.SCHEMES)        # the formats' one registry
+SCHEMES = tuple(geometry.SCHEMES)        # the schemes' one registry
 LR_SCHEDULES = ("cosine", "step")
 # Digits are 8x8: the paper's strides (1, 2, 2) would leave the last stage 2x2 pixels; one
 # downsampling step keeps 8x8, 8x8 and 4x4 (docs/training.md explains the choice).
@@ -46,7 +46,7 @@ class TrainConfig:
     finetune_epochs: int = 5               # decomp
     init: str | None = None                # decomp: a model.pt of a trained baseline
     orth_weight: float = 1e-3              # lowrank: weight of the orthogonality penalty
-    penalty_kind: str | None = None        # lowrank: "so" or "dso"; None: the format's
+    penalty_kind: str | None = None        # lowrank: "so" or "dso"; None: the scheme's
                                            # default ("dso" for tucker2, "so" otherwise)
     batch_size: int = 128
     lr: float = 0.1
@@ -98,7 +98,7 @@ class TrainConfig:
     # -- derived -------------------------------------------------------------------------------
     @property
     def rank_spec(self):
-        """The rank as the format takes it (a JSON-stored pair comes back as a tuple)."""
+        """The rank as the scheme takes it (a JSON-stored pair comes back as a tuple)."""
         return geometry.scheme(self.scheme).check_rank_spec(self.rank, "rank")
 
     @property
