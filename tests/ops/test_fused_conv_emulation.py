@@ -2,7 +2,8 @@
 (tests/emulation/): the real kernel source compiled by the host C++ compiler against emulated
 warp primitives, every output compared with a float64 reference. It checks the kernel's
 indexing, tiling, halos, padding and data flow on machines without a GPU; what only a GPU can
-show (fragment layouts in hardware, races, speed) is for the cuda cases of test_conv.py and the sanitizers."""
+show (fragment layouts in hardware, races, speed) is for the CUDA tests (test_conv_cuda.py) and
+the sanitizers."""
 
 from __future__ import annotations
 
