@@ -6,7 +6,7 @@ SVD (TRP_SVD_IMPL=jacobi): truncated_svd and lowrank_project through the fused k
 tall, odd k), the blocked Jacobi (padded and tall), the float64 refinement pass, the completion
 of kept zero singular values, zero and non-finite matrices. Small matrices keep the sanitizers'
 slowdown bearable; the 64-wide pair tile of orders > 512 is the same code with another tile
-constant and is left to the CUDA tests, since its smallest case (513 x 513) takes minutes under
+constant and is left to the CUDA tests (tests/ops/test_svd_cuda.py), since its smallest case (513 x 513) takes minutes under
 racecheck.
 
 Conv: the fused forward for both schemes, float32 (tf32 and 3xTF32) / float16 / bfloat16, NCHW
@@ -24,8 +24,9 @@ import sys
 import torch
 
 import trp_kernels as tk
-from trp_kernels import conv_select, factorization
-from trp_kernels.svd import reference_truncated_svd
+from trp_kernels.ops import backends
+from trp_kernels.ops.svd import reference_truncated_svd
+from trp_kernels.schemes import factorization
 
 # (shape, dtypes): fused wide / tall with odd k; blocked (order padded 70 -> 96; tall).
 CASES = [
@@ -89,8 +90,8 @@ def run(scheme, dtype, channels, channels_last, generator, with_cudnn):
     inputs = [t.requires_grad_() for t in inputs]
     finite = True
     # cuDNN's kernels once per dtype and layout are enough; ours see both channel counts.
-    for impl in conv_select.IMPLS if with_cudnn else ("fused",):
-        with conv_select.forced(impl):
+    for impl in ("fused", "two_convs", "dense") if with_cudnn else ("fused",):
+        with backends.forced(conv=impl):
             y = tk.lowrank_conv2d(*inputs, *GEOMETRY, scheme)
             grads = torch.autograd.grad(y, inputs, torch.ones_like(y)) if with_cudnn else ()
         finite &= all(bool(torch.isfinite(t).all()) for t in (y, *grads))
@@ -108,7 +109,7 @@ def conv_paths() -> bool:
                 for channels in (24, 13):
                     for channels_last in (False, True):
                         ok &= run(scheme, dtype, channels, channels_last, g, channels == 24)
-    with conv_select.forced("auto"):  # the timing path: CUDA events, one synchronisation
+    with backends.forced(conv="auto"):  # the timing path: CUDA events, one synchronisation
         x = torch.randn(3, 16, 8, 8, device="cuda", generator=g)
         w1 = torch.randn(5, 16, 3, 3, device="cuda", generator=g)
         w2 = torch.randn(16, 5, 1, 1, device="cuda", generator=g)
