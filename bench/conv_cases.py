@@ -1,4 +1,4 @@
-"""The low-rank convolution benchmark cases and their roofline: ResNet-20 and
+"""The low-rank convolution benchmark cases, their random inputs and their roofline: ResNet-20 and
 ResNet-18 3x3 layer shapes at TRP-like ranks, the FLOPs and the fewest bytes each case must
 move, and the time a device needs for them at best (an H100's ceilings unless given others:
 bench/gpu_timings.py measures the device it runs on).
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from layer_sets import load
 
 from trp_kernels.ops import conv_geometry
-from trp_kernels.schemes import geometry
+from trp_kernels.schemes import factorization, geometry
 
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 RANK_FRACTION = {"channel": 0.3, "spatial": 0.23}
 NETWORKS = {"resnet20": "r20", "resnet18": "r18"}
 
@@ -140,3 +142,23 @@ def roofline(layer: Layer, scheme: str, batch: int, dtype: str, backward: bool,
         "bound": "memory" if t_bytes >= t_flops else "compute",
         "predicted_s": max(t_flops, t_bytes),
     }
+
+
+def random(shape, device, dtype, generator):
+    return torch.randn(shape, device=device, generator=generator).to(DTYPES[dtype])
+
+
+def layer_inputs(layer: Layer, scheme, batch, dtype, channels_last, device, seed=0):
+    """x, weight1, weight2, bias and the dense weight they stand for; random, never zeros."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    shape1, shape2 = layer.factor_shapes(scheme)
+    x = random((batch, layer.in_channels, layer.size, layer.size), device, dtype, g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w1 = random(shape1, device, dtype, g) * 0.2
+    w2 = random(shape2, device, dtype, g) * 0.2
+    bias = random((layer.out_channels,), device, dtype, g)
+    dense = factorization.full_weight(w1, w2, scheme)
+    if channels_last:
+        dense = dense.contiguous(memory_format=torch.channels_last)
+    return x, w1, w2, bias, dense

@@ -5,6 +5,7 @@ bench/gpu_timings.py, their exit without CUDA, and the folding and summary of ti
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -172,3 +173,51 @@ def test_goals_compare_each_case_with_its_target():
         "conv l-fwd auto/best": True,
         "conv l-fwdbwd auto/best": False,
     }
+
+
+def collected(*args):
+    """The test ids pytest collects for args (run from the repository root)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                           "-p", "no:cacheprovider", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    return {line for line in done.stdout.splitlines() if "::" in line}
+
+
+def test_the_gpu_test_phases_run_every_cuda_case_once():
+    with open(os.path.join(BENCH, "run_gpu.sh")) as f:
+        script = f.read().replace("\\\n", " ")
+    suites = {name: re.search(rf'^{name}="([^"]+)"', script, re.M)[1].split()
+              for name in ("SVD_TESTS", "CONV_TESTS")}
+    svd = collected(*suites["SVD_TESTS"], "-m", "cuda")
+    conv = collected(*suites["CONV_TESTS"], "-m", "cuda")
+    assert svd and conv and not svd & conv
+    assert svd | conv == collected("tests", "-m", "cuda")
+
+
+def test_every_kind_of_measurement_runs_on_the_cpu(monkeypatch):
+    # The measurements' plumbing (inputs, implementation switches, records, roofline) with the
+    # device set to the CPU and a host timer: a mistake here would otherwise show only on a GPU.
+    import time as clock
+
+    def host_timer(fn, warmup, reps):
+        start = clock.perf_counter()
+        fn()
+        return {"median_ms": 1e3 * (clock.perf_counter() - start), "reps": 1, "warmup": 0}
+
+    monkeypatch.setattr(gpu_timings, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu_timings, "time_cuda", host_timer)
+    measured = gpu_timings.measure_ceilings(copy_elements=1 << 16, n=64)
+    assert set(measured) == {"bytes_per_s", "bfloat16_flops_per_s", "float32_flops_per_s"}
+    ceilings = gpu_timings.ceilings_of(measured)
+    cases = {(c["group"], c["case"], c["impl"]): c for c in gpu_timings.cases()}
+    picks = [("step", "resnet20-b128-channel", "trp_jacobi"),
+             ("svd", "resnet20-spatial", "trp_eigh"), ("svd", "resnet20-channel", "torch_gram"),
+             ("conv", "r18-512to512-s1-7px-spatial-b128-bf16-cl-fwdbwd", "auto"),
+             ("conv", "r18-512to512-s1-7px-channel-b128-f32-nchw-fwd", "dense")]
+    for key in picks:
+        record = gpu_timings.measure(cases[key], ceilings)
+        assert record["median_ms"] > 0 and "layer" not in record or isinstance(record["layer"], str)
+        if key[0] == "conv":
+            assert record["flops"] > 0 and record["min_bytes"] > 0 and record["roofline_fraction"] > 0
+        if key[0] == "svd":
+            assert record["min_bytes"] > 0 and record["gram_flops"] > 0
