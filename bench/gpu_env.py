@@ -58,9 +58,9 @@ def runtime_kind() -> str:
 
 
 def commit() -> str | None:
-    """The commit the tree was taken from: git's where the tree has .git, else TRP_COMMIT (a tree
-    copied to the GPU machine travels without its history)."""
-    return _run("git", "rev-parse", "--short", "HEAD") or os.environ.get("TRP_COMMIT") or None
+    """The commit the tree was taken from: TRP_COMMIT when set (a tree copied to the GPU machine
+    travels without its history, or with a stale .git beside it), else git's."""
+    return os.environ.get("TRP_COMMIT") or _run("git", "rev-parse", "--short", "HEAD") or None
 
 
 def machine_info() -> dict:

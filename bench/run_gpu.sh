@@ -23,7 +23,7 @@
 #                                          fresh machine an unbuilt extension is built first
 #   TRP_GPU_DRY_RUN=1                      print the plan (`phase <name> cap <seconds>`), exit 0
 #   TRP_GPU_CAPS="build:120"               other caps, in seconds
-#   TRP_COMMIT=<sha>                       the commit to record where the tree has no .git
+#   TRP_COMMIT=<sha>                       the commit to record (else git's, where there is a .git)
 #
 # Everything lands in $OUT as it is written (PYTHONUNBUFFERED=1), in at most 8 files:
 #   summary.txt, build.log, smoke.log, tests.log, sanitizer.log, timings.log,
@@ -175,8 +175,14 @@ print(f'python {__import__(\"platform\").python_version()}, torch {torch.__versi
 fi
 say "$versions"
 say "kernel $(uname -r), runtime $($PY bench/gpu_env.py --runtime 2>/dev/null || echo unknown)"
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${TRP_COMMIT:-unknown}")
-say "commit $commit$(git status --porcelain 2>/dev/null | grep -q . && echo ' (with local changes)')"
+# TRP_COMMIT first: a tree copied to the GPU machine may carry a stale .git beside it
+if [ -n "${TRP_COMMIT:-}" ]; then
+  commit=$TRP_COMMIT
+  say "commit $commit (TRP_COMMIT)"
+else
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  say "commit $commit$(git status --porcelain 2>/dev/null | grep -q . && echo ' (with local changes)')"
+fi
 export TRP_COMMIT=$commit
 
 # run_phase NAME LOG CMD...: CMD under timeout -s INT, capped by the phase's cap and by the

@@ -228,7 +228,9 @@ def test_a_rerun_on_a_fresh_machine_builds_first(fake, tmp_path):
     assert done.returncode == 0 and calls == ["tests_conv"]
 
 
-def test_the_commit_comes_from_trp_commit_without_git(fake):
-    # outside a git checkout `git rev-parse` fails; a tree copied to the GPU machine has no .git
-    done, summary, _ = fake(TRP_COMMIT="abc1234", GIT_DIR="/nonexistent")
-    assert any(line.startswith("commit abc1234") for line in summary)
+@pytest.mark.parametrize("git_dir", ["/nonexistent", None], ids=["no-git", "git"])
+def test_the_commit_comes_from_trp_commit_first(fake, git_dir):
+    # a tree copied to the GPU machine may have no .git, or a stale one: TRP_COMMIT wins
+    env = {"TRP_COMMIT": "abc1234", **({"GIT_DIR": git_dir} if git_dir else {})}
+    done, summary, _ = fake(**env)
+    assert any(line == "commit abc1234 (TRP_COMMIT)" for line in summary)
