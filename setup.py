@@ -8,6 +8,7 @@ would download a second, CUDA-enabled torch just to compile against, and -v show
 progress lines (README, "Install and build options", gives its measured time).
 """
 
+import copy
 import glob
 import os
 import time
@@ -81,8 +82,8 @@ def translation_units(sources):
 def unit_text(unit_path, members):
     """The source of a translation unit at ``unit_path`` that includes ``members``."""
     here = os.path.dirname(unit_path)
-    return "".join(f'#include "{os.path.relpath(m, here).replace(os.sep, "/")}"\n'
-                   for m in members)
+    return "// Written by setup.py: these sources compiled as one unit.\n" + "".join(
+        f'#include "{os.path.relpath(m, here).replace(os.sep, "/")}"\n' for m in members)
 
 
 def _write_if_changed(path, text):
@@ -108,19 +109,21 @@ class BuildInUnits(BuildExtension):
 
     def build_extension(self, ext):
         unit_dir = os.path.join(self.build_temp, "units")
-        sources = [s for s in ext.sources if not s.endswith(".cpp")]
+        # A copy: the declared extension keeps its real sources (sdist, a second build).
+        in_units = copy.copy(ext)
+        in_units.sources = [s for s in ext.sources if not s.endswith(".cpp")]
+        # setuptools skips an extension newer than its sources: the members are those.
+        in_units.depends = list(ext.depends)
         for name, members in translation_units(ext.sources).items():
             path = os.path.join(unit_dir, name + ".cpp")
             _write_if_changed(path, unit_text(path, members))
             print(f"trp_kernels: unit {name} = {' + '.join(members)}", flush=True)
-            sources.append(path)
-            # setuptools skips an extension newer than its sources: the members are those.
-            ext.depends = list(ext.depends) + members
-        ext.sources = sources
-        print(f"trp_kernels: compiling {len(sources)} translation unit(s), "
+            in_units.sources.append(path)
+            in_units.depends += members
+        print(f"trp_kernels: compiling {len(in_units.sources)} translation unit(s), "
               f"MAX_JOBS={os.environ.get('MAX_JOBS', 'unset')}", flush=True)
         start, cpu = time.perf_counter(), _children_cpu_seconds()
-        super().build_extension(ext)
+        super().build_extension(in_units)
         print(f"trp_kernels: {ext.name} built in {time.perf_counter() - start:.0f} s "
               f"({_children_cpu_seconds() - cpu:.0f} s of CPU)", flush=True)
 
