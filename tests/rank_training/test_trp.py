@@ -26,7 +26,7 @@ def weights(trp):
 @every_scheme
 @pytest.mark.parametrize("device", devices)
 def test_projection_is_the_energy_truncation(case, device, project_calls):
-    model = small_resnet(device)
+    model = case.adapt(small_resnet(device))
     trp = TRPRegularizer(model, case.name, energy=0.6, nuclear_weight=0.0)
     before = weights(trp)
     trp.before_forward()
@@ -53,7 +53,7 @@ def test_nuclear_subgradient_is_added_every_step(case, device):
     """grad += lambda * the sub-gradient from the SVD of the step's weights before any
     projection: on a projection step that SVD's U_r V_r^T is also the nuclear sub-gradient at
     the projected weights, so it is not recomputed."""
-    model = small_resnet(device)
+    model = case.adapt(small_resnet(device))
     lam = 0.1
     trp = TRPRegularizer(model, case.name, energy=0.8, nuclear_weight=lam, period=3)
     for step in range(4):
@@ -108,7 +108,7 @@ def test_a_step_is_a_handful_of_tensor_ops_whatever_the_depth(case):
     per mode; decoupled: the filter ranks in one call, then one untruncated SVD and a few mask
     and bmm ops per shape group, since the op's rank bound is one scalar and the shared rank
     is per layer)."""
-    model = small_resnet("cpu")
+    model = case.adapt(small_resnet("cpu"))
     # period 1: every step projects (and adds the sub-gradient from the same SVD).
     (projecting,) = ops_per_step(model, case.name, period=1, steps=1)
     # period 2: the step after a projection step (step 1) only adds a fresh sub-gradient.
@@ -118,7 +118,7 @@ def test_a_step_is_a_handful_of_tensor_ops_whatever_the_depth(case):
         assert ops["trp.lowrank_project_groups.default"] == case.project_calls, ops
     assert sum(projecting.values()) > sum(subgradient_only.values())
     # The count does not grow with the depth: ResNet-56 (54 layers) costs what ResNet-20 does.
-    deep = resnet56(in_channels=1, stage_strides=(1, 1, 2))
+    deep = case.adapt(resnet56(in_channels=1, stage_strides=(1, 1, 2)))
     (deep_projecting,) = ops_per_step(deep, case.name, period=1, steps=1)
     assert deep_projecting == projecting
 
@@ -126,7 +126,7 @@ def test_a_step_is_a_handful_of_tensor_ops_whatever_the_depth(case):
 @every_scheme
 def test_decompose_after_projection_is_exact(case):
     torch.manual_seed(1)
-    model = small_resnet("cpu").double().eval()
+    model = case.adapt(small_resnet("cpu")).double().eval()
     trp = TRPRegularizer(model, case.name, energy=0.7, nuclear_weight=0.0)
     trp.project()
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
@@ -145,7 +145,7 @@ def test_decompose_after_projection_is_exact(case):
 @every_scheme
 def test_training_steps_keep_the_weights_low_rank(case):
     torch.manual_seed(0)
-    model = small_resnet("cpu")
+    model = case.adapt(small_resnet("cpu"))
     trp = TRPRegularizer(model, case.name, energy=0.5, nuclear_weight=1e-3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
