@@ -312,7 +312,8 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: order[r["scheme"]])
     command = "python scripts/compare_digits.py" + (
         f" {' '.join(argv)}" if argv else (" " + " ".join(sys.argv[1:])).rstrip())
-    meta = {"model": MODEL, "seeds": args.seeds, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+    meta = {"model": MODEL, "seeds": args.seeds, "epochs": args.epochs,
+            "finetune_epochs": args.finetune_epochs,
             "wall_s": time.perf_counter() - started, "command": command,
             "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})",
             "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
