@@ -4,7 +4,6 @@ decoupled add the pointwise layers' own. Float64 references for every layer."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import trp_kernels as tk
 from scheme_cases import CASES
@@ -12,6 +11,7 @@ from trp_kernels.compression import layer_scheme
 from trp_kernels.models import mobilenetv2
 from trp_kernels.rank_training.trp import TRPRegularizer
 from trp_kernels.schemes.matrix_views import weight_as_conv
+from training_steps import trp_steps
 
 CASE = {case.name: case for case in CASES}
 # lowrank_project_groups calls of one step: the matrix schemes share theirs
@@ -54,16 +54,9 @@ def test_trp_trains_and_decomposes_a_mobilenet_with_its_classifier():
     trp = TRPRegularizer(model, "pointwise", energy=0.6, nuclear_weight=1e-3,
                          skip=("conv1",))
     assert trp.layers[-1][0] == "fc"
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
-    for _ in range(2):
-        trp.before_forward()
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        trp.after_backward()
-        optimizer.step()
+    trp_steps(model, trp, 2)
     trp.project()
+    x = torch.randn(16, 1, 8, 8)
     model.eval()
     with torch.no_grad():
         dense_out = model(x)

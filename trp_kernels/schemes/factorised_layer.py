@@ -70,6 +70,17 @@ class FactorisedLayer(nn.Module):
         return self.geometry.full_weight(*self.conv_factors()).reshape(self.dense_shape)
 
     # -- construction --------------------------------------------------------------------------
+    def _init_factors(self, rank, bias: bool, device, dtype) -> None:
+        """The factors at ``rank`` (checked against the layer's shape) and the bias, initialised
+        (``reset_parameters``); the end of a subclass's constructor."""
+        rank = self.geometry.check_rank(rank, self.weight_shape)
+        self._make_factors(rank, device, dtype)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
     def _make_factors(self, rank, device, dtype) -> None:
         for name, shape in zip(self.geometry.factor_names, self.factor_shapes(rank)):
             setattr(self, name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))

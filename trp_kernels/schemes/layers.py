@@ -45,13 +45,7 @@ class LowRankConv2d(FactorisedLayer):
         self.geometry = geometry.scheme(scheme)
         self.scheme = self.geometry.name
         self.geometry.check_kernel(self.kernel_size)
-        rank = self.geometry.check_rank(rank, self.weight_shape)
-        self._make_factors(rank, device, dtype)
-        if bias:
-            self.bias = nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
+        self._init_factors(rank, bias, device, dtype)
 
     # -- shape facts ---------------------------------------------------------------------------
     @property

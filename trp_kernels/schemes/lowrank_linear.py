@@ -26,13 +26,7 @@ class LowRankLinear(FactorisedLayer):
         self.out_channels = positive_int(out_features, "out_features")
         self.geometry = geometry.scheme("pointwise")
         self.scheme = self.geometry.name
-        rank = self.geometry.check_rank(rank, self.weight_shape)
-        self._make_factors(rank, device, dtype)
-        if bias:
-            self.bias = nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
+        self._init_factors(rank, bias, device, dtype)
 
     @property
     def in_features(self) -> int:
