@@ -13,7 +13,11 @@ weights; no download) at 224x224, in two tables.
            --threads threads, the two models timed in interleaved rounds, median).
 
     pip install pytorchcv      # the model definitions only; not a dependency of trp_kernels
-    python scripts/imagenet_pointwise.py reach budget
+    OMP_WAIT_POLICY=PASSIVE python scripts/imagenet_pointwise.py reach budget
+
+(OMP_WAIT_POLICY=PASSIVE: on cores shared with other jobs, torch's OpenMP threads spin-waiting
+at every op's barrier make a forward pass several times slower; docs/compression.md,
+"Benchmark".)
 
 Writes docs/results/imagenet_pointwise.{json,md} (--results) and prints the tables.
 """
@@ -159,7 +163,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     path = os.path.join(args.results, "imagenet_pointwise.json")
     results = json.load(open(path)) if os.path.exists(path) else {}
-    command = "python scripts/imagenet_pointwise.py " + " ".join(argv or sys.argv[1:])
+    wait = os.environ.get("OMP_WAIT_POLICY")
+    command = (f"OMP_WAIT_POLICY={wait} " if wait else "") + \
+        "python scripts/imagenet_pointwise.py " + " ".join(argv or sys.argv[1:])
     for table in args.tables:
         load, started = os.getloadavg()[0], time.perf_counter()
         if table == "reach":

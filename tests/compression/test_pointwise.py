@@ -5,6 +5,8 @@ default (False) leaving every result as it was."""
 from __future__ import annotations
 
 import copy
+import importlib.util
+import os
 
 import pytest
 import torch
@@ -150,3 +152,19 @@ def test_the_default_leaves_every_result_as_it_was():
     assert not report.pointwise
     assert report.conv_macs_before == sum(c.macs for c in costs.conv_costs(model, x)) == \
         costs.conv_macs(model, x) < costs.conv_macs(model, x, linear=True)
+
+
+def test_imagenet_networks_are_reached_to_85_percent():
+    """On pytorchcv's definitions (skipped where it is not installed; no dependency of the
+    package): with pointwise=True the default selection reaches at least 85% of the conv +
+    linear MACs of the efficient networks and of ResNet-50 (scripts/imagenet_pointwise.py)."""
+    pytest.importorskip("pytorchcv")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "imagenet_pointwise.py")
+    spec = importlib.util.spec_from_file_location("imagenet_pointwise", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for name in ("MobileNetV2", "EfficientNet-B0", "ShuffleNetV2", "ResNet-50"):
+        row = script.reach_row(name)
+        assert row["reached_pointwise"] >= 0.85 > row["reached_today"] + row["grouped_share"]
+        assert row["kxk_share"] + row["pointwise_share"] + row["grouped_share"] == \
+            pytest.approx(1.0)
