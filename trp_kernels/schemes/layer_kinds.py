@@ -36,21 +36,8 @@ def decompose_layers(modules, scheme: str, energy=None, threshold=None,
                      ranks=None) -> list[FactorisedLayer]:
     """The low-rank layers of dense ``modules`` (all convs, or with ``scheme`` "pointwise"
     convs and linear layers) by the rank rule, one batched factorisation per weight shape."""
-    ranks = [None] * len(modules) if ranks is None else list(ranks)
-    linear = [i for i, m in enumerate(modules) if isinstance(m, nn.Linear)]
-    if linear:
-        _pointwise_only(scheme)
-    convs = [i for i in range(len(modules)) if i not in set(linear)]
-    layers: list = [None] * len(modules)
-    for indices, build in ((convs, lambda ms, rs: LowRankConv2d.from_convs(
-                                ms, scheme, energy, threshold, rs)),
-                           (linear, lambda ms, rs: LowRankLinear.from_linears(
-                                ms, energy, threshold, rs))):
-        if indices:
-            built = build([modules[i] for i in indices], [ranks[i] for i in indices])
-            for i, layer in zip(indices, built):
-                layers[i] = layer
-    return layers
+    layers = [empty_lowrank(m, scheme) for m in modules]     # every check before the SVDs
+    return FactorisedLayer._decompose_into(layers, modules, scheme, energy, threshold, ranks, 0)
 
 
 def lowrank_from_svd(module: nn.Module, scheme: str, svd, rank: int) -> FactorisedLayer:
