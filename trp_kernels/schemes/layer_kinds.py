@@ -36,8 +36,21 @@ def decompose_layers(modules, scheme: str, energy=None, threshold=None,
                      ranks=None) -> list[FactorisedLayer]:
     """The low-rank layers of dense ``modules`` (all convs, or with ``scheme`` "pointwise"
     convs and linear layers) by the rank rule, one batched factorisation per weight shape."""
-    layers = [empty_lowrank(m, scheme) for m in modules]     # every check before the SVDs
-    return FactorisedLayer._decompose_into(layers, modules, scheme, energy, threshold, ranks, 0)
+    ranks = [None] * len(modules) if ranks is None else list(ranks)
+    linear = [isinstance(m, nn.Linear) for m in modules]
+    if any(linear):
+        _pointwise_only(scheme)
+    layers: list = [None] * len(modules)
+    for kind in (False, True):
+        indices = [i for i, is_linear in enumerate(linear) if is_linear == kind]
+        chosen, bounds = [modules[i] for i in indices], [ranks[i] for i in indices]
+        if not indices:
+            continue
+        built = (LowRankLinear.from_linears(chosen, energy, threshold, bounds) if kind
+                 else LowRankConv2d.from_convs(chosen, scheme, energy, threshold, bounds))
+        for i, layer in zip(indices, built):
+            layers[i] = layer
+    return layers
 
 
 def lowrank_from_svd(module: nn.Module, scheme: str, svd, rank: int) -> FactorisedLayer:
