@@ -3,8 +3,8 @@
 The public API (docs/design.md, "Public API"), re-exported from the subpackages, which are
 layered by concern (docs/design.md, "Layout"): ops (the torch.ops.trp ops) <- schemes (the
 low-rank schemes, LowRankConv2d, LowRankLinear) <- compression (decompose_model, export)
-<- rank_training (TRP, ELRT) <- training (the trainer behind ``python -m trp_kernels train``) <- cli; the models
-are in ``trp_kernels.models``.
+<- rank_training (TRP, ELRT) <- training (the trainer behind ``python -m trp_kernels train``)
+<- cli; the models are in ``trp_kernels.models``.
 """
 
 from ._version import __version__
