@@ -268,10 +268,10 @@ def test_python_dash_m_entry_point(tmp_path):
     assert result.stderr.strip() == "trp_kernels train: error: energy must be in (0, 1], got 2.0"
 
 
-def test_the_configuration_takes_the_four_formats_and_a_stored_rank_pair():
+def test_the_configuration_takes_the_five_schemes_and_a_stored_rank_pair():
     from trp_kernels.training import SCHEMES, ConfigError, TrainConfig
 
-    assert SCHEMES == ("channel", "spatial", "tucker2", "decoupled")
+    assert SCHEMES == ("channel", "spatial", "tucker2", "decoupled", "pointwise")
     for scheme in SCHEMES:
         TrainConfig(scheme=scheme, method="lowrank", rank=0.5).validate()
     stored = TrainConfig(scheme="tucker2", method="lowrank", rank=[0.25, 8])   # JSON's pair
@@ -281,3 +281,5 @@ def test_the_configuration_takes_the_four_formats_and_a_stored_rank_pair():
         TrainConfig(penalty_kind="hard").validate()
     with pytest.raises(ConfigError, match="scheme"):
         TrainConfig(scheme="tucker3").validate()
+    with pytest.raises(ConfigError, match="pointwise must be a bool"):
+        TrainConfig(pointwise="yes").validate()
