@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..compression import decomposable_layers, restore_lowrank_layers, save_model
+from ..compression import decomposable_layers, restore_lowrank, save_model
 from ..models import create_model
 from . import distributed
 from .checkpoints import MODEL_FILE, save_checkpoint, set_rng_states
@@ -75,7 +75,7 @@ class Run:
         self.method = method_class(config.method)(config)
         ckpt = prepared.checkpoint
         if ckpt is not None:
-            restore_lowrank_layers(model, ckpt["lowrank_layers"])
+            restore_lowrank(model, ckpt["model"])
             model.load_state_dict(ckpt["model"])
         else:
             self.method.setup_model(self, model)
