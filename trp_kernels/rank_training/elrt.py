@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..compression import DecompositionReport, budget, decompose_model, decomposable_layers
+from ..compression.fidelity import warnings_silenced
 from ..ops import checks
 from ..schemes.layers import LowRankConv2d
 
@@ -55,13 +56,15 @@ def make_lowrank(model: nn.Module, scheme: str = "channel", rank=0.5, skip=None,
         layers = decomposable_layers(model, skip)
         rank = budget.fraction_for_budget(model, layers, scheme, example_input, target_speedup,
                                           rank_multiple)
-        return decompose_model(model, scheme, rank=rank, example_input=example_input,
-                               rank_multiple=rank_multiple, layers=[n for n, _ in layers])
+        with warnings_silenced():
+            return decompose_model(model, scheme, rank=rank, example_input=example_input,
+                                   rank_multiple=rank_multiple, layers=[n for n, _ in layers])
     if rank is None:
         raise ValueError("rank is required for low-rank training (an int, or a fraction of each "
                          "layer's full rank in (0, 1]), unless target_speedup is given")
-    return decompose_model(model, scheme, rank=rank, skip=skip, example_input=example_input,
-                           rank_multiple=rank_multiple)
+    with warnings_silenced():   # a fresh model's outputs say nothing yet
+        return decompose_model(model, scheme, rank=rank, skip=skip, example_input=example_input,
+                               rank_multiple=rank_multiple)
 
 
 PENALTY_KINDS = ("so", "dso")

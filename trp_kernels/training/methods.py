@@ -24,6 +24,7 @@ import copy
 import torch
 
 from ..compression import decompose_model, energy_for_budget
+from ..compression.fidelity import warnings_silenced
 from ..rank_training import TRPRegularizer, make_lowrank, orthogonality_penalty
 from .errors import ConfigError
 from .evaluate import evaluate
@@ -177,7 +178,7 @@ class TRP(Method):
                                target_speedup=config.target_speedup,
                                rank_multiple=config.rank_multiple, measure=measure,
                                example_input=run.example if measure is None
-                               else run.latency_input)
+                               else run.latency_input, calibration_input=run.latency_input)
 
     def epoch_metrics(self, run) -> dict:
         """The energy and mean rank of the epoch's projections, and the model decomposed now by
@@ -185,7 +186,8 @@ class TRP(Method):
         accuracy and speed-up."""
         ranks = self.regularizer.ranks()
         decomposed = copy.deepcopy(run.model)
-        report = self.final_decomposition(run, decomposed)
+        with warnings_silenced():
+            report = self.final_decomposition(run, decomposed)
         # tucker2's ranks are pairs (r_in, r_out): the mean is over both.
         parts = [p for r in ranks.values() for p in (r if isinstance(r, tuple) else (r,))]
         return {"energy": self.regularizer.energy,
@@ -195,7 +197,10 @@ class TRP(Method):
 
     def finish(self, run) -> None:
         run.dense_test_accuracy = evaluate(run.model, run.data, run.device)
-        run.decomposition = self.final_decomposition(run, run.model, self.config.measure)
+        with warnings_silenced():      # one line of the log instead
+            run.decomposition = self.final_decomposition(run, run.model, self.config.measure)
+        if run.writer and run.decomposition.fidelity_warning():
+            run.log(f"warning: {run.decomposition.fidelity_warning()}")
 
     def state_dict(self):
         # The energy too: with target_speedup it is chosen at each epoch's end.
@@ -254,12 +259,13 @@ class Decomp(Method):
         """The trained baseline's accuracy, then its decomposition by energy/rank."""
         config = self.config
         run.dense_test_accuracy = evaluate(run.model, run.data, run.device)
-        report = decompose_model(run.model, config.scheme, energy=config.decomp_energy,
-                                 rank=config.rank_spec, layers=run.targets,
-                                 target_speedup=config.target_speedup,
-                                 rank_multiple=config.rank_multiple, measure=config.measure,
-                                 example_input=run.example if config.measure is None
-                                 else run.latency_input)
+        with warnings_silenced():      # the log line below gives the accuracy it leaves
+            report = decompose_model(run.model, config.scheme, energy=config.decomp_energy,
+                                     rank=config.rank_spec, layers=run.targets,
+                                     target_speedup=config.target_speedup,
+                                     rank_multiple=config.rank_multiple, measure=config.measure,
+                                     example_input=run.example if config.measure is None
+                                     else run.latency_input, calibration_input=run.latency_input)
         run.decomposition = report
         self.decomposed = True
         if run.writer:
