@@ -20,6 +20,8 @@ from trp_kernels.schemes.factorization import full_rank, weight_to_matrix
 class TinyNet(nn.Module):
     """Three decomposable convs with small full ranks, a 1x1 conv that always stays dense."""
 
+    never_decomposed = ()     # every conv takes part, the first too
+
     def __init__(self):
         super().__init__()
         self.a = nn.Conv2d(3, 5, 3, padding=1)

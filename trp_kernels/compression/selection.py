@@ -16,9 +16,16 @@ def is_decomposable(module: nn.Module) -> bool:
 
 
 def never_decomposed(model: nn.Module) -> tuple[str, ...]:
-    """The layer names ``model`` asks to keep dense, from its ``never_decomposed`` attribute
-    (this library's ResNets name their first conv); none for a model without one."""
-    return tuple(getattr(model, "never_decomposed", ()))
+    """The layer names kept dense unless the caller says otherwise: the model's own
+    ``never_decomposed`` attribute (this library's ResNets name their first conv), or, for a
+    model without one, its first nn.Conv2d in module order, which is the stem of the usual
+    models. The stem sees the image's few channels: its factorised form saves little and costs
+    accuracy (docs/compression.md, "Which layers")."""
+    own = getattr(model, "never_decomposed", None)
+    if own is not None:
+        return tuple(own)
+    first = next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    return () if first is None else (first,)
 
 
 def decomposable_layers(model: nn.Module, skip=None, layers=None) -> list[tuple[str, nn.Conv2d]]:
