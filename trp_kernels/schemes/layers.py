@@ -126,19 +126,22 @@ class LowRankConv2d(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, scheme="channel", energy=None, threshold=None,
-                  rank=None, hooi_iterations=0) -> "LowRankConv2d":
+                  rank=None, hooi_tolerance=None) -> "LowRankConv2d":
         """Decomposes a trained nn.Conv2d (groups 1, zero padding) into a LowRankConv2d.
 
         The rank is chosen by the rule of ``truncated_svd`` (energy, threshold, rank as an upper
-        bound: for tucker2 an int or a pair (r_in, r_out), applied to each mode unfolding); with
-        none given the decomposition is exact (full rank). tucker2 is the HOSVD, refined by
-        ``hooi_iterations`` HOOI sweeps where they lower the error; decoupled takes the largest
-        of its filters' ranks as the layer's."""
-        return cls.from_convs([conv], scheme, energy, threshold, [rank], hooi_iterations)[0]
+        bound: an int at most the full rank, or a float in (0, 1], a fraction of the full rank
+        rounded up, as ``decompose_model`` takes it; for tucker2 one of those or a pair
+        (r_in, r_out) of them, applied to each mode unfolding); with none given the
+        decomposition is exact (full rank). tucker2 is the HOSVD, refined by HOOI sweeps until
+        a sweep gains less than ``hooi_tolerance`` of the weight's energy (None: no HOOI), kept
+        where they lower the error; decoupled takes the largest of its filters' ranks as the
+        layer's."""
+        return cls.from_convs([conv], scheme, energy, threshold, [rank], hooi_tolerance)[0]
 
     @classmethod
     def from_convs(cls, convs, scheme="channel", energy=None, threshold=None, ranks=None,
-                   hooi_iterations=0) -> list["LowRankConv2d"]:
+                   hooi_tolerance=None) -> list["LowRankConv2d"]:
         """``from_conv`` of every conv of ``convs`` (``ranks``: one upper bound per conv, or
         None); convs of one weight shape, dtype, device and bound share one batched
         factorisation (one SVD call per matrix view)."""
@@ -149,13 +152,13 @@ class LowRankConv2d(nn.Module):
         groups = defaultdict(list)
         for i, (conv, rank) in enumerate(zip(convs, ranks)):
             if rank is not None:
-                rank = layers[i].geometry.check_rank(rank, conv.weight.shape)
+                rank = _rank_bound(layers[i].geometry, rank, conv.weight.shape)
             w = conv.weight
             groups[(tuple(w.shape), w.dtype, w.device, rank)].append(i)
         for (_, _, _, rank), indices in groups.items():
             stacked = torch.stack([convs[i].weight.detach() for i in indices])
             results = factorization.decompose_weights(stacked, scheme, energy, threshold, rank,
-                                                      hooi_iterations)
+                                                      hooi_tolerance)
             for i, factors in zip(indices, results):
                 layer, conv = layers[i], convs[i]
                 layer.resize_rank(layer.geometry.rank_of(*(f.shape for f in factors)))
@@ -249,6 +252,16 @@ class LowRankConv2d(nn.Module):
         """Replaces the factors by uninitialised ones of another rank (new Parameters)."""
         rank = self.geometry.check_rank(rank, self.weight_shape)
         self._make_factors(rank, self.factors[0].device, self.factors[0].dtype)
+
+
+def _rank_bound(scheme, rank, weight_shape):
+    """``from_conv``'s rank as the layer's rank bound: ints (or a tucker2 pair of them) as
+    they are, at most the full rank; a float in (0, 1] as that fraction of the full rank,
+    rounded up, as ``decompose_model`` reads it."""
+    parts = rank if isinstance(rank, (tuple, list)) else (rank,)
+    if any(isinstance(p, float) for p in parts):
+        rank = scheme.layer_rank(scheme.check_rank_spec(rank), weight_shape)
+    return scheme.check_rank(rank, weight_shape)
 
 
 def explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:
