@@ -158,7 +158,7 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
 
     Ranks: by the rank rule (``energy``, ``threshold``, and ``rank``: a per-layer cap as an int
     or a fraction of each layer's full rank as a float), or, with ``target_speedup`` t > 1
-    (instead of the rule; needs ``example_input``; channel and spatial), the leximin-energy
+    (instead of the rule; needs ``example_input``; every scheme), the leximin-energy
     ranks whose conv FLOP speed-up is at least t and as close to it as the rank steps allow
     (budget.py; an unreachable t raises ValueError naming the largest reachable
     speed-up). ``rank_multiple`` m: every rank rounded up to a multiple of m, capped at the
@@ -211,9 +211,7 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
 
     report = DecompositionReport(scheme, energy_level=plan and plan.energy_level, skipped=skipped)
     if plan is not None:
-        built = [None if plan.ranks[name] is None
-                 else LowRankConv2d.from_svd(conv, scheme, plan.svds[name], plan.ranks[name])
-                 for name, conv in targets]
+        built = [plan.layer(name, conv, scheme) for name, conv in targets]
     else:   # one batched factorisation per weight shape
         built = LowRankConv2d.from_convs(
             [conv for _, conv in targets], scheme=scheme, energy=energy, threshold=threshold,

@@ -39,7 +39,7 @@ def make_lowrank(model: nn.Module, scheme: str = "channel", rank=0.5, skip=None,
     layer's full rank, rounded up; for tucker2 also a pair (r_in, r_out) of those. Returns the
     decomposition report.
 
-    ``target_speedup`` t (instead of ``rank``; needs ``example_input``; channel and spatial): a
+    ``target_speedup`` t (instead of ``rank``; needs ``example_input``; every scheme): a
     FLOP budget for training from scratch. The spectra of fresh weights are flat, so the budget
     is met by one common rank fraction for the whole model, the largest whose conv FLOP
     speed-up is at least t (``budget.fraction_for_budget``; the report's layers hold the

@@ -72,9 +72,11 @@ def full_weight(*factors_and_scheme) -> torch.Tensor:
     return geometry.scheme(scheme).full_weight(*factors)
 
 
-def matrix_svds(convs: list[nn.Conv2d], scheme: str) -> list[tuple]:
-    """(U, S, V) of each conv's matrix (untruncated); convs of one weight shape, dtype and device
-    are stacked into one ``truncated_svd`` call."""
+def view_svds(convs: list[nn.Conv2d], scheme: str) -> list[tuple[tuple, ...]]:
+    """For each conv, the (U, S, V) of each of the scheme's matrix views (untruncated; tucker2's
+    two mode unfoldings); convs of one weight shape, dtype and device are stacked into one
+    ``truncated_svd`` call per view."""
+    views = geometry.scheme(scheme).views
     groups = defaultdict(list)
     for i, conv in enumerate(convs):
         groups[(tuple(conv.weight.shape), conv.weight.dtype, conv.weight.device)].append(i)
@@ -84,10 +86,17 @@ def matrix_svds(convs: list[nn.Conv2d], scheme: str) -> list[tuple]:
             stack = torch.stack([convs[i].weight.detach() for i in indices])
             if stack.dtype not in (torch.float32, torch.float64):
                 stack = stack.float()
-            U, S, V, _ = truncated_svd(weight_to_matrix(stack, scheme))
+            per_view = [truncated_svd(view.to_matrix(stack)) for view in views]
             for j, i in enumerate(indices):
-                svds[i] = (U[j], S[j], V[j])
+                svds[i] = tuple((U[j], S[j], V[j]) for U, S, V, _ in per_view)
     return svds  # type: ignore[return-value]
+
+
+def matrix_svds(convs: list[nn.Conv2d], scheme: str) -> list[tuple]:
+    """(U, S, V) of each conv's matrix (untruncated), for the schemes with one matrix view;
+    stacked by shape as ``view_svds``."""
+    _matrix_scheme(scheme)
+    return [views[0] for views in view_svds(convs, scheme)]
 
 
 # -- decomposition --------------------------------------------------------------------------------
