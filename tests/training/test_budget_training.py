@@ -19,7 +19,7 @@ BAD = [
     (["--measure", "tflite"], "--measure: invalid choice"),
     (["--target-speedup", "1000"], "the largest reachable conv FLOP speed-up is"),
     (["--target-speedup", "4", "--rank-multiple", "16"], "target_speedup 4 cannot be reached"),
-    (["--scheme", "tucker2", "--target-speedup", "2"], "not supported for scheme 'tucker2'"),
+    (["--scheme", "tucker2", "--target-speedup", "500"], "target_speedup 500 cannot be reached"),
     (["--method", "baseline", "--target-speedup", "2"],
      "target_speedup does not apply to method baseline"),
     (["--method", "baseline", "--rank-multiple", "4"],
@@ -90,8 +90,10 @@ def test_trp_with_a_measured_final_choice(tmp_path):
 @pytest.mark.parametrize("method, args", [
     ("lowrank", ["--epochs", "1"]),
     ("decomp", ["--epochs", "1", "--finetune-epochs", "0"]),
+    ("trp", ["--epochs", "1", "--scheme", "tucker2"]),
+    ("lowrank", ["--epochs", "1", "--scheme", "decoupled"]),
 ])
-def test_budget_of_lowrank_and_decomp(tmp_path, method, args):
+def test_budget_of_every_method_and_scheme(tmp_path, method, args):
     out = tmp_path / method
     assert train(out, "--method", method, "--target-speedup", "4", *args) == 0
     r = report(out)
