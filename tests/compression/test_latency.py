@@ -170,7 +170,8 @@ def test_onnxruntime_measurement():
 
 def test_onnxruntime_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ValueError, match="needs the onnxruntime package"):
+    with pytest.raises(ValueError, match=r"needs onnxruntime, not installed: pip install "
+                                         r"\"trp_kernels\[onnx\]\""):
         tk.decompose_model(Net(), rank=2, example_input=torch.randn(1, 16, 8, 8),
                            measure="onnxruntime")
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..schemes.layers import LowRankConv2d
 from .files import CheckpointError, atomic_save, load_file
+from .onnx_extra import quiet_export, require
 from .restore import restore_lowrank
 
 MODEL_FORMAT = "trp_kernels.model/1"
@@ -150,9 +151,13 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str,
                 dynamic_batch: bool = True) -> None:
     """ONNX file of ``model`` in eval mode (a copy, with plain convs: ONNX runtimes know no
     trp op). Input "input" [B, C, H, W], output "logits"; B is dynamic unless
-    ``dynamic_batch`` is False."""
+    ``dynamic_batch`` is False. Needs the ``trp_kernels[onnx]`` extra (onnx, onnxscript);
+    without it, a MissingExtra error naming it."""
+    require("onnx", "onnxscript", purpose="export to ONNX")
     model = to_conv_pairs(copy.deepcopy(model).eval())
     example_input, dynamic = _export_inputs(example_input, dynamic_batch)
-    program = torch.onnx.export(model, (example_input,), dynamo=True, dynamic_shapes=dynamic,
-                                input_names=["input"], output_names=["logits"], verbose=False)
+    with quiet_export():
+        program = torch.onnx.export(model, (example_input,), dynamo=True,
+                                    dynamic_shapes=dynamic, input_names=["input"],
+                                    output_names=["logits"], verbose=False)
     program.save(path)

@@ -29,6 +29,7 @@ from torch import nn
 from ..schemes.costs import run_hooked
 from ..schemes.layers import LowRankConv2d
 from .export import to_conv_pairs
+from .onnx_extra import require
 
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -54,11 +55,8 @@ def slower_beyond_noise(after: Timing, before: Timing) -> bool:
 
 
 def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ValueError("measure='onnxruntime' needs the onnxruntime package "
-                         "(pip install onnxruntime)") from None
+    require("onnxruntime", purpose="measure='onnxruntime'")
+    import onnxruntime
     return onnxruntime
 
 
