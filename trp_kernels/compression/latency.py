@@ -80,12 +80,15 @@ class LatencyMeter:
         modes = {m: m.training for module in modules for m in module.modules()}
         try:
             runs = [self._runner(m, x) for m in modules]
-            return self._interleaved(runs, x)
+            return self.time_runs(runs, x)
         finally:
             for m, training in modes.items():
                 m.training = training
 
-    def _interleaved(self, runs, x: torch.Tensor) -> list[Timing]:
+    def time_runs(self, runs, x: torch.Tensor) -> list[Timing]:
+        """Per-call time of each of ``runs`` (calls without arguments, e.g. ``onnx_runner``s)
+        in interleaved rounds; ``x``: the input they run on, whose device says whether to
+        synchronise CUDA."""
         cuda = x.device.type == "cuda"
 
         def clock(run, calls):
@@ -122,9 +125,8 @@ class LatencyMeter:
 
 def onnx_runner(module: nn.Module, x: torch.Tensor):
     """An InferenceSession of ``module`` exported (as plain convs) with the input's shape."""
-    ort = _onnxruntime()
     if isinstance(module, LowRankConv2d):
-        module = module.to_conv_pair().eval()
+        module = module.to_convs().eval()
     else:
         module = to_conv_pairs(copy.deepcopy(module).eval())
     buffer = io.BytesIO()
@@ -133,6 +135,14 @@ def onnx_runner(module: nn.Module, x: torch.Tensor):
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (x,), buffer, dynamo=False, input_names=["input"],
                           output_names=["output"])
+    return onnx_file_runner(buffer.getvalue(), x)
+
+
+def onnx_file_runner(model, x: torch.Tensor):
+    """A call that runs the ONNX model ``model`` (a file's path, or its bytes) on ``x`` in an
+    InferenceSession with torch.get_num_threads() threads, on the CPU or, for a CUDA ``x``,
+    the CUDA provider; the model's input is its first."""
+    ort = _onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -141,18 +151,17 @@ def onnx_runner(module: nn.Module, x: torch.Tensor):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ValueError("measure='onnxruntime' with a CUDA example_input needs "
                              "onnxruntime-gpu (CUDAExecutionProvider)")
-        session = ort.InferenceSession(buffer.getvalue(), options,
+        session = ort.InferenceSession(model, options,
                                        providers=[("CUDAExecutionProvider",
                                                    {"device_id": x.device.index or 0})])
         binding = session.io_binding()
         x = x.contiguous()
-        binding.bind_input("input", "cuda", x.device.index or 0, _numpy_dtype(x.dtype),
-                           tuple(x.shape), x.data_ptr())
-        binding.bind_output("output", "cuda", x.device.index or 0)
+        binding.bind_input(session.get_inputs()[0].name, "cuda", x.device.index or 0,
+                           _numpy_dtype(x.dtype), tuple(x.shape), x.data_ptr())
+        binding.bind_output(session.get_outputs()[0].name, "cuda", x.device.index or 0)
         return lambda: session.run_with_iobinding(binding)
-    session = ort.InferenceSession(buffer.getvalue(), options,
-                                   providers=["CPUExecutionProvider"])
-    feed = {"input": x.detach().contiguous().numpy()}
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.detach().contiguous().numpy()}
     return lambda: session.run(None, feed)
 
 
