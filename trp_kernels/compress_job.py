@@ -256,9 +256,11 @@ def run(args: argparse.Namespace) -> int:
         "title": f"compress / {args.scheme}: {args.model}",
         "test_accuracy": None, "dense_test_accuracy": None,
         **figures,
-        "onnxruntime_latency_ms": 1e3 * onnx_compressed.median,
-        "dense_onnxruntime_latency_ms": 1e3 * onnx_dense.median,
-        "onnxruntime_latency_speedup": onnx_dense.median / onnx_compressed.median,
+        "onnxruntime_latency_ms": 1e3 * onnx_compressed.best,
+        "dense_onnxruntime_latency_ms": 1e3 * onnx_dense.best,
+        "onnxruntime_latency_speedup": onnx_dense.best / onnx_compressed.best,
+        "onnxruntime_latency_median_ms": 1e3 * onnx_compressed.median,
+        "dense_onnxruntime_latency_median_ms": 1e3 * onnx_dense.median,
         "model": args.model, "input_shape": list(shape), "device": "cpu",
         "threads": torch.get_num_threads(), "skipped": report.skipped,
         "energy_level": report.energy_level, "measure": report.measure,
@@ -269,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     }
     write_report(summary, out)
     print(f"conv FLOP speed-up {report.flops_speedup:.2f}x; ONNX Runtime "
-          f"{1e3 * onnx_dense.median:.1f} -> {1e3 * onnx_compressed.median:.1f} ms per batch of "
+          f"{1e3 * onnx_dense.best:.1f} -> {1e3 * onnx_compressed.best:.1f} ms per batch of "
           f"{args.batch_size} ({summary['onnxruntime_latency_speedup']:.2f}x)")
     print("; ".join(report.fidelity_lines()[:1]) + f" ({summary['calibration']})")
     print(f"wrote {', '.join(os.path.join(out, f) for f in OUTPUTS)}")

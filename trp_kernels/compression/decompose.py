@@ -41,7 +41,9 @@ class DecompositionReport:
     conv_macs_after: int | None = None
     measure: str | None = None            # the runtime of the latencies
     latency_before: float | None = None   # seconds per batch of example_input, when measured
-    latency_after: float | None = None
+    latency_after: float | None = None    # (best of the interleaved rounds: latency.py)
+    plan: str | None = None               # measured: "measured", "unmeasured" or "dense"
+    plan_latencies: dict = field(default_factory=dict)   # plan -> seconds, one comparison
     energy_level: float | None = None     # with target_speedup: TRP's energy reaching it
     skipped: list[str] = field(default_factory=list)   # decomposable convs left dense by skip
     # against the dense model, on calibration_input (or example_input): fidelity.py
@@ -83,6 +85,8 @@ class DecompositionReport:
             "latency_before": self.latency_before,
             "latency_after": self.latency_after,
             "latency_speedup": self.latency_speedup,
+            "plan": self.plan,
+            "plan_latencies": dict(self.plan_latencies),
             "energy_level": self.energy_level,
             "skipped": list(self.skipped),
             "output_error": self.output_error,
@@ -116,7 +120,9 @@ class DecompositionReport:
         if self.latency_speedup is not None:
             lines.append(f"{self.measure} latency {1e3 * self.latency_before:.3f} -> "
                          f"{1e3 * self.latency_after:.3f} ms per batch (latency speed-up "
-                         f"{self.latency_speedup:.2f}x)")
+                         f"{self.latency_speedup:.2f}x); kept the {self.plan} plan of "
+                         + ", ".join(f"{plan} {1e3 * t:.3f} ms"
+                                     for plan, t in self.plan_latencies.items()))
         lines += self.fidelity_lines()
         return "\n".join(lines)
 
@@ -166,11 +172,11 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
     plain nn.Conv2d (``kept_dense``), always; without ``example_input`` that is judged at a
     large nominal input size.
     ``measure`` ("torch", "onnxruntime" or a latency.LatencyMeter; needs ``example_input``):
-    each factorised layer is timed against its conv on its real input in that runtime and
-    kept only if faster; then the whole model is timed against the dense one and, if it is
-    slower beyond noise, the layers with the smallest gains go back to dense until it is not
-    (latency.py). The measured choice has the last word: a layer measured slower
-    stays dense even if the FLOP speed-up then falls below ``target_speedup``.
+    each factorised layer is timed against its conv on its real input in that runtime; then
+    the model with the layers measured faster, the model with every layer factorised and the
+    dense model are timed against each other in interleaved rounds, and the fastest is kept
+    (latency.py). The measured choice has the last word: the FLOP speed-up may then fall
+    below ``target_speedup`` (a warning says so).
     With ``example_input`` (one batch), the report holds per-layer and model conv MACs.
     Fidelity (fidelity.py): every layer's ``energy_kept``, and, on ``calibration_input`` (a
     batch; default ``example_input``), the relative output error against the dense model and
@@ -239,12 +245,13 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
             model.set_submodule(name, layer)
     else:
         choice = latency.choose_faster(model, dense_model, factorised, example_input, meter)
-        report.measure = meter.runtime
-        report.latency_before, report.latency_after = choice.before.median, choice.after.median
+        report.measure, report.plan = meter.runtime, choice.plan
+        report.latency_before, report.latency_after = choice.before.best, choice.after.best
+        report.plan_latencies = {plan: t.best for plan, t in choice.plans.items()}
         for entry in report.layers:
             if entry.name in choice.layer_times:
                 dense, fact = choice.layer_times[entry.name]
-                entry.latency_dense, entry.latency_factorised = dense.median, fact.median
+                entry.latency_dense, entry.latency_factorised = dense.best, fact.best
     convs = dict(targets)
     for entry in report.layers:
         layer = model.get_submodule(entry.name)

@@ -8,7 +8,14 @@ layers as plain conv pairs) to ONNX in memory and times an InferenceSession with
 torch.get_num_threads() threads, on the CPU or, for a CUDA input, the CUDA provider.
 Modules compared with each other are timed in interleaved rounds after a warm-up, so drift of
 the machine's speed hits both alike; each round runs a module enough times to last at least
-``min_round_s``; the result is the median per call.
+``min_round_s``. What a module costs is its best round (``Timing.best``): other processes on
+the CPU only ever add time, and with two or more threads they add a lot, at random: torch's
+OpenMP threads (and ONNX Runtime's) spin-wait at every parallel op's barrier, so a forward
+pass waits whenever one of its threads is descheduled. Measured on this project's shared
+2-core machine (pytorchcv ResNet-18, batch 1, 2 threads, 40 calls, 1-minute load 7): 88 ms
+best, 448 ms median, 2.5 s worst; 68 to 83 ms with OMP_WAIT_POLICY=PASSIVE. The median
+measures the load of the moment, the best round the model (docs/compression.md, "Measured
+choice").
 
 Tests and callers replace the clock by subclassing and overriding ``LatencyMeter.seconds``.
 """
@@ -36,22 +43,21 @@ RUNTIMES = ("torch", "onnxruntime")
 
 @dataclass(frozen=True)
 class Timing:
-    median: float          # seconds per call
-    stderr: float          # standard error of the median (0 when unknown)
+    best: float            # seconds per call in the fastest round: what the module costs
+    median: float          # seconds per call in the median round: the module and the load
+
+    @property
+    def spread(self) -> float:
+        """median / best: 1 on a quiet machine; far above it under CPU contention."""
+        return self.median / self.best if self.best > 0 else 1.0
 
 
 def _timing(times: list[float]) -> Timing:
-    median = statistics.median(times)
-    if len(times) < 4:
-        return Timing(median, 0.0)
-    q = statistics.quantiles(times, n=4)
-    sigma = (q[2] - q[0]) / 1.349          # robust standard deviation
-    return Timing(median, 1.2533 * sigma / math.sqrt(len(times)))
+    return Timing(min(times), statistics.median(times))
 
 
-def slower_beyond_noise(after: Timing, before: Timing) -> bool:
-    """Whether ``after`` is slower than ``before`` by more than two combined standard errors."""
-    return after.median - before.median > 2.0 * math.hypot(after.stderr, before.stderr)
+# The spread above which the measured choice warns that the CPU is contended.
+CONTENTION_SPREAD = 2.0
 
 
 def _onnxruntime():
@@ -196,49 +202,50 @@ def layer_inputs(model: nn.Module, names, example_input: torch.Tensor) -> dict:
 class MeasuredChoice:
     factorised: list[str]               # the layers that stay factorised
     layer_times: dict                   # name -> (dense Timing, factorised Timing)
+    plan: str                           # the plan kept: "measured", "unmeasured" or "dense"
+    plans: dict                         # plan -> Timing of the whole model, one comparison
     before: Timing                      # the dense model
     after: Timing                       # the model as returned
-    reverted: list[str]                 # measured faster alone, reverted by the model check
 
 
 def choose_faster(model: nn.Module, dense_model: nn.Module, candidates: dict,
                   example_input: torch.Tensor, meter: LatencyMeter) -> MeasuredChoice:
     """Installs in ``model`` (which holds the dense convs named in ``candidates``, a dict
-    name -> (conv, factorised layer)) the factorised layers measured faster than their conv on
-    their real input, then compares the whole model with ``dense_model``. If it is slower
-    beyond noise, the factorised layers with the smallest measured gain go back to dense (a
-    bisection on how many) until it is not: the model returned is never measurably slower
-    than the dense one, and with every layer reverted it is the dense model."""
+    name -> (conv, factorised layer)) the fastest of three plans: the measured one (the
+    factorised layers whose best round on their real input beats their conv's), the
+    unmeasured one (every candidate factorised) and the dense model, timed whole against each
+    other in interleaved rounds. Layers timed alone do not add up to a model (caches, threads,
+    the ops around them), so the whole models decide: the model returned is never slower in
+    that comparison than the dense one or than the plan without measuring. Warns when the
+    timings show CPU contention (module docstring)."""
     inputs = layer_inputs(model, list(candidates), example_input)
-    layer_times, gains = {}, {}
+    layer_times = {name: tuple(meter.seconds([conv, layer], inputs[name]))
+                   for name, (conv, layer) in candidates.items()}
+    plans = {"dense": set(),                       # first: it wins ties
+             "measured": {n for n, (dense, fact) in layer_times.items() if fact.best < dense.best},
+             "unmeasured": set(candidates)}
+    distinct = {}                                  # the same layers are one plan, timed once
+    for plan, kept in plans.items():
+        distinct.setdefault(frozenset(kept), plan)
+    models = []
+    for kept in distinct:
+        whole = copy.deepcopy(dense_model) if kept else dense_model
+        for name in kept:
+            whole.set_submodule(name, candidates[name][1])
+        models.append(whole)
+    timings = dict(zip(distinct.values(), meter.seconds(models, example_input)))
+    chosen = min(timings, key=lambda plan: timings[plan].best)
     for name, (conv, layer) in candidates.items():
-        dense, factorised = meter.seconds([conv, layer], inputs[name])
-        layer_times[name] = (dense, factorised)
-        if factorised.median < dense.median:
-            gains[name] = dense.median - factorised.median
-    order = sorted(gains, key=gains.get)          # smallest gain first: the first to revert
-
-    def install(kept):
-        for name, (conv, layer) in candidates.items():
-            model.set_submodule(name, layer if name in kept else conv)
-
-    def compare(reverted):
-        install(set(order[reverted:]))
-        return meter.seconds([dense_model, model], example_input)
-
-    timings = {0: compare(0)}
-    low, high = 0, len(order)                     # all reverted: the dense model itself
-    if slower_beyond_noise(timings[0][1], timings[0][0]):
-        low = min(1, high)
-        while low < high:
-            mid = (low + high) // 2
-            timings[mid] = compare(mid)
-            if slower_beyond_noise(timings[mid][1], timings[mid][0]):
-                low = mid + 1
-            else:
-                high = mid
-    if low not in timings:
-        timings[low] = compare(low)
-    install(set(order[low:]))
-    before, after = timings[low]
-    return MeasuredChoice(order[low:], layer_times, before, after, order[:low])
+        model.set_submodule(name, layer if name in plans[chosen] else conv)
+    spread = max(t.spread for t in timings.values())
+    if spread > CONTENTION_SPREAD:
+        warnings.warn(f"the whole-model timings varied up to {spread:.1f}x between rounds: "
+                      f"other processes compete for the CPU and the threads spin-wait at every "
+                      f"barrier; the choice compares the best rounds, but time on a quiet CPU, "
+                      f"with OMP_WAIT_POLICY=PASSIVE or with fewer threads for steadier figures",
+                      stacklevel=3)
+    factorised = [name for name in candidates if name in plans[chosen]]
+    return MeasuredChoice(factorised, layer_times, chosen,
+                          {plan: timings[distinct[frozenset(kept)]]
+                           for plan, kept in plans.items()},
+                          timings[distinct[frozenset()]], timings[chosen])
