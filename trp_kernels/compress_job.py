@@ -125,6 +125,10 @@ def _dense_model(args):
     if os.path.exists(args.model):
         try:
             saved = load_file(args.model, "model file", ("format", "state_dict"))
+            if not saved.get("arch"):
+                raise _fail(f"--model {args.model} names no architecture: give --model "
+                            f"package.module:callable (and --model-kwargs) and --weights "
+                            f"{args.model}")
             model = load_model(args.model)
         except ValueError as exc:
             raise _fail(f"--model {exc}") from None

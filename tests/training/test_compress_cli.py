@@ -75,6 +75,20 @@ def test_compress_measured_from_a_model_file_with_weights(tmp_path, capsys):
     assert model.body[4].rank == 2 and lowrank_layers(model)["body.4"] == "spatial"
 
 
+def test_a_model_file_without_its_architecture_needs_the_callable(tmp_path, capsys):
+    model = Classifier(width=6)
+    tk.decompose_model(model, "channel", rank=2, layers=["body.4"])
+    bare = str(tmp_path / "bare.pt")
+    save_model(model, bare)
+    assert compress(tmp_path / "a", "--model", bare, "--energy", "0.5") == 2
+    assert (f"--model {bare} names no architecture: give --model package.module:callable (and "
+            f"--model-kwargs) and --weights {bare}") in capsys.readouterr().err
+    assert compress(tmp_path / "b", "--model", "small_models:Classifier", "--model-kwargs",
+                    '{"width": 6}', "--weights", bare, "--input-shape", "1,8,8", "--energy",
+                    "0.5", "--no-progress") == 0
+    assert load_model(str(tmp_path / "b" / "model.pt")).body[4].rank == 2
+
+
 def test_compress_without_the_onnx_extra_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     out = tmp_path / "run"
