@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         "dense_onnxruntime_latency_median_ms": 1e3 * onnx_dense.median,
         "model": args.model, "input_shape": list(shape), "device": "cpu",
         "threads": torch.get_num_threads(), "skipped": report.skipped,
-        "energy_level": report.energy_level, "measure": report.measure,
+        "energy_level": report.energy_level,
         "calibration": args.calibration or f"{len(calibration)} random inputs",
         "config": {k: v for k, v in vars(args).items() if k != "no_progress"},
         "time_s": time.perf_counter() - started,

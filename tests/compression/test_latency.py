@@ -228,5 +228,8 @@ def test_reports_show_flop_and_latency_speedups_and_dense_layers(tagged):
                              "device": "cpu",
                              "dense_test_accuracy": 0.5, **figures})
     assert "| b | 32x32x3x3 | dense |" in text
+    assert figures["plan"] == "measured" and set(figures["plan_latency_ms"]) == \
+        {"dense", "measured", "unmeasured"}
+    assert "Measured choice in torch: kept the measured plan (whole models" in text
     assert f"| {rows['a']['flops_speedup']:.2f}x | {rows['a']['latency_speedup']:.2f}x (torch) |" \
         in text

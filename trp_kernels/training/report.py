@@ -69,7 +69,8 @@ def model_figures(model: nn.Module, dense_model: nn.Module, names, scheme: str,
                   decomposition=None, onnxruntime: bool = False) -> dict:
     """The model-dependent part of a report: MACs, speed-up, parameters, latency (torch, and
     ONNX Runtime with ``onnxruntime``), layers (with each layer's energy kept, and measured
-    per-layer latencies when ``decomposition`` was measured), and the decomposition's fidelity
+    per-layer latencies when ``decomposition`` was measured), the plan a measured choice kept
+    with every plan's latency (``plan``, ``plan_latency_ms``), and the decomposition's fidelity
     against the dense model (``output_error``, ``top1_agreement``, on ``fidelity_samples``
     inputs) when it has one."""
     costs, dense_costs = conv_costs(model, example_input), conv_costs(dense_model, example_input)
@@ -84,6 +85,10 @@ def model_figures(model: nn.Module, dense_model: nn.Module, names, scheme: str,
         "layers": layer_rows(model, dense_model, names, scheme, costs, dense_costs,
                              decomposition),
     }
+    if getattr(decomposition, "plan", None) is not None:
+        figures.update(measure=decomposition.measure, plan=decomposition.plan,
+                       plan_latency_ms={plan: 1e3 * t
+                                        for plan, t in decomposition.plan_latencies.items()})
     if getattr(decomposition, "output_error", None) is not None:
         figures.update(output_error=decomposition.output_error,
                        top1_agreement=decomposition.top1_agreement,
@@ -110,6 +115,15 @@ def title(report: dict) -> str:
     config = report.get("config", {})
     return (f"{report['method']} / {report['scheme']} on {config.get('dataset', '?')} "
             f"({config.get('model', '?')})")
+
+
+def choice_lines(report: dict) -> list[str]:
+    """Which plan the measured choice kept, and every plan's time, as markdown."""
+    if report.get("plan") is None:
+        return []
+    times = ", ".join(f"{plan} {ms:.2f} ms" for plan, ms in report["plan_latency_ms"].items())
+    return ["", f"Measured choice in {report['measure']}: kept the {report['plan']} plan "
+                f"(whole models, best round: {times})."]
 
 
 def fidelity_lines(report: dict) -> list[str]:
@@ -147,7 +161,7 @@ def markdown(report: dict) -> str:
         speedups.append(f"latency speed-up: {report['dense_latency_ms'] / report['latency_ms']:.2f}x")
     if "onnxruntime_latency_ms" in report:
         speedups.append(f"in ONNX Runtime: {report['onnxruntime_latency_speedup']:.2f}x")
-    lines += ["", "; ".join(speedups) + "."] + fidelity_lines(report) + [
+    lines += ["", "; ".join(speedups) + "."] + choice_lines(report) + fidelity_lines(report) + [
         "",
         "| layer | weight | rank / full | energy kept | MMACs (dense) | FLOP speed-up "
         "| latency speed-up | params (dense) |",
