@@ -218,32 +218,18 @@ def run(args: argparse.Namespace) -> int:
     example = torch.randn(1, *shape, generator=generator)
     batch = torch.randn(args.batch_size, *shape, generator=generator)
     calibration = _calibration(args, shape, generator)
-    model.eval()
     try:
         model_outputs(model, example)
     except Exception as exc:   # whatever the model raises, the input shape is the suspect
         raise _fail(f"--model cannot run an input of shape {list(example.shape)} "
                     f"(--input-shape): {type(exc).__name__}: {exc}") from None
 
-    show = not args.no_progress
-    log = (lambda line: tqdm.write(line, file=sys.stderr)) if show else (lambda line: None)
-    dense = copy.deepcopy(model)
+    log = (lambda line: None) if args.no_progress else \
+        (lambda line: tqdm.write(line, file=sys.stderr))
+    dense = copy.deepcopy(model).eval()
     log(f"decomposing {name} in the {args.scheme} scheme"
         + (f", measured in {args.measure}" if args.measure else ""))
-    bar = tqdm(desc=f"measuring in {args.measure}", unit=" comparisons", leave=False,
-               disable=not show or None) if args.measure else None
-    try:
-        with warnings_silenced():     # the warning is printed below, as one line
-            report = decompose_model(
-                model, args.scheme, energy=args.energy, rank=args.rank,
-                target_speedup=args.target_speedup, rank_multiple=args.rank_multiple,
-                measure=None if args.measure is None else ProgressMeter(args.measure, bar),
-                example_input=batch, calibration_input=calibration)
-    except ValueError as exc:
-        raise usage_error("compress", exc, ("target_speedup",)) from None
-    finally:
-        if bar is not None:
-            bar.close()
+    report = _decompose(args, model.eval(), batch, calibration)
 
     os.makedirs(out, exist_ok=True)
     save_model(model, os.path.join(out, "model.pt"), arch, arch_kwargs, shape,
@@ -252,9 +238,8 @@ def run(args: argparse.Namespace) -> int:
     export_onnx(model, example, os.path.join(out, "model.onnx"))
     onnx_dense, onnx_compressed = _time_onnx_files(dense, example, batch,
                                                    os.path.join(out, "model.onnx"))
-    targets = {entry.name for entry in report.layers}
-    figures = model_figures(model, dense, targets, args.scheme, example, batch,
-                            decomposition=report)
+    figures = model_figures(model, dense, {entry.name for entry in report.layers}, args.scheme,
+                            example, batch, decomposition=report)
     summary = {
         "method": "compress", "scheme": args.scheme,
         "title": f"compress / {args.scheme}: {args.model}",
@@ -282,6 +267,25 @@ def run(args: argparse.Namespace) -> int:
     if report.fidelity_warning():
         print(f"{PROG} compress: warning: {report.fidelity_warning()}", file=sys.stderr)
     return 0
+
+
+def _decompose(args, model: nn.Module, batch: torch.Tensor, calibration: torch.Tensor):
+    """decompose_model with the command's options, a progress bar while measuring, the
+    fidelity warning held back for the command's own last line."""
+    bar = tqdm(desc=f"measuring in {args.measure}", unit=" comparisons", leave=False,
+               disable=True if args.no_progress else None) if args.measure else None
+    try:
+        with warnings_silenced():
+            return decompose_model(
+                model, args.scheme, energy=args.energy, rank=args.rank,
+                target_speedup=args.target_speedup, rank_multiple=args.rank_multiple,
+                measure=None if args.measure is None else ProgressMeter(args.measure, bar),
+                example_input=batch, calibration_input=calibration)
+    except ValueError as exc:
+        raise usage_error("compress", exc, ("target_speedup",)) from None
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _time_onnx_files(dense: nn.Module, example: torch.Tensor, batch: torch.Tensor, path: str):
