@@ -5,7 +5,8 @@ really faster, in the runtime that will run it (``choose_faster``; docs/compress
 ``LatencyMeter("torch")`` times modules as PyTorch runs them (eval mode, inference mode, CUDA
 synchronised around every round); ``LatencyMeter("onnxruntime")`` exports each module (low-rank
 layers as plain conv pairs) to ONNX in memory and times an InferenceSession with
-torch.get_num_threads() threads, on the CPU or, for a CUDA input, the CUDA provider.
+torch.get_num_threads() threads whose workers do not spin-wait, on the CPU or, for a CUDA
+input, the CUDA provider.
 Modules compared with each other are timed in interleaved rounds after a warm-up, so drift of
 the machine's speed hits both alike; each round runs a module enough times to last at least
 ``min_round_s``. What a module costs is its best round (``Timing.best``): other processes on
@@ -15,7 +16,8 @@ pass waits whenever one of its threads is descheduled. Measured on this project'
 2-core machine (pytorchcv ResNet-18, batch 1, 2 threads, 40 calls, 1-minute load 7): 88 ms
 best, 448 ms median, 2.5 s worst; 68 to 83 ms with OMP_WAIT_POLICY=PASSIVE. The median
 measures the load of the moment, the best round the model (docs/compression.md, "Measured
-choice").
+choice"). torch's OpenMP policy is fixed when the process starts, so only ONNX Runtime's
+sessions can be told not to spin here.
 
 Tests and callers replace the clock by subclassing and overriding ``LatencyMeter.seconds``.
 """
@@ -153,6 +155,9 @@ def onnx_file_runner(model, x: torch.Tensor):
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Spinning threads turn CPU contention into waits at every op (module docstring): timed
+    # without it, the session measures the model rather than the scheduler.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if x.device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ValueError("measure='onnxruntime' with a CUDA example_input needs "
