@@ -17,9 +17,14 @@ slower than the faster of dense and unmeasured (within 5%).
 pytorchcv is a benchmark dependency only: ``pip install pytorchcv --no-deps`` (it imports
 without torchvision for these models). Usage:
 
-    OMP_NUM_THREADS=2 python bench/measured_choice.py --out RESULT.json [--cases A,B] \\
-        [--rounds 15] [--label LABEL]
+    OMP_WAIT_POLICY=PASSIVE python bench/measured_choice.py --threads 2 --out RESULT.json \\
+        [--cases A,B] [--rounds 20] [--label LABEL]
     python bench/measured_choice.py --table RESULT.json [RESULT.json ...]
+
+OMP_WAIT_POLICY=PASSIVE: on a CPU shared with other jobs, torch's spin-waiting OpenMP threads
+make a forward pass take anything from one to thirty times its cost (docs/compression.md,
+"Measured choice"), and no timer, this one included, can then rank models; ONNX Runtime's
+sessions here, as the library's meter's, do not spin.
 
 Only the public API of decompose_model is used, so the same script times older versions of
 the library (``PYTHONPATH`` naming their checkout) for a before/after comparison.
@@ -204,7 +209,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the results here (JSON)")
     parser.add_argument("--cases", help=f"comma-separated subset of {', '.join(CASES)}")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--label", default="trp_kernels")
     parser.add_argument("--table", nargs="+", help="print the table of these result files")

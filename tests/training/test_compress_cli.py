@@ -100,6 +100,17 @@ def test_compress_without_the_onnx_extra_is_one_line(tmp_path, capsys, monkeypat
     assert not out.exists()
 
 
+def test_export_without_the_onnx_extra_is_one_line(tmp_path, capsys, monkeypatch):
+    path = str(tmp_path / "model.pt")
+    save_model(Classifier(width=6), path, "small_models:Classifier", {"width": 6}, (1, 8, 8))
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    onnx = tmp_path / "model.onnx"
+    assert main(["export", path, "--onnx", str(onnx)]) == 2
+    assert capsys.readouterr().err == ("trp_kernels export: error: --onnx needs onnx, not "
+                                       "installed: pip install \"trp_kernels[onnx]\"\n")
+    assert not onnx.exists()
+
+
 BAD = [
     ([*REFERENCE], "give --target-speedup, --energy or --rank"),
     ([*REFERENCE, "--target-speedup", "1"], "--target-speedup must be a finite number > 1"),
