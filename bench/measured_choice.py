@@ -12,7 +12,8 @@ Runtime on the ONNX files ``export_onnx`` writes (what a user ships), with as ma
 torch. The dense model is timed twice (``dense_again``: the same model, a second runner), so
 that the table shows how far two timings of one model differ on that machine. Both the best
 and the median round are recorded; the goal is that the measured model's best round is never
-slower than the faster of dense and unmeasured (within 5%).
+slower than the faster of dense and unmeasured by more than two timings of one model differ:
+5%, or the case's dense-again difference where that is larger.
 
 pytorchcv is a benchmark dependency only: ``pip install pytorchcv --no-deps`` (it imports
 without torchvision for these models). Usage:
@@ -163,7 +164,7 @@ def measure(args) -> None:
         raise SystemExit(f"--cases: unknown {unknown}; known: {CASES}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {"label": args.label, "trp_kernels": os.path.dirname(tk.__file__),
+    results = {"label": args.label, "trp_kernels": tk.__version__,
                "torch": torch.__version__, "threads": torch.get_num_threads(),
                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
@@ -193,7 +194,8 @@ def table(paths) -> None:
         for c in data["cases"]:
             best, median = c["best_ms"], c["median_ms"]
             ratio = best["measured"] / min(best["dense"], best["unmeasured"])
-            met += ratio <= 1 + TOLERANCE
+            again = best["dense_again"] / best["dense"]
+            met += ratio <= max(1 + TOLERANCE, again, 1 / again)
             print(f"| {c['case']} | {best['dense']:.1f} ({median['dense']:.0f}) "
                   f"| {best['unmeasured']:.1f} ({median['unmeasured']:.0f}), "
                   f"{c['flops_speedup']['unmeasured']:.2f}x "
@@ -202,7 +204,8 @@ def table(paths) -> None:
                   f"{c['layers']} | {ratio:.2f} | {c['plan'] or '-'} "
                   f"| {best['dense_again'] / best['dense']:.2f} |")
         print(f"\nmeasured no slower than the faster of dense and unmeasured (best round, within "
-              f"{100 * TOLERANCE:.0f}%): {met} of {len(data['cases'])} cases")
+              f"{100 * TOLERANCE:.0f}% or the dense-again difference): {met} of "
+              f"{len(data['cases'])} cases")
 
 
 def main():

@@ -11,13 +11,12 @@ Modules compared with each other are timed in interleaved rounds after a warm-up
 the machine's speed hits both alike; each round runs a module enough times to last at least
 ``min_round_s``. What a module costs is its best round (``Timing.best``): other processes on
 the CPU only ever add time, and with two or more threads they add a lot, at random: torch's
-OpenMP threads (and ONNX Runtime's) spin-wait at every parallel op's barrier, so a forward
-pass waits whenever one of its threads is descheduled. Measured on this project's shared
-2-core machine (pytorchcv ResNet-18, batch 1, 2 threads, 40 calls, 1-minute load 7): 88 ms
-best, 448 ms median, 2.5 s worst; 68 to 83 ms with OMP_WAIT_POLICY=PASSIVE. The median
-measures the load of the moment, the best round the model (docs/compression.md, "Measured
-choice"). torch's OpenMP policy is fixed when the process starts, so only ONNX Runtime's
-sessions can be told not to spin here.
+OpenMP threads spin-wait at every parallel op's barrier, so a forward pass waits whenever one
+of its threads is descheduled (bench/contention.py: on this project's shared 2-core machine a
+pytorchcv ResNet-18 forward took 39 ms in its best call and 614 ms in the median one). The
+median measures the load of the moment, the best round the model (docs/compression.md,
+"Measured choice"). torch's OpenMP policy is fixed when the process starts, so only ONNX
+Runtime's sessions can be told not to spin here.
 
 Tests and callers replace the clock by subclassing and overriding ``LatencyMeter.seconds``.
 """
