@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from result_script import measure_or_table
+
 MODEL = "pytorchcv.models.resnet:resnet18"
 SETTINGS = [(2, None), (2, "PASSIVE"), (1, None)]      # (threads, OMP_WAIT_POLICY)
 
@@ -80,16 +82,9 @@ def table(path) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="write the results here (JSON)")
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--table", help="print the table of this result file")
-    args = parser.parse_args()
-    if args.table:
-        table(args.table)
-    elif args.out:
-        measure(args)
-    else:
-        parser.error("give --out or --table")
+    measure_or_table(parser, measure, table)
 
 
 if __name__ == "__main__":

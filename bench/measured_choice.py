@@ -47,6 +47,7 @@ import time
 import torch
 
 import trp_kernels as tk
+from result_script import measure_or_table
 from spectra import trp_like
 
 # name: (callable, input shape, batch)
@@ -210,19 +211,12 @@ def table(paths) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="write the results here (JSON)")
     parser.add_argument("--cases", help=f"comma-separated subset of {', '.join(CASES)}")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--label", default="trp_kernels")
     parser.add_argument("--table", nargs="+", help="print the table of these result files")
-    args = parser.parse_args()
-    if args.table:
-        table(args.table)
-    elif args.out:
-        measure(args)
-    else:
-        parser.error("give --out or --table")
+    measure_or_table(parser, measure, table)
 
 
 if __name__ == "__main__":
