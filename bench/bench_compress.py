@@ -8,10 +8,8 @@ impl:
   measured     decompose_model(energy=0.9, measure=<the case's runtime>): a layer stays
                factorised only where it is measured faster, and the model is checked whole
 
-TRP-like spectra: a trained (TRP) conv's singular values decay; random init's do not. Every
-decomposable conv's weight is therefore set, in the scheme's matrix view, to U diag(s) V^T with
-random orthonormal U, V (Householder reflections of the identity, rows permuted) and
-s_i = i^(-1/2) (squared singular values decaying like 1/i), scaled to the init's Frobenius norm.
+TRP-like spectra (bench/spectra.py): a trained (TRP) conv's singular values decay; random
+init's do not, so every decomposable conv gets a power-law spectrum in the scheme's matrix view.
 With it, energy 0.9 keeps about half the rank of a 512-wide layer.
 
 Every benchmark records the model's conv FLOP speed-up (and, for budget and measured, which
@@ -40,12 +38,11 @@ import pytest
 import torch
 
 import trp_kernels as tk
-from trp_kernels.schemes.factorization import matrix_shape, matrix_to_weight
-from trp_kernels.compression import decomposable_layers
 from trp_kernels.compression.latency import LatencyMeter
 from trp_kernels.models import create_model
 
 from conftest import QUICK
+from spectra import trp_like
 
 # name: (batch, image size, timed rounds)
 MODELS = ({"resnet20": (2, 32, 3)} if QUICK
@@ -60,30 +57,6 @@ if not set(SCHEMES) <= {"channel", "spatial"}:
     raise ValueError(f"TRP_BENCH_SCHEMES must name channel and/or spatial, got {SCHEMES}")
 RUNTIMES = ("torch", "onnxruntime")
 IMPLS = ("dense", "energy0.9", "budget2x", "budget3x", "measured")
-
-
-def householder_columns(size, k, generator):
-    """The first k columns of a random orthogonal matrix: two Householder reflections of the
-    identity, O(size * k) work (a QR of a random matrix takes minutes on a loaded 2-core CPU)."""
-    Q = torch.eye(size, k, dtype=torch.float64)
-    for _ in range(2):
-        v = torch.randn(size, 1, generator=generator, dtype=torch.float64)
-        v /= v.norm()
-        Q -= 2 * v @ (v.T @ Q)
-    return Q[torch.randperm(size, generator=generator)]
-
-
-def trp_like(model, scheme, generator):
-    """Sets every decomposable conv (outside never_decomposed) to a power-law spectrum."""
-    with torch.no_grad():
-        for _, conv in decomposable_layers(model):
-            m, n = matrix_shape(conv.weight.shape, scheme)
-            k = min(m, n)
-            U, V = householder_columns(m, k, generator), householder_columns(n, k, generator)
-            s = torch.arange(1, k + 1, dtype=torch.float64) ** -0.5
-            M = (U * s) @ V.T
-            M *= conv.weight.norm().double() / M.norm()
-            conv.weight.copy_(matrix_to_weight(M.float(), conv.weight.shape, scheme))
 
 
 MEASURE_ROUNDS = int(os.environ.get("TRP_BENCH_MEASURE_ROUNDS", "4"))

@@ -56,3 +56,19 @@ def small_resnet(device="cpu"):
     from trp_kernels.models import resnet20
 
     return resnet20(in_channels=1, stage_strides=(1, 1, 2)).to(device)
+
+
+class Classifier(nn.Module):
+    """A model from outside the library (no ``never_decomposed``), as the trainer and the
+    compress command import it by reference: three 3x3 convs and a linear head."""
+
+    def __init__(self, classes: int = 10, width: int = 8, in_channels: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))

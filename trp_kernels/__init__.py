@@ -8,8 +8,8 @@ low-rank schemes, LowRankConv2d, LowRankLinear) <- compression (decompose_model,
 """
 
 from ._version import __version__
-from .compression import (decompose_model, export_onnx, export_program, load_model, save_model,
-                          to_conv_pairs)
+from .compression import (decompose_model, export_onnx, export_program, load_model,
+                          restore_lowrank, save_model, to_conv_pairs)
 from .ops import lowrank_conv2d, lowrank_project, truncated_svd
 from .rank_training import TRPRegularizer, make_lowrank, orthogonality_penalty
 from .schemes import LowRankConv2d, LowRankLinear
@@ -26,6 +26,7 @@ __all__ = [
     "orthogonality_penalty",
     "save_model",
     "load_model",
+    "restore_lowrank",
     "to_conv_pairs",
     "export_program",
     "export_onnx",

@@ -1,8 +1,10 @@
-"""Command line: ``python -m trp_kernels train ...`` and ``python -m trp_kernels export ...``
-(also installed as ``trp-kernels``). docs/training.md documents both.
+"""Command line: ``python -m trp_kernels train ...``, ``python -m trp_kernels compress ...`` and
+``python -m trp_kernels export ...`` (also installed as ``trp-kernels``). docs/training.md
+documents train and export, docs/compression.md compress.
 
-Exit codes: 0 done; 1 training diverged; 2 bad input (a one-line error naming the problem;
-nothing is written); 130 interrupted (the checkpoint of the last finished epoch remains).
+Exit codes: 0 done; 1 training diverged; 2 bad input (a one-line error naming the problem by
+its command-line option; nothing is written); 130 interrupted (the checkpoint of the last
+finished epoch remains).
 """
 
 from __future__ import annotations
@@ -11,48 +13,14 @@ import argparse
 import os
 import sys
 
+from . import compress_job
+from .cli_options import (EXIT_USAGE, PROG, Parser, UsageError, input_shape, model_kwargs,
+                          model_reference, rank, usage_error)
 from .rank_training import PENALTY_KINDS
 from .training import (DATASETS, LR_SCHEDULES, METHODS, SCHEMES, TRAIN_MODELS, TrainConfig,
                        TrainingDiverged, prepare, prepare_resume, run)
 
-PROG = "trp_kernels"
-EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a mistake is one line (no usage dump) with exit code 2."""
-
-    def error(self, message):
-        raise UsageError(f"{self.prog}: error: {message}")
-
-
-def _rank_part(text: str):
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be an int (rank) or a fraction of full rank in (0, 1], or for tucker2 a "
-            f"pair R_IN,R_OUT of those, got {text!r}") from None
-
-
-def _rank(text: str):
-    """An int (a rank cap, e.g. 8), a float (a fraction of full rank, e.g. 0.25), or two of
-    those separated by a comma (tucker2's (r_in, r_out), e.g. 0.25,0.5). The values are checked
-    by the scheme's own rule when the configuration is validated."""
-    parts = text.split(",")
-    if len(parts) == 2:
-        return tuple(_rank_part(p) for p in parts)
-    if len(parts) != 1:
-        raise argparse.ArgumentTypeError(f"must be one value or a pair R_IN,R_OUT, got {text!r}")
-    return _rank_part(text)
+EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 130
 
 
 def _train_parser(subparsers) -> argparse.ArgumentParser:
@@ -68,7 +36,14 @@ def _train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=DATASETS, help=f"(default {d.dataset})")
     g.add_argument("--data-dir", dest="data_dir",
                    help="cifar10: the cifar-10-batches-py directory (or its parent)")
-    g.add_argument("--model", choices=TRAIN_MODELS, help=f"(default {d.model})")
+    g.add_argument("--model", type=model_reference,
+                   help=f"{', '.join(TRAIN_MODELS)}, or a model of your own as "
+                        f"package.module:callable (its classes set with --model-kwargs) "
+                        f"(default {d.model})")
+    g.add_argument("--model-kwargs", dest="model_kwargs", type=model_kwargs,
+                   help="keyword arguments of the model as a JSON object, e.g. "
+                        "'{\"num_classes\": 10}' (for this library's models over the "
+                        "trainer's own)")
     g = p.add_argument_group("method")
     g.add_argument("--method", choices=METHODS, help=f"(default {d.method})")
     g.add_argument("--scheme", choices=SCHEMES,
@@ -105,7 +80,7 @@ def _train_parser(subparsers) -> argparse.ArgumentParser:
                    help="trp, decomp: time each layer dense and factorised in this runtime on "
                         "its real input and keep the faster (the report then holds both "
                         "latencies)")
-    g.add_argument("--rank", type=_rank,
+    g.add_argument("--rank", type=rank,
                    help="lowrank (required) and decomp: an int rank cap, or a float fraction "
                         "of each layer's full rank; for tucker2 one value applies to both "
                         "ranks, R_IN,R_OUT gives the pair")
@@ -146,21 +121,31 @@ def _train_parser(subparsers) -> argparse.ArgumentParser:
 
 def _export_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "export", help="export a model.pt written by train to ONNX and/or torch.export",
+        "export", help="export a model.pt written by train or compress to ONNX and/or "
+                       "torch.export",
         description="Export a saved model. ONNX files hold plain conv pairs; torch.export "
                     "programs keep the library's low-rank op unless --conv-pairs is given.")
-    p.add_argument("model", help="a model.pt written by train (or export.save_model)")
+    p.add_argument("file", metavar="MODEL_FILE",
+                   help="a model.pt written by train or compress (or export.save_model)")
     p.add_argument("--onnx", help="write an ONNX file here")
     p.add_argument("--program", help="write a torch.export program (.pt2) here")
     p.add_argument("--conv-pairs", dest="conv_pairs", action="store_true",
                    help="torch.export: replace the low-rank op by plain nn.Conv2d pairs")
+    p.add_argument("--model", dest="arch",
+                   help="package.module:callable that builds the dense model, for a file saved "
+                        "without its architecture")
+    p.add_argument("--model-kwargs", dest="arch_kwargs", type=model_kwargs, default={},
+                   help="keyword arguments of --model as a JSON object")
+    p.add_argument("--input-shape", dest="input_shape", type=input_shape,
+                   help="C,H,W of one input, for a file that does not record it")
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Trained Rank Pruning and low-rank training.")
-    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog=PROG, description="Trained Rank Pruning and low-rank training.")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _train_parser(subparsers)
+    compress_job.add_parser(subparsers)
     _export_parser(subparsers)
     return parser
 
@@ -184,7 +169,7 @@ def _train(args: argparse.Namespace) -> int:
                 "runs", f"{config.dataset}-{config.model}-{config.method}-{config.scheme}")
             prepared = prepare(config, out)
     except (ValueError, TypeError) as exc:   # bad input, found before anything is written
-        raise UsageError(f"{PROG} train: error: {exc}") from exc
+        raise usage_error("train", exc) from exc
     progress = False if getattr(args, "no_progress", False) else None
     try:
         report = run(prepared, progress=progress)
@@ -207,24 +192,49 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import torch
 
-    from .compression.export import export_onnx, export_program, load_model, saved_input_shape
+    from .compression import CheckpointError, build_arch, load_file
+    from .compression.export import export_onnx, export_program, load_model
+    from .compression.onnx_extra import require
 
     targets = [p for p in (args.onnx, args.program) if p]
     if not targets:
         raise UsageError(f"{PROG} export: error: nothing to do; give --onnx and/or --program")
-    for path in targets:
+    for option, path in (("--onnx", args.onnx), ("--program", args.program)):
+        if not path:
+            continue
         if os.path.exists(path):
-            raise UsageError(f"{PROG} export: error: {path} exists; not overwriting it")
+            raise UsageError(f"{PROG} export: error: {option} {path} exists; not overwriting it")
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
-            raise UsageError(f"{PROG} export: error: directory {parent} does not exist")
+            raise UsageError(f"{PROG} export: error: {option} {path}: directory {parent} does "
+                             f"not exist")
     try:
-        model = load_model(args.model)
-        shape = saved_input_shape(args.model)
-    except (ValueError, TypeError) as exc:
+        if args.onnx:
+            require("onnx", "onnxscript", purpose="--onnx")
+        saved = load_file(args.file, "model file", ("format", "state_dict"))
+    except ValueError as exc:
         raise UsageError(f"{PROG} export: error: {exc}") from exc
+    if args.arch is None and not saved.get("arch"):
+        raise UsageError(f"{PROG} export: error: {args.file} names no architecture; give "
+                         f"--model package.module:callable (and --model-kwargs) that builds "
+                         f"its dense model")
+    model = None
+    if args.arch is not None:
+        try:
+            model = build_arch(args.arch, args.arch_kwargs)
+        except CheckpointError as exc:
+            raise UsageError(f"{PROG} export: error: --model: {exc}") from exc
+        except TypeError as exc:
+            raise UsageError(f"{PROG} export: error: --model-kwargs do not fit {args.arch}: "
+                             f"{exc}") from exc
+    try:
+        model = load_model(args.file, model)
+    except ValueError as exc:
+        raise UsageError(f"{PROG} export: error: {exc}") from exc
+    shape = args.input_shape or saved.get("input_shape")
     if shape is None:
-        raise UsageError(f"{PROG} export: error: {args.model} does not record its input shape")
+        raise UsageError(f"{PROG} export: error: {args.file} does not record its input shape; "
+                         f"give --input-shape C,H,W")
     example = torch.randn(2, *shape)
     if args.onnx:
         export_onnx(model, example, args.onnx)
@@ -240,7 +250,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        return _train(args) if args.command == "train" else _export(args)
+        return {"train": _train, "compress": compress_job.run, "export": _export}[
+            args.command](args)
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE

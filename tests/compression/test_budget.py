@@ -11,14 +11,18 @@ from torch import nn
 
 import trp_kernels as tk
 from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
+from small_models import with_1x1_kernels
 from trp_kernels.compression import budget
 from trp_kernels.schemes import costs
 from trp_kernels.compression import decomposable_layers
-from trp_kernels.schemes.factorization import full_rank, weight_to_matrix
+from trp_kernels.schemes import geometry
+from trp_kernels.schemes.factorization import full_rank
 
 
 class TinyNet(nn.Module):
     """Three decomposable convs with small full ranks, a 1x1 conv that always stays dense."""
+
+    never_decomposed = ()     # every conv takes part, the first too
 
     def __init__(self):
         super().__init__()
@@ -31,14 +35,22 @@ class TinyNet(nn.Module):
         return self.head(self.c(torch.relu(self.b(torch.relu(self.a(x))))))
 
 
+def reference_kept(W, view):
+    """At each rank, the smallest kept energy fraction over ``view``'s matrices of W (one, or
+    one per filter), from float64 LAPACK singular values: the energy rule's level."""
+    s = torch.linalg.svdvals(view.to_matrix(W.detach().double()))
+    squares = (s * s).reshape(-1, s.shape[-1])
+    return (torch.cumsum(squares, 1) / squares.sum(1, keepdim=True)).min(0).values
+
+
 def reference_options(model, x, scheme, multiple):
     """Per layer: [(rank or None, MACs, kept energy)], from the flops counter and float64 SVDs,
     without the budget module: every rank that is a multiple (or the full rank), and dense."""
     hw = {c.name: c.input_hw for c in costs.conv_costs(model, x)}
     out = {}
     for name, conv in decomposable_layers(model, skip=()):
-        s = torch.linalg.svdvals(weight_to_matrix(conv.weight.detach().double(), scheme))
-        kept = torch.cumsum(s * s, 0) / (s * s).sum()
+        (view,) = geometry.scheme(scheme).views
+        kept = reference_kept(conv.weight, view)
         dense = costs.conv2d_macs(conv, hw[name])[0]
         k = full_rank(conv.weight.shape, scheme)
         options = [(None, dense, 1.0)]
@@ -59,7 +71,7 @@ def head_macs(model, x):
 
 
 @pytest.mark.parametrize("scheme, multiple", [("channel", 1), ("spatial", 1), ("channel", 2),
-                                              ("spatial", 4)])
+                                              ("spatial", 4), ("decoupled", 1)])
 @pytest.mark.parametrize("target", [1.3, 1.7, 2.0])
 def test_budget_is_the_leximin_optimum_by_brute_force(scheme, multiple, target):
     torch.manual_seed(1)
@@ -94,15 +106,61 @@ def test_budget_is_the_leximin_optimum_by_brute_force(scheme, multiple, target):
                 assert dense_total / (total - current[1] + macs) < target, (name, r)
 
 
-def test_energy_level_alone_meets_the_budget():
+@pytest.mark.parametrize("scheme", geometry.SCHEMES)
+def test_energy_level_alone_meets_the_budget(scheme):
+    """TRP's rank rule at the plan's energy level meets the budget on its own, in every scheme
+    (decoupled: the largest rank of its filters; tucker2: each mode's rank; pointwise: TinyNet
+    with 1x1 kernels)."""
     torch.manual_seed(2)
     model, x = TinyNet().eval(), torch.randn(1, 3, 8, 8)
-    layers = decomposable_layers(model, skip=())
-    level = budget.energy_for_budget(model, layers, "channel", x, 1.5, rank_multiple=2)
+    if scheme == "pointwise":
+        with_1x1_kernels(model)
+    # decoupled saves little on TinyNet, pointwise less on its few channels
+    target = {"decoupled": 1.1, "pointwise": 1.05}.get(scheme, 1.5)
+    layers = decomposable_layers(model, skip=(), scheme=scheme)
+    level = budget.energy_for_budget(model, layers, scheme, x, target, rank_multiple=2)
     assert 0 < level <= 1
-    report = tk.decompose_model(copy.deepcopy(model), "channel", energy=level, rank_multiple=2,
+    report = tk.decompose_model(copy.deepcopy(model), scheme, energy=level, rank_multiple=2,
                                 example_input=x)
-    assert report.flops_speedup >= 1.5
+    assert report.flops_speedup >= target
+
+
+def wider_net():
+    """Three 3x3 convs wide enough for tucker2 to have many rank pairs cheaper than dense."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(24, 16, 3, padding=1)).eval()
+
+
+@pytest.mark.parametrize("multiple", [1, 4])
+@pytest.mark.parametrize("target", [1.5, 3.0])
+def test_tucker2_budget_follows_one_energy_level_per_layer(multiple, target):
+    """tucker2's candidates are the pairs the energy rule gives both modes at one level (from
+    float64 LAPACK singular values of each unfolding), rounded up; the plan meets the budget
+    and no layer's next pair would still fit it."""
+    model, x = wider_net(), torch.randn(1, 8, 12, 12)
+    layers = decomposable_layers(model, skip=())
+    plan = budget.plan_budget(model, layers, "tucker2", x, target, multiple)
+    assert plan.flops_speedup >= target
+    for name, conv in layers:
+        kept = [reference_kept(conv.weight, view) for view in geometry.scheme("tucker2").views]
+        chain = plan.candidates[name]
+        assert [c.macs for c in chain] == sorted(c.macs for c in chain)
+        for c in chain[:-1]:            # the last is the dense conv
+            r_in, r_out = c.rank
+            assert c.energy == pytest.approx(min(kept[0][r_in - 1], kept[1][r_out - 1]))
+            level = c.energy
+            rule = tuple(int((k < level - 1e-6).sum()) + 1 for k in kept)   # float32 SVDs
+            assert c.rank == budget.round_rank(rule, (len(kept[0]), len(kept[1])), multiple)
+        step = chain.index(next(c for c in chain if c.rank == plan.ranks[name]))
+        if step + 1 < len(chain):
+            grown = plan.conv_macs_after - chain[step].macs + chain[step + 1].macs
+            assert plan.conv_macs_before / grown < target
+    report = tk.decompose_model(copy.deepcopy(model), "tucker2", example_input=x,
+                                target_speedup=target, rank_multiple=multiple, skip=())
+    assert report.flops_speedup == pytest.approx(plan.flops_speedup)
+    assert {l.name: (None if l.kept_dense else l.rank) for l in report.layers} == plan.ranks
 
 
 def test_unreachable_target_names_the_largest_speedup():
@@ -180,7 +238,8 @@ def common_fraction_speedup(model, x, scheme, fraction, multiple):
 
 
 @pytest.mark.parametrize("scheme, multiple, target", [("channel", 1, 1.5), ("channel", 2, 2.0),
-                                                       ("spatial", 1, 2.5)])
+                                                       ("spatial", 1, 2.5), ("tucker2", 1, 2.0),
+                                                       ("decoupled", 1, 1.5)])
 def test_make_lowrank_budget_is_the_largest_common_fraction(scheme, multiple, target):
     torch.manual_seed(0)
     model, x = TinyNet(), torch.randn(1, 3, 8, 8)
@@ -190,14 +249,18 @@ def test_make_lowrank_budget_is_the_largest_common_fraction(scheme, multiple, ta
     assert report.flops_speedup >= target
     # brute force: every fraction r/k at which a layer's rank changes; the speed-up of the
     # largest one that meets the target is the one chosen, and any larger fraction misses it
-    fulls = [full_rank(conv.weight.shape, scheme) for _, conv in decomposable_layers(fresh, ())]
+    registered = geometry.scheme(scheme)
+    fulls = [k for _, conv in decomposable_layers(fresh, ())
+             for k in registered.rank_parts(full_rank(conv.weight.shape, scheme))]
     fractions = sorted({r / k for k in fulls for r in range(1, k + 1)})
     speedups = [common_fraction_speedup(fresh, x, scheme, f, multiple) for f in fractions]
     best = max(i for i, s in enumerate(speedups) if s >= target)
     assert report.flops_speedup == speedups[best]
     assert all(s < target for s in speedups[best + 1:])
     for entry in report.layers:
-        assert entry.kept_dense or entry.rank % multiple == 0 or entry.rank == entry.full_rank
+        parts = registered.rank_parts(entry.rank)
+        fulls = registered.rank_parts(entry.full_rank)
+        assert entry.kept_dense or all(r % multiple == 0 or r == k for r, k in zip(parts, fulls))
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -212,12 +275,6 @@ def test_make_lowrank_bad_budget_options(kwargs, match):
     kwargs = {"example_input": torch.randn(1, 3, 8, 8), **kwargs}
     with pytest.raises(ValueError, match=match):
         tk.make_lowrank(TinyNet(), "channel", skip=(), **kwargs)
-
-
-def test_make_lowrank_budget_is_for_channel_and_spatial():
-    with pytest.raises(ValueError, match="not supported for scheme 'tucker2'"):
-        tk.make_lowrank(TinyNet(), "tucker2", rank=None, skip=(), target_speedup=2,
-                        example_input=torch.randn(1, 3, 8, 8))
 
 
 @pytest.mark.parametrize("options", [{"target_speedup": 2.0, "rank_multiple": 2},

@@ -79,13 +79,13 @@ def test_decompose_model(case):
 
 def test_decompose_rank_caps_and_fractions():
     model = SmallNet()
-    report = tk.decompose_model(copy.deepcopy(model), rank=6)
+    report = tk.decompose_model(copy.deepcopy(model), rank=6, skip=())
     assert [l.name for l in report.layers] == ["stem", "body.0", "body.5"]
     assert [l.rank for l in report.layers] == [6, 6, 6]
-    report = tk.decompose_model(copy.deepcopy(model), rank=0.25)
+    report = tk.decompose_model(copy.deepcopy(model), rank=0.25, skip=())
     assert [l.full_rank for l in report.layers] == [8, 16, 32]
     assert [l.rank for l in report.layers] == [2, 4, 8]       # ceil(0.25 * full rank)
-    report = tk.decompose_model(copy.deepcopy(model), energy=0.5)
+    report = tk.decompose_model(copy.deepcopy(model), energy=0.5, skip=())
     assert all(1 <= l.rank < l.full_rank for l in report.layers)
     assert report.flops_speedup is None and report.params_after < report.params_before
 
@@ -94,7 +94,7 @@ def test_decompose_rank_caps_and_fractions():
 def test_rank_fractions_of_the_tensor_schemes(scheme):
     """A fraction of the full rank of both modes for tucker2, or a pair of them."""
     rank = (0.25, 0.5) if scheme == "tucker2" else 0.5
-    report = tk.decompose_model(SmallNet(), scheme=scheme, rank=rank)
+    report = tk.decompose_model(SmallNet(), scheme=scheme, rank=rank, skip=())
     if scheme == "tucker2":
         assert [l.full_rank for l in report.layers] == [(3, 8), (8, 16), (32, 32)]
         assert [l.rank for l in report.layers] == [(1, 4), (2, 8), (8, 16)]
@@ -119,6 +119,6 @@ def test_decompose_arguments():
         tk.decompose_model(nn.Conv2d(3, 8, 3))
     circular = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular"))
     with pytest.raises(ValueError, match=r"skip=\['0'\]"):
-        tk.decompose_model(circular)
+        tk.decompose_model(circular, skip=())
     # a failed call replaced nothing
     assert isinstance(model[2], nn.Conv2d)

@@ -2,6 +2,9 @@
 the model file restores every layer's scheme and rank (and names its architecture by an
 importable reference, older files included), plain conv pairs, torch.export and ONNX Runtime."""
 
+import logging
+import sys
+
 import numpy as np
 import onnxruntime
 import pytest
@@ -13,6 +16,7 @@ from torch import nn
 
 from trp_kernels.compression import decompose_model
 from trp_kernels.compression.files import CheckpointError, atomic_save
+from trp_kernels.compression.onnx_extra import REGISTRATION_LOGGER, MissingExtra
 from trp_kernels.compression.export import (export_onnx, export_program, load_model,
                                             lowrank_layers, save_model, saved_input_shape,
                                             to_conv_pairs)
@@ -263,3 +267,33 @@ def test_every_scheme_saves_loads_pairs_and_exports(case, tmp_path):
         convs = plain.get_submodule(name)
         assert [c.groups for c in convs] == [t.groups for t in layer.thin_convs()]
     torch.testing.assert_close(outputs(plain, x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("module", ["onnx", "onnxscript"])
+def test_onnx_export_without_the_extra_is_one_clear_line(tmp_path, monkeypatch, module):
+    monkeypatch.setitem(sys.modules, module, None)         # as if it were not installed
+    path = tmp_path / "model.onnx"
+    with pytest.raises(MissingExtra) as caught:
+        export_onnx(small_dense_model(), torch.randn(2, 1, 8, 8), str(path))
+    message = str(caught.value)
+    assert message == (f'export to ONNX needs {module}, not installed: '
+                       f'pip install "trp_kernels[onnx]"')
+    assert isinstance(caught.value, ImportError) and isinstance(caught.value, ValueError)
+    assert not path.exists()
+
+
+def test_onnx_export_prints_nothing_about_other_packages(tmp_path, recwarn):
+    """torch.onnx logs on every export that torchvision's ops cannot be registered (through its
+    own stderr handler), and its pytree code raises a FutureWarning: neither says anything
+    about the model."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger(REGISTRATION_LOGGER)
+    logger.addHandler(handler)
+    try:
+        export_onnx(compressed_model(), torch.randn(2, 1, 8, 8), str(tmp_path / "model.onnx"))
+    finally:
+        logger.removeHandler(handler)
+    assert not records
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]

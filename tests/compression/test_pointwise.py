@@ -1,6 +1,6 @@
-"""pointwise=True: which layers it adds (1x1 convs and linear layers), the classifier kept dense
-by default, a model mixing schemes in decompose_model, budgets and the measured choice, and the
-default (False) leaving every result as it was."""
+"""pointwise=True: which layers it adds (1x1 convs and linear layers), the stem and the
+classifier kept dense by default, a model mixing schemes in decompose_model, budgets and the
+measured choice, and the default (False) leaving every result as it was."""
 
 from __future__ import annotations
 
@@ -44,18 +44,21 @@ def names(layers):
 
 def test_which_layers_pointwise_adds():
     model = Mixed()
-    assert never_decomposed(model) == ("classifier",)     # its last layer, a linear one
-    assert names(decomposable_layers(model)) == ["conv"]
-    assert names(decomposable_layers(model, pointwise=True)) == ["conv", "expand", "down",
-                                                                 "hidden"]
+    # its first conv (the stem) and its last layer, a linear one
+    assert never_decomposed(model) == ("conv", "classifier")
+    assert names(decomposable_layers(model)) == []
+    assert names(decomposable_layers(model, pointwise=True)) == ["expand", "down", "hidden"]
+    assert names(decomposable_layers(model, ("classifier",), pointwise=True)) == [
+        "conv", "expand", "down", "hidden"]
     assert names(decomposable_layers(model, scheme="pointwise")) == ["expand", "down", "hidden"]
     assert names(decomposable_layers(model, scheme="pointwise", skip=())) == [
         "expand", "down", "hidden", "classifier"]
     assert is_pointwise(nn.Linear(2, 3)) and is_pointwise(nn.Conv2d(2, 3, 1))
     assert not is_pointwise(nn.Conv2d(4, 4, 1, groups=2)) and not is_pointwise(nn.Conv2d(2, 3, 3))
-    # the library's models name their classifier; a net of k x k convs keeps nothing dense
+    # the library's models name their classifier; a net of k x k convs keeps its stem dense
     assert never_decomposed(resnet20()) == ("conv1", "fc")
-    assert never_decomposed(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3))) == ()
+    assert never_decomposed(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3))) == ("0",)
+    assert never_decomposed(nn.Sequential(nn.Linear(3, 4))) == ("0",)
     with pytest.raises(ValueError, match="not decomposable"):
         tk.decompose_model(Mixed(), rank=2, layers=["expand"])       # pointwise not asked
     with pytest.raises(ValueError, match="scheme 'pointwise'"):
@@ -68,7 +71,7 @@ def test_a_model_mixes_schemes_and_counts_its_linear_layers():
     original = copy.deepcopy(model)
     x = torch.randn(2, 3, 12, 12)
     report = tk.decompose_model(model, scheme="spatial", energy=0.7, example_input=x,
-                                pointwise=True)
+                                pointwise=True, skip=("classifier",))   # the stem too
     kinds = {l.name: (l.scheme, type(model.get_submodule(l.name)).__name__)
              for l in report.layers}
     assert kinds == {"conv": ("spatial", "LowRankConv2d"),
@@ -84,7 +87,7 @@ def test_a_model_mixes_schemes_and_counts_its_linear_layers():
     assert report.to_dict()["pointwise"] is True
     # energy 1 keeps every layer's numerical rank: the same function
     exact = copy.deepcopy(original)
-    tk.decompose_model(exact, energy=1.0, pointwise=True, rank_multiple=1)
+    tk.decompose_model(exact, energy=1.0, pointwise=True, rank_multiple=1, skip=())
     torch.testing.assert_close(exact(x), original(x), rtol=1e-4, atol=1e-5)
 
 
@@ -147,7 +150,7 @@ def test_the_default_leaves_every_result_as_it_was():
     torch.manual_seed(0)
     model = SmallNet().eval()
     x = torch.randn(1, 3, 16, 16)
-    report = tk.decompose_model(copy.deepcopy(model), rank=2, example_input=x)
+    report = tk.decompose_model(copy.deepcopy(model), rank=2, example_input=x, skip=())
     assert [l.name for l in report.layers] == ["stem", "body.0", "body.5"]
     assert not report.pointwise
     assert report.conv_macs_before == sum(c.macs for c in costs.conv_costs(model, x)) == \

@@ -1,6 +1,6 @@
 """Which convs TRP, decomposition and low-rank training act on: the decomposable ones, one
-default for all three (the model's ``never_decomposed``), an explicit ``layers`` list, and
-errors naming the option."""
+default for all three (the model's ``never_decomposed``, or its first conv), an explicit
+``layers`` list, and errors naming the option."""
 
 import pytest
 from torch import nn
@@ -28,10 +28,28 @@ def test_the_default_is_the_models_never_decomposed_for_all_three():
     assert type(decomposed.conv1) is nn.Conv2d
 
 
-def test_a_model_without_never_decomposed_has_every_conv_decomposed():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
-    assert never_decomposed(model) == ()
-    assert [l.name for l in tk.decompose_model(model, rank=2).layers] == ["0", "2"]
+def test_a_model_without_never_decomposed_keeps_its_first_conv_dense():
+    """A model from outside the library: skip=None leaves its stem dense too, and the report
+    says which layer that was."""
+    class Outside(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3)), nn.ReLU(),
+                                          nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 1))
+
+        def forward(self, x):
+            return self.features(x)
+
+    model = Outside()
+    # and its last layer, a 1x1 conv, as a classifier: a pointwise compression's to act on
+    assert never_decomposed(model) == ("features.0.0", "features.3")
+    report = tk.decompose_model(model, rank=2)
+    assert [l.name for l in report.layers] == ["features.2"]
+    assert report.skipped == ["features.0.0"] and "left dense by skip: features.0.0" in str(report)
+    assert never_decomposed(nn.Sequential(nn.ReLU())) == ()
+    mine = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3))
+    mine.never_decomposed = ()                 # a model's own empty list is respected
+    assert [l.name for l in tk.decompose_model(mine, rank=2).layers] == ["0", "1"]
 
 
 def test_skip_empty_decomposes_the_first_conv_too():

@@ -112,18 +112,46 @@ def test_hooi_lowers_the_error_and_is_kept_only_then():
     torch.manual_seed(1)
     W = torch.randn(5, 12, 10, 3, 3, dtype=torch.float64)
     hosvd = factorization.decompose_weights(W, "tucker2", rank=(4, 5))
-    hooi = factorization.decompose_weights(W, "tucker2", rank=(4, 5), hooi_iterations=3)
+    hooi = factorization.decompose_weights(W, "tucker2", rank=(4, 5), hooi_tolerance=1e-8)
     for w, a, b in zip(W, hosvd, hooi):
         err_hosvd = torch.linalg.norm(factorization.full_weight(*a, "tucker2") - w)
         err_hooi = torch.linalg.norm(factorization.full_weight(*b, "tucker2") - w)
         assert err_hooi < err_hosvd - 1e-6
     # at full rank HOSVD is exact: nothing to gain, so HOOI keeps the HOSVD factors
     exact = factorization.decompose_weights(W[:1], "tucker2")[0]
-    again = factorization.decompose_weights(W[:1], "tucker2", hooi_iterations=2)[0]
+    again = factorization.decompose_weights(W[:1], "tucker2", hooi_tolerance=1e-8)[0]
     for a, b in zip(exact, again):
         assert torch.equal(a, b)
-    layer = tk.LowRankConv2d.from_conv(conv_with(W[0]), "tucker2", rank=(4, 5), hooi_iterations=3)
+    layer = tk.LowRankConv2d.from_conv(conv_with(W[0]), "tucker2", rank=(4, 5),
+                                       hooi_tolerance=1e-8)
     torch.testing.assert_close(layer.full_weight(), factorization.full_weight(*hooi[0], "tucker2"))
+
+
+def test_hooi_stops_at_its_tolerance(monkeypatch):
+    """Sweeps go on while some layer's captured energy still grows by more than the tolerance
+    (a fraction of its ||W||^2), and the last sweep gained less than that; a loose tolerance
+    stops after one sweep."""
+    torch.manual_seed(1)
+    W = torch.randn(3, 12, 10, 3, 3, dtype=torch.float64)
+    gains = []
+    core_of = factorization.geometry.Tucker2.core_of
+
+    def recording(self, W_, a, b):
+        core = core_of(self, W_, a, b)
+        gains.append(core.square().sum((-4, -3, -2, -1)) / W_.square().sum((-4, -3, -2, -1)))
+        return core
+
+    monkeypatch.setattr(factorization.geometry.Tucker2, "core_of", recording)
+    factorization.decompose_weights(W, "tucker2", rank=(3, 4), hooi_tolerance=1e-9)
+    captured = gains[:-1]          # the last call builds the core of the chosen bases
+    steps = [float((b - a).max()) for a, b in zip(captured, captured[1:])]
+    assert len(steps) > 2 and steps[-1] <= 1e-9 < max(steps[:-1])
+    assert all(step > 1e-9 for step in steps[:-1])
+    gains.clear()
+    factorization.decompose_weights(W, "tucker2", rank=(3, 4), hooi_tolerance=1.0)
+    assert len(gains) == 3         # HOSVD, one sweep, the final core
+    with pytest.raises(ValueError, match="hooi_tolerance"):
+        factorization.decompose_weights(W, "tucker2", hooi_tolerance=-1.0)
 
 
 def test_one_batched_svd_per_shape_group_and_mode(monkeypatch):

@@ -66,6 +66,25 @@ def test_from_conv_follows_the_rank_rule(case, kwargs):
 
 
 @every_scheme
+def test_from_conv_takes_a_rank_fraction_as_decompose_model_does(case):
+    """A float is a fraction of the full rank, rounded up (tucker2: of each mode's, or a pair
+    of fractions and ints), with the same factors as the int it stands for."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 9, case.kernel(3)).double()
+    layer = tk.LowRankConv2d.from_conv(conv, scheme=case.name, rank=case.fraction)
+    expected = case.scheme.layer_rank(case.fraction, conv.weight.shape)
+    assert layer.rank == expected
+    as_int = tk.LowRankConv2d.from_conv(conv, scheme=case.name, rank=expected)
+    torch.testing.assert_close(layer.full_weight(), as_int.full_weight())
+    report = tk.decompose_model(nn.Sequential(conv), case.name, rank=case.fraction, skip=())
+    assert report.layers[0].rank == expected
+    if case.scheme.paired_rank:
+        assert tk.LowRankConv2d.from_conv(conv, case.name, rank=(0.5, 2)).rank == (3, 2)
+    with pytest.raises(ValueError, match="rank"):
+        tk.LowRankConv2d.from_conv(conv, case.name, rank=1.5)
+
+
+@every_scheme
 def test_fresh_layer(case):
     torch.manual_seed(0)
     kernel = case.kernel((3, 5))
@@ -190,8 +209,8 @@ def test_bad_inputs_name_the_argument():
         tk.LowRankConv2d.from_conv(nn.Conv2d(4, 6, 3, groups=2), scheme="tucker2")
     with pytest.raises(ValueError, match="rank"):
         tk.LowRankConv2d.from_conv(nn.Conv2d(4, 6, 3), scheme="tucker2", rank=(9, 2))
-    with pytest.raises(ValueError, match="hooi_iterations"):
-        tk.LowRankConv2d.from_conv(nn.Conv2d(4, 6, 3), scheme="channel", hooi_iterations=2)
+    with pytest.raises(ValueError, match="hooi_tolerance"):
+        tk.LowRankConv2d.from_conv(nn.Conv2d(4, 6, 3), scheme="channel", hooi_tolerance=1e-6)
 
 
 def test_layer_arguments():

@@ -179,41 +179,59 @@ def test_resume_refuses_a_changed_configuration(main_run, capsys):
 
 
 BAD = [
-    (["--model", "resnet99"], "--model: invalid choice"),
+    (["--model", "resnet99"], "--model: must be one of resnet20, resnet32, resnet56, "
+                              "mobilenetv2 or package.module:callable, got 'resnet99'"),
+    (["--model", "no_such_package.nets:net"], "--model: architecture 'no_such_package.nets:net' "
+                                              "cannot be imported"),
+    (["--model", "torch.nn:Linear"], "--model-kwargs do not fit torch.nn:Linear"),
+    (["--model", "torch.nn:Identity"], "--model torch.nn:Identity gives [2, 1, 8, 8] for a batch "
+                                       "of 2 digits images; training needs [2, 10] class scores "
+                                       "(set its classes with --model-kwargs)"),
+    (["--model-kwargs", "[1]"], "--model-kwargs: must be a JSON object"),
+    (["--model-kwargs", "{num_classes: 3}"], "--model-kwargs: must be a JSON object such as"),
     (["--dataset", "mnist"], "--dataset: invalid choice"),
     (["--scheme", "diagonal"], "--scheme: invalid choice"),
     (["--method", "magic"], "--method: invalid choice"),
-    (["--energy", "1.5"], "energy must be in (0, 1]"),
-    (["--energy", "0"], "energy must be in (0, 1]"),
-    (["--final-energy", "-0.1"], "final_energy must be in (0, 1]"),
+    (["--energy", "1.5"], "--energy must be in (0, 1]"),
+    (["--energy", "0"], "--energy must be in (0, 1]"),
+    (["--final-energy", "-0.1"], "--final-energy must be in (0, 1]"),
     (["--energy", "high"], "--energy: invalid float value"),
-    (["--method", "lowrank"], "needs rank"),
-    (["--method", "lowrank", "--rank", "0"], "rank must be >= 1"),
-    (["--method", "lowrank", "--rank", "1.5"], "fraction of the full rank must be in (0, 1]"),
-    (["--method", "lowrank", "--rank", "65"], "rank 65 exceeds the largest full rank (64)"),
+    (["--method", "lowrank"], "--method lowrank needs --rank (an int, or a fraction of each "
+                              "layer's full rank in (0, 1]) or --target-speedup, not both"),
+    (["--method", "lowrank", "--rank", "0"], "--rank must be >= 1"),
+    (["--method", "lowrank", "--rank", "1.5"],
+     "--rank as a fraction of the full rank must be in (0, 1]"),
+    (["--method", "lowrank", "--rank", "65"], "--rank 65 exceeds the largest full rank (64)"),
+    (["--method", "trp", "--rank", "4"],
+     "--rank does not apply to --method trp: TRP's ranks follow from --energy (its projections), "
+     "--final-threshold or --final-energy (its final decomposition), or --target-speedup; "
+     "methods decomp and lowrank take it"),
+    (["--method", "baseline", "--rank", "4"], "--rank does not apply to --method baseline"),
     (["--rank", "x"], "--rank: must be an int"),
     (["--rank", "1,2,3"], "--rank: must be one value or a pair"),
     (["--method", "lowrank", "--rank", "0.25,0.5"], "a pair is for tucker2 only"),
     (["--method", "lowrank", "--scheme", "tucker2", "--rank", "0.5,1.5"],
      "fraction of the full rank must be in (0, 1]"),
     (["--method", "lowrank", "--scheme", "tucker2", "--rank", "8,65"],
-     "rank 65 exceeds the largest full rank (64)"),
+     "--rank 65 exceeds the largest full rank (64)"),
     (["--scheme", "tucker3"], "--scheme: invalid choice"),
     (["--model", "mobilenetv2"], "has no layer that scheme channel acts on (its 1x1 convs"),
     (["--scheme", "pointwise"], "resnet20 has no layer that scheme pointwise acts on"),
     (["--pointwise", "--scheme", "tucker2", "--method", "lowrank", "--rank", "2,3"],
-     "with pointwise give one value"),
+     "--rank as a pair R_IN,R_OUT is tucker2's; with --pointwise give one value"),
     (["--penalty-kind", "hard"], "--penalty-kind: invalid choice"),
-    (["--orth-weight", "-1"], "orth_weight must be"),
-    (["--period", "0"], "period must be an int >= 1"),
-    (["--nuclear-weight", "-1"], "nuclear_weight must be"),
-    (["--epochs", "0"], "epochs must be an int >= 1"),
-    (["--batch-size", "5000"], "larger than the 1437 training images"),
-    (["--dataset", "cifar10"], "cifar10 needs data_dir"),
-    (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "missing data_batch_1"),
-    (["--device", "tpu"], "device"),
-    (["--init", "x.pt"], "init"),
-    (["--method", "decomp", "--init", "/nonexistent/model.pt"], "does not exist"),
+    (["--orth-weight", "-1"], "--orth-weight must be"),
+    (["--period", "0"], "--period must be an int >= 1"),
+    (["--nuclear-weight", "-1"], "--nuclear-weight must be"),
+    (["--epochs", "0"], "--epochs must be an int >= 1"),
+    (["--batch-size", "5000"], "--batch-size 5000 is larger than the 1437 training images"),
+    (["--dataset", "cifar10"], "--dataset cifar10 needs --data-dir"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"],
+     "--data-dir /nonexistent/cifar does not exist"),
+    (["--device", "tpu"], "--device 'tpu' is not a torch device"),
+    (["--init", "x.pt"], "--init (a trained baseline to decompose) is for --method decomp"),
+    (["--method", "decomp", "--init", "/nonexistent/model.pt"],
+     "--init: model file /nonexistent/model.pt does not exist"),
     (["--resume"], "no-such-dir"),
 ]
 
@@ -259,13 +277,39 @@ def test_export_command(main_run, tmp_path, capsys):
     assert main(["export", str(tmp_path / "none.pt"), "--onnx", str(tmp_path / "n.onnx")]) == 2
 
 
+def test_a_missing_cifar_directory_names_each_file_once(tmp_path, capsys):
+    data_dir = write_fake_cifar(str(tmp_path), per_batch=2)
+    os.remove(os.path.join(data_dir, "test_batch"))
+    assert main(["train", "--out", str(tmp_path / "x"), "--dataset", "cifar10", "--data-dir",
+                 data_dir]) == 2
+    err = capsys.readouterr().err
+    assert f"--data-dir {data_dir} lacks test_batch of the CIFAR-10 python version" in err
+    assert err.count("test_batch") == 1 and err.count("data_batch") == 0
+
+
+def test_a_model_of_your_own(tmp_path):
+    """--model package.module:callable with --model-kwargs: trained, decomposed with its first
+    conv left dense, saved with its reference, loaded back and exported."""
+    out = tmp_path / "own"
+    assert train(out, "--model", "small_models:Classifier", "--model-kwargs",
+                 '{"classes": 10, "width": 12}', "--epochs", "1") == 0
+    r = report(out)
+    assert r["model"] == "small_models:Classifier"
+    assert r["config"]["model_kwargs"] == {"classes": 10, "width": 12}
+    assert [l["name"] for l in r["layers"]] == ["body.2", "body.4"]       # body.0 left dense
+    assert r["flops_speedup"] > 1 and "top1_agreement" in r
+    model = load_model(str(out / "model.pt"))
+    assert set(lowrank_layers(model)) == {"body.2", "body.4"}
+    assert main(["export", str(out / "model.pt"), "--onnx", str(tmp_path / "own.onnx")]) == 0
+
+
 def test_python_dash_m_entry_point(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "trp_kernels", "train", "--energy", "2", "--out",
          str(tmp_path / "x")], capture_output=True, text=True,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert result.returncode == 2
-    assert result.stderr.strip() == "trp_kernels train: error: energy must be in (0, 1], got 2.0"
+    assert result.stderr.strip() == "trp_kernels train: error: --energy must be in (0, 1], got 2.0"
 
 
 def test_the_configuration_takes_the_five_schemes_and_a_stored_rank_pair():

@@ -56,10 +56,16 @@ def test_cifar10_missing_files_are_named(tmp_path):
     directory = write_fake_cifar(str(tmp_path))
     os.remove(os.path.join(directory, "data_batch_3"))
     os.remove(os.path.join(directory, "test_batch"))
-    with pytest.raises(DataError, match="missing data_batch_3, test_batch"):
+    with pytest.raises(DataError) as caught:
         load_cifar10(directory)
-    with pytest.raises(DataError, match="missing data_batch_1"):
+    message = str(caught.value)
+    assert f"data_dir {directory} lacks data_batch_3, test_batch of" in message
+    assert message.count("data_batch_3") == 1 and message.count("test_batch") == 1
+    assert caught.value.options == ("data_dir",)
+    with pytest.raises(DataError, match=f"data_dir {tmp_path / 'nowhere'} does not exist$"):
         load_cifar10(str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="is not a directory"):
+        load_cifar10(os.path.join(directory, "data_batch_1"))
 
 
 def test_cifar10_corrupt_file_is_named(tmp_path):

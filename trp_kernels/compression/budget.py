@@ -20,10 +20,14 @@ can aim its projections at the budget; and maximising the total energy lets expe
 with flat spectra fall to a few ranks, a bottleneck that no accuracy recovers, while the
 smallest kept energy is what bounds the damage to any one layer.
 
-Plug-in point for other schemes: ``CANDIDATES[scheme](conv, scheme, spectrum, input_hw,
-rank_multiple)``
-returns the factorised candidates of one layer as a chain (ascending MACs and energy). A scheme
-with a rank pair (tucker2) returns pairs as ``Candidate.rank`` along its own chain.
+The energy of a candidate is the level e at which TRP's rank rule gives that rank: the kept
+fraction of the scheme's one matrix (channel, spatial, pointwise), the smallest over the filters'
+matrices (decoupled: one rank for all of them) or over the two mode unfoldings (tucker2).
+
+Plug-in point for other schemes: ``CANDIDATES[scheme](conv, scheme, spectra, input_hw,
+rank_multiple)`` (``spectra``: the singular values of each of the scheme's matrix views) returns
+the factorised candidates of one layer as a chain (ascending MACs and energy). tucker2 returns
+rank pairs along its own chain: both ranks at one per-mode energy level.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ from torch import nn
 from ..ops import checks
 from ..schemes import geometry
 from ..schemes.costs import conv_costs, dense_macs, factorised_macs
-from ..schemes.factorization import full_rank, matrix_svds
-from ..schemes.layer_kinds import conv_weight_shape
+from ..schemes.factorization import full_rank, view_svds
+from ..schemes.layer_kinds import conv_weight_shape, decompose_layers, lowrank_from_svd
+from ..schemes.layers import explicit_padding
 from .selection import counts_linear, layer_scheme
+
 
 def round_rank(rank, full, multiple: int):
     """``rank`` rounded up to a multiple of ``multiple``, capped at ``full``; 0 (an all-zero
@@ -51,20 +57,28 @@ def round_rank(rank, full, multiple: int):
 
 @dataclass(frozen=True)
 class Candidate:
-    rank: object          # int for channel/spatial; None for the dense conv
+    rank: object          # an int, a pair for tucker2; None for the dense layer
     macs: int             # per sample
     energy: float         # fraction of the layer's spectral energy kept
 
 
-def lowrank_candidates(conv, scheme, spectrum, input_hw, rank_multiple) -> list[Candidate]:
-    """Channel and spatial: ranks m, 2m, ... capped at the full rank, while cheaper than dense.
-    Their MACs are linear in the rank (costs.lowrank_macs), so one count at rank 1 serves all."""
+def kept_levels(spectrum: torch.Tensor) -> torch.Tensor:
+    """[k] float64: at each rank r, the smallest kept energy fraction over the matrices whose
+    singular values ``spectrum`` [..., k] holds (1 for an all-zero matrix)."""
+    squares = spectrum.double().square().reshape(-1, spectrum.shape[-1])
+    totals = squares.sum(1, keepdim=True)
+    kept = torch.where(totals > 0, torch.cumsum(squares, 1) / totals.clamp_min(1e-300), 1.0)
+    return kept.min(0).values
+
+
+def lowrank_candidates(conv, scheme, spectra, input_hw, rank_multiple) -> list[Candidate]:
+    """Channel, spatial, decoupled and pointwise: ranks m, 2m, ... capped at the full rank,
+    while cheaper than dense. Their MACs are linear in the rank, so one count at rank 1 serves
+    all."""
     k = full_rank(conv_weight_shape(conv), scheme)
     per_rank = factorised_macs(conv, scheme, 1, input_hw)
     limit = dense_macs(conv, input_hw)
-    squares = spectrum.double().square()
-    total = float(squares.sum())
-    kept = torch.cumsum(squares, 0) / total if total > 0 else torch.ones(k, dtype=torch.float64)
+    kept = kept_levels(spectra[0])
     out = []
     for r in sorted({round_rank(j * rank_multiple, k, rank_multiple)
                      for j in range(1, -(-k // rank_multiple) + 1)}):
@@ -74,7 +88,29 @@ def lowrank_candidates(conv, scheme, spectrum, input_hw, rank_multiple) -> list[
     return out
 
 
+def tucker2_candidates(conv, scheme, spectra, input_hw, rank_multiple) -> list[Candidate]:
+    """tucker2: (r_in, r_out) = each mode's rank by the energy rule at one level e, for every
+    level at which either changes, rounded up to multiples of m, while cheaper than dense."""
+    registered = geometry.scheme(scheme)
+    kept = [kept_levels(s) for s in spectra]           # (r_in's mode, r_out's mode)
+    fulls = tuple(len(k) for k in kept)
+    limit = dense_macs(conv, input_hw)
+    shape, padding = conv.weight.shape, explicit_padding(conv)
+    out = []
+    for level in torch.unique(torch.cat(kept)):        # ascending
+        pair = round_rank(tuple(int(torch.searchsorted(k, level)) + 1 for k in kept), fulls,
+                          rank_multiple)
+        if out and pair == out[-1].rank:
+            continue
+        macs = registered.macs(shape, pair, input_hw, conv.stride, padding, conv.dilation)[0]
+        if macs >= limit:
+            break
+        out.append(Candidate(pair, macs, float(min(k[r - 1] for k, r in zip(kept, pair)))))
+    return out
+
+
 CANDIDATES = {"channel": lowrank_candidates, "spatial": lowrank_candidates,
+              "decoupled": lowrank_candidates, "tucker2": tucker2_candidates,
               "pointwise": lowrank_candidates}
 
 
@@ -87,13 +123,13 @@ def _layer_schemes(layers, scheme: str) -> list[str]:
     return schemes
 
 
-def _svds(layers, schemes: list[str]) -> list[tuple]:
-    """``matrix_svds`` of every layer in its scheme, one call per scheme."""
+def _view_svds(layers, schemes: list[str]) -> list[tuple]:
+    """``view_svds`` of every layer in its scheme, one call per scheme."""
     svds: list = [None] * len(layers)
     for s in dict.fromkeys(schemes):
         indices = [i for i, t in enumerate(schemes) if t == s]
-        for i, svd in zip(indices, matrix_svds([layers[i][1] for i in indices], s)):
-            svds[i] = svd
+        for i, views in zip(indices, view_svds([layers[i][1] for i in indices], s)):
+            svds[i] = views
     return svds
 
 
@@ -107,11 +143,21 @@ class BudgetPlan:
     energy_level: float               # TRP's energy e whose rule alone reaches the budget
     max_speedup: float                # every layer at its cheapest candidate
     candidates: dict[str, list[Candidate]] = field(repr=False, default_factory=dict)
-    svds: dict[str, tuple] = field(repr=False, default_factory=dict)   # (U, S, V) per layer
+    svds: dict[str, tuple] = field(repr=False, default_factory=dict)   # per layer, per view
 
     @property
     def flops_speedup(self) -> float:
         return self.conv_macs_before / self.conv_macs_after
+
+    def layer(self, name: str, module: nn.Module, scheme: str):
+        """The low-rank layer the plan gives ``module`` in its ``scheme`` (None: it stays
+        dense), built from the SVD already computed where the scheme has one matrix view."""
+        rank = self.ranks[name]
+        if rank is None:
+            return None
+        if len(self.svds[name]) == 1:
+            return lowrank_from_svd(module, scheme, self.svds[name][0], rank)
+        return decompose_layers([module], scheme, ranks=[rank])[0]
 
 
 def plan_budget(model: nn.Module, layers, scheme: str, example_input: torch.Tensor,
@@ -128,13 +174,14 @@ def plan_budget(model: nn.Module, layers, scheme: str, example_input: torch.Tens
                                            counts_linear(scheme, pointwise))}
     total_dense = sum(c.macs for c in costs.values())
     names = [name for name, _ in layers]
-    svds = _svds(layers, schemes)
+    svds = _view_svds(layers, schemes)
     chains, current = {}, {}
-    for (name, conv), s, (_, spectrum, _) in zip(layers, schemes, svds):
+    for (name, conv), s, views in zip(layers, schemes, svds):
         if name not in costs:
             raise ValueError(f"layer {name!r} does not run on example_input")
         hw = costs[name].input_hw
-        chains[name] = CANDIDATES[s](conv, s, spectrum, hw, rank_multiple) \
+        spectra = tuple(S for _, S, _ in views)
+        chains[name] = CANDIDATES[s](conv, s, spectra, hw, rank_multiple) \
             + [Candidate(None, costs[name].macs, 1.0)]
         current[name] = 0
     total = total_dense - sum(costs[n].macs for n in names) + sum(chains[n][0].macs for n in names)
@@ -201,22 +248,24 @@ def fraction_for_budget(model: nn.Module, layers, scheme: str, example_input: to
                                            counts_linear(scheme, pointwise))}
     total_dense = sum(c.macs for c in costs.values())
     others = total_dense - sum(costs[name].macs for name, _ in layers)
-    per_layer = []      # (scheme, full rank, MACs per rank, dense MACs, weight shape)
+    per_layer = []      # (its scheme, the layer, its input size, its dense MACs, weight shape)
     for (name, conv), s in zip(layers, schemes):
         if name not in costs:
             raise ValueError(f"layer {name!r} does not run on example_input")
-        hw, shape = costs[name].input_hw, conv_weight_shape(conv)
-        per_layer.append((geometry.scheme(s), geometry.scheme(s).full_rank(shape),
-                          factorised_macs(conv, s, 1, hw), costs[name].macs, shape))
+        per_layer.append((geometry.scheme(s), conv, costs[name].input_hw, costs[name].macs,
+                          conv_weight_shape(conv)))
 
     def speedup(fraction: float) -> float:
         total = others
-        for registered, full, per_rank, dense, shape in per_layer:
-            r = round_rank(registered.layer_rank(fraction, shape), full, rank_multiple)
-            total += r * per_rank if r * per_rank < dense else dense
+        for registered, conv, hw, dense, shape in per_layer:
+            r = round_rank(registered.layer_rank(fraction, shape), registered.full_rank(shape),
+                           rank_multiple)
+            total += min(factorised_macs(conv, registered.name, r, hw), dense)
         return total_dense / total
 
-    fractions = sorted({r / full for _, full, *_ in per_layer for r in range(1, full + 1)} | {1.0})
+    fractions = sorted({r / k for registered, *_, shape in per_layer
+                        for k in registered.rank_parts(registered.full_rank(shape))
+                        for r in range(1, k + 1)} | {1.0})
     if speedup(fractions[0]) < target:
         raise ValueError(
             f"target_speedup {target:g} cannot be reached: the largest reachable conv FLOP "

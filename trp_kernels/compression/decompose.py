@@ -13,10 +13,9 @@ from torch import nn
 from ..ops import checks
 from ..schemes import geometry
 from ..schemes.costs import conv_costs, count_params, is_cheaper
-from ..schemes.layer_kinds import (LOWRANK_LAYERS, conv_weight_shape, decompose_layers,
-                                   lowrank_from_svd)
-from . import budget, latency
-from .selection import counts_linear, decomposable_layers, layer_scheme
+from ..schemes.layer_kinds import LOWRANK_LAYERS, conv_weight_shape, decompose_layers
+from . import budget, fidelity, latency
+from .selection import acts_on, counts_linear, decomposable_layers, layer_scheme
 
 
 @dataclass
@@ -32,6 +31,7 @@ class LayerDecomposition:
     kept_dense: bool = False          # stayed a plain nn.Conv2d (rank: the form it refused)
     latency_dense: float | None = None        # seconds per batch on its input, when measured
     latency_factorised: float | None = None
+    energy_kept: float | None = None  # fraction of the layer's spectral energy kept (1: dense)
     scheme: str | None = None         # the layer's own: "pointwise" for 1x1 convs and linears
 
 
@@ -43,9 +43,16 @@ class DecompositionReport:
     conv_macs_after: int | None = None
     measure: str | None = None            # the runtime of the latencies
     latency_before: float | None = None   # seconds per batch of example_input, when measured
-    latency_after: float | None = None
+    latency_after: float | None = None    # (best of the interleaved rounds: latency.py)
+    plan: str | None = None               # measured: "measured", "unmeasured" or "dense"
+    plan_latencies: dict = field(default_factory=dict)   # plan -> seconds, one comparison
     energy_level: float | None = None     # with target_speedup: TRP's energy reaching it
+    skipped: list[str] = field(default_factory=list)   # layers acted on but left dense by skip
     pointwise: bool = False               # 1x1 convs and linear layers acted on (and counted)
+    # against the dense model, on calibration_input (or example_input): fidelity.py
+    output_error: float | None = None     # relative L2 error of the outputs
+    top1_agreement: float | None = None   # classifiers: fraction of equal top-1 classes
+    fidelity_samples: int | None = None
 
     @property
     def latency_speedup(self) -> float | None:
@@ -81,39 +88,79 @@ class DecompositionReport:
             "latency_before": self.latency_before,
             "latency_after": self.latency_after,
             "latency_speedup": self.latency_speedup,
+            "plan": self.plan,
+            "plan_latencies": dict(self.plan_latencies),
             "energy_level": self.energy_level,
+            "skipped": list(self.skipped),
+            "output_error": self.output_error,
+            "top1_agreement": self.top1_agreement,
+            "fidelity_samples": self.fidelity_samples,
             "pointwise": self.pointwise,
         }
 
     def __str__(self) -> str:
-        def mega(v):
-            return "-" if v is None else f"{v / 1e6:.3f}"
-
-        lines = [f"{'layer':<28} {'weight':>18} {'rank':>9} {'params':>15} {'MMACs':>17}"]
+        rows = [("layer", "weight", "rank", "scheme", "energy", "params", "MMACs", "")]
         for l in self.layers:
-            shape = "x".join(map(str, l.weight_shape))
-            rank, full = geometry.format_rank(l.rank), geometry.format_rank(l.full_rank)
-            lines.append(
-                f"{l.name:<28} {shape:>18} {rank:>4}/{full:<4} "
-                f"{l.params_before:>7}->{l.params_after:<7} "
-                f"{mega(l.macs_before):>8}->{mega(l.macs_after):<8}"
-                + (" dense" if l.kept_dense else "")
-            )
-        lines.append(f"decomposed layers: {len(self.layers)}, scheme {self.scheme}, params "
-                     f"{self.params_before} -> {self.params_after}")
+            rows.append((
+                l.name, "x".join(map(str, l.weight_shape)),
+                f"{geometry.format_rank(l.rank)}/{geometry.format_rank(l.full_rank)}",
+                l.scheme or self.scheme,
+                "-" if l.energy_kept is None else f"{100 * l.energy_kept:.1f}%",
+                f"{l.params_before}->{l.params_after}",
+                "-" if l.macs_before is None else f"{_mega(l.macs_before)}->{_mega(l.macs_after)}",
+                "dense" if l.kept_dense else ""))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = [" ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                          for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+                 for row in rows]
+        kept = sum(l.kept_dense for l in self.layers)
+        lines.append(f"decomposed layers: {len(self.layers) - kept} of {len(self.layers)} "
+                     f"({kept} kept dense), scheme {self.scheme}, params {self.params_before} -> "
+                     f"{self.params_after}")
+        if self.skipped:
+            lines.append(f"left dense by skip: {', '.join(self.skipped)}")
         if self.flops_speedup is not None:
-            lines.append(f"model conv MMACs {mega(self.conv_macs_before)} -> "
-                         f"{mega(self.conv_macs_after)} (FLOP speed-up {self.flops_speedup:.2f}x)")
+            lines.append(f"model conv MMACs {_mega(self.conv_macs_before)} -> "
+                         f"{_mega(self.conv_macs_after)} (FLOP speed-up {self.flops_speedup:.2f}x)")
         if self.latency_speedup is not None:
             lines.append(f"{self.measure} latency {1e3 * self.latency_before:.3f} -> "
                          f"{1e3 * self.latency_after:.3f} ms per batch (latency speed-up "
-                         f"{self.latency_speedup:.2f}x)")
+                         f"{self.latency_speedup:.2f}x); kept the {self.plan} plan of "
+                         + ", ".join(f"{plan} {1e3 * t:.3f} ms"
+                                     for plan, t in self.plan_latencies.items()))
+        lines += self.fidelity_lines()
         return "\n".join(lines)
+
+    def fidelity_lines(self) -> list[str]:
+        """The model's fidelity figures as text, and the warning line when the top-1 agreement
+        is below ``fidelity.AGREEMENT_WARNING``."""
+        if self.output_error is None:
+            return []
+        line = (f"outputs against the dense model on {self.fidelity_samples} inputs: relative "
+                f"error {self.output_error:.3g}")
+        if self.top1_agreement is None:
+            return [line]
+        lines = [f"{line}, top-1 agreement {100 * self.top1_agreement:.1f}%"]
+        warning = self.fidelity_warning()
+        return lines + ([f"warning: {warning}"] if warning else [])
+
+    def fidelity_warning(self) -> str | None:
+        if self.top1_agreement is None or self.top1_agreement >= fidelity.AGREEMENT_WARNING:
+            return None
+        return (f"the compressed model picks the dense model's top-1 class on only "
+                f"{100 * self.top1_agreement:.1f}% of {self.fidelity_samples} inputs (below "
+                f"{100 * fidelity.AGREEMENT_WARNING:.0f}%): fine-tune it, or keep more energy "
+                f"(a smaller target_speedup)")
+
+
+def _mega(value) -> str:
+    return f"{value / 1e6:.3f}"
 
 
 def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=None, rank=None,
                     skip=None, example_input: torch.Tensor | None = None, target_speedup=None,
                     rank_multiple=1, measure=None, layers=None,
+                    calibration_input: torch.Tensor | None = None,
                     pointwise=False) -> DecompositionReport:
     """Replaces, in place, decomposable convs of ``model`` (nn.Conv2d, groups 1, kernel larger
     than 1x1) by LowRankConv2d layers, and returns a report. The convs are those named in
@@ -126,7 +173,7 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
 
     Ranks: by the rank rule (``energy``, ``threshold``, and ``rank``: a per-layer cap as an int
     or a fraction of each layer's full rank as a float), or, with ``target_speedup`` t > 1
-    (instead of the rule; needs ``example_input``; channel and spatial), the leximin-energy
+    (instead of the rule; needs ``example_input``; every scheme), the leximin-energy
     ranks whose conv FLOP speed-up is at least t and as close to it as the rank steps allow
     (budget.py; an unreachable t raises ValueError naming the largest reachable
     speed-up). ``rank_multiple`` m: every rank rounded up to a multiple of m, capped at the
@@ -134,12 +181,16 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
     plain nn.Conv2d (``kept_dense``), always; without ``example_input`` that is judged at a
     large nominal input size.
     ``measure`` ("torch", "onnxruntime" or a latency.LatencyMeter; needs ``example_input``):
-    each factorised layer is timed against its conv on its real input in that runtime and
-    kept only if faster; then the whole model is timed against the dense one and, if it is
-    slower beyond noise, the layers with the smallest gains go back to dense until it is not
-    (latency.py). The measured choice has the last word: a layer measured slower
-    stays dense even if the FLOP speed-up then falls below ``target_speedup``.
-    With ``example_input`` (one batch), the report holds per-layer and model conv MACs."""
+    each factorised layer is timed against its conv on its real input in that runtime; then
+    the model with the layers measured faster, the model with every layer factorised and the
+    dense model are timed against each other in interleaved rounds, and the fastest is kept
+    (latency.py). The measured choice has the last word: the FLOP speed-up may then fall
+    below ``target_speedup`` (a warning says so).
+    With ``example_input`` (one batch), the report holds per-layer and model conv MACs.
+    Fidelity (fidelity.py): every layer's ``energy_kept``, and, on ``calibration_input`` (a
+    batch; default ``example_input``), the relative output error against the dense model and
+    a classifier's top-1 agreement; a FidelityWarning when that is below
+    ``fidelity.AGREEMENT_WARNING``."""
     registered = geometry.scheme(scheme)
     rank = registered.check_rank_spec(rank)
     if not isinstance(pointwise, bool):
@@ -164,6 +215,10 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
         raise ValueError("model is a single linear layer; use LowRankLinear.from_linear(linear) "
                          "instead")
     targets = decomposable_layers(model, skip, layers, scheme, pointwise)
+    acted = {name for name, _ in targets}
+    skipped = [] if layers is not None else [
+        name for name, m in model.named_modules()
+        if acts_on(m, scheme, pointwise) and name not in acted]
     for name, conv in targets:
         if getattr(conv, "padding_mode", "zeros") != "zeros":
             raise ValueError(f"layer {name!r} uses padding_mode='{conv.padding_mode}', which "
@@ -175,8 +230,11 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
     plan = None if target_speedup is None else budget.plan_budget(
         model, targets, scheme, example_input, target_speedup, rank_multiple, pointwise)
     dense_model = copy.deepcopy(model) if meter is not None else None
+    check_input = example_input if calibration_input is None else \
+        checks.tensor(calibration_input, "calibration_input")
+    dense_outputs = None if check_input is None else fidelity.model_outputs(model, check_input)
 
-    report = DecompositionReport(scheme, energy_level=plan and plan.energy_level,
+    report = DecompositionReport(scheme, energy_level=plan and plan.energy_level, skipped=skipped,
                                  pointwise=linear)
     schemes = [layer_scheme(conv, scheme) for _, conv in targets]
     built = _factorise(targets, schemes, energy, threshold, rank, plan)
@@ -204,16 +262,27 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
             model.set_submodule(name, layer)
     else:
         choice = latency.choose_faster(model, dense_model, factorised, example_input, meter)
-        report.measure = meter.runtime
-        report.latency_before, report.latency_after = choice.before.median, choice.after.median
+        report.measure, report.plan = meter.runtime, choice.plan
+        report.latency_before, report.latency_after = choice.before.best, choice.after.best
+        report.plan_latencies = {plan: t.best for plan, t in choice.plans.items()}
         for entry in report.layers:
             if entry.name in choice.layer_times:
                 dense, fact = choice.layer_times[entry.name]
-                entry.latency_dense, entry.latency_factorised = dense.median, fact.median
+                entry.latency_dense, entry.latency_factorised = dense.best, fact.best
+    convs = dict(targets)
     for entry in report.layers:
         layer = model.get_submodule(entry.name)
         entry.kept_dense = not isinstance(layer, LOWRANK_LAYERS)
         entry.params_after = count_params(layer)
+        entry.energy_kept = 1.0 if entry.kept_dense else \
+            fidelity.energy_kept(convs[entry.name].weight, layer)
+    if dense_outputs is not None:
+        result = fidelity.output_fidelity(dense_outputs, fidelity.model_outputs(model, check_input),
+                                          check_input.shape[0])
+        report.output_error, report.top1_agreement = result.relative_error, result.top1_agreement
+        report.fidelity_samples = result.samples
+        if report.fidelity_warning():
+            warnings.warn(report.fidelity_warning(), fidelity.FidelityWarning, stacklevel=2)
 
     if example_input is not None:
         after = {c.name: c for c in conv_costs(model, example_input, linear)}
@@ -230,13 +299,11 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
 
 
 def _factorise(targets, schemes, energy, threshold, rank, plan) -> list:
-    """The low-rank layer of each (name, layer) of ``targets`` in its scheme: at the budget's
-    rank from its SVD (None where the budget keeps it dense), or by the rank rule with one
+    """The low-rank layer of each (name, layer) of ``targets`` in its scheme: the budget's
+    (``BudgetPlan.layer``; None where it keeps the layer dense), or by the rank rule with one
     batched factorisation per scheme and weight shape."""
     if plan is not None:
-        return [None if plan.ranks[name] is None
-                else lowrank_from_svd(conv, s, plan.svds[name], plan.ranks[name])
-                for (name, conv), s in zip(targets, schemes)]
+        return [plan.layer(name, module, s) for (name, module), s in zip(targets, schemes)]
     built: list = [None] * len(targets)
     for s in dict.fromkeys(schemes):
         indices = [i for i, t in enumerate(schemes) if t == s]

@@ -16,8 +16,10 @@ import importlib
 import torch
 from torch import nn
 
-from ..schemes.layer_kinds import LOWRANK_LAYERS, empty_lowrank, plain_layers
+from ..schemes.layer_kinds import LOWRANK_LAYERS, plain_layers
 from .files import CheckpointError, atomic_save, load_file
+from .onnx_extra import quiet_export, require
+from .restore import restore_lowrank
 
 MODEL_FORMAT = "trp_kernels.model/1"
 # Where an architecture named without a module lives: this library's models, which is how
@@ -83,29 +85,12 @@ def save_model(model: nn.Module, path: str, arch=None, arch_kwargs=None,
     }, path)
 
 
-def restore_lowrank_layers(model: nn.Module, layers: dict[str, str]) -> nn.Module:
-    """Replaces the convs and linear layers named in ``layers`` ({name: scheme}) by low-rank
-    placeholders, so that loading a state_dict of a compressed model gives every layer its saved
-    rank (a low-rank layer resizes itself to the factors it loads)."""
-    for name, scheme in layers.items():
-        try:
-            conv = model.get_submodule(name)
-        except AttributeError:
-            raise CheckpointError(f"the model has no layer {name!r}, which the file stores as "
-                                  f"low-rank; is it the same architecture?") from None
-        if isinstance(conv, LOWRANK_LAYERS):
-            continue
-        # rank 0 here; loading the state dict resizes the layer to the saved rank
-        model.set_submodule(name, empty_lowrank(conv, scheme))
-    return model
-
-
 def load_model(path: str, model: nn.Module | None = None, device="cpu") -> nn.Module:
     """The model saved by ``save_model``, in eval mode, with every low-rank layer at its saved
-    rank. ``model``: a freshly built dense instance of the architecture, needed when the file
-    names none (``save_model``'s ``arch``); it is modified in place."""
-    saved = load_file(path, "model file", ("format", "state_dict", "lowrank_layers"),
-                      device)
+    scheme and rank (``restore_lowrank``). ``model``: a freshly built instance of the
+    architecture, needed when the file names none (``save_model``'s ``arch``); it is modified
+    in place."""
+    saved = load_file(path, "model file", ("format", "state_dict"), device)
     if saved["format"] != MODEL_FORMAT:
         raise CheckpointError(f"model file {path} has format {saved['format']!r}; this version "
                               f"reads {MODEL_FORMAT!r}")
@@ -114,10 +99,10 @@ def load_model(path: str, model: nn.Module | None = None, device="cpu") -> nn.Mo
             raise CheckpointError(f"model file {path} names no architecture; pass the dense "
                                   f"model it was made from as model=")
         model = build_arch(saved["arch"], saved["arch_kwargs"])
-    restore_lowrank_layers(model, saved["lowrank_layers"])
     try:
+        restore_lowrank(model, saved["state_dict"])
         model.load_state_dict(saved["state_dict"])
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"model file {path} does not fit the model: "
                               f"{str(exc).splitlines()[0]}") from exc
     return model.to(device).eval()
@@ -167,9 +152,13 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str,
                 dynamic_batch: bool = True) -> None:
     """ONNX file of ``model`` in eval mode (a copy, with plain convs: ONNX runtimes know no
     trp op). Input "input" [B, C, H, W], output "logits"; B is dynamic unless
-    ``dynamic_batch`` is False."""
+    ``dynamic_batch`` is False. Needs the ``trp_kernels[onnx]`` extra (onnx, onnxscript);
+    without it, a MissingExtra error naming it."""
+    require("onnx", "onnxscript", purpose="export to ONNX")
     model = to_conv_pairs(copy.deepcopy(model).eval())
     example_input, dynamic = _export_inputs(example_input, dynamic_batch)
-    program = torch.onnx.export(model, (example_input,), dynamo=True, dynamic_shapes=dynamic,
-                                input_names=["input"], output_names=["logits"], verbose=False)
+    with quiet_export():
+        program = torch.onnx.export(model, (example_input,), dynamo=True,
+                                    dynamic_shapes=dynamic, input_names=["input"],
+                                    output_names=["logits"], verbose=False)
     program.save(path)

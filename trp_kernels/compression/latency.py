@@ -5,10 +5,18 @@ really faster, in the runtime that will run it (``choose_faster``; docs/compress
 ``LatencyMeter("torch")`` times modules as PyTorch runs them (eval mode, inference mode, CUDA
 synchronised around every round); ``LatencyMeter("onnxruntime")`` exports each module (low-rank
 layers as plain conv pairs) to ONNX in memory and times an InferenceSession with
-torch.get_num_threads() threads, on the CPU or, for a CUDA input, the CUDA provider.
+torch.get_num_threads() threads whose workers do not spin-wait, on the CPU or, for a CUDA
+input, the CUDA provider.
 Modules compared with each other are timed in interleaved rounds after a warm-up, so drift of
 the machine's speed hits both alike; each round runs a module enough times to last at least
-``min_round_s``; the result is the median per call.
+``min_round_s``. What a module costs is its best round (``Timing.best``): other processes on
+the CPU only ever add time, and with two or more threads they add a lot, at random: torch's
+OpenMP threads spin-wait at every parallel op's barrier, so a forward pass waits whenever one
+of its threads is descheduled (bench/contention.py: on this project's shared 2-core machine a
+pytorchcv ResNet-18 forward took 39 ms in its best call and 614 ms in the median one). The
+median measures the load of the moment, the best round the model (docs/compression.md,
+"Measured choice"). torch's OpenMP policy is fixed when the process starts, so only ONNX
+Runtime's sessions can be told not to spin here.
 
 Tests and callers replace the clock by subclassing and overriding ``LatencyMeter.seconds``.
 """
@@ -29,36 +37,33 @@ from torch import nn
 from ..schemes.costs import run_hooked
 from ..schemes.layer_kinds import LOWRANK_LAYERS, plain_layers
 from .export import to_conv_pairs
+from .onnx_extra import require
 
 RUNTIMES = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
 class Timing:
-    median: float          # seconds per call
-    stderr: float          # standard error of the median (0 when unknown)
+    best: float            # seconds per call in the fastest round: what the module costs
+    median: float          # seconds per call in the median round: the module and the load
+
+    @property
+    def spread(self) -> float:
+        """median / best: 1 on a quiet machine; far above it under CPU contention."""
+        return self.median / self.best if self.best > 0 else 1.0
 
 
 def _timing(times: list[float]) -> Timing:
-    median = statistics.median(times)
-    if len(times) < 4:
-        return Timing(median, 0.0)
-    q = statistics.quantiles(times, n=4)
-    sigma = (q[2] - q[0]) / 1.349          # robust standard deviation
-    return Timing(median, 1.2533 * sigma / math.sqrt(len(times)))
+    return Timing(min(times), statistics.median(times))
 
 
-def slower_beyond_noise(after: Timing, before: Timing) -> bool:
-    """Whether ``after`` is slower than ``before`` by more than two combined standard errors."""
-    return after.median - before.median > 2.0 * math.hypot(after.stderr, before.stderr)
+# The spread above which the measured choice warns that the CPU is contended.
+CONTENTION_SPREAD = 2.0
 
 
 def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ValueError("measure='onnxruntime' needs the onnxruntime package "
-                         "(pip install onnxruntime)") from None
+    require("onnxruntime", purpose="measure='onnxruntime'")
+    import onnxruntime
     return onnxruntime
 
 
@@ -82,12 +87,15 @@ class LatencyMeter:
         modes = {m: m.training for module in modules for m in module.modules()}
         try:
             runs = [self._runner(m, x) for m in modules]
-            return self._interleaved(runs, x)
+            return self.time_runs(runs, x)
         finally:
             for m, training in modes.items():
                 m.training = training
 
-    def _interleaved(self, runs, x: torch.Tensor) -> list[Timing]:
+    def time_runs(self, runs, x: torch.Tensor) -> list[Timing]:
+        """Per-call time of each of ``runs`` (calls without arguments, e.g. ``onnx_runner``s)
+        in interleaved rounds; ``x``: the input they run on, whose device says whether to
+        synchronise CUDA."""
         cuda = x.device.type == "cuda"
 
         def clock(run, calls):
@@ -124,7 +132,6 @@ class LatencyMeter:
 
 def onnx_runner(module: nn.Module, x: torch.Tensor):
     """An InferenceSession of ``module`` exported (as plain convs) with the input's shape."""
-    ort = _onnxruntime()
     if isinstance(module, LOWRANK_LAYERS):
         module = plain_layers(module).eval()
     else:
@@ -135,26 +142,36 @@ def onnx_runner(module: nn.Module, x: torch.Tensor):
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (x,), buffer, dynamo=False, input_names=["input"],
                           output_names=["output"])
+    return onnx_file_runner(buffer.getvalue(), x)
+
+
+def onnx_file_runner(model, x: torch.Tensor):
+    """A call that runs the ONNX model ``model`` (a file's path, or its bytes) on ``x`` in an
+    InferenceSession with torch.get_num_threads() threads, on the CPU or, for a CUDA ``x``,
+    the CUDA provider; the model's input is its first."""
+    ort = _onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Spinning threads turn CPU contention into waits at every op (module docstring): timed
+    # without it, the session measures the model rather than the scheduler.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if x.device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ValueError("measure='onnxruntime' with a CUDA example_input needs "
                              "onnxruntime-gpu (CUDAExecutionProvider)")
-        session = ort.InferenceSession(buffer.getvalue(), options,
+        session = ort.InferenceSession(model, options,
                                        providers=[("CUDAExecutionProvider",
                                                    {"device_id": x.device.index or 0})])
         binding = session.io_binding()
         x = x.contiguous()
-        binding.bind_input("input", "cuda", x.device.index or 0, _numpy_dtype(x.dtype),
-                           tuple(x.shape), x.data_ptr())
-        binding.bind_output("output", "cuda", x.device.index or 0)
+        binding.bind_input(session.get_inputs()[0].name, "cuda", x.device.index or 0,
+                           _numpy_dtype(x.dtype), tuple(x.shape), x.data_ptr())
+        binding.bind_output(session.get_outputs()[0].name, "cuda", x.device.index or 0)
         return lambda: session.run_with_iobinding(binding)
-    session = ort.InferenceSession(buffer.getvalue(), options,
-                                   providers=["CPUExecutionProvider"])
-    feed = {"input": x.detach().contiguous().numpy()}
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.detach().contiguous().numpy()}
     return lambda: session.run(None, feed)
 
 
@@ -189,49 +206,50 @@ def layer_inputs(model: nn.Module, names, example_input: torch.Tensor) -> dict:
 class MeasuredChoice:
     factorised: list[str]               # the layers that stay factorised
     layer_times: dict                   # name -> (dense Timing, factorised Timing)
+    plan: str                           # the plan kept: "measured", "unmeasured" or "dense"
+    plans: dict                         # plan -> Timing of the whole model, one comparison
     before: Timing                      # the dense model
     after: Timing                       # the model as returned
-    reverted: list[str]                 # measured faster alone, reverted by the model check
 
 
 def choose_faster(model: nn.Module, dense_model: nn.Module, candidates: dict,
                   example_input: torch.Tensor, meter: LatencyMeter) -> MeasuredChoice:
     """Installs in ``model`` (which holds the dense convs named in ``candidates``, a dict
-    name -> (conv, factorised layer)) the factorised layers measured faster than their conv on
-    their real input, then compares the whole model with ``dense_model``. If it is slower
-    beyond noise, the factorised layers with the smallest measured gain go back to dense (a
-    bisection on how many) until it is not: the model returned is never measurably slower
-    than the dense one, and with every layer reverted it is the dense model."""
+    name -> (conv, factorised layer)) the fastest of three plans: the measured one (the
+    factorised layers whose best round on their real input beats their conv's), the
+    unmeasured one (every candidate factorised) and the dense model, timed whole against each
+    other in interleaved rounds. Layers timed alone do not add up to a model (caches, threads,
+    the ops around them), so the whole models decide: the model returned is never slower in
+    that comparison than the dense one or than the plan without measuring. Warns when the
+    timings show CPU contention (module docstring)."""
     inputs = layer_inputs(model, list(candidates), example_input)
-    layer_times, gains = {}, {}
+    layer_times = {name: tuple(meter.seconds([conv, layer], inputs[name]))
+                   for name, (conv, layer) in candidates.items()}
+    plans = {"dense": set(),                       # first: it wins ties
+             "measured": {n for n, (dense, fact) in layer_times.items() if fact.best < dense.best},
+             "unmeasured": set(candidates)}
+    distinct = {}                                  # the same layers are one plan, timed once
+    for plan, kept in plans.items():
+        distinct.setdefault(frozenset(kept), plan)
+    models = []
+    for kept in distinct:
+        whole = copy.deepcopy(dense_model) if kept else dense_model
+        for name in kept:
+            whole.set_submodule(name, candidates[name][1])
+        models.append(whole)
+    timings = dict(zip(distinct.values(), meter.seconds(models, example_input)))
+    chosen = min(timings, key=lambda plan: timings[plan].best)
     for name, (conv, layer) in candidates.items():
-        dense, factorised = meter.seconds([conv, layer], inputs[name])
-        layer_times[name] = (dense, factorised)
-        if factorised.median < dense.median:
-            gains[name] = dense.median - factorised.median
-    order = sorted(gains, key=gains.get)          # smallest gain first: the first to revert
-
-    def install(kept):
-        for name, (conv, layer) in candidates.items():
-            model.set_submodule(name, layer if name in kept else conv)
-
-    def compare(reverted):
-        install(set(order[reverted:]))
-        return meter.seconds([dense_model, model], example_input)
-
-    timings = {0: compare(0)}
-    low, high = 0, len(order)                     # all reverted: the dense model itself
-    if slower_beyond_noise(timings[0][1], timings[0][0]):
-        low = min(1, high)
-        while low < high:
-            mid = (low + high) // 2
-            timings[mid] = compare(mid)
-            if slower_beyond_noise(timings[mid][1], timings[mid][0]):
-                low = mid + 1
-            else:
-                high = mid
-    if low not in timings:
-        timings[low] = compare(low)
-    install(set(order[low:]))
-    before, after = timings[low]
-    return MeasuredChoice(order[low:], layer_times, before, after, order[:low])
+        model.set_submodule(name, layer if name in plans[chosen] else conv)
+    spread = max(t.spread for t in timings.values())
+    if spread > CONTENTION_SPREAD:
+        warnings.warn(f"the whole-model timings varied up to {spread:.1f}x between rounds: "
+                      f"other processes compete for the CPU and the threads spin-wait at every "
+                      f"barrier; the choice compares the best rounds, but time on a quiet CPU, "
+                      f"with OMP_WAIT_POLICY=PASSIVE or with fewer threads for steadier figures",
+                      stacklevel=3)
+    factorised = [name for name in candidates if name in plans[chosen]]
+    return MeasuredChoice(factorised, layer_times, chosen,
+                          {plan: timings[distinct[frozenset(kept)]]
+                           for plan, kept in plans.items()},
+                          timings[distinct[frozenset()]], timings[chosen])

@@ -44,20 +44,24 @@ def counts_linear(scheme: str, pointwise: bool) -> bool:
 
 
 def never_decomposed(model: nn.Module) -> tuple[str, ...]:
-    """The layer names ``model`` asks to keep dense, from its ``never_decomposed`` attribute
-    (this library's models name their first conv and their classifier). A model without one
-    keeps its classifier dense: its last layer, when that is a linear layer or a 1x1 conv.
-    Why the classifier: its outputs are the logits, which a rank-r factorisation confines to an
-    r-dimensional subspace whatever the training, and it costs a small share of the MACs (a
-    1000 x 1280 classifier is 0.4% of MobileNetV2's); docs/compression.md, "1x1 convolutions
-    and linear layers"."""
-    if hasattr(model, "never_decomposed"):
-        return tuple(model.never_decomposed)
+    """The layer names kept dense unless the caller says otherwise: the model's own
+    ``never_decomposed`` attribute (this library's models name their first conv and their
+    classifier), or, for a model without one, its first nn.Conv2d in module order (the stem of
+    the usual models) and its classifier (its last layer, when that is a linear layer or a 1x1
+    conv). The stem sees the image's few channels: its factorised form saves little and costs
+    accuracy (docs/compression.md, "Which layers"). The classifier's outputs are the logits,
+    which a rank-r factorisation confines to an r-dimensional subspace whatever the training,
+    and it costs a small share of the MACs (a 1000 x 1280 classifier is 0.4% of MobileNetV2's);
+    docs/compression.md, "1x1 convolutions and linear layers"."""
+    own = getattr(model, "never_decomposed", None)
+    if own is not None:
+        return tuple(own)
     layers = [(name, m) for name, m in model.named_modules()
               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    kept = [next((name for name, m in layers if isinstance(m, nn.Conv2d)), None)]
     if layers and is_pointwise(layers[-1][1]):
-        return (layers[-1][0],)
-    return ()
+        kept.append(layers[-1][0])
+    return tuple(dict.fromkeys(name for name in kept if name is not None))
 
 
 def decomposable_layers(model: nn.Module, skip=None, layers=None, scheme: str = "channel",

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..compression import DecompositionReport, budget, decompose_model, decomposable_layers
+from ..compression.fidelity import warnings_silenced
 from ..ops import checks
 from ..schemes.layer_kinds import LOWRANK_LAYERS
 
@@ -40,7 +41,7 @@ def make_lowrank(model: nn.Module, scheme: str = "channel", rank=0.5, skip=None,
     layer's full rank, rounded up; for tucker2 also a pair (r_in, r_out) of those. Returns the
     decomposition report.
 
-    ``target_speedup`` t (instead of ``rank``; needs ``example_input``; channel and spatial): a
+    ``target_speedup`` t (instead of ``rank``; needs ``example_input``; every scheme): a
     FLOP budget for training from scratch. The spectra of fresh weights are flat, so the budget
     is met by one common rank fraction for the whole model, the largest whose conv FLOP
     speed-up is at least t (``budget.fraction_for_budget``; the report's layers hold the
@@ -58,14 +59,16 @@ def make_lowrank(model: nn.Module, scheme: str = "channel", rank=0.5, skip=None,
         layers = decomposable_layers(model, skip, scheme=scheme, pointwise=pointwise)
         rank = budget.fraction_for_budget(model, layers, scheme, example_input, target_speedup,
                                           rank_multiple, pointwise)
-        return decompose_model(model, scheme, rank=rank, example_input=example_input,
-                               rank_multiple=rank_multiple, layers=[n for n, _ in layers],
-                               pointwise=pointwise)
+        with warnings_silenced():
+            return decompose_model(model, scheme, rank=rank, example_input=example_input,
+                                   rank_multiple=rank_multiple, layers=[n for n, _ in layers],
+                                   pointwise=pointwise)
     if rank is None:
         raise ValueError("rank is required for low-rank training (an int, or a fraction of each "
                          "layer's full rank in (0, 1]), unless target_speedup is given")
-    return decompose_model(model, scheme, rank=rank, skip=skip, example_input=example_input,
-                           rank_multiple=rank_multiple, pointwise=pointwise)
+    with warnings_silenced():   # a fresh model's outputs say nothing yet
+        return decompose_model(model, scheme, rank=rank, skip=skip, example_input=example_input,
+                               rank_multiple=rank_multiple, pointwise=pointwise)
 
 
 PENALTY_KINDS = ("so", "dso")

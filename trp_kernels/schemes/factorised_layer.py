@@ -108,7 +108,7 @@ class FactorisedLayer(nn.Module):
 
     @classmethod
     def _decompose_into(cls, layers, modules, scheme, energy, threshold, ranks,
-                        hooi_iterations) -> list:
+                        hooi_tolerance) -> list:
         """Fills ``layers`` (empty, one per dense module of ``modules``) with the factors of the
         modules' weights by the rank rule (``ranks``: one upper bound per module, or None) and
         copies their biases; modules of one weight shape, dtype, device and bound share one
@@ -120,20 +120,29 @@ class FactorisedLayer(nn.Module):
         groups = defaultdict(list)
         for i, (layer, rank) in enumerate(zip(layers, ranks)):
             if rank is not None:
-                rank = layer.geometry.check_rank(rank, layer.weight_shape)
+                rank = layer.rank_bound(rank)
             w = modules[i].weight
             groups[(tuple(w.shape), w.dtype, w.device, rank)].append(i)
         for (_, _, _, rank), indices in groups.items():
             stacked = torch.stack([weight_as_conv(modules[i].weight.detach())
                                    for i in indices])
             results = factorization.decompose_weights(stacked, scheme, energy, threshold, rank,
-                                                      hooi_iterations)
+                                                      hooi_tolerance)
             for i, factors in zip(indices, results):
                 layer = layers[i]
                 layer.resize_rank(layer.geometry.rank_of(*(f.shape for f in factors)))
                 layer._copy_factors(factors)
                 layer._copy_bias(modules[i])
         return layers
+
+    def rank_bound(self, rank):
+        """``from_conv``'s (and ``from_linear``'s) rank as the layer's rank bound: ints (or a
+        tucker2 pair of them) as they are, at most the full rank; a float in (0, 1] as that
+        fraction of the full rank, rounded up, as ``decompose_model`` reads it."""
+        parts = rank if isinstance(rank, (tuple, list)) else (rank,)
+        if any(isinstance(p, float) for p in parts):
+            rank = self.geometry.layer_rank(self.geometry.check_rank_spec(rank), self.weight_shape)
+        return self.geometry.check_rank(rank, self.weight_shape)
 
     def _copy_bias(self, module: nn.Module) -> None:
         if module.bias is not None:

@@ -4,8 +4,8 @@ registry's (geometry.py); the functions here that take the scheme by name (``wei
 ``factor_shapes``, ...) are shorthands for its methods.
 
 One batched SVD call serves a whole stack of same-shaped weights: channel / spatial one call on
-the scheme's matrices; tucker2 one call per mode unfolding (HOSVD), plus optional HOOI sweeps;
-decoupled one call on every filter of every layer.
+the scheme's matrices; tucker2 one call per mode unfolding (HOSVD), plus optional HOOI sweeps
+until a tolerance is met; decoupled one call on every filter of every layer.
 """
 
 from __future__ import annotations
@@ -72,9 +72,11 @@ def full_weight(*factors_and_scheme) -> torch.Tensor:
     return geometry.scheme(scheme).full_weight(*factors)
 
 
-def matrix_svds(convs: list[nn.Module], scheme: str) -> list[tuple]:
-    """(U, S, V) of each layer's matrix (untruncated; a linear layer is a 1x1 conv); layers of
-    one weight shape, dtype and device are stacked into one ``truncated_svd`` call."""
+def view_svds(convs: list[nn.Module], scheme: str) -> list[tuple[tuple, ...]]:
+    """For each layer, the (U, S, V) of each of the scheme's matrix views (untruncated; tucker2's
+    two mode unfoldings; a linear layer is a 1x1 conv); layers of one weight shape, dtype and
+    device are stacked into one ``truncated_svd`` call per view."""
+    views = geometry.scheme(scheme).views
     groups = defaultdict(list)
     for i, conv in enumerate(convs):
         groups[(tuple(conv.weight.shape), conv.weight.dtype, conv.weight.device)].append(i)
@@ -84,10 +86,17 @@ def matrix_svds(convs: list[nn.Module], scheme: str) -> list[tuple]:
             stack = torch.stack([weight_as_conv(convs[i].weight.detach()) for i in indices])
             if stack.dtype not in (torch.float32, torch.float64):
                 stack = stack.float()
-            U, S, V, _ = truncated_svd(weight_to_matrix(stack, scheme))
+            per_view = [truncated_svd(view.to_matrix(stack)) for view in views]
             for j, i in enumerate(indices):
-                svds[i] = (U[j], S[j], V[j])
+                svds[i] = tuple((U[j], S[j], V[j]) for U, S, V, _ in per_view)
     return svds  # type: ignore[return-value]
+
+
+def matrix_svds(convs: list[nn.Module], scheme: str) -> list[tuple]:
+    """(U, S, V) of each layer's matrix (untruncated), for the schemes with one matrix view;
+    stacked by shape as ``view_svds``."""
+    _matrix_scheme(scheme)
+    return [views[0] for views in view_svds(convs, scheme)]
 
 
 # -- decomposition --------------------------------------------------------------------------------
@@ -97,16 +106,22 @@ def _work(W: torch.Tensor) -> torch.Tensor:
     return W.detach().to(dtype)
 
 
+# HOOI's safety cap: each sweep raises the energy the bases capture, usually by orders of
+# magnitude less after a few sweeps; the tolerance ends it long before this.
+HOOI_MAX_SWEEPS = 100
+
+
 def decompose_weights(W: torch.Tensor, scheme: str = "channel", energy=None, threshold=None,
-                      rank=None, hooi_iterations: int = 0, exact_rank: bool = False):
+                      rank=None, hooi_tolerance=None, exact_rank: bool = False):
     """The factors of every weight of a stack W [B, N, C, kh, kw], as a list of B tuples in the
     scheme's factor order, each at the rank the rule gives that weight.
 
     rank: an upper bound (the scheme's rank: an int, or for tucker2 an int or a pair (r_in,
         r_out)), at most the full rank. With ``exact_rank`` every layer gets exactly ``rank``
         (components past a weight's numerical rank are zero).
-    hooi_iterations: tucker2 only: HOOI sweeps after the HOSVD, kept for a layer only where they
-        lower its reconstruction error.
+    hooi_tolerance: tucker2 only: refine the HOSVD by HOOI sweeps until no layer's captured
+        energy ||G||^2 grows by more than this fraction of its ||W||^2 in a sweep (None: the
+        HOSVD alone); the refined factors are kept for a layer only where they lower its error.
     """
     s = geometry.scheme(scheme)
     checks.tensor(W, "weight")
@@ -116,17 +131,17 @@ def decompose_weights(W: torch.Tensor, scheme: str = "channel", energy=None, thr
         rank = s.check_rank(rank, W.shape)
     elif exact_rank:
         raise ValueError("exact_rank needs a rank")
-    if isinstance(hooi_iterations, bool) or not isinstance(hooi_iterations, int):
-        raise TypeError(f"hooi_iterations must be an int, got {hooi_iterations!r}")
-    if hooi_iterations < 0 or (hooi_iterations and s.name != "tucker2"):
-        raise ValueError(f"hooi_iterations must be >= 0, and 0 unless scheme is 'tucker2'; got "
-                         f"{hooi_iterations} for scheme '{s.name}'")
+    if hooi_tolerance is not None:
+        checks.non_negative(hooi_tolerance, "hooi_tolerance")
+        if s.name != "tucker2":
+            raise ValueError(f"hooi_tolerance is for scheme 'tucker2' only, got scheme "
+                             f"'{s.name}'")
     work = _work(W)
     caps = s.rank_parts(rank) if rank is not None else (None,) * len(s.views)
     svds = [truncated_svd(view.to_matrix(work), energy=energy, threshold=threshold,
                           max_rank=cap) for view, cap in zip(s.views, caps)]
     if s.name == "tucker2":
-        layers = _tucker2_factors(s, work, svds, caps if exact_rank else None, hooi_iterations)
+        layers = _tucker2_factors(s, work, svds, caps if exact_rank else None, hooi_tolerance)
     else:
         layers = []
         U, S, V, ranks = svds[0]
@@ -137,15 +152,15 @@ def decompose_weights(W: torch.Tensor, scheme: str = "channel", energy=None, thr
     return [tuple(f.to(W.dtype) for f in factors) for factors in layers]
 
 
-def _tucker2_factors(s, W, svds, exact, hooi_iterations):
+def _tucker2_factors(s, W, svds, exact, hooi_tolerance):
     (U_in, _, _, r_in), (U_out, _, _, r_out) = svds
     ranks = [(int(a), int(b)) for a, b in zip(r_in, r_out)] if exact is None else \
         [tuple(exact)] * W.shape[0]
     keep_in = _leading(U_in.shape[-1], [r[0] for r in ranks], U_in)
     keep_out = _leading(U_out.shape[-1], [r[1] for r in ranks], U_out)
     U_in, U_out = U_in * keep_in, U_out * keep_out          # zero past each layer's ranks
-    if hooi_iterations:
-        U_in, U_out = _hooi(s, W, U_in, U_out, keep_in, keep_out, hooi_iterations)
+    if hooi_tolerance is not None:
+        U_in, U_out = _hooi(s, W, U_in, U_out, keep_in, keep_out, hooi_tolerance)
     core = s.core_of(W, U_in, U_out)
     return [s.factors_from_bases(U_in[b, :, :ri], core[b, :ro, :ri], U_out[b, :, :ro])
             for b, (ri, ro) in enumerate(ranks)]
@@ -158,27 +173,35 @@ def _leading(k: int, widths, like: torch.Tensor) -> torch.Tensor:
     return (cols < widths[:, None]).to(like.dtype)[:, None, :]
 
 
-def _hooi(s, W, U_in, U_out, keep_in, keep_out, iterations):
+def _hooi(s, W, U_in, U_out, keep_in, keep_out, tolerance):
     """Higher-order orthogonal iteration at fixed ranks: each basis becomes the leading
-    singular vectors of W projected on the other's. Batched over the stack; per layer the
-    refined bases are kept only where they lower the error ||W||^2 - ||G||^2."""
+    singular vectors of W projected on the other's. A sweep's bases replace a layer's where
+    they raise its captured energy ||G||^2 (the error is ||W||^2 - ||G||^2) by more than
+    ``tolerance`` times its ||W||^2; the sweeps stop when no layer's do, or after
+    HOOI_MAX_SWEEPS. Batched over the stack."""
     def captured(a, b):      # ||G||^2 = the energy the bases keep
         return s.core_of(W, a, b).square().sum((-4, -3, -2, -1))
 
-    best_in, best_out, best = U_in, U_out, captured(U_in, U_out)
-    for _ in range(iterations):
+    total = W.square().sum((-4, -3, -2, -1))
+    best = captured(U_in, U_out)
+    for _ in range(HOOI_MAX_SWEEPS):
         # W x_N U_out^T, unfolded along C: its leading left singular vectors are the new U_in
         Y = torch.einsum("bno,bncij->bocij", U_out, W)
-        U_in = truncated_svd(IN_MODE.to_matrix(Y))[0] * keep_in
-        Z = torch.einsum("bcp,bncij->bnpij", U_in, W)
-        U_out = truncated_svd(OUT_MODE.to_matrix(Z))[0] * keep_out
-    refined = captured(U_in, U_out)
-    better = (refined > best)[:, None, None]
-    return torch.where(better, U_in, best_in), torch.where(better, U_out, best_out)
+        new_in = truncated_svd(IN_MODE.to_matrix(Y))[0] * keep_in
+        Z = torch.einsum("bcp,bncij->bnpij", new_in, W)
+        new_out = truncated_svd(OUT_MODE.to_matrix(Z))[0] * keep_out
+        refined = captured(new_in, new_out)
+        better = refined - best > tolerance * total
+        if not bool(better.any()):
+            break
+        U_in = torch.where(better[:, None, None], new_in, U_in)
+        U_out = torch.where(better[:, None, None], new_out, U_out)
+        best = torch.where(better, refined, best)
+    return U_in, U_out
 
 
 def decompose_weight(W: torch.Tensor, scheme: str = "channel", energy=None, threshold=None,
-                     rank=None, hooi_iterations: int = 0):
+                     rank=None, hooi_tolerance=None):
     """Factors of one dense weight [N, C, kh, kw] by the rank rule; ``rank`` is an upper bound
     that must not exceed the full rank. Half-precision weights are factorised in float32."""
     geometry.scheme(scheme)
@@ -186,4 +209,4 @@ def decompose_weight(W: torch.Tensor, scheme: str = "channel", energy=None, thre
     if W.dim() != 4:
         raise ValueError(f"weight must be 4-D [N, C, kh, kw], got shape {tuple(W.shape)}")
     return decompose_weights(W.unsqueeze(0), scheme, energy, threshold, rank,
-                             hooi_iterations)[0]
+                             hooi_tolerance)[0]

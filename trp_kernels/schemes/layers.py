@@ -80,25 +80,28 @@ class LowRankConv2d(FactorisedLayer):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, scheme="channel", energy=None, threshold=None,
-                  rank=None, hooi_iterations=0) -> "LowRankConv2d":
+                  rank=None, hooi_tolerance=None) -> "LowRankConv2d":
         """Decomposes a trained nn.Conv2d (groups 1, zero padding) into a LowRankConv2d.
 
         The rank is chosen by the rule of ``truncated_svd`` (energy, threshold, rank as an upper
-        bound: for tucker2 an int or a pair (r_in, r_out), applied to each mode unfolding); with
-        none given the decomposition is exact (full rank). tucker2 is the HOSVD, refined by
-        ``hooi_iterations`` HOOI sweeps where they lower the error; decoupled takes the largest
-        of its filters' ranks as the layer's."""
-        return cls.from_convs([conv], scheme, energy, threshold, [rank], hooi_iterations)[0]
+        bound: an int at most the full rank, or a float in (0, 1], a fraction of the full rank
+        rounded up, as ``decompose_model`` takes it; for tucker2 one of those or a pair
+        (r_in, r_out) of them, applied to each mode unfolding); with none given the
+        decomposition is exact (full rank). tucker2 is the HOSVD, refined by HOOI sweeps until
+        a sweep gains less than ``hooi_tolerance`` of the weight's energy (None: no HOOI), kept
+        where they lower the error; decoupled takes the largest of its filters' ranks as the
+        layer's."""
+        return cls.from_convs([conv], scheme, energy, threshold, [rank], hooi_tolerance)[0]
 
     @classmethod
     def from_convs(cls, convs, scheme="channel", energy=None, threshold=None, ranks=None,
-                   hooi_iterations=0) -> list["LowRankConv2d"]:
+                   hooi_tolerance=None) -> list["LowRankConv2d"]:
         """``from_conv`` of every conv of ``convs`` (``ranks``: one upper bound per conv, or
         None); convs of one weight shape, dtype, device and bound share one batched
         factorisation (one SVD call per matrix view)."""
         layers = [cls.empty_from_conv(conv, 0, scheme) for conv in convs]  # checks before SVDs
         return cls._decompose_into(layers, convs, scheme, energy, threshold, ranks,
-                                   hooi_iterations)
+                                   hooi_tolerance)
 
     # -- use -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

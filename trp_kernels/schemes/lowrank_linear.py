@@ -68,7 +68,8 @@ class LowRankLinear(FactorisedLayer):
     def from_linear(cls, linear: nn.Linear, energy=None, threshold=None,
                     rank=None) -> "LowRankLinear":
         """Decomposes a trained nn.Linear, its rank by the rule of ``truncated_svd`` (energy,
-        threshold, rank as an upper bound); with none given the decomposition is exact."""
+        threshold, rank as an upper bound: an int, or a float in (0, 1] as a fraction of the
+        full rank, as ``from_conv`` takes it); with none given the decomposition is exact."""
         return cls.from_linears([linear], energy, threshold, [rank])[0]
 
     @classmethod
@@ -77,7 +78,7 @@ class LowRankLinear(FactorisedLayer):
         """``from_linear`` of every layer of ``linears`` (``ranks``: one upper bound each, or
         None); layers of one shape, dtype, device and bound share one batched SVD."""
         layers = [cls.empty_from_linear(linear, 0) for linear in linears]
-        return cls._decompose_into(layers, linears, "pointwise", energy, threshold, ranks, 0)
+        return cls._decompose_into(layers, linears, "pointwise", energy, threshold, ranks, None)
 
     # -- use -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

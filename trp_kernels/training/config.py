@@ -4,7 +4,7 @@ what each method needs besides is checked by the method (methods.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from ..compression import latency
 from ..schemes import geometry
@@ -26,7 +26,9 @@ DIGITS_STAGE_STRIDES = (1, 1, 2)
 class TrainConfig:
     dataset: str = "digits"
     data_dir: str | None = None
-    model: str = "resnet20"
+    model: str = "resnet20"                # or "package.module:callable", a model of your own
+    model_kwargs: dict = field(default_factory=dict)   # its keyword arguments (over the
+                                           # trainer's own for this library's models)
     method: str = "trp"
     scheme: str = "channel"
     pointwise: bool = False                # also the 1x1 convs and linear layers (scheme
@@ -63,41 +65,50 @@ class TrainConfig:
     def validate(self) -> None:
         """Raises ConfigError naming the first impossible option."""
         _choice(self.dataset, DATASETS, "dataset")
-        _choice(self.model, TRAIN_MODELS, "model")
+        if not is_model_reference(self.model):
+            _choice(self.model, TRAIN_MODELS, "model", "or package.module:callable")
+        if not isinstance(self.model_kwargs, dict):
+            raise ConfigError(f"model_kwargs must be a dict of keyword arguments, got "
+                              f"{self.model_kwargs!r}", ["model_kwargs"])
         _choice(self.method, METHODS, "method")
-        _check(geometry.scheme, self.scheme)
+        _check("scheme", geometry.scheme, self.scheme)
         if not isinstance(self.pointwise, bool):
-            raise ConfigError(f"pointwise must be a bool, got {self.pointwise!r}")
+            raise ConfigError(f"pointwise must be a bool, got {self.pointwise!r}", ["pointwise"])
         _choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         for name in ("energy", "final_energy"):
             if getattr(self, name) is not None:
-                _check(checks.energy, getattr(self, name), name)
+                _check(name, checks.energy, getattr(self, name), name)
         for name in ("nuclear_weight", "weight_decay", "orth_weight"):
-            _check(checks.non_negative, getattr(self, name), name)
+            _check(name, checks.non_negative, getattr(self, name), name)
         if self.final_threshold is not None:
-            _check(checks.non_negative, self.final_threshold, "final_threshold")
+            _check("final_threshold", checks.non_negative, self.final_threshold,
+                   "final_threshold")
         if not (checks.is_finite_real(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}", ["lr"])
         if not (checks.is_finite_real(self.momentum) and 0 <= self.momentum < 1):
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        _check(checks.int_at_least, self.period, 1, "period")
-        _check(checks.int_at_least, self.batch_size, 2, "batch_size")  # BatchNorm: two images
-        _check(checks.int_at_least, self.seed, 0, "seed")
-        _check(checks.int_at_least, self.finetune_epochs, 0, "finetune_epochs")
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}",
+                              ["momentum"])
+        _check("period", checks.int_at_least, self.period, 1, "period")
+        # BatchNorm needs two images
+        _check("batch_size", checks.int_at_least, self.batch_size, 2, "batch_size")
+        _check("seed", checks.int_at_least, self.seed, 0, "seed")
+        _check("finetune_epochs", checks.int_at_least, self.finetune_epochs, 0,
+               "finetune_epochs")
         method = method_class(self.method)
-        _check(checks.int_at_least, self.epochs, method.min_epochs(self), "epochs")
+        _check("epochs", checks.int_at_least, self.epochs, method.min_epochs(self), "epochs")
         if self.threads is not None:
-            _check(checks.int_at_least, self.threads, 1, "threads")
+            _check("threads", checks.int_at_least, self.threads, 1, "threads")
         if self.penalty_kind is not None:
             _choice(self.penalty_kind, PENALTY_KINDS, "penalty_kind")
-        _check(geometry.scheme(self.scheme).check_rank_spec, self.rank, "rank")
+        _check("rank", geometry.scheme(self.scheme).check_rank_spec, self.rank, "rank")
         if self.target_speedup is not None:
-            _check(checks.target_speedup, self.target_speedup)
-        _check(checks.rank_multiple, self.rank_multiple)
-        _check(latency.meter, self.measure)   # also: is onnxruntime installed
+            _check("target_speedup", checks.target_speedup, self.target_speedup)
+        _check("rank_multiple", checks.rank_multiple, self.rank_multiple)
+        _check("measure", latency.meter, self.measure)   # also: is onnxruntime installed
         method.check(self)
         if self.dataset == "cifar10" and not self.data_dir:
-            raise ConfigError("dataset cifar10 needs data_dir: the cifar-10-batches-py directory")
+            raise ConfigError("dataset cifar10 needs data_dir: the cifar-10-batches-py "
+                              "directory", ["dataset", "data_dir"])
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -129,18 +140,26 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ConfigError(f"unknown options {unknown}")
+            raise ConfigError(f"unknown options {unknown}", unknown)
         return cls(**values)
 
 
-def _check(check, *args) -> None:
-    """A library check, its ValueError/TypeError turned into a ConfigError (same message)."""
+def _check(option: str, check, *args) -> None:
+    """A library check of ``option``'s value, its ValueError/TypeError turned into a
+    ConfigError (same message)."""
     try:
         check(*args)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc), [option]) from None
 
 
-def _choice(value, choices, name):
+def _choice(value, choices, name, alternative=""):
     if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}"
+                          f"{' ' + alternative if alternative else ''}, got {value!r}", [name])
+
+
+def is_model_reference(model) -> bool:
+    """Whether ``model`` names a callable to import ("package.module:callable") rather than
+    one of the trainer's models."""
+    return isinstance(model, str) and ":" in model

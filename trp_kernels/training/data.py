@@ -19,6 +19,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .errors import OptionError
+
 DATASETS = ("digits", "cifar10")
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILE = "test_batch"
@@ -26,7 +28,7 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-class DataError(ValueError):
+class DataError(OptionError):
     """The data asked for is missing or unreadable."""
 
 
@@ -101,15 +103,19 @@ def load_cifar10(data_dir: str) -> ImageData:
     """CIFAR-10 from ``data_dir``: the ``cifar-10-batches-py`` directory itself or a directory
     containing it, holding data_batch_1..5 and test_batch (python pickles)."""
     if data_dir is None:
-        raise DataError("--data-dir is required for cifar10: the cifar-10-batches-py directory")
+        raise DataError("data_dir is required for cifar10: the cifar-10-batches-py directory",
+                        ["data_dir"])
+    if not os.path.isdir(data_dir):
+        raise DataError(f"data_dir {data_dir} does not exist" if not os.path.exists(data_dir)
+                        else f"data_dir {data_dir} is not a directory", ["data_dir"])
     nested = os.path.join(data_dir, "cifar-10-batches-py")
     root = nested if os.path.isdir(nested) else data_dir
     expected = CIFAR10_TRAIN_FILES + (CIFAR10_TEST_FILE,)
     missing = [name for name in expected if not os.path.isfile(os.path.join(root, name))]
     if missing:
         raise DataError(
-            f"data directory {data_dir!r} is not a CIFAR-10 python directory: missing "
-            f"{', '.join(missing)} (expected {', '.join(expected)}, as in cifar-10-batches-py)")
+            f"data_dir {data_dir} lacks {', '.join(missing)} of the CIFAR-10 python version "
+            f"(the cifar-10-batches-py directory, or the one holding it)", ["data_dir"])
     parts = [_read_cifar_batch(os.path.join(root, name)) for name in CIFAR10_TRAIN_FILES]
     test_x, test_y = _read_cifar_batch(os.path.join(root, CIFAR10_TEST_FILE))
     return ImageData(
@@ -125,7 +131,7 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> Image
         return load_digits(seed)
     if name == "cifar10":
         return load_cifar10(data_dir)
-    raise DataError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}")
+    raise DataError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}", ["dataset"])
 
 
 def crop_flip(x: torch.Tensor, padding: int, shift: torch.Tensor | None,

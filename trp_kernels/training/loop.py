@@ -14,8 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..compression import decomposable_layers, restore_lowrank_layers, save_model
-from ..models import create_model
+from ..compression import decomposable_layers, restore_lowrank, save_model
 from . import distributed
 from .checkpoints import MODEL_FILE, save_checkpoint, set_rng_states
 from .config import TrainConfig
@@ -23,7 +22,7 @@ from .data import num_train_batches, train_batches
 from .errors import TrainingDiverged
 from .evaluate import evaluate
 from .methods import method_class
-from .prepare import Prepared, arch_kwargs, prepare
+from .prepare import Prepared, arch_kwargs, build_model, prepare
 from .report import model_figures, write_report
 
 
@@ -69,14 +68,14 @@ class Run:
             torch.set_num_threads(threads)
         torch.manual_seed(config.seed)
         self.arch = arch_kwargs(config, self.data)
-        model = create_model(config.model, **self.arch)
+        model = build_model(config, self.data)
         # The layers every method acts on; kept by name because the modules get replaced.
         self.targets = [name for name, _ in decomposable_layers(
             model, scheme=config.scheme, pointwise=config.pointwise)]
         self.method = method_class(config.method)(config)
         ckpt = prepared.checkpoint
         if ckpt is not None:
-            restore_lowrank_layers(model, ckpt["lowrank_layers"])
+            restore_lowrank(model, ckpt["model"])
             model.load_state_dict(ckpt["model"])
         else:
             self.method.setup_model(self, model)
@@ -201,7 +200,7 @@ class Run:
         model = self.model.eval()
         self.method.finish(self)
         accuracy = evaluate(model, self.data, self.device)
-        dense = create_model(config.model, **self.arch).to(self.device)
+        dense = build_model(config, self.data).to(self.device)
         report = {
             "method": config.method,
             "scheme": config.scheme,

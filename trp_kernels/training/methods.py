@@ -24,6 +24,7 @@ import copy
 import torch
 
 from ..compression import decompose_model, energy_for_budget
+from ..compression.fidelity import warnings_silenced
 from ..rank_training import TRPRegularizer, make_lowrank, orthogonality_penalty
 from .errors import ConfigError
 from .evaluate import evaluate
@@ -40,15 +41,21 @@ class Method:
     hooks_cpu_key: str | None = None   # history key for the CPU time of the step hooks
     # Which of the options of compression that is really faster the method takes.
     budget_options: tuple[str, ...] = ()
+    # Why the method refuses rank (None: it takes it), and the options the reason names.
+    rank_refusal: tuple[str, tuple[str, ...]] | None = None
 
     # -- the configuration ---------------------------------------------------------------------
     @classmethod
     def check(cls, config) -> None:
         """Raises ConfigError for an option this method cannot use or lacks."""
         cls.check_budget_options(config)
+        if config.rank is not None and cls.rank_refusal is not None:
+            reason, options = cls.rank_refusal
+            raise ConfigError(f"rank does not apply to method {config.method}: {reason}; "
+                              f"methods decomp and lowrank take it", ["rank", "method", *options])
         if config.init is not None:
             raise ConfigError(f"init (a trained baseline to decompose) is for method decomp, "
-                              f"not {config.method}")
+                              f"not {config.method}", ["init", "method"])
 
     @classmethod
     def check_budget_options(cls, config) -> None:
@@ -57,7 +64,8 @@ class Method:
                  "measure": config.measure is not None}
         for option, set_ in given.items():
             if set_ and option not in cls.budget_options:
-                raise ConfigError(f"{option} does not apply to method {config.method}")
+                raise ConfigError(f"{option} does not apply to method {config.method}",
+                                  [option, "method"])
 
     @classmethod
     def min_epochs(cls, config) -> int:
@@ -117,6 +125,7 @@ class Baseline(Method):
     """The dense model, trained; it is its own dense reference."""
 
     name = "baseline"
+    rank_refusal = ("the baseline stays dense", ())
 
     def finish(self, run) -> None:
         run.dense_test_accuracy = evaluate(run.model, run.data, run.device)
@@ -128,6 +137,9 @@ class TRP(Method):
 
     name = "trp"
     hooks_cpu_key = "trp_cpu_s"   # TRP's cost (on CUDA, only the host's part)
+    rank_refusal = ("TRP's ranks follow from energy (its projections), final_threshold or "
+                    "final_energy (its final decomposition), or target_speedup",
+                    ("energy", "final_threshold", "final_energy", "target_speedup"))
     budget_options = ("target_speedup", "rank_multiple", "measure")
 
     @classmethod
@@ -137,8 +149,9 @@ class TRP(Method):
             given = [n for n in ("energy", "final_threshold", "final_energy")
                      if getattr(config, n) is not None]
             if given:
-                raise ConfigError(f"target_speedup chooses the projection energy and the final "
-                                  f"ranks itself; give it without {', '.join(given)}")
+                raise ConfigError(f"target_speedup sets TRP's projections and final ranks "
+                                  f"itself; give it without {', '.join(given)}",
+                                  ["target_speedup", *given])
 
     def attach(self, run) -> None:
         config = self.config
@@ -178,7 +191,8 @@ class TRP(Method):
                                target_speedup=config.target_speedup,
                                rank_multiple=config.rank_multiple, measure=measure,
                                example_input=run.example if measure is None
-                               else run.latency_input, pointwise=config.pointwise)
+                               else run.latency_input, calibration_input=run.latency_input,
+                               pointwise=config.pointwise)
 
     def epoch_metrics(self, run) -> dict:
         """The energy and mean rank of the epoch's projections, and the model decomposed now by
@@ -186,7 +200,8 @@ class TRP(Method):
         accuracy and speed-up."""
         ranks = self.regularizer.ranks()
         decomposed = copy.deepcopy(run.model)
-        report = self.final_decomposition(run, decomposed)
+        with warnings_silenced():
+            report = self.final_decomposition(run, decomposed)
         # tucker2's ranks are pairs (r_in, r_out): the mean is over both.
         parts = [p for r in ranks.values() for p in (r if isinstance(r, tuple) else (r,))]
         return {"energy": self.regularizer.energy,
@@ -196,7 +211,10 @@ class TRP(Method):
 
     def finish(self, run) -> None:
         run.dense_test_accuracy = evaluate(run.model, run.data, run.device)
-        run.decomposition = self.final_decomposition(run, run.model, self.config.measure)
+        with warnings_silenced():      # one line of the log instead
+            run.decomposition = self.final_decomposition(run, run.model, self.config.measure)
+        if run.writer and run.decomposition.fidelity_warning():
+            run.log(f"warning: {run.decomposition.fidelity_warning()}")
 
     def state_dict(self):
         # The energy too: with target_speedup it is chosen at each epoch's end.
@@ -221,7 +239,7 @@ class Decomp(Method):
         if config.target_speedup is not None and (config.energy is not None
                                                   or config.rank is not None):
             raise ConfigError("target_speedup chooses the ranks itself; give it without energy "
-                              "and rank")
+                              "and rank", ["target_speedup", "energy", "rank"])
 
     @classmethod
     def min_epochs(cls, config) -> int:
@@ -255,12 +273,14 @@ class Decomp(Method):
         """The trained baseline's accuracy, then its decomposition by energy/rank."""
         config = self.config
         run.dense_test_accuracy = evaluate(run.model, run.data, run.device)
-        report = decompose_model(run.model, config.scheme, energy=config.decomp_energy,
-                                 rank=config.rank_spec, layers=run.targets,
-                                 target_speedup=config.target_speedup,
-                                 rank_multiple=config.rank_multiple, measure=config.measure,
-                                 example_input=run.example if config.measure is None
-                                 else run.latency_input, pointwise=config.pointwise)
+        with warnings_silenced():      # the log line below gives the accuracy it leaves
+            report = decompose_model(run.model, config.scheme, energy=config.decomp_energy,
+                                     rank=config.rank_spec, layers=run.targets,
+                                     target_speedup=config.target_speedup,
+                                     rank_multiple=config.rank_multiple, measure=config.measure,
+                                     example_input=run.example if config.measure is None
+                                     else run.latency_input, calibration_input=run.latency_input,
+                                     pointwise=config.pointwise)
         run.decomposition = report
         self.decomposed = True
         if run.writer:
@@ -292,7 +312,8 @@ class LowRank(Method):
     def check(cls, config) -> None:
         if (config.rank is None) == (config.target_speedup is None):
             raise ConfigError("method lowrank needs rank (an int, or a fraction of each "
-                              "layer's full rank in (0, 1]) or target_speedup, not both")
+                              "layer's full rank in (0, 1]) or target_speedup, not both",
+                              ["method", "rank", "target_speedup"])
         super().check(config)
 
     def setup_model(self, run, model) -> None:

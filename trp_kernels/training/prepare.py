@@ -9,13 +9,14 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..compression import budget, decomposable_layers, layer_scheme, load_model, lowrank_layers
+from ..compression import (CheckpointError, budget, build_arch, decomposable_layers,
+                           layer_scheme, load_model, lowrank_layers)
+from ..compression.fidelity import model_outputs
 from ..schemes import geometry
 from ..schemes.layer_kinds import conv_weight_shape
-from ..models import create_model
 from . import distributed
 from .checkpoints import CHECKPOINT, MODEL_FILE, REPORT, read_checkpoint
-from .config import DIGITS_STAGE_STRIDES, TrainConfig
+from .config import DIGITS_STAGE_STRIDES, TrainConfig, is_model_reference
 from .data import ImageData, load_dataset, num_train_batches
 from .errors import ConfigError
 
@@ -34,21 +35,60 @@ class Prepared:
 
 
 def arch_kwargs(config: TrainConfig, data: ImageData) -> dict:
+    """The keyword arguments of the run's model: for this library's models the trainer's own
+    (classes, input channels, stage strides) updated by ``model_kwargs``; for a model of your
+    own (``package.module:callable``), ``model_kwargs`` alone."""
+    if is_model_reference(config.model):
+        return dict(config.model_kwargs)
     strides = DIGITS_STAGE_STRIDES if config.dataset == "digits" else (1, 2, 2)
     return {"num_classes": data.num_classes, "in_channels": data.in_channels,
-            "stage_strides": list(strides)}
+            "stage_strides": list(strides), **config.model_kwargs}
+
+
+def build_model(config: TrainConfig, data: ImageData) -> nn.Module:
+    """The run's dense model, freshly built; ConfigError naming model or model_kwargs when it
+    cannot be."""
+    try:
+        model = build_arch(config.model, arch_kwargs(config, data))
+    except CheckpointError as exc:
+        raise ConfigError(f"model: {exc}", ["model"]) from None
+    except TypeError as exc:
+        raise ConfigError(f"model_kwargs do not fit {config.model}: {exc}",
+                          ["model_kwargs"]) from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {config.model} built a {type(model).__name__}, not a "
+                          f"torch.nn.Module", ["model"])
+    return model
+
+
+def _check_outputs(model: nn.Module, config: TrainConfig, data: ImageData) -> None:
+    """The model runs a batch of the dataset's images and gives one score per class."""
+    x = data.batch_inputs(data.test_x[:2], torch.device("cpu"))
+    try:
+        out = model_outputs(model, x)
+    except Exception as exc:   # whatever the model raises, the user's fix is the same
+        raise ConfigError(f"model {config.model} cannot run a batch of {config.dataset} images "
+                          f"{list(x.shape)}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}", ["model"]) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, data.num_classes):
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model {config.model} gives {shape} for a batch of 2 "
+                          f"{config.dataset} images; training needs [2, {data.num_classes}] "
+                          f"class scores (set its classes with model_kwargs)",
+                          ["model", "model_kwargs"])
 
 
 def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") \
-            from None
+        raise ConfigError(f"device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)",
+                          ["device"]) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device")
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device",
+                          ["device"])
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be cpu or cuda, got {name!r}")
+        raise ConfigError(f"device must be cpu or cuda, got {name!r}", ["device"])
     return device
 
 
@@ -60,12 +100,12 @@ def prepare(config: TrainConfig, out_dir: str, resume: bool = False) -> Prepared
     if resume:
         return prepare_resume(out_dir, asdict(config))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"out {out_dir!r} exists and is not a directory")
+        raise ConfigError(f"out {out_dir!r} exists and is not a directory", ["out"])
     taken = [name for name in (CHECKPOINT, MODEL_FILE, REPORT)
              if os.path.exists(os.path.join(out_dir, name))]
     if taken:
         raise ConfigError(f"out {out_dir!r} already holds a run ({', '.join(taken)}); resume it "
-                          f"or choose another directory")
+                          f"or choose another directory", ["out"])
     return _prepare(config, out_dir, None)
 
 
@@ -81,7 +121,7 @@ def prepare_resume(out_dir: str, options: dict | None = None) -> Prepared:
     if changed:
         raise ConfigError(
             f"a resumed run keeps its configuration, but {', '.join(changed)} differ from the "
-            f"checkpoint's ({', '.join(f'{k}={stored.get(k)!r}' for k in changed)})")
+            f"checkpoint's ({', '.join(f'{k}={stored.get(k)!r}' for k in changed)})", changed)
     config = TrainConfig.from_dict({**stored, **{k: options[k] for k in RESUME_MAY_CHANGE
                                                  if k in options}})
     return _prepare(config, out_dir, checkpoint)
@@ -94,37 +134,45 @@ def _prepare(config: TrainConfig, out_dir: str, checkpoint: dict | None) -> Prep
     processes = distributed.world_size()
     if config.batch_size % processes:
         raise ConfigError(f"batch_size {config.batch_size} must divide evenly among the "
-                          f"{processes} processes")
+                          f"{processes} processes", ["batch_size"])
     if num_train_batches(data, config.batch_size) == 0:
         raise ConfigError(f"batch_size {config.batch_size} is larger than the "
-                          f"{len(data.train_y)} training images of {config.dataset}")
-    dense = create_model(config.model, **arch_kwargs(config, data))
+                          f"{len(data.train_y)} training images of {config.dataset}",
+                          ["batch_size"])
+    dense = build_model(config, data)
+    _check_outputs(dense, config, data)
     _check_ranks(config, dense)
     if config.target_speedup is not None:
         _check_reachable(config, data, dense)
     init_model = None
     if config.init is not None and checkpoint is None:
-        init_model = load_model(config.init, create_model(config.model,
-                                                          **arch_kwargs(config, data)))
+        try:
+            init_model = load_model(config.init, build_model(config, data))
+        except CheckpointError as exc:
+            raise ConfigError(f"init: {exc}", ["init"]) from None
         if lowrank_layers(init_model):
             raise ConfigError(f"init {config.init!r} is already compressed; decomp starts from "
-                              f"a dense (baseline) model")
+                              f"a dense (baseline) model", ["init"])
     return Prepared(config, out_dir, data, device, checkpoint, init_model)
 
 
 def _check_ranks(config: TrainConfig, dense: nn.Module) -> None:
-    """The model has layers for the scheme (the report lists them, whatever the method), and
-    an int rank is no larger than the largest full rank of the layers of each scheme."""
+    """The model has layers for the scheme (unless the method is the baseline, which
+    factorises none), and an int rank is no larger than the largest full rank of the layers of
+    each scheme."""
     targets = _targets(config, dense)
     if not targets:
-        raise ConfigError(f"{config.model} has no layer that scheme {config.scheme} acts on"
+        if config.method == "baseline":
+            return
+        raise ConfigError(f"model {config.model} has no layer that scheme {config.scheme} acts "
+                          f"on"
                           + ("" if config.pointwise or config.scheme == "pointwise" else
                              " (its 1x1 convs and linear layers need --pointwise or --scheme "
-                             "pointwise)"))
+                             "pointwise)"), ["model"])
     spec = config.rank_spec
     if config.pointwise and isinstance(spec, tuple):
         raise ConfigError("rank as a pair R_IN,R_OUT is tucker2's; with pointwise give one "
-                          "value, which applies to every layer")
+                          "value, which applies to every layer", ["rank", "pointwise"])
     schemes = [layer_scheme(m, config.scheme) for _, m in targets]
     for s in dict.fromkeys(schemes):
         registered = geometry.scheme(s)
@@ -134,7 +182,7 @@ def _check_ranks(config: TrainConfig, dense: nn.Module) -> None:
         for part, largest in zip(parts, map(max, zip(*fulls))):
             if isinstance(part, numbers.Integral) and part > largest:
                 raise ConfigError(f"rank {part} exceeds the largest full rank ({largest}) of "
-                                  f"{config.model}'s layers in the {s} scheme")
+                                  f"{config.model}'s layers in the {s} scheme", ["rank"])
 
 
 def _targets(config: TrainConfig, dense: nn.Module):
@@ -150,4 +198,4 @@ def _check_reachable(config: TrainConfig, data: ImageData, dense: nn.Module) -> 
         choose(dense, _targets(config, dense), config.scheme, example, config.target_speedup,
                config.rank_multiple, config.pointwise)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc), ["target_speedup"]) from None

@@ -29,11 +29,11 @@ def layer_rows(model: nn.Module, dense_model: nn.Module, names, scheme: str,
     order: its rank (the full rank while it is dense; [r_in, r_out] for tucker2), full rank,
     whether it is (still) a plain conv, MACs per sample now and dense and their ratio, and
     parameters now and dense. ``costs`` / ``dense_costs``: ``conv_costs`` of the two models.
-    ``decomposition``: the DecompositionReport of a measured decomposition (``measure=``), whose
-    per-layer latencies (ms per batch, in its runtime) the rows then carry."""
+    ``decomposition``: the DecompositionReport of the method's decomposition, whose per-layer
+    energy kept and, when measured (``measure=``), latencies (ms per batch, in its runtime) the
+    rows then carry."""
     costs = {c.name: c for c in costs}
-    measured = {l.name: l for l in getattr(decomposition, "layers", ())
-                if l.latency_dense is not None}
+    decomposed = {l.name: l for l in getattr(decomposition, "layers", ())}
     rows = []
     for dense in dense_costs:
         if dense.name not in names:
@@ -55,8 +55,10 @@ def layer_rows(model: nn.Module, dense_model: nn.Module, names, scheme: str,
             "kept_dense": not lowrank,
             "flops_speedup": dense.macs / costs[dense.name].macs,
         })
-        if dense.name in measured:
-            entry = measured[dense.name]
+        entry = decomposed.get(dense.name)
+        if entry is not None and entry.energy_kept is not None:
+            rows[-1]["energy_kept"] = entry.energy_kept
+        if entry is not None and entry.latency_dense is not None:
             time = entry.latency_dense if rows[-1]["kept_dense"] else entry.latency_factorised
             rows[-1].update(latency_ms=1e3 * time, dense_latency_ms=1e3 * entry.latency_dense,
                             latency_speedup=entry.latency_dense / time,
@@ -68,9 +70,12 @@ def model_figures(model: nn.Module, dense_model: nn.Module, names, scheme: str,
                   example_input: torch.Tensor, latency_input: torch.Tensor,
                   decomposition=None, onnxruntime: bool = False, pointwise: bool = False) -> dict:
     """The model-dependent part of a report: MACs, speed-up, parameters, latency (torch, and
-    ONNX Runtime with ``onnxruntime``), layers (with measured per-layer latencies when
-    ``decomposition`` was measured). The MACs count linear layers where the method acts on
-    them (``pointwise`` or scheme "pointwise")."""
+    ONNX Runtime with ``onnxruntime``), layers (with each layer's energy kept, and measured
+    per-layer latencies when ``decomposition`` was measured), the plan a measured choice kept
+    with every plan's latency (``plan``, ``plan_latency_ms``), and the decomposition's fidelity
+    against the dense model (``output_error``, ``top1_agreement``, on ``fidelity_samples``
+    inputs) when it has one. The MACs count linear layers where the method acts on them
+    (``pointwise`` or scheme "pointwise")."""
     linear = counts_linear(scheme, pointwise)
     costs = conv_costs(model, example_input, linear)
     dense_costs = conv_costs(dense_model, example_input, linear)
@@ -85,13 +90,22 @@ def model_figures(model: nn.Module, dense_model: nn.Module, names, scheme: str,
         "layers": layer_rows(model, dense_model, names, scheme, costs, dense_costs,
                              decomposition),
     }
+    if getattr(decomposition, "plan", None) is not None:
+        figures.update(measure=decomposition.measure, plan=decomposition.plan,
+                       plan_latency_ms={plan: 1e3 * t
+                                        for plan, t in decomposition.plan_latencies.items()})
+    if getattr(decomposition, "output_error", None) is not None:
+        figures.update(output_error=decomposition.output_error,
+                       top1_agreement=decomposition.top1_agreement,
+                       fidelity_samples=decomposition.fidelity_samples,
+                       fidelity_warning=decomposition.fidelity_warning())
     runtimes = ("torch", "onnxruntime") if onnxruntime else ("torch",)
     for runtime in runtimes:
         dense, compressed = LatencyMeter(runtime).seconds([dense_model, model], latency_input)
         prefix = "" if runtime == "torch" else f"{runtime}_"
-        figures.update({f"{prefix}latency_ms": 1e3 * compressed.median,
-                        f"dense_{prefix}latency_ms": 1e3 * dense.median,
-                        f"{prefix}latency_speedup": dense.median / compressed.median})
+        figures.update({f"{prefix}latency_ms": 1e3 * compressed.best,
+                        f"dense_{prefix}latency_ms": 1e3 * dense.best,
+                        f"{prefix}latency_speedup": dense.best / compressed.best})
     return figures
 
 
@@ -99,38 +113,64 @@ def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def markdown(report: dict) -> str:
+def title(report: dict) -> str:
+    """The report's own ``title``, or the trainer's: method / scheme on dataset (model)."""
+    if report.get("title"):
+        return report["title"]
     config = report.get("config", {})
-    lines = [
-        f"# {report['method']} / {report['scheme']} on {config.get('dataset', '?')} "
-        f"({config.get('model', '?')})",
-        "",
-        "| | compressed | dense |",
-        "|---|---|---|",
-        f"| test accuracy | {_percent(report['test_accuracy'])} "
-        f"| {_percent(report['dense_test_accuracy'])} |",
+    return (f"{report['method']} / {report['scheme']} on {config.get('dataset', '?')} "
+            f"({config.get('model', '?')})")
+
+
+def choice_lines(report: dict) -> list[str]:
+    """Which plan the measured choice kept, and every plan's time, as markdown."""
+    if report.get("plan") is None:
+        return []
+    times = ", ".join(f"{plan} {ms:.2f} ms" for plan, ms in report["plan_latency_ms"].items())
+    return ["", f"Measured choice in {report['measure']}: kept the {report['plan']} plan "
+                f"(whole models, best round: {times})."]
+
+
+def fidelity_lines(report: dict) -> list[str]:
+    """The decomposition's fidelity against the dense model, and its warning, as markdown."""
+    if report.get("output_error") is None:
+        return []
+    line = (f"Against the dense model at the decomposition, on {report['fidelity_samples']} "
+            f"inputs: relative output error {report['output_error']:.3g}")
+    if report.get("top1_agreement") is not None:
+        line += f", top-1 agreement {_percent(report['top1_agreement'])}"
+    lines = ["", line + "."]
+    if report.get("fidelity_warning"):
+        lines += ["", f"**Warning**: {report['fidelity_warning']}."]
+    return lines
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# {title(report)}", "", "| | compressed | dense |", "|---|---|---|"]
+    if report["test_accuracy"] is not None or report["dense_test_accuracy"] is not None:
+        lines.append(f"| test accuracy | {_percent(report['test_accuracy'])} "
+                     f"| {_percent(report['dense_test_accuracy'])} |")
+    lines += [
         f"| conv MMACs per image | {report['conv_macs'] / 1e6:.3f} "
         f"| {report['dense_conv_macs'] / 1e6:.3f} |",
         f"| parameters | {report['params']:,} | {report['dense_params']:,} |",
-        f"| latency, batch {report['latency_batch']} on {report['device']} (ms) "
+        f"| latency, batch {report['latency_batch']} on {report['device']} (ms, best round) "
         f"| {report['latency_ms']:.2f} | {report['dense_latency_ms']:.2f} |",
     ]
     if "onnxruntime_latency_ms" in report:
-        lines.append(f"| latency in ONNX Runtime, batch {report['latency_batch']} (ms) "
-                     f"| {report['onnxruntime_latency_ms']:.2f} "
+        lines.append(f"| latency in ONNX Runtime, batch {report['latency_batch']} "
+                     f"(ms, best round) | {report['onnxruntime_latency_ms']:.2f} "
                      f"| {report['dense_onnxruntime_latency_ms']:.2f} |")
     speedups = [f"Conv FLOP speed-up: **{report['flops_speedup']:.2f}x**"]
     if "latency_ms" in report:
         speedups.append(f"latency speed-up: {report['dense_latency_ms'] / report['latency_ms']:.2f}x")
     if "onnxruntime_latency_ms" in report:
         speedups.append(f"in ONNX Runtime: {report['onnxruntime_latency_speedup']:.2f}x")
-    lines += [
+    lines += ["", "; ".join(speedups) + "."] + choice_lines(report) + fidelity_lines(report) + [
         "",
-        "; ".join(speedups) + ".",
-        "",
-        "| layer | weight | rank / full | MMACs (dense) | FLOP speed-up | latency speed-up "
-        "| params (dense) |",
-        "|---|---|---|---|---|---|---|",
+        "| layer | weight | rank / full | energy kept | MMACs (dense) | FLOP speed-up "
+        "| latency speed-up | params (dense) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in report["layers"]:
         shape = "x".join(map(str, row["weight_shape"]))
@@ -138,7 +178,7 @@ def markdown(report: dict) -> str:
                 else f"{format_rank(row['rank'])} / {format_rank(row['full_rank'])}")
         measured = (f"{row['latency_speedup']:.2f}x ({row['latency_runtime']})"
                     if "latency_speedup" in row else "-")
-        lines.append(f"| {row['name']} | {shape} | {rank} "
+        lines.append(f"| {row['name']} | {shape} | {rank} | {_percent(row.get('energy_kept'))} "
                      f"| {row['macs'] / 1e6:.3f} ({row['dense_macs'] / 1e6:.3f}) "
                      f"| {row['dense_macs'] / row['macs']:.2f}x | {measured} "
                      f"| {row['params']:,} ({row['dense_params']:,}) |")
@@ -146,7 +186,8 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: str) -> None:
-    """Per-layer rank against full rank, and per-layer MACs against the dense layer's."""
+    """Per-layer rank against full rank (and the energy each layer kept), and per-layer MACs
+    against the dense layer's."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -168,6 +209,14 @@ def plot(report: dict, path: str) -> None:
                 label="rank" if j == 0 else None)
     top.set_ylabel("rank" if width == 0.8 else "rank (r_in, r_out)")
     top.legend(loc="upper left")
+    if any("energy_kept" in r for r in rows):
+        energy = top.twinx()
+        energy.plot([i for i, r in zip(x, rows) if "energy_kept" in r],
+                    [100 * r["energy_kept"] for r in rows if "energy_kept" in r], "o",
+                    color="#c53030", label="energy kept")
+        energy.set_ylim(0, 105)
+        energy.set_ylabel("energy kept (%)")
+        energy.legend(loc="upper right")
     bottom.bar(x, [r["dense_macs"] / 1e6 for r in rows], color="#d0d7e1", label="dense")
     bottom.bar(x, [r["macs"] / 1e6 for r in rows], color="#c05621", label=report["method"],
                hatch=["//" if r.get("kept_dense") else "" for r in rows])
@@ -175,9 +224,12 @@ def plot(report: dict, path: str) -> None:
     bottom.legend(loc="upper left", title="hatched: kept dense"
                   if any(r.get("kept_dense") for r in rows) else None)
     bottom.set_xticks(list(x), [r["name"] for r in rows], rotation=90, fontsize=7)
-    top.set_title(f"{report['method']} / {report['scheme']}: "
-                  f"{_percent(report['test_accuracy'])} test accuracy, "
-                  f"{report['flops_speedup']:.2f}x conv FLOP speed-up")
+    summary = [f"{report['flops_speedup']:.2f}x conv FLOP speed-up"]
+    if report["test_accuracy"] is not None:
+        summary.insert(0, f"{_percent(report['test_accuracy'])} test accuracy")
+    if report.get("top1_agreement") is not None:
+        summary.append(f"top-1 agreement with dense {_percent(report['top1_agreement'])}")
+    top.set_title(f"{title(report)}\n{', '.join(summary)}", fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)

@@ -1,0 +1,179 @@
+"""``python -m trp_kernels compress`` and ``export --model`` end to end, on a small model of
+your own imported by reference (tests/small_models.py), and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+import trp_kernels as tk
+from small_models import Classifier
+from trp_kernels.cli import main
+from trp_kernels.compression import load_model, lowrank_layers, save_model
+
+REFERENCE = ["--model", "small_models:Classifier", "--model-kwargs", '{"width": 12}',
+             "--input-shape", "1,8,8", "--no-progress"]
+FILES = {"model.pt", "model.onnx", "report.json", "report.md", "report.png"}
+
+
+def compress(out, *args):
+    return main(["compress", "--out", str(out), *args])
+
+
+def read_report(out):
+    with open(os.path.join(out, "report.json")) as f:
+        return json.load(f)
+
+
+def test_compress_a_model_of_your_own(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert compress(out, *REFERENCE, "--target-speedup", "2", "--rank-multiple", "2") == 0
+    assert set(os.listdir(out)) == FILES
+    stdout = capsys.readouterr().out
+    assert "conv FLOP speed-up" in stdout and "ONNX Runtime" in stdout
+    r = read_report(out)
+    assert r["flops_speedup"] >= 2 and r["method"] == "compress"
+    assert r["onnxruntime_latency_ms"] > 0 and r["dense_onnxruntime_latency_ms"] > 0
+    assert 0 <= r["top1_agreement"] <= 1 and r["output_error"] > 0
+    assert r["fidelity_samples"] == 32 and r["skipped"] == ["body.0"]
+    assert all(0 < l["energy_kept"] <= 1 for l in r["layers"])
+    text = (out / "report.md").read_text()
+    assert "latency in ONNX Runtime" in text and "energy kept" in text
+    # model.pt names its architecture: it loads alone; the ONNX file computes the same
+    model = load_model(str(out / "model.pt"))
+    assert set(lowrank_layers(model)) == {"body.2", "body.4"}
+    x = torch.randn(3, 1, 8, 8)
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_compress_measured_from_a_model_file_with_weights(tmp_path, capsys):
+    """A saved model file (its architecture and input shape recorded), a state_dict loaded on
+    top (one layer already low-rank: it stays so), the measured choice with its report."""
+    torch.manual_seed(0)
+    trained = Classifier(width=12)
+    source = str(tmp_path / "dense.pt")
+    save_model(trained, source, "small_models:Classifier", {"width": 12}, input_shape=(1, 8, 8))
+    tk.decompose_model(trained, "spatial", rank=2, layers=["body.4"])
+    weights = str(tmp_path / "weights.pt")
+    torch.save(trained.state_dict(), weights)
+    out = tmp_path / "measured"
+    assert compress(out, "--model", source, "--weights", weights, "--scheme", "spatial",
+                    "--energy", "0.9", "--measure", "torch", "--no-progress") == 0
+    r = read_report(out)
+    assert r["measure"] == "torch" and r["input_shape"] == [1, 8, 8]
+    model = load_model(str(out / "model.pt"))
+    assert model.body[4].rank == 2 and lowrank_layers(model)["body.4"] == "spatial"
+
+
+def test_a_model_file_without_its_architecture_needs_the_callable(tmp_path, capsys):
+    model = Classifier(width=6)
+    tk.decompose_model(model, "channel", rank=2, layers=["body.4"])
+    bare = str(tmp_path / "bare.pt")
+    save_model(model, bare)
+    assert compress(tmp_path / "a", "--model", bare, "--energy", "0.5") == 2
+    assert (f"--model {bare} names no architecture: give --model package.module:callable (and "
+            f"--model-kwargs) and --weights {bare}") in capsys.readouterr().err
+    assert compress(tmp_path / "b", "--model", "small_models:Classifier", "--model-kwargs",
+                    '{"width": 6}', "--weights", bare, "--input-shape", "1,8,8", "--energy",
+                    "0.5", "--no-progress") == 0
+    assert load_model(str(tmp_path / "b" / "model.pt")).body[4].rank == 2
+
+
+def test_compress_without_the_onnx_extra_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    out = tmp_path / "run"
+    assert compress(out, *REFERENCE, "--target-speedup", "2") == 2
+    err = capsys.readouterr().err
+    assert err == ("trp_kernels compress: error: compress (it writes model.onnx and times it "
+                   "in ONNX Runtime) needs onnxscript, not installed: "
+                   "pip install \"trp_kernels[onnx]\"\n")
+    assert not out.exists()
+
+
+def test_export_without_the_onnx_extra_is_one_line(tmp_path, capsys, monkeypatch):
+    path = str(tmp_path / "model.pt")
+    save_model(Classifier(width=6), path, "small_models:Classifier", {"width": 6}, (1, 8, 8))
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    onnx = tmp_path / "model.onnx"
+    assert main(["export", path, "--onnx", str(onnx)]) == 2
+    assert capsys.readouterr().err == ("trp_kernels export: error: --onnx needs onnx, not "
+                                       "installed: pip install \"trp_kernels[onnx]\"\n")
+    assert not onnx.exists()
+
+
+BAD = [
+    ([*REFERENCE], "give --target-speedup, --energy or --rank"),
+    ([*REFERENCE, "--target-speedup", "1"], "--target-speedup must be a finite number > 1"),
+    ([*REFERENCE, "--target-speedup", "2", "--energy", "0.5"],
+     "--target-speedup chooses the ranks itself; give it without --energy and --rank"),
+    ([*REFERENCE, "--energy", "2"], "--energy must be in (0, 1], got 2.0"),
+    ([*REFERENCE, "--rank", "0"], "--rank must be >= 1, got 0"),
+    ([*REFERENCE, "--rank-multiple", "0", "--rank", "2"], "--rank-multiple must be an int >= 1"),
+    ([*REFERENCE, "--target-speedup", "500"], "--target-speedup 500 cannot be reached"),
+    ([*REFERENCE, "--input-shape", "3,8", "--energy", "0.5"], "--input-shape: must be C,H,W"),
+    ([*REFERENCE, "--input-shape", "3,8,8", "--energy", "0.5"],
+     "--model cannot run an input of shape [1, 3, 8, 8] (--input-shape)"),
+    (["--model", "small_models:Classifier", "--energy", "0.5"], "--input-shape C,H,W is required"),
+    (["--model", "no/such/file.pt", "--energy", "0.5"],
+     "--model no/such/file.pt does not exist and is not package.module:callable"),
+    (["--model", "no_such_package:net", "--input-shape", "1,8,8", "--energy", "0.5"],
+     "--model: architecture 'no_such_package:net' cannot be imported"),
+    (["--model", "small_models:Classifier", "--model-kwargs", '{"depth": 3}', "--input-shape",
+      "1,8,8", "--energy", "0.5"], "--model-kwargs do not fit small_models:Classifier"),
+    ([*REFERENCE, "--energy", "0.5", "--calibration", "none.pt"],
+     "--calibration none.pt does not exist"),
+    ([*REFERENCE, "--energy", "0.5", "--weights", "none.pt"],
+     "--weights: weights file none.pt does not exist"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a[6:]) or "none" for a, _ in BAD])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert compress(out, *args) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.count("\n") == 1 and err.startswith("trp_kernels compress: error:")
+    assert not out.exists()
+
+
+def test_an_occupied_out_directory_is_left_alone(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"mine")
+    assert compress(out, *REFERENCE, "--energy", "0.5") == 2
+    assert "already holds model.onnx; choose another directory" in capsys.readouterr().err
+    assert (out / "model.onnx").read_bytes() == b"mine"
+
+
+def test_export_a_file_saved_without_its_architecture(tmp_path, capsys):
+    model = Classifier(width=6)
+    tk.decompose_model(model, "channel", rank=2)
+    path = str(tmp_path / "bare.pt")
+    save_model(model, path)                     # no architecture, no input shape
+    onnx = str(tmp_path / "bare.onnx")
+    assert main(["export", path, "--onnx", onnx]) == 2
+    assert "names no architecture; give --model package.module:callable" in \
+        capsys.readouterr().err
+    assert main(["export", path, "--onnx", onnx, "--model", "small_models:Classifier",
+                 "--model-kwargs", '{"width": 6}']) == 2
+    assert "does not record its input shape; give --input-shape C,H,W" in \
+        capsys.readouterr().err
+    assert main(["export", path, "--onnx", onnx, "--model", "small_models:Classifier",
+                 "--model-kwargs", '{"width": 6}', "--input-shape", "1,8,8"]) == 0
+    assert os.path.getsize(onnx) > 0
+    assert main(["export", path, "--onnx", str(tmp_path / "x.onnx"), "--model",
+                 "small_models:Classifier", "--model-kwargs", '{"size": 6}']) == 2
+    assert "--model-kwargs do not fit small_models:Classifier" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "none.pt"), "--onnx", str(tmp_path / "y.onnx")]) == 2
+    assert "none.pt does not exist" in capsys.readouterr().err
