@@ -72,3 +72,22 @@ class Classifier(nn.Module):
 
     def forward(self, x):
         return self.head(self.body(x))
+
+
+class PointwiseClassifier(nn.Module):
+    """A model from outside the library with the layers the pointwise scheme factorises: a 3x3
+    stem, a 1x1 expansion, a 3x3 conv, a 1x1 projection, a hidden linear layer and a linear
+    classifier."""
+
+    def __init__(self, classes: int = 10, width: int = 8, in_channels: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(width, 4 * width, 1), nn.ReLU(),
+                                  nn.Conv2d(4 * width, 4 * width, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(4 * width, 2 * width, 1), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(2 * width, 4 * width), nn.ReLU())
+        self.head = nn.Linear(4 * width, classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))

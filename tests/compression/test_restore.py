@@ -1,6 +1,7 @@
 """restore_lowrank in every scheme (one SchemeCase each, tests/scheme_cases.py): a compressed
 model's state_dict, with layers kept dense among the factorised ones, loads into a freshly
-built dense model, or into one decomposed differently, and computes the same outputs."""
+built dense model, or into one decomposed differently, and computes the same outputs; with the
+pointwise scheme beside a k x k one, its 1x1 convs and linear layers (LowRankLinear) too."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 
 import trp_kernels as tk
 from trp_kernels.compression import lowrank_layers
+from trp_kernels.schemes import LowRankLinear
 from trp_kernels.schemes.layer_kinds import LOWRANK_LAYERS
 
 
@@ -135,3 +137,70 @@ def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="'body.0'.*fit no scheme of a 16x8x3x3 conv"):
         tk.restore_lowrank(model, bad)
 
+
+def pointwise_compressed():
+    """SmallNet in channel with ``pointwise``: body.5 (1x3) in channel, the 1x1 conv body.4 and
+    the classifier in pointwise (a LowRankLinear), body.0 at full rank kept dense."""
+    torch.manual_seed(0)
+    model = trained_like(SmallNet())
+    tk.decompose_model(model, "channel", rank=0.25, layers=["body.4", "body.5", "head"],
+                       pointwise=True)
+    tk.decompose_model(model, "channel", layers=["body.0"])
+    assert lowrank_layers(model) == {"body.4": "pointwise", "body.5": "channel",
+                                     "head": "pointwise"}
+    return model
+
+
+def test_pointwise_layers_and_linear_layers_restore_beside_kept_dense_ones():
+    model = pointwise_compressed()
+    state = model.state_dict()
+    fresh = SmallNet()
+    tk.restore_lowrank(fresh, state)
+    fresh.load_state_dict(state)
+    assert lowrank_layers(fresh) == lowrank_layers(model)
+    assert ranks_of(fresh) == ranks_of(model) == {"body.4": 4, "body.5": 8, "head": 3}
+    assert isinstance(fresh.head, LowRankLinear) and fresh.head.weight1.shape == (3, 32)
+    assert type(fresh.stem) is nn.Conv2d and type(fresh.body[0]) is nn.Conv2d
+    x = torch.randn(3, 3, 16, 16)
+    torch.testing.assert_close(outputs(fresh, x), outputs(model, x))
+
+
+def test_a_linear_layer_goes_dense_or_low_rank_as_the_state_dict_says():
+    """A fresh model decomposed with every layer pointwise-factorised (other ranks) takes a
+    state_dict whose classifier is dense, and a dense model one whose classifier is not."""
+    dense_head = SmallNet()
+    tk.decompose_model(dense_head, "channel", rank=2, layers=["body.5"])
+    fresh = SmallNet()
+    tk.decompose_model(fresh, "channel", rank=1, skip=(), pointwise=True)
+    assert isinstance(fresh.head, LowRankLinear)
+    tk.restore_lowrank(fresh, dense_head.state_dict())
+    fresh.load_state_dict(dense_head.state_dict())
+    assert type(fresh.head) is nn.Linear and type(fresh.body[4]) is nn.Conv2d
+    assert lowrank_layers(fresh) == {"body.5": "channel"}
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(outputs(fresh, x), outputs(dense_head, x))
+
+    model = pointwise_compressed()
+    tk.restore_lowrank(fresh, model.state_dict())          # back again, at the saved ranks
+    fresh.load_state_dict(model.state_dict())
+    assert ranks_of(fresh) == ranks_of(model)
+    torch.testing.assert_close(outputs(fresh, x), outputs(model, x))
+
+
+def test_a_model_file_of_a_pointwise_model_loads_with_its_layers(tmp_path):
+    model = pointwise_compressed()
+    tk.save_model(model, str(tmp_path / "model.pt"))
+    loaded = tk.load_model(str(tmp_path / "model.pt"), SmallNet())
+    assert lowrank_layers(loaded) == lowrank_layers(model)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(outputs(loaded, x), outputs(model, x))
+
+
+def test_linear_factors_of_the_wrong_shape_name_the_layer():
+    bad = {"head.weight1": torch.zeros(3, 31), "head.weight2": torch.zeros(10, 3)}
+    with pytest.raises(ValueError, match="'head'.*fit no scheme of a 10x32 linear layer"):
+        tk.restore_lowrank(SmallNet(), bad)
+    conv_shaped = {"head.weight1": torch.zeros(3, 32, 1, 1),
+                   "head.weight2": torch.zeros(10, 3, 1, 1)}
+    with pytest.raises(ValueError, match="'head'"):
+        tk.restore_lowrank(SmallNet(), conv_shaped)

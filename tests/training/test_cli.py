@@ -142,6 +142,9 @@ def interrupt_in_epoch(monkeypatch, epoch, batch):
     ("decomp", ["--epochs", "1", "--finetune-epochs", "1", "--energy", "0.7"]),
     # The energy chosen for the budget at epoch 1's end is part of the checkpoint.
     ("trp", ["--epochs", "2", "--target-speedup", "4"]),
+    # A model of pointwise layers (1x1 convs, a LowRankLinear) resumes from its state_dict.
+    ("decomp", ["--epochs", "1", "--finetune-epochs", "1", "--energy", "0.7", "--pointwise",
+                "--model", "small_models:PointwiseClassifier"]),
 ])
 def test_resume_continues_exactly(tmp_path, monkeypatch, capsys, method, args):
     args = ["--method", method, "--scheme", "spatial", *args]
@@ -168,6 +171,8 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, capsys, method, args):
             assert (torch.equal(g, w) if isinstance(w, torch.Tensor) else g == w), key
     a, b = report(tmp_path / "straight"), report(interrupted)
     assert a["test_accuracy"] == b["test_accuracy"] and a["layers"] == b["layers"]
+    if "--pointwise" in args:
+        assert {"body.2.weight1", "body.10.weight1"} <= set(resumed["model"])
 
 
 def test_resume_refuses_a_changed_configuration(main_run, capsys):
