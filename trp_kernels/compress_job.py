@@ -58,6 +58,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("the ranks")
     g.add_argument("--scheme", default="channel", choices=tuple(geometry.SCHEMES),
                    help="the low-rank scheme (default channel)")
+    g.add_argument("--pointwise", action="store_true",
+                   help="also factorise the 1x1 convs and linear layers (scheme pointwise, "
+                        "their MACs counted); the first conv and the classifier stay dense")
     g.add_argument("--target-speedup", dest="target_speedup", type=float,
                    help="a conv FLOP budget: ranks for a speed-up of at least this (> 1), "
                         "keeping as much energy as possible")
@@ -100,14 +103,18 @@ def _check_options(args) -> None:
         if args.energy is not None:
             checks.energy(args.energy)
         geometry.scheme(args.scheme).check_rank_spec(args.rank, "rank")
+        if args.pointwise and isinstance(args.rank, tuple):
+            raise ValueError("rank as a pair R_IN,R_OUT is tucker2's; with pointwise give one "
+                             "value, which applies to every layer")
         checks.rank_multiple(args.rank_multiple)
         checks.int_at_least(args.batch_size, 1, "batch_size")
         checks.int_at_least(args.seed, 0, "seed")
         if args.threads is not None:
             checks.int_at_least(args.threads, 1, "threads")
     except (ValueError, TypeError) as exc:
-        raise usage_error("compress", exc, ("target_speedup", "energy", "rank", "rank_multiple",
-                                            "batch_size", "seed", "threads")) from None
+        raise usage_error("compress", exc, ("target_speedup", "energy", "rank", "pointwise",
+                                            "rank_multiple", "batch_size", "seed",
+                                            "threads")) from None
 
 
 def _out_dir(args, name: str) -> str:
@@ -228,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
         (lambda line: tqdm.write(line, file=sys.stderr))
     dense = copy.deepcopy(model).eval()
     log(f"decomposing {name} in the {args.scheme} scheme"
+        + (", its 1x1 convs and linear layers in pointwise" if args.pointwise else "")
         + (f", measured in {args.measure}" if args.measure else ""))
     report = _decompose(args, model.eval(), batch, calibration)
 
@@ -239,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     onnx_dense, onnx_compressed = _time_onnx_files(dense, example, batch,
                                                    os.path.join(out, "model.onnx"))
     figures = model_figures(model, dense, {entry.name for entry in report.layers}, args.scheme,
-                            example, batch, decomposition=report)
+                            example, batch, decomposition=report, pointwise=args.pointwise)
     summary = {
         "method": "compress", "scheme": args.scheme,
         "title": f"compress / {args.scheme}: {args.model}",
@@ -280,7 +288,7 @@ def _decompose(args, model: nn.Module, batch: torch.Tensor, calibration: torch.T
                 model, args.scheme, energy=args.energy, rank=args.rank,
                 target_speedup=args.target_speedup, rank_multiple=args.rank_multiple,
                 measure=None if args.measure is None else ProgressMeter(args.measure, bar),
-                example_input=batch, calibration_input=calibration)
+                example_input=batch, calibration_input=calibration, pointwise=args.pointwise)
     except ValueError as exc:
         raise usage_error("compress", exc, ("target_speedup",)) from None
     finally:

@@ -13,9 +13,11 @@ import pytest
 import torch
 
 import trp_kernels as tk
-from small_models import Classifier
+from small_models import Classifier, PointwiseClassifier
 from trp_kernels.cli import main
 from trp_kernels.compression import load_model, lowrank_layers, save_model
+from trp_kernels.schemes import LowRankLinear
+from trp_kernels.schemes.costs import conv_costs
 
 REFERENCE = ["--model", "small_models:Classifier", "--model-kwargs", '{"width": 12}',
              "--input-shape", "1,8,8", "--no-progress"]
@@ -29,6 +31,14 @@ def compress(out, *args):
 def read_report(out):
     with open(os.path.join(out, "report.json")) as f:
         return json.load(f)
+
+
+def assert_onnx_file_computes(path, model, x):
+    """The ONNX file at ``path`` gives ``model``'s outputs on ``x`` in ONNX Runtime."""
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_compress_a_model_of_your_own(tmp_path, capsys):
@@ -49,11 +59,7 @@ def test_compress_a_model_of_your_own(tmp_path, capsys):
     model = load_model(str(out / "model.pt"))
     assert set(lowrank_layers(model)) == {"body.2", "body.4"}
     x = torch.randn(3, 1, 8, 8)
-    session = onnxruntime.InferenceSession(str(out / "model.onnx"),
-                                           providers=["CPUExecutionProvider"])
-    (logits,) = session.run(None, {"input": x.numpy()})
-    with torch.no_grad():
-        np.testing.assert_allclose(logits, model(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert_onnx_file_computes(out / "model.onnx", model, x)
 
 
 def test_compress_measured_from_a_model_file_with_weights(tmp_path, capsys):
@@ -73,6 +79,29 @@ def test_compress_measured_from_a_model_file_with_weights(tmp_path, capsys):
     assert r["measure"] == "torch" and r["input_shape"] == [1, 8, 8]
     model = load_model(str(out / "model.pt"))
     assert model.body[4].rank == 2 and lowrank_layers(model)["body.4"] == "spatial"
+
+
+def test_compress_with_pointwise_factorises_the_1x1_convs_and_linear_layers(tmp_path, capsys):
+    """--pointwise: the 1x1 convs and the hidden linear layer in scheme pointwise beside the
+    3x3 convs in channel, their MACs counted; the stem and the classifier left dense."""
+    out = tmp_path / "pointwise"
+    assert compress(out, "--model", "small_models:PointwiseClassifier", "--input-shape", "1,8,8",
+                    "--no-progress", "--pointwise", "--target-speedup", "2") == 0
+    r = read_report(out)
+    assert r["flops_speedup"] >= 2 and r["config"]["pointwise"] is True
+    assert r["skipped"] == ["body.0", "head"]
+    assert {l["name"] for l in r["layers"]} == {"body.2", "body.4", "body.6", "body.10"}
+    # the report's MACs count the linear layers too
+    x = torch.randn(3, 1, 8, 8)
+    convs, with_linear = (sum(c.macs for c in conv_costs(PointwiseClassifier(), x[:1], linear))
+                          for linear in (False, True))
+    assert r["dense_conv_macs"] == with_linear > convs
+    model = load_model(str(out / "model.pt"))
+    schemes = lowrank_layers(model)
+    assert set(schemes.values()) <= {"channel", "pointwise"} and "pointwise" in schemes.values()
+    assert all(schemes[n] == "pointwise" for n in ("body.2", "body.6", "body.10") if n in schemes)
+    assert isinstance(model.body[10], LowRankLinear) == ("body.10" in schemes)
+    assert_onnx_file_computes(out / "model.onnx", model, x)
 
 
 def test_a_model_file_without_its_architecture_needs_the_callable(tmp_path, capsys):
@@ -120,6 +149,8 @@ BAD = [
     ([*REFERENCE, "--rank", "0"], "--rank must be >= 1, got 0"),
     ([*REFERENCE, "--rank-multiple", "0", "--rank", "2"], "--rank-multiple must be an int >= 1"),
     ([*REFERENCE, "--target-speedup", "500"], "--target-speedup 500 cannot be reached"),
+    ([*REFERENCE, "--scheme", "tucker2", "--pointwise", "--rank", "2,3"],
+     "--rank as a pair R_IN,R_OUT is tucker2's; with --pointwise give one value"),
     ([*REFERENCE, "--input-shape", "3,8", "--energy", "0.5"], "--input-shape: must be C,H,W"),
     ([*REFERENCE, "--input-shape", "3,8,8", "--energy", "0.5"],
      "--model cannot run an input of shape [1, 3, 8, 8] (--input-shape)"),
