@@ -1,6 +1,7 @@
 """pointwise=True: which layers it adds (1x1 convs and linear layers), the stem and the
-classifier kept dense by default, a model mixing schemes in decompose_model, budgets and the
-measured choice, and the default (False) leaving every result as it was."""
+classifier kept dense by default, a model mixing schemes in decompose_model, budgets (in every
+k x k scheme), the measured choice and the fidelity figures, and the default (False) leaving
+every result as it was."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from torch import nn
 import trp_kernels as tk
 from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
 from small_models import SmallNet
-from trp_kernels.compression import decomposable_layers, is_pointwise, never_decomposed
+from trp_kernels.compression import (budget, decomposable_layers, fidelity, is_pointwise,
+                                     never_decomposed)
 from trp_kernels.compression.latency import LatencyMeter, Timing
 from trp_kernels.models import mobilenetv2, resnet20
 from trp_kernels.schemes import costs
@@ -124,6 +126,28 @@ def test_budget_on_a_mobilenet_counts_and_reaches(scheme):
         tk.decompose_model(copy.deepcopy(model), target_speedup=1.5, example_input=x)
 
 
+@pytest.mark.parametrize("scheme", ["tucker2", "decoupled"])
+def test_a_budget_in_tucker2_or_decoupled_plans_the_pointwise_layers_with_the_others(scheme):
+    """One leximin budget over the k x k conv in ``scheme`` and the 1x1 convs and the hidden
+    linear layer in pointwise; each layer gets the rank the plan gave it."""
+    torch.manual_seed(0)
+    model, x = Mixed().eval(), torch.randn(1, 3, 12, 12)
+    skip = ("classifier",)                   # the 3x3 conv too, which is the stem by default
+    layers = decomposable_layers(model, skip, scheme=scheme, pointwise=True)
+    plan = budget.plan_budget(model, layers, scheme, x, 1.5, pointwise=True)
+    with fidelity.warnings_silenced():       # random weights: the outputs move, as expected
+        report = tk.decompose_model(model, scheme, target_speedup=1.5, example_input=x,
+                                    skip=skip, pointwise=True)
+    assert report.flops_speedup >= 1.5 and report.pointwise
+    assert {l.name: l.scheme for l in report.layers} == {
+        "conv": scheme, "expand": "pointwise", "down": "pointwise", "hidden": "pointwise"}
+    for entry in report.layers:
+        assert (None if entry.kept_dense else entry.rank) == plan.ranks[entry.name]
+        if entry.scheme == "pointwise":       # one matrix: the plan's level is the kept energy
+            assert entry.energy_kept == pytest.approx(plan.energy[entry.name], rel=1e-5)
+    assert report.conv_macs_before == costs.conv_macs(Mixed(), x, linear=True)
+
+
 class LinearSlowMeter(LatencyMeter):
     """Time = MACs (1 ns each), plus a second for any LowRankLinear: only the convs gain."""
 
@@ -143,6 +167,30 @@ def test_the_measured_choice_keeps_a_slower_linear_layer_dense():
     dense = {l.name for l in report.layers if l.kept_dense}
     assert "hidden" in dense and type(model.hidden) is nn.Linear
     assert isinstance(model.expand, tk.LowRankConv2d)
+    # the whole-model check: the measured plan beat the unmeasured one (its LowRankLinear
+    # costs a second) and the dense model
+    assert report.plan == "measured"
+    assert set(report.plan_latencies) == {"measured", "unmeasured", "dense"}
+    assert report.plan_latencies["unmeasured"] > 1 > report.plan_latencies["measured"]
+
+
+def test_fidelity_of_a_model_with_pointwise_layers():
+    """energy_kept of a LowRankLinear and a pointwise 1x1 conv against float64 singular
+    values; the output figures, and the warning, on a model whose linear layers are cut."""
+    torch.manual_seed(0)
+    model, x = Mixed().eval(), torch.randn(64, 3, 12, 12)
+    dense = copy.deepcopy(model)
+    with pytest.warns(fidelity.FidelityWarning, match="top-1 class on only"):
+        report = tk.decompose_model(model, rank=1, pointwise=True, skip=(), calibration_input=x)
+    entries = {l.name: l for l in report.layers}
+    for name in ("expand", "hidden", "classifier"):
+        W = getattr(dense, name).weight.detach().double().flatten(1)
+        S = torch.linalg.svdvals(W)
+        assert entries[name].energy_kept == pytest.approx(float(S[0] ** 2 / S.square().sum()),
+                                                          rel=1e-6)
+    assert isinstance(model.classifier, tk.LowRankLinear)
+    assert 0 < report.output_error and report.top1_agreement < fidelity.AGREEMENT_WARNING
+    assert report.fidelity_samples == 64
 
 
 def test_the_default_leaves_every_result_as_it_was():
