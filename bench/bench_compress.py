@@ -40,9 +40,9 @@ import pytest
 import torch
 
 import trp_kernels as tk
-from trp_kernels.factorization import matrix_shape, matrix_to_weight
-from trp_kernels.decompose import decomposable_layers
-from trp_kernels.latency import LatencyMeter
+from trp_kernels.schemes.factorization import matrix_shape, matrix_to_weight
+from trp_kernels.compression import decomposable_layers
+from trp_kernels.compression.latency import LatencyMeter
 from trp_kernels.models import create_model
 
 from conftest import QUICK
@@ -136,7 +136,7 @@ def runner(model, x, runtime):
             with torch.inference_mode():
                 model(x)
         return run
-    from trp_kernels.latency import onnx_runner
+    from trp_kernels.compression.latency import onnx_runner
     return onnx_runner(model, x)
 
 

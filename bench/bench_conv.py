@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 import trp_kernels as tk
-from trp_kernels import conv_select, factorization
-from trp_kernels.conv import reference_lowrank_conv2d
+from trp_kernels.ops import backends
+from trp_kernels.ops.conv import reference_lowrank_conv2d
+from trp_kernels.schemes import factorization
 
 from conftest import QUICK, devices
 from conv_cases import NETWORKS, Layer, layers, network_layers, roofline
@@ -149,7 +150,7 @@ def test_lowrank_conv2d(bench, benchmark, case: LayerCase, impl):
         backward=case.backward, rank=layer.rank(case.scheme),
         **roofline(layer, case.scheme, case.batch, DTYPE_NAMES[case.dtype], case.backward,
                    "dense" if impl == "dense_model" else impl))
-    with conv_select.forced(impl if impl in LOWRANK_IMPLS else None):
+    with backends.forced(conv=impl if impl in LOWRANK_IMPLS else "auto"):
         bench(case.name, fn, case.device)
 
 
@@ -181,5 +182,5 @@ def test_conv_stack(bench, benchmark, case: StackCase, impl):
         flops=sum(r["flops"] for r in (dense_rf if impl == "dense_model" else lowrank_rf)),
         min_bytes=sum(r["min_bytes"] for r in lowrank_rf),
         predicted_s=sum(r["predicted_s"] for r in (dense_rf if impl == "dense_model" else lowrank_rf)))
-    with torch.no_grad(), conv_select.forced(None if impl == "dense_model" else impl):
+    with torch.no_grad(), backends.forced(conv="auto" if impl == "dense_model" else impl):
         bench(case.name, fn, case.device)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trp_kernels import svd_select
-from trp_kernels.svd import lowrank_project_groups
+from trp_kernels.ops import backends
+from trp_kernels.ops.svd import lowrank_project_groups
 
 from conftest import QUICK, devices
 from layer_sets import NETWORKS, groups, weights
@@ -110,5 +110,5 @@ def test_projection(bench, network, scheme, impl, device):
         "torch_gram": lambda: torch_gram(stacked),
     }[impl]
     big = network in ("resnet18", "resnet50") and device == "cpu"
-    with svd_select.forced(SVD_PATH.get(impl)):
+    with backends.forced(svd=SVD_PATH.get(impl, "auto")):
         bench(f"{network}-{scheme}", fn, device, rounds=3 if (QUICK or big) else None)

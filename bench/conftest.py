@@ -1,4 +1,4 @@
-"""Benchmark conventions (docs/design.md section 8): every benchmark takes `case` and `impl`,
+"""Benchmark conventions (docs/design.md, "Benchmarks"): every benchmark takes `case` and `impl`,
 sets benchmark.group = case (with the device appended), synchronises CUDA work, and records the
 machine in the JSON."""
 

@@ -3,10 +3,11 @@ ResNet-18 3x3 layer shapes at TRP-like ranks, the FLOPs and the fewest bytes eac
 move, and the time an H100 needs for them at best.
 
 TRP-like ranks: the fraction of a layer's full rank that reproduces the FLOP speed-ups TRP
-reports (docs/design.md section 2) on square 3x3 layers. channel (C = N): speed-up 9N / (10 r), so
-2.84x (ResNet-20 channel+Nu) to 3.18x (ResNet-18 channel+Nu) gives r ~ 0.3 N, N being the full
-rank; spatial: speed-up 3N / (2 r), so 2.17x (ResNet-20 spatial+Nu) gives r ~ 0.69 N, 0.23 of
-the full rank 3N. Trained TRP layers differ layer by layer; these are typical, not measured.
+reports (docs/design.md, "The schemes") on square 3x3 layers. channel (C = N): speed-up
+9N / (10 r), so 2.84x (ResNet-20 channel+Nu) to 3.18x (ResNet-18 channel+Nu) gives r ~ 0.3 N,
+N being the full rank; spatial: speed-up 3N / (2 r), so 2.17x (ResNet-20 spatial+Nu) gives
+r ~ 0.69 N, 0.23 of the full rank 3N. Trained TRP layers differ layer by layer; these are
+typical, not measured.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 
 from layer_sets import load
 
-from trp_kernels import geometry
+from trp_kernels.ops import conv_geometry
+from trp_kernels.schemes import geometry
 
 RANK_FRACTION = {"channel": 0.3, "spatial": 0.23}
 NETWORKS = {"resnet20": "r20", "resnet18": "r18"}
@@ -55,7 +57,7 @@ class Layer:
 
     @property
     def out_size(self) -> int:
-        return geometry.conv_out_size(self.size, 3, self.stride, self.padding, 1)
+        return conv_geometry.conv_out_size(self.size, 3, self.stride, self.padding, 1)
 
     def full_rank(self, scheme: str) -> int:
         return geometry.scheme(scheme).full_rank(self.weight_shape)
@@ -73,7 +75,8 @@ class Layer:
         """Multiply-accumulates per image: the dense conv (scheme None) or the factor pair."""
         hw = (self.size, self.size)
         if scheme is None:
-            dense = geometry.ThinConv(self.in_channels, self.out_channels, (3, 3), *self.conv_args)
+            dense = conv_geometry.ThinConv(self.in_channels, self.out_channels, (3, 3),
+                                           *self.conv_args)
             return dense.macs(hw)[0]
         return geometry.scheme(scheme).macs(self.weight_shape, self.rank(scheme), hw,
                                             *self.conv_args)[0]

@@ -100,7 +100,7 @@ def svd_batch(shape, dtype, generator):
 def svd_errors(W, out, low, rule, dtype):
     """Errors of the finite matrices against float64 LAPACK, and the contract's yes/no checks."""
     from testing import svd_tol
-    from trp_kernels.svd import reference_truncated_svd
+    from trp_kernels.ops.svd import reference_truncated_svd
 
     tol = svd_tol[dtype]
     U, S, V, rank = (t.cpu() for t in out)
@@ -165,7 +165,7 @@ def run_svd_matrices(impl, shape, dtype_name):
 
 def run_svd_groups(impl, dtype_name):
     from testing import svd_tol
-    from trp_kernels.svd import lowrank_project_groups, reference_lowrank_project
+    from trp_kernels.ops.svd import lowrank_project_groups, reference_lowrank_project
 
     dtype = getattr(torch, dtype_name)
     g = torch.Generator().manual_seed(1)
@@ -213,9 +213,9 @@ def relative_error(got, want):
 
 def run_conv(case: Case):
     import trp_kernels as tk
-    from trp_kernels import conv_select, factorization
-    from trp_kernels._ops import memory_format_of
-    from trp_kernels.conv import reference_lowrank_conv2d
+    from trp_kernels.schemes import factorization
+    from trp_kernels.ops import backends, memory_format_of
+    from trp_kernels.ops.conv import reference_lowrank_conv2d
 
     impl, dtype_name, layout, scheme, rank = case.params
     dtype = CONV_DTYPES[dtype_name]
@@ -230,8 +230,8 @@ def run_conv(case: Case):
               torch.randn(N, device="cuda", generator=g).to(dtype)]
     inputs = [t.requires_grad_() for t in inputs]
     args = (*CONV_GEOMETRY, scheme)
-    with conv_select.forced(impl):
-        y, launches = conv_select.fused_launches(lambda: tk.lowrank_conv2d(*inputs, *args))
+    with backends.forced(conv=impl):
+        y, launches = backends.fused_launches(lambda: tk.lowrank_conv2d(*inputs, *args))
         grad_y = torch.randn(y.shape, device="cuda", generator=g).to(dtype)
         grads = torch.autograd.grad(y, inputs, grad_y)
     torch.cuda.synchronize()

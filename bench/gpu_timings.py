@@ -117,7 +117,7 @@ class svd_impl_env:
 def svd_fn(case):
     from bench_svd import ENERGY, torch_gram, torch_svd
     from layer_sets import groups, weights
-    from trp_kernels.svd import lowrank_project_groups
+    from trp_kernels.ops.svd import lowrank_project_groups
 
     stacked = groups(weights(case["network"], case["scheme"], device="cuda"))
     impl = case["impl"]
@@ -189,9 +189,9 @@ def measure(case, quick: bool) -> dict:
         fn, svd_impl = svd_fn(case)
         warmup, reps = 2, 3 if quick else 5
     elif case["group"] == "conv":
-        from trp_kernels import conv_select
+        from trp_kernels.ops import backends
 
-        with conv_select.forced(case["impl"]):
+        with backends.forced(conv=case["impl"]):
             fn, extra = conv_fn(case)
             record.update(extra)
             # auto measures on its first call, one of the warm-up calls (as in training)

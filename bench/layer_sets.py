@@ -2,7 +2,7 @@
 
 bench/layer_sets.json lists them with their input size at the usual resolution (CIFAR 32x32,
 ImageNet 224x224) and their matrix shape in each scheme; tests/test_bench_data.py checks it
-against the library's own models and trp_kernels.factorization.
+against the library's own models and trp_kernels.schemes.factorization.
 """
 
 from __future__ import annotations

@@ -177,8 +177,8 @@ if wanted tests; then
   xdist=()
   $PY -c "import xdist" 2>/dev/null && xdist=(-n 4)
   declare -A suite_tests=(
-    [svd]="tests/test_svd.py tests/test_opcheck.py::test_svd_ops"
-    [conv]="tests/test_conv.py tests/test_opcheck.py::test_lowrank_conv2d tests/test_opcheck.py::test_lowrank_conv2d_backward"
+    [svd]="tests/ops/test_svd_contract.py tests/ops/test_svd_cuda.py tests/ops/test_opcheck.py::test_svd_ops"
+    [conv]="tests/ops/test_conv_contract.py tests/ops/test_conv_dense.py tests/ops/test_conv_cuda.py tests/ops/test_opcheck.py::test_lowrank_conv2d tests/ops/test_opcheck.py::test_lowrank_conv2d_backward"
   )
   for suite in svd conv; do
     if (( extension_ok )); then

@@ -15,7 +15,8 @@ IMPLS = ("dense", "energy0.9", "budget2x", "budget3x", "measured")
 
 
 def stderr(stats) -> float:
-    """Standard error of the median, from the interquartile range (as trp_kernels.latency)."""
+    """Standard error of the median, from the interquartile range (as
+    trp_kernels.compression.latency)."""
     return 1.2533 * stats["iqr"] / 1.349 / math.sqrt(stats["rounds"])
 
 

@@ -44,11 +44,11 @@ import time
 import torch
 
 from trp_kernels.cli import main as cli
-from trp_kernels.data import load_digits
-from trp_kernels.decompose import decompose_model
-from trp_kernels.export import load_model
-from trp_kernels.flops import conv_macs
-from trp_kernels.lowrank_train import make_lowrank
+from trp_kernels.training.data import load_digits
+from trp_kernels.compression import decompose_model
+from trp_kernels.compression.export import load_model
+from trp_kernels.schemes.costs import conv_macs
+from trp_kernels.rank_training.elrt import make_lowrank
 from trp_kernels.models import create_model
 from trp_kernels.training import DIGITS_STAGE_STRIDES, SCHEMES, TrainConfig
 

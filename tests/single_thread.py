@@ -1,5 +1,5 @@
-"""An autouse fixture: one torch CPU thread per test. tests/training/conftest.py applies it to
-every trainer test; a module outside that directory (test_readme.py) imports it.
+"""An autouse fixture: one torch CPU thread per test. The conftest.py of tests/training and
+tests/rank_training applies it to every test there; a module elsewhere imports it.
 
 On the shared 2-core machines these tests run on, torch's spinning OpenMP workers made the
 trainer's tests about four times slower with two threads than with one (30 s against 127 s for

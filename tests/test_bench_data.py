@@ -1,7 +1,7 @@
 """bench/layer_sets.json, the benchmarks' own list of layer shapes: every entry is a decomposable
 conv of the library's own ResNets (kernel larger than 1x1, groups 1, the stem excluded) in forward
 order, with the input size of the usual resolution, and its matrix shapes follow
-trp_kernels.factorization."""
+trp_kernels.schemes.factorization."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from trp_kernels import factorization, models
+from trp_kernels import models
+
+from trp_kernels.schemes import factorization
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER_SETS = os.path.join(ROOT, "bench", "layer_sets.json")

@@ -12,7 +12,8 @@ import sys
 import torch
 
 import trp_kernels as tk
-from trp_kernels import conv_select, factorization
+from trp_kernels.schemes import factorization
+from trp_kernels.ops import backends
 
 GEOMETRY = ((2, 1), (1, 1), (1, 2))  # stride, padding, dilation: both halos, uneven steps
 
@@ -29,8 +30,8 @@ def run(scheme, dtype, channels, channels_last, generator, with_cudnn):
     inputs = [t.requires_grad_() for t in inputs]
     finite = True
     # cuDNN's kernels once per dtype and layout are enough; ours see both channel counts.
-    for impl in conv_select.IMPLS if with_cudnn else ("fused",):
-        with conv_select.forced(impl):
+    for impl in ("fused", "two_convs", "dense") if with_cudnn else ("fused",):
+        with backends.forced(conv=impl):
             y = tk.lowrank_conv2d(*inputs, *GEOMETRY, scheme)
             grads = torch.autograd.grad(y, inputs, torch.ones_like(y)) if with_cudnn else ()
         finite &= all(bool(torch.isfinite(t).all()) for t in (y, *grads))
@@ -50,7 +51,7 @@ def main() -> int:
                 for channels in (24, 13):
                     for channels_last in (False, True):
                         ok &= run(scheme, dtype, channels, channels_last, g, channels == 24)
-    with conv_select.forced("auto"):  # the timing path: CUDA events, one synchronisation
+    with backends.forced(conv="auto"):  # the timing path: CUDA events, one synchronisation
         x = torch.randn(3, 16, 8, 8, device="cuda", generator=g)
         w1 = torch.randn(5, 16, 3, 3, device="cuda", generator=g)
         w2 = torch.randn(16, 5, 1, 1, device="cuda", generator=g)

@@ -3,7 +3,7 @@ compute-sanitizer (bench/run_gpu.sh runs memcheck and racecheck on it, TRP_SVD_I
 the fused kernel (wide, tall, odd k), the blocked Jacobi (padded and tall), the float64
 refinement pass, the completion of kept zero singular values, zero and non-finite matrices.
 Small matrices keep the sanitizers' slowdown bearable; the 64-wide pair tile of orders > 512 is
-the same code with another tile constant and is left to the CUDA cases of tests/test_svd.py,
+the same code with another tile constant and is left to the CUDA tests (tests/ops/test_svd_cuda.py),
 since its smallest case (513 x 513) takes minutes under racecheck."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import torch
 
 import trp_kernels as tk
-from trp_kernels.svd import reference_truncated_svd
+from trp_kernels.ops.svd import reference_truncated_svd
 
 # (shape, dtypes): fused wide / tall with odd k; blocked (order padded 70 -> 96; tall).
 CASES = [

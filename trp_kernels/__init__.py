@@ -1,22 +1,18 @@
 """trp_kernels: Trained Rank Pruning and low-rank CNN training for PyTorch.
 
-The public API (docs/design.md section 4): ``truncated_svd``, ``lowrank_project``,
-``lowrank_conv2d``, ``LowRankConv2d`` (formats "channel", "spatial", "tucker2", "decoupled"; their
-geometry is ``trp_kernels.geometry``) and ``decompose_model``; for training (docs/training.md):
-``TRPRegularizer``, ``make_lowrank``, ``orthogonality_penalty``, and for shipping a compressed
-model ``save_model``, ``load_model``, ``to_conv_pairs``, ``export_program``, ``export_onnx``.
-The trainer behind ``python -m trp_kernels train`` is ``trp_kernels.training``; the models are
-in ``trp_kernels.models``.
+The public API (docs/design.md, "Public API"), re-exported from the subpackages, which are
+layered by concern (docs/design.md, "Layout"): ops (the torch.ops.trp ops) <- schemes (the
+low-rank schemes, LowRankConv2d) <- compression (decompose_model, export) <- rank_training
+(TRP, ELRT) <- training (the trainer behind ``python -m trp_kernels train``) <- cli; the models
+are in ``trp_kernels.models``.
 """
 
-from .conv import lowrank_conv2d
-from .decompose import decompose_model
-from .export import export_onnx, export_program, load_model, save_model, to_conv_pairs
-from .layers import LowRankConv2d
-from .lowrank_train import make_lowrank, orthogonality_penalty
-from .svd import lowrank_project, truncated_svd
-from .trp import TRPRegularizer
 from ._version import __version__
+from .compression import (decompose_model, export_onnx, export_program, load_model, save_model,
+                          to_conv_pairs)
+from .ops import lowrank_conv2d, lowrank_project, truncated_svd
+from .rank_training import TRPRegularizer, make_lowrank, orthogonality_penalty
+from .schemes import LowRankConv2d
 
 __all__ = [
     "truncated_svd",
@@ -32,4 +28,5 @@ __all__ = [
     "to_conv_pairs",
     "export_program",
     "export_onnx",
+    "__version__",
 ]

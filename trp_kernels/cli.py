@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from .lowrank_train import PENALTY_KINDS
+from .rank_training import PENALTY_KINDS
 from .training import (DATASETS, LR_SCHEDULES, METHODS, SCHEMES, TRAIN_MODELS, TrainConfig,
                        TrainingDiverged, prepare, prepare_resume, run)
 
@@ -46,7 +46,7 @@ def _rank_part(text: str):
 def _rank(text: str):
     """An int (a rank cap, e.g. 8), a float (a fraction of full rank, e.g. 0.25), or two of
     those separated by a comma (tucker2's (r_in, r_out), e.g. 0.25,0.5). The values are checked
-    by the format's own rule when the configuration is validated."""
+    by the scheme's own rule when the configuration is validated."""
     parts = text.split(",")
     if len(parts) == 2:
         return tuple(_rank_part(p) for p in parts)
@@ -72,7 +72,7 @@ def _train_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("method")
     g.add_argument("--method", choices=METHODS, help=f"(default {d.method})")
     g.add_argument("--scheme", choices=SCHEMES,
-                   help=f"the low-rank format of trp, decomp and lowrank (baseline ignores "
+                   help=f"the low-rank scheme of trp, decomp and lowrank (baseline ignores "
                         f"it) (default {d.scheme})")
     g.add_argument("--energy", type=float,
                    help="trp: energy of the projection (default 0.9); decomp: energy of the "
@@ -203,7 +203,7 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import torch
 
-    from .export import export_onnx, export_program, load_model, saved_input_shape
+    from .compression.export import export_onnx, export_program, load_model, saved_input_shape
 
     targets = [p for p in (args.onnx, args.program) if p]
     if not targets:

@@ -1,6 +1,5 @@
 """The command line end to end, on digits with few, large batches so every run takes seconds."""
 
-import json
 import os
 import subprocess
 import sys
@@ -13,8 +12,8 @@ from test_data import write_fake_cifar
 
 import trp_kernels.training.loop as training_loop
 from trp_kernels.cli import main
-from trp_kernels.export import load_model, lowrank_layers
-from trp_kernels.report import REQUIRED_KEYS
+from trp_kernels.compression.export import load_model, lowrank_layers
+from trp_kernels.training.report import REQUIRED_KEYS
 
 
 

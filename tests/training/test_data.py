@@ -6,7 +6,7 @@ import pytest
 import torch
 from testing import devices
 
-from trp_kernels.data import (DataError, crop_flip, load_cifar10, load_dataset, load_digits,
+from trp_kernels.training.data import (DataError, crop_flip, load_cifar10, load_dataset, load_digits,
                               num_train_batches, train_batches)
 
 

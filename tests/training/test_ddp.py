@@ -8,9 +8,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from trp_kernels import geometry, training
+from trp_kernels import training
+
+from trp_kernels.schemes import geometry
 from trp_kernels.models import resnet20
-from trp_kernels.trp import TRPRegularizer
+from trp_kernels.rank_training.trp import TRPRegularizer
 
 WORLD = 2
 SCHEMES = ("channel", "tucker2", "decoupled")

@@ -1,6 +1,6 @@
 """Model constructors by name. Every model has a ``never_decomposed`` tuple naming the layers
 that TRP, decomposition and low-rank training leave dense by default (the first conv);
-``decompose.never_decomposed`` reads it."""
+``trp_kernels.compression.never_decomposed`` reads it."""
 
 from __future__ import annotations
 

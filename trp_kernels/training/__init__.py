@@ -12,19 +12,20 @@ Methods (docs/design.md has the method, docs/training.md the command):
             orthogonality penalty of weight ``orth_weight``.
 
 Files in the output directory: checkpoint.pt (after every epoch, atomically), model.pt (the
-final model, ``export.load_model`` reads it), report.json, report.md and report.png.
+final model, ``trp_kernels.load_model`` reads it), report.json, report.md and report.png.
 
 Under torchrun (WORLD_SIZE > 1) every process trains its share of each batch in
 DistributedDataParallel and rank 0 alone writes files.
 
 The package by concern: config.py (TrainConfig and its validation), methods.py (each method as
 one object of hooks), loop.py (Run: the epochs and the end), prepare.py (checks before anything
-is written), checkpoints.py (the run's files), distributed.py (torchrun), evaluate.py.
+is written), data.py (the datasets), checkpoints.py (the run's files and random states),
+report.py (the report files), distributed.py (torchrun), evaluate.py.
 """
 
-from ..data import DATASETS
 from .checkpoints import CHECKPOINT, CHECKPOINT_FORMAT, MODEL_FILE, REPORT, read_checkpoint
 from .config import DIGITS_STAGE_STRIDES, LR_SCHEDULES, SCHEMES, TRAIN_MODELS, TrainConfig
+from .data import DATASETS, DataError, ImageData, load_dataset
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import evaluate
 from .loop import Run, cpu_threads, make_optimizer, run, train
@@ -34,7 +35,7 @@ from .prepare import RESUME_MAY_CHANGE, Prepared, arch_kwargs, prepare, prepare_
 __all__ = [
     "TrainConfig", "ConfigError", "TrainingDiverged", "Prepared", "Run", "Method",
     "prepare", "prepare_resume", "run", "train", "evaluate", "make_optimizer", "cpu_threads",
-    "arch_kwargs", "read_checkpoint", "method_class",
+    "arch_kwargs", "read_checkpoint", "method_class", "load_dataset", "ImageData", "DataError",
     "METHODS", "DATASETS", "TRAIN_MODELS", "LR_SCHEDULES", "SCHEMES", "DIGITS_STAGE_STRIDES",
     "CHECKPOINT", "CHECKPOINT_FORMAT", "MODEL_FILE", "REPORT", "RESUME_MAY_CHANGE",
 ]

@@ -1,19 +1,21 @@
 """The configuration of a training run: every option of ``python -m trp_kernels train`` as a
-field, and its validation. Option values are checked by the library's own checks (_checks);
+field, and its validation. Option values are checked by the library's own checks (ops/checks.py);
 what each method needs besides is checked by the method (methods.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .. import _checks, budget, geometry, latency
-from ..data import DATASETS
-from ..lowrank_train import PENALTY_KINDS
+from ..compression import latency
+from ..schemes import geometry
+from ..ops import checks
+from .data import DATASETS
+from ..rank_training import PENALTY_KINDS
 from .errors import ConfigError
 from .methods import METHODS, method_class
 
 TRAIN_MODELS = ("resnet20", "resnet32", "resnet56")
-SCHEMES = tuple(geometry.SCHEMES)        # the formats' one registry
+SCHEMES = tuple(geometry.SCHEMES)        # the schemes' one registry
 LR_SCHEDULES = ("cosine", "step")
 # Digits are 8x8: the paper's strides (1, 2, 2) would leave the last stage 2x2 pixels; one
 # downsampling step keeps 8x8, 8x8 and 4x4 (docs/training.md explains the choice).
@@ -44,7 +46,7 @@ class TrainConfig:
     finetune_epochs: int = 5               # decomp
     init: str | None = None                # decomp: a model.pt of a trained baseline
     orth_weight: float = 1e-3              # lowrank: weight of the orthogonality penalty
-    penalty_kind: str | None = None        # lowrank: "so" or "dso"; None: the format's
+    penalty_kind: str | None = None        # lowrank: "so" or "dso"; None: the scheme's
                                            # default ("dso" for tucker2, "so" otherwise)
     batch_size: int = 128
     lr: float = 0.1
@@ -61,33 +63,33 @@ class TrainConfig:
         _choice(self.dataset, DATASETS, "dataset")
         _choice(self.model, TRAIN_MODELS, "model")
         _choice(self.method, METHODS, "method")
-        _check(_checks.scheme, self.scheme)
+        _check(geometry.scheme, self.scheme)
         _choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         for name in ("energy", "final_energy"):
             if getattr(self, name) is not None:
-                _check(_checks.energy, getattr(self, name), name)
+                _check(checks.energy, getattr(self, name), name)
         for name in ("nuclear_weight", "weight_decay", "orth_weight"):
-            _check(_checks.non_negative, getattr(self, name), name)
+            _check(checks.non_negative, getattr(self, name), name)
         if self.final_threshold is not None:
-            _check(_checks.non_negative, self.final_threshold, "final_threshold")
-        if not (_checks.is_finite_real(self.lr) and self.lr > 0):
+            _check(checks.non_negative, self.final_threshold, "final_threshold")
+        if not (checks.is_finite_real(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not (_checks.is_finite_real(self.momentum) and 0 <= self.momentum < 1):
+        if not (checks.is_finite_real(self.momentum) and 0 <= self.momentum < 1):
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        _check(_checks.int_at_least, self.period, 1, "period")
-        _check(_checks.int_at_least, self.batch_size, 2, "batch_size")  # BatchNorm: two images
-        _check(_checks.int_at_least, self.seed, 0, "seed")
-        _check(_checks.int_at_least, self.finetune_epochs, 0, "finetune_epochs")
+        _check(checks.int_at_least, self.period, 1, "period")
+        _check(checks.int_at_least, self.batch_size, 2, "batch_size")  # BatchNorm: two images
+        _check(checks.int_at_least, self.seed, 0, "seed")
+        _check(checks.int_at_least, self.finetune_epochs, 0, "finetune_epochs")
         method = method_class(self.method)
-        _check(_checks.int_at_least, self.epochs, method.min_epochs(self), "epochs")
+        _check(checks.int_at_least, self.epochs, method.min_epochs(self), "epochs")
         if self.threads is not None:
-            _check(_checks.int_at_least, self.threads, 1, "threads")
+            _check(checks.int_at_least, self.threads, 1, "threads")
         if self.penalty_kind is not None:
             _choice(self.penalty_kind, PENALTY_KINDS, "penalty_kind")
         _check(geometry.scheme(self.scheme).check_rank_spec, self.rank, "rank")
         if self.target_speedup is not None:
-            _check(budget.check_target_speedup, self.target_speedup)
-        _check(budget.check_rank_multiple, self.rank_multiple)
+            _check(checks.target_speedup, self.target_speedup)
+        _check(checks.rank_multiple, self.rank_multiple)
         _check(latency.meter, self.measure)   # also: is onnxruntime installed
         method.check(self)
         if self.dataset == "cifar10" and not self.data_dir:
@@ -96,7 +98,7 @@ class TrainConfig:
     # -- derived -------------------------------------------------------------------------------
     @property
     def rank_spec(self):
-        """The rank as the format takes it (a JSON-stored pair comes back as a tuple)."""
+        """The rank as the scheme takes it (a JSON-stored pair comes back as a tuple)."""
         return geometry.scheme(self.scheme).check_rank_spec(self.rank, "rank")
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data import ImageData, test_batches
+from .data import ImageData, test_batches
 
 
 @torch.no_grad()

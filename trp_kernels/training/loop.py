@@ -13,20 +13,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import __version__
-from ..checkpoint import set_rng_states
-from ..data import num_train_batches, train_batches
-from ..decompose import decomposable_layers
-from ..export import restore_lowrank_layers, save_model
+from .._version import __version__
+from ..compression import decomposable_layers, restore_lowrank_layers, save_model
 from ..models import create_model
-from ..report import model_figures, write_report
 from . import distributed
-from .checkpoints import MODEL_FILE, save_checkpoint
+from .checkpoints import MODEL_FILE, save_checkpoint, set_rng_states
 from .config import TrainConfig
+from .data import num_train_batches, train_batches
 from .errors import TrainingDiverged
 from .evaluate import evaluate
 from .methods import method_class
 from .prepare import Prepared, arch_kwargs, prepare
+from .report import model_figures, write_report
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, epochs: int):

@@ -23,10 +23,8 @@ import copy
 
 import torch
 
-from ..budget import energy_for_budget
-from ..decompose import decompose_model
-from ..lowrank_train import make_lowrank, orthogonality_penalty
-from ..trp import TRPRegularizer
+from ..compression import decompose_model, energy_for_budget
+from ..rank_training import TRPRegularizer, make_lowrank, orthogonality_penalty
 from .errors import ConfigError
 from .evaluate import evaluate
 

@@ -9,14 +9,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..data import ImageData, load_dataset, num_train_batches
-from ..decompose import decomposable_layers
-from ..export import load_model, lowrank_layers
-from .. import budget, geometry
+from ..compression import budget, decomposable_layers, load_model, lowrank_layers
+from ..schemes import geometry
 from ..models import create_model
 from . import distributed
 from .checkpoints import CHECKPOINT, MODEL_FILE, REPORT, read_checkpoint
 from .config import DIGITS_STAGE_STRIDES, TrainConfig
+from .data import ImageData, load_dataset, num_train_batches
 from .errors import ConfigError
 
 # Where a run executes may change when it resumes; what it computes may not.

@@ -1,0 +1,259 @@
+"""Shipping a compressed model in every scheme (one SchemeCase each, tests/scheme_cases.py):
+the model file restores every layer's scheme and rank (and names its architecture by an
+importable reference, older files included), plain conv pairs, torch.export and ONNX Runtime."""
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from scheme_cases import every_scheme
+from single_thread import one_cpu_thread  # noqa: F401  (autouse: one CPU thread per test)
+from testing import devices
+from torch import nn
+
+from trp_kernels.compression import decompose_model
+from trp_kernels.compression.files import CheckpointError, atomic_save
+from trp_kernels.compression.export import (export_onnx, export_program, load_model,
+                                            lowrank_layers, save_model, saved_input_shape,
+                                            to_conv_pairs)
+from trp_kernels.schemes.layers import LowRankConv2d
+from trp_kernels.models import resnet20
+
+ARCH = {"in_channels": 1, "stage_strides": [1, 1, 2]}
+
+
+def compressed_model(device="cpu"):
+    """A digits ResNet-20 with per-layer ranks from an energy rule, both schemes mixed, and
+    non-trivial BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = resnet20(**ARCH).to(device)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 1, 8, 8, device=device))
+    decompose_model(model, "channel", energy=0.7, skip=("conv1", "layer3.2.conv1"))
+    decompose_model(model, "spatial", energy=0.8, skip=("conv1",))
+    return model.eval()
+
+
+def outputs(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("device", devices)
+def test_save_and_load_restore_every_rank(tmp_path, device):
+    model = compressed_model(device)
+    path = str(tmp_path / "model.pt")
+    save_model(model, path, "trp_kernels.models:resnet20", ARCH, input_shape=(1, 8, 8),
+               metadata={"note": 1})
+    loaded = load_model(path, device=device)
+    assert lowrank_layers(loaded) == lowrank_layers(model)
+    assert set(lowrank_layers(model).values()) == {"channel", "spatial"}
+    ranks = {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankConv2d)}
+    assert len(set(ranks.values())) > 2
+    assert ranks == {n: m.rank for n, m in loaded.named_modules() if isinstance(m, LowRankConv2d)}
+    x = torch.randn(5, 1, 8, 8, device=device)
+    torch.testing.assert_close(outputs(loaded, x), outputs(model, x))
+    assert saved_input_shape(path) == (1, 8, 8)
+
+
+def test_a_model_of_your_own_loads_into_a_fresh_instance(tmp_path):
+    def build():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3))
+
+    model = build()
+    decompose_model(model, "channel", rank=2)
+    path = str(tmp_path / "mine.pt")
+    save_model(model, path)
+    with pytest.raises(CheckpointError, match="names no architecture"):
+        load_model(path)
+    loaded = load_model(path, model=build())
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(outputs(loaded, x), outputs(model.eval(), x))
+
+
+def small_net(channels=8):
+    """A model of your own, importable by name (this test module's)."""
+    return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(channels, channels, 3))
+
+
+def test_the_architecture_is_an_importable_reference(tmp_path):
+    model = small_net(6)
+    decompose_model(model, "spatial", rank=2, skip=())
+    path = str(tmp_path / "own.pt")
+    save_model(model, path, small_net, {"channels": 6})
+    assert torch.load(path, weights_only=True)["arch"] == f"{__name__}:small_net"
+    loaded = load_model(path)
+    assert lowrank_layers(loaded) == {"0": "spatial", "2": "spatial"}
+    x = torch.randn(2, 3, 7, 7)
+    torch.testing.assert_close(outputs(loaded, x), outputs(model.eval(), x))
+    with pytest.raises(ValueError, match="local"):
+        save_model(model, path, lambda: small_net(6))
+    with pytest.raises(TypeError, match="arch"):
+        save_model(model, path, 3)
+
+
+def test_files_naming_a_library_model_without_its_module_still_load(tmp_path):
+    """Model files written before architectures were references name one of this library's
+    models alone ("resnet20"); they load as trp_kernels.models:resnet20."""
+    model = compressed_model()
+    path = str(tmp_path / "older.pt")
+    atomic_save({"format": "trp_kernels.model/1", "arch": "resnet20", "arch_kwargs": ARCH,
+                 "input_shape": [1, 8, 8], "lowrank_layers": lowrank_layers(model),
+                 "state_dict": model.state_dict(), "metadata": {}}, path)
+    loaded = load_model(path)
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(outputs(loaded, x), outputs(model, x))
+    save_model(model, path, "resnet20", ARCH)
+    assert torch.load(path, weights_only=True)["arch"] == "trp_kernels.models:resnet20"
+
+
+def test_bad_files_are_reported(tmp_path):
+    missing = str(tmp_path / "none.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(missing)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        load_model(str(corrupt))
+    other = str(tmp_path / "other.pt")
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="lacks the entries"):
+        load_model(other)
+    wrong = str(tmp_path / "wrong.pt")
+    save_model(compressed_model(), wrong, "resnet32", ARCH)
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_model(wrong)
+    unknown = str(tmp_path / "unknown.pt")
+    save_model(compressed_model(), unknown, "no_such_package.models:resnet20", ARCH)
+    with pytest.raises(CheckpointError, match="cannot be imported"):
+        load_model(unknown)
+
+
+@pytest.mark.parametrize("device", devices)
+def test_conv_pairs_compute_the_same(device):
+    model = compressed_model(device)
+    x = torch.randn(3, 1, 8, 8, device=device)
+    expected = outputs(model, x)
+    to_conv_pairs(model)
+    assert not lowrank_layers(model)
+    torch.testing.assert_close(outputs(model, x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv_pairs", [False, True])
+def test_torch_export_round_trip(tmp_path, conv_pairs):
+    model = compressed_model()
+    program = export_program(model, torch.randn(1, 1, 8, 8), conv_pairs=conv_pairs)
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any("trp.lowrank_conv2d" in t for t in targets) != conv_pairs
+    path = str(tmp_path / "model.pt2")
+    torch.export.save(program, path)
+    loaded = torch.export.load(path).module()
+    x = torch.randn(6, 1, 8, 8)                       # another batch size: the batch is dynamic
+    torch.testing.assert_close(loaded(x), outputs(model, x), rtol=1e-4, atol=1e-5)
+    assert lowrank_layers(model)                      # the model itself is untouched
+
+
+def test_onnx_runs_in_onnxruntime_like_pytorch(tmp_path):
+    model = compressed_model()
+    path = str(tmp_path / "model.onnx")
+    export_onnx(model, torch.randn(2, 1, 8, 8), path)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = torch.randn(7, 1, 8, 8)
+    (logits,) = session.run(["logits"], {"input": x.numpy()})
+    np.testing.assert_allclose(logits, outputs(model, x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def small_dense_model():
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, (3, 5), padding=(2, 1), dilation=(2, 1)),
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 12, 3, padding=1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 10))
+
+
+def tensor_schemes_model():
+    """A small net with tucker2 layers (energy ranks, two per layer) and a decoupled layer, and
+    non-trivial BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = small_dense_model().train()
+    with torch.no_grad():
+        model(torch.randn(32, 1, 8, 8))
+    decompose_model(model, "tucker2", energy=0.7, skip=("0", "8"))
+    decompose_model(model, "decoupled", energy=0.8, skip=("0",))
+    return model.eval()
+
+
+def ranks_of(model):
+    return {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankConv2d)}
+
+
+def saved_and_loaded(model, path):
+    """(loaded, x, expected): ``model`` saved without its architecture and loaded into a fresh
+    small_dense_model; the file restores every layer's scheme, rank and outputs without being
+    told them."""
+    x = torch.randn(5, 1, 8, 8)
+    expected = outputs(model, x)
+    save_model(model, path)
+    loaded = load_model(path, model=small_dense_model())
+    assert lowrank_layers(loaded) == lowrank_layers(model)
+    assert ranks_of(loaded) == ranks_of(model)
+    torch.testing.assert_close(outputs(loaded, x), expected)
+    return loaded, x, expected
+
+
+def exported_ops(model, x, expected, tmp_path) -> set[str]:
+    """The ops of ``model``'s torch.export program, after checking that the program and the
+    ONNX file (in ONNX Runtime) both compute ``expected`` on ``x``."""
+    program = export_program(model, torch.randn(1, 1, 8, 8))
+    torch.testing.assert_close(program.module()(x), expected, rtol=1e-4, atol=1e-5)
+    onnx_path = str(tmp_path / "model.onnx")
+    export_onnx(model, torch.randn(2, 1, 8, 8), onnx_path)
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": x.numpy()})
+    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-5)
+    return {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+
+
+def test_tucker2_and_decoupled_in_one_model_save_load_and_pair(tmp_path):
+    model = tensor_schemes_model()
+    assert lowrank_layers(model) == {"2": "tucker2", "5": "tucker2", "8": "decoupled"}
+    assert len(set(ranks_of(model).values())) == 3
+    loaded, x, expected = saved_and_loaded(model, str(tmp_path / "model.pt"))
+    # plain convs: three per tucker2 layer, a 1x1 and a grouped conv per decoupled layer
+    plain = to_conv_pairs(loaded)
+    assert not lowrank_layers(plain)
+    assert len(plain[2]) == len(plain[5]) == 3 and len(plain[8]) == 2 and plain[8][1].groups == 12
+    torch.testing.assert_close(outputs(plain, x), expected, rtol=1e-4, atol=1e-5)
+    targets = exported_ops(model, x, expected, tmp_path)
+    assert not any("trp." in t for t in targets)     # ATen convolutions only
+
+
+def decomposed(case):
+    """small_dense_model with every conv but the first in ``case``'s scheme at a fraction of its
+    full rank (the dense fallback may keep some), and non-trivial BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = small_dense_model().train()
+    with torch.no_grad():
+        model(torch.randn(32, 1, 8, 8))
+    decompose_model(model, case.name, rank=case.fraction, skip=("0",))
+    return model.eval()
+
+
+@every_scheme
+def test_every_scheme_saves_loads_pairs_and_exports(case, tmp_path):
+    model = decomposed(case)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LowRankConv2d)}
+    assert layers and set(lowrank_layers(model).values()) == {case.name}
+    loaded, x, expected = saved_and_loaded(model, str(tmp_path / "model.pt"))
+    # torch.export keeps the library's op where the scheme runs it
+    targets = exported_ops(model, x, expected, tmp_path)
+    assert any("trp.lowrank_conv2d" in t for t in targets) == case.scheme.fused_op
+    # plain convs, one per thin conv of each layer
+    plain = to_conv_pairs(loaded)
+    assert not lowrank_layers(plain)
+    for name, layer in layers.items():
+        convs = plain.get_submodule(name)
+        assert [c.groups for c in convs] == [t.groups for t in layer.thin_convs()]
+    torch.testing.assert_close(outputs(plain, x), expected, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,170 @@
+"""TRP's projection and nuclear sub-gradient for each low-rank scheme (the maths:
+docs/design.md, "The schemes"), on stacked groups built once (groups.StackedGroups).
+
+    channel, spatial   the one matrix view: one ``lowrank_project_groups`` call per device.
+    tucker2            both mode unfoldings of the same current weights, one call each. P_in is
+                       formed as (U_r V_r^T)(U_r V_r^T)^T = U_r U_r^T from the sub-gradient the
+                       op already returns, so no factor leaves the op.
+    decoupled          the per-filter matrices at one rank per layer. The batched op's rank
+                       bound is one scalar per call, so a per-layer rank takes two steps: one
+                       ``lowrank_project_groups`` call gives every filter's energy rank (all
+                       groups at once), then one ``truncated_svd`` per shape group (untruncated)
+                       is cut at each layer's shared rank by a mask. Nothing synchronises with
+                       the host.
+
+Every projection object has the same face, so TRPRegularizer never asks which scheme runs:
+``compute`` (one SVD pass on the current weights), ``low_flats`` / ``subgrad_flats`` (the flat
+buffers a DDP broadcast sends), ``write_low``, ``add_subgrad`` and ``layer_ranks``. On a
+projection step the sub-gradient comes from the SVD of the weights before the projection, as
+in the official TRP code; for the matrix schemes it is also the sub-gradient at the projected
+weights (same singular vectors).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops import svd
+from ..schemes.geometry import Scheme
+from ..schemes.matrix_views import IN_MODE, OUT_MODE, PER_FILTER, MatrixView
+from .groups import StackedGroups
+
+
+class MatrixProjection:
+    """channel and spatial: one matrix view, one ``lowrank_project_groups`` call per device."""
+
+    def __init__(self, weights: list[torch.Tensor], view: MatrixView):
+        self.groups = StackedGroups(weights, view)
+        self.ranks: list[torch.Tensor] | None = None
+
+    def fits(self, weights) -> bool:
+        return self.groups.fits(weights)
+
+    def compute(self, weights, energy: float, keep_low: bool, keep_subgrad: bool) -> None:
+        self.ranks = self.groups.project(weights, energy, keep_low, keep_subgrad)
+
+    @property
+    def low_flats(self) -> list[torch.Tensor]:
+        return list(self.groups.flat.values())
+
+    @property
+    def subgrad_flats(self) -> list[torch.Tensor]:
+        return list(self.groups.subgrad_flat.values())
+
+    def write_low(self, weights) -> None:
+        torch._foreach_copy_(weights, self.groups.slots)
+
+    def add_subgrad(self, grads, alpha: float) -> None:
+        torch._foreach_add_(grads, self.groups.subgrad_slots, alpha=alpha)
+
+    def layer_ranks(self) -> list:
+        """Each layer's rank at the last SVD (the largest over a batch of matrices)."""
+        return _layer_ranks(self.groups, self.ranks)
+
+
+def _layer_ranks(groups: StackedGroups, ranks) -> list[int] | None:
+    if ranks is None:
+        return None
+    host = [r.cpu() for r in ranks]
+    return [int(host[g][j].max()) for g, j in groups.where]
+
+
+class Tucker2Projection:
+    """Both mode unfoldings of each weight, gathered from the same current weights into two
+    stacked groups (output mode [N, C*kh*kw], input mode [C, N*kh*kw])."""
+
+    def __init__(self, weights: list[torch.Tensor]):
+        self.out_mode = StackedGroups(weights, OUT_MODE)
+        self.in_mode = StackedGroups(weights, IN_MODE)
+        self.ranks: tuple | None = None
+
+    def fits(self, weights) -> bool:
+        return self.out_mode.fits(weights)
+
+    def compute(self, weights, energy: float, keep_low: bool, keep_subgrad: bool) -> None:
+        # The input mode's U_r V_r^T is needed for P_in even without the nuclear term.
+        in_ranks = self.in_mode.project(weights, energy, keep_low=False, keep_subgrad=True)
+        out_ranks = self.out_mode.project(weights, energy, keep_low=keep_low,
+                                          keep_subgrad=keep_subgrad)
+        self.ranks = (in_ranks, out_ranks)
+        if keep_low:
+            # W x_N P_out (now in the output-mode buffers), seen in the input mode, times P_in.
+            torch._foreach_copy_(self.in_mode.slots, self.out_mode.slots)
+            products = []
+            for sub, low in zip(self.in_mode.subgrad_buffers, self.in_mode.buffers):
+                products.append(torch.bmm(torch.bmm(sub, sub.mT), low))
+            torch._foreach_copy_(self.in_mode.buffers, products)
+
+    @property
+    def low_flats(self) -> list[torch.Tensor]:
+        return list(self.in_mode.flat.values())
+
+    @property
+    def subgrad_flats(self) -> list[torch.Tensor]:
+        return [*self.out_mode.subgrad_flat.values(), *self.in_mode.subgrad_flat.values()]
+
+    def write_low(self, weights) -> None:
+        torch._foreach_copy_(weights, self.in_mode.slots)
+
+    def add_subgrad(self, grads, alpha: float) -> None:
+        torch._foreach_add_(grads, self.out_mode.subgrad_slots, alpha=alpha)
+        torch._foreach_add_(grads, self.in_mode.subgrad_slots, alpha=alpha)
+
+    def layer_ranks(self) -> list | None:
+        """(r_in, r_out) of each layer at the last SVD."""
+        if self.ranks is None:
+            return None
+        r_in = _layer_ranks(self.in_mode, self.ranks[0])
+        r_out = _layer_ranks(self.out_mode, self.ranks[1])
+        return list(zip(r_in, r_out))
+
+
+class DecoupledProjection(MatrixProjection):
+    """Every filter of a weight as a C x (kh*kw) matrix: buffers [G, N, C, kh*kw], also seen
+    as [G*N, C, kh*kw] so that the rank-r products are single ``bmm`` calls. Gathering,
+    writing and the flat buffers are the matrix projection's; the rank is shared per layer."""
+
+    def __init__(self, weights: list[torch.Tensor]):
+        super().__init__(weights, PER_FILTER)
+        # Built once: per group the flat batch views and the positions 0..k-1 of the singular
+        # values, [1, 1, k], for the rank masks.
+        self._flat_buffers = [b.view(-1, *b.shape[-2:]) for b in self.groups.buffers]
+        self._flat_subgrads = [b.view(-1, *b.shape[-2:]) for b in self.groups.subgrad_buffers]
+        self._positions = [torch.arange(min(b.shape[-2:]), device=b.device).view(1, 1, -1)
+                           for b in self.groups.buffers]
+
+    def compute(self, weights, energy: float, keep_low: bool, keep_subgrad: bool) -> None:
+        groups = self.groups
+        # Every filter's energy rank (one op call for all groups); its outputs are not kept.
+        filter_ranks = groups.project(weights, energy, keep_low=False, keep_subgrad=False)
+        lows, subs, shared_ranks = [], [], []
+        for g, ranks in enumerate(filter_ranks):
+            G, N = ranks.shape
+            U, S, V, _ = svd.truncated_svd(self._flat_buffers[g], check_finite=False)
+            shared = ranks.amax(-1, keepdim=True)                          # [G, 1]
+            keep = (self._positions[g] < shared.unsqueeze(-1)).expand(G, N, -1)   # [G, N, k]
+            keep = keep.reshape(G * N, 1, -1)
+            Vt = V.mT
+            if keep_low:
+                lows.append(torch.bmm(U * (S.unsqueeze(-2) * keep), Vt))
+            if keep_subgrad:
+                subs.append(torch.bmm(U * keep, Vt))
+            shared_ranks.append(shared)
+        if keep_low:
+            torch._foreach_copy_(self._flat_buffers, lows)
+        if keep_subgrad:
+            torch._foreach_copy_(self._flat_subgrads, subs)
+        self.ranks = shared_ranks
+
+    def layer_ranks(self) -> list | None:
+        """Each layer's shared rank at the last SVD."""
+        return _layer_ranks(self.groups, self.ranks)
+
+
+def projection_for(scheme: Scheme, weights: list[torch.Tensor]):
+    """The projection object of ``scheme`` (an entry of the scheme registry) for ``weights``."""
+    if scheme.name == "tucker2":
+        return Tucker2Projection(weights)
+    if scheme.name == "decoupled":
+        return DecoupledProjection(weights)
+    return MatrixProjection(weights, scheme.views[0])

@@ -1,0 +1,185 @@
+"""Trained Rank Pruning (Xu et al. 2019) as two hooks around any training step: the projection
+every ``period`` steps before the forward pass, and the nuclear-norm sub-gradient ("+Nu") after
+the backward pass (the method: docs/design.md, "The method"; each scheme's projection:
+"The schemes").
+
+    trp = TRPRegularizer(model, scheme="channel", energy=0.9, nuclear_weight=3e-4, period=1)
+    for x, y in loader:
+        trp.before_forward()             # projects on every period-th step
+        loss = criterion(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        trp.after_backward()             # adds the nuclear sub-gradient; counts the step
+        optimizer.step()
+    report = trp.decompose(threshold=5e-2)   # the trained model, factorised; no fine-tuning
+
+The layers are grouped by matrix shape once, at construction (groups.StackedGroups), and all
+groups go to one ``lowrank_project_groups`` call (one batched SVD per shape, pooled over the
+threads); gathering the weights and writing the results back are one ``torch._foreach_*`` op
+each, so a step is a handful of tensor ops whatever the depth of the model. On a projection
+step the same call also yields the sub-gradient (as in the official code), so a TRP+Nu step
+costs one batched SVD per shape whatever the period; with lambda = 0 the off steps cost
+nothing. The ops run with ``check_finite=False``: no host synchronisation in a step.
+Tucker-2 and network decoupling project differently (two mode unfoldings; per-filter matrices
+at one rank per layer): projections.py holds each scheme's projection.
+
+Under DistributedDataParallel every process holds the same weights, so every process computes
+the same projection. By default the projected weights and the nuclear sub-gradients are also
+broadcast from rank 0 (one collective per projection and one per sub-gradient step), so replicas
+stay bit-identical even with a nondeterministic SVD.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..compression import DecompositionReport, decompose_model, decomposable_layers
+from ..ops import checks
+from ..schemes import geometry
+from .projections import projection_for
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or DataParallel) wrapper."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    return model
+
+
+class TRPRegularizer:
+    """TRP's projection and nuclear-norm sub-gradient for the decomposable convs of ``model``
+    (an nn.Module or a DistributedDataParallel wrapping one).
+
+    scheme: "channel", "spatial", "tucker2" or "decoupled" (projections.py: what each
+        projects).
+    energy: the energy e in (0, 1] that picks each layer's rank at a projection (official 0.9).
+    nuclear_weight: lambda >= 0 of the nuclear-norm sub-gradient (official 3e-4; 0 turns "+Nu"
+        off).
+    period: project every ``period`` steps (official 1).
+    skip: layer names left dense; None means the model's ``never_decomposed`` (the first conv
+        of this library's ResNets).
+    broadcast: copy rank 0's projected weights (after a projection) and sub-gradients (before
+        they are added) to every process; None means
+        "when torch.distributed is initialised with more than one process".
+    """
+
+    def __init__(self, model: nn.Module, scheme: str = "channel", energy: float = 0.9,
+                 nuclear_weight: float = 3e-4, period: int = 1, skip=None,
+                 broadcast: bool | None = None):
+        self.scheme = geometry.scheme(scheme).name
+        self.energy = energy
+        self.nuclear_weight = checks.non_negative(nuclear_weight, "nuclear_weight")
+        self.period = checks.int_at_least(period, 1, "period")
+        self.model = unwrap(model)
+        self.layers = decomposable_layers(self.model, skip)
+        if not self.layers:
+            raise ValueError("model has no decomposable conv (nn.Conv2d, groups 1, kernel "
+                             "larger than 1x1) outside skip; TRP has nothing to act on")
+        if broadcast is None:
+            broadcast = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.broadcast = bool(broadcast)
+        self.step = 0               # completed training steps (after_backward calls)
+        self._projection = projection_for(geometry.scheme(self.scheme), self._weights())
+        self._subgrads_ready = False   # the sub-gradient buffers hold the current weights'
+
+    @property
+    def energy(self) -> float:
+        """The energy of the projections' rank rule; may change between steps (an epoch-end
+        schedule, say): the next projection uses the new value."""
+        return self._energy
+
+    @energy.setter
+    def energy(self, value) -> None:
+        self._energy = checks.energy(value)
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [conv.weight for _, conv in self.layers]
+
+    def _current_projection(self):
+        """The weights and their projection (stacked groups), rebuilt if the weights moved or changed dtype since
+        (model.to(...) after construction)."""
+        weights = self._weights()
+        if not self._projection.fits(weights):
+            self._projection = projection_for(geometry.scheme(self.scheme), weights)
+        return weights, self._projection
+
+    # -- the two hooks -------------------------------------------------------------------------
+    def before_forward(self) -> None:
+        """Projects every layer when this step is a projection step (step % period == 0)."""
+        if self.step % self.period == 0:
+            self.project()
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """Adds lambda * U_r V_r^T to each layer's gradient (when lambda > 0) and counts the
+        step. Call it after ``loss.backward()`` (and after DDP's gradient all-reduce, which
+        backward completes) and before ``optimizer.step()``."""
+        if self.nuclear_weight > 0:
+            weights, projection = self._current_projection()
+            if not self._subgrads_ready:
+                projection.compute(weights, self.energy, keep_low=False, keep_subgrad=True)
+            if self.broadcast:
+                # The sub-gradient is added after DDP's all-reduce: rank 0's, so replicas get
+                # the same update even where the SVD is not bitwise reproducible.
+                self._broadcast(projection.subgrad_flats)
+            for w in weights:
+                if w.grad is None:
+                    w.grad = torch.zeros_like(w)
+            projection.add_subgrad([w.grad for w in weights], self.nuclear_weight)
+        self._subgrads_ready = False
+        self.step += 1
+
+    # -- the operations ------------------------------------------------------------------------
+    @torch.no_grad()
+    def project(self) -> None:
+        """Projects every layer now (whatever the step): the scheme's projection
+        (projections.py), its ranks by the energy rule."""
+        weights, projection = self._current_projection()
+        want_subgrad = self.nuclear_weight > 0
+        projection.compute(weights, self.energy, keep_low=True, keep_subgrad=want_subgrad)
+        if self.broadcast:
+            self._broadcast(projection.low_flats)
+        projection.write_low(weights)
+        # The sub-gradient of this step is this SVD's (of the weights before the projection),
+        # as in the official code; for the matrix schemes the projected weights are exactly
+        # rank r with the same singular vectors, so it is also the one at the new weights.
+        self._subgrads_ready = want_subgrad
+
+    @staticmethod
+    def _broadcast(flats: list) -> None:
+        """Rank 0's values of the stacked buffers into every process: one collective each
+        (one per device and dtype of the layers and per mode, usually one or two)."""
+        for tensor in flats:
+            dist.broadcast(tensor, src=0)
+
+    # -- what it has done ----------------------------------------------------------------------
+    def ranks(self) -> dict:
+        """Each layer's rank at the last SVD (projection or sub-gradient): the energy rank, a
+        pair (r_in, r_out) for tucker2, the layer's shared rank for decoupled; empty before
+        the first. Reading them synchronises with the device."""
+        ranks = self._projection.layer_ranks()
+        if ranks is None:
+            return {}
+        return {name: rank for (name, _), rank in zip(self.layers, ranks)}
+
+    def decompose(self, energy=None, threshold=None, rank=None,
+                  example_input: torch.Tensor | None = None, target_speedup=None,
+                  rank_multiple=1, measure=None) -> DecompositionReport:
+        """Replaces this regularizer's layers (only those) by LowRankConv2d in place, by the rank
+        rule given or by the FLOP budget ``target_speedup`` (with ``rank_multiple`` and
+        ``measure``: ``decompose_model``'s options, which check them), and returns the report;
+        the end of TRP training. Unwrap a DDP model first if you keep training it: DDP does not
+        follow replaced parameters."""
+        return decompose_model(self.model, self.scheme, energy=energy, threshold=threshold,
+                               rank=rank, example_input=example_input,
+                               target_speedup=target_speedup, rank_multiple=rank_multiple,
+                               measure=measure, layers=[name for name, _ in self.layers])
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self._subgrads_ready = False
