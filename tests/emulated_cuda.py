@@ -17,6 +17,7 @@ import functools
 import os
 import pathlib
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -33,8 +34,9 @@ CSRC = ROOT / "csrc"
 KERNELS = sorted((CSRC / "cuda").glob("*.cu"))
 RUNTIME = sorted((EMULATION / "runtime").glob("*.cpp"))
 INCLUDES = [EMULATION / "include", EMULATION / "runtime", CSRC / "include"]
-# Executables built with the kernels: their main source under tests/emulation.
-PROGRAMS = ("runtime_checks", "fused_conv_emulation")
+# Executables of the emulation: their main source under tests/emulation, and the kernel sources
+# they link (a glob under csrc/cuda).
+PROGRAMS = {"runtime_checks": None, "fused_conv_emulation": "lowrank_conv2d_fused_*.cu"}
 VARIANT_FLAGS = {
     "release": ["-O2"],
     "asan": ["-O1", "-fsanitize=address", "-fno-omit-frame-pointer"],
@@ -69,21 +71,23 @@ def _ninja_file(variant: str) -> str:
         "rule program",
         "  command = $cxx $link $in -o $out",
     ]
-    runtime, kernels = [], []
-    for source, objects in [(s, runtime) for s in RUNTIME] + [(s, kernels) for s in KERNELS]:
-        obj = f"obj/{source.parent.name}_{source.stem}.o"
-        lines.append(f"build {obj}: cxx {source}")
-        objects.append(obj)
-    lines.append(f"build {LIBRARY}: shared {' '.join(runtime + kernels)}")
-    for program in PROGRAMS:
+    objects = {}
+    for source in RUNTIME + KERNELS:
+        objects[source] = f"obj/{source.parent.name}_{source.stem}.o"
+        lines.append(f"build {objects[source]}: cxx {source}")
+    runtime = [objects[s] for s in RUNTIME]
+    lines.append(f"build {LIBRARY}: shared {' '.join(objects.values())}")
+    for program, kernels in PROGRAMS.items():
+        linked = runtime + [objects[s] for s in KERNELS if kernels and s.match(kernels)]
         lines.append(f"build obj/{program}.o: cxx {EMULATION / (program + '.cpp')}")
-        lines.append(f"build {program}: program obj/{program}.o {' '.join(runtime + kernels)}")
+        lines.append(f"build {program}: program obj/{program}.o {' '.join(linked)}")
     return "\n".join(lines) + "\n"
 
 
-def native_build(variant: str = "release") -> pathlib.Path:
-    """Builds (or brings up to date) the kernels library and the emulation's programs of
-    ``variant`` ("release" or "asan"); returns their directory."""
+def native_build(variant: str = "release", targets: tuple[str, ...] = ()) -> pathlib.Path:
+    """Builds (or brings up to date) ``targets`` of ``variant`` ("release" or "asan"): the
+    kernels library (LIBRARY) and the programs (PROGRAMS), all of them by default; returns
+    their directory."""
     out = BUILD / variant
     out.mkdir(parents=True, exist_ok=True)
     ninja_file = out / "build.ninja"
@@ -91,7 +95,7 @@ def native_build(variant: str = "release") -> pathlib.Path:
     if not ninja_file.exists() or ninja_file.read_text() != text:
         ninja_file.write_text(text)
     jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
-    result = subprocess.run([sys.executable, "-m", "ninja", "-C", str(out), "-j", jobs],
+    result = subprocess.run([sys.executable, "-m", "ninja", "-C", str(out), "-j", jobs, *targets],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"building the CUDA emulation failed:\n{result.stdout}{result.stderr}")
@@ -152,15 +156,30 @@ def set_schedule(threads: str = "forward", blocks: str = "forward", seed: int = 
     ops().set_schedule(threads, blocks, seed)
 
 
+_test_schedule = ("forward", "forward", 0)
+
+
 def start_test(test_id: str) -> None:
     """A fresh emulated device for the test ``test_id``: no pending fault, the H200's limits,
     and a schedule of its own (thread order, block order and seed from a hash of the id, so
     that the tests between them run every order, each the same way on every run)."""
+    global _test_schedule
     ops().reset_faults()
     ops().set_cooperative_launch(True)
     ops().set_sm_count(H200_SMS)
     h = zlib.crc32(test_id.encode())
-    set_schedule(ORDERS[h % 3], ORDERS[h // 3 % 3], h)
+    _test_schedule = (ORDERS[h % 3], ORDERS[h // 3 % 3], h)
+    set_schedule(*_test_schedule)
+
+
+@contextlib.contextmanager
+def schedule(threads: str, blocks: str, seed: int = 0):
+    """Runs the block with the given schedule (set_schedule), then the test's own again."""
+    set_schedule(threads, blocks, seed)
+    try:
+        yield
+    finally:
+        set_schedule(*_test_schedule)
 
 
 def finish_test() -> str:
@@ -173,24 +192,23 @@ H200_SMS = 132
 
 
 @contextlib.contextmanager
-def cooperative_launch(supported: bool):
-    """Runs the block with the emulated device reporting (no) cooperative-launch support."""
-    ops().set_cooperative_launch(supported)
+def _device_setting(setter, value, default):
+    setter(value)
     try:
         yield
     finally:
-        ops().set_cooperative_launch(True)
+        setter(default)
 
 
-@contextlib.contextmanager
+def cooperative_launch(supported: bool):
+    """Runs the block with the emulated device reporting (no) cooperative-launch support."""
+    return _device_setting(ops().set_cooperative_launch, supported, True)
+
+
 def sm_count(count: int):
     """Runs the block with the emulated device reporting ``count`` SMs: a cooperative grid is
     then smaller than its work, and its blocks loop over several work items."""
-    ops().set_sm_count(count)
-    try:
-        yield
-    finally:
-        ops().set_sm_count(H200_SMS)
+    return _device_setting(ops().set_sm_count, count, H200_SMS)
 
 
 @functools.cache
@@ -219,5 +237,5 @@ def launches(fn):
 def kernel_instantiations(directory: pathlib.Path) -> set[str]:
     """Every kernel template instantiation in the kernels library: the functions named
     *_kernel<...>(...) (every __global__ function of csrc/cuda is named so)."""
-    return {name for name in _symbols(str(directory / LIBRARY)).values()
-            if "_kernel<" in name.split("(")[0] or name.split("(")[0].endswith("_kernel")}
+    kernel = re.compile(r"::\w+_kernel[<(]")
+    return {name for name in _symbols(str(directory / LIBRARY)).values() if kernel.search(name)}

@@ -3,7 +3,7 @@ kernels of runtime_checks.cpp: what they must compute in every thread and block 
 launches a device refuses, and the faults the emulation must report -- a barrier some threads
 never reach, threads at different barriers, lanes at different collectives -- each naming the
 file:line where it happened. Also the AddressSanitizer build: one byte past a block's dynamic
-shared memory is reported."""
+shared memory is reported, and the fused conv kernels run clean under it."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_kernels_compute_what_cuda_defines(release, check, order):
     ("barrier_in_branch", r"deadlock: block \(0, 0, 0\) of 64 threads: 63 exited, 1 waiting at __syncthreads"),
     ("early_exit", r"deadlock: block \(0, 0, 0\) of 64 threads: 1 exited, 63 waiting at __syncthreads"),
     ("mask_mismatch", "lanes of a warp meet at different collectives"),
-    ("uncooperative_grid_sync", r"grid.sync\(\) in a kernel not launched cooperatively"),
+    ("uncooperative_grid_sync", r"grid.sync\(\) \(.*\) in a kernel not launched cooperatively"),
     ("trap", r"__trap\(\) called"),
 ])
 def test_faults_name_their_site(release, check, message, order):
@@ -67,8 +67,10 @@ def test_faults_name_their_site(release, check, message, order):
     assert sites and all(site in reported for site in sites), (sites, reported)
 
 
-def test_address_sanitizer_build_reports_a_shared_memory_overflow():
-    asan = emulated_cuda.native_build("asan")
+def test_address_sanitizer_build():
+    """The AddressSanitizer build reports a write one byte past a block's dynamic shared memory,
+    and runs the fused conv kernels, whose shared-memory layout is the most intricate, clean."""
+    asan = emulated_cuda.native_build("asan", ("runtime_checks", "fused_conv_emulation"))
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
     for check in ("barriers", "grid_sync", "warp_collectives"):
         result = run(asan, check, "random", env)
@@ -76,3 +78,7 @@ def test_address_sanitizer_build_reports_a_shared_memory_overflow():
     result = run(asan, "shared_overflow", env=env)
     assert result.returncode != 0
     assert "heap-buffer-overflow" in result.stderr and "shared_overflow_kernel" in result.stderr
+    for dtype in ("f32x3", "bf16"):
+        result = subprocess.run([str(asan / "fused_conv_emulation"), dtype, "random"],
+                                capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr

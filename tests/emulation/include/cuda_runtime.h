@@ -51,23 +51,16 @@ enum cudaError_t : int {
   cudaErrorLaunchFailure = 719,
   cudaErrorCooperativeLaunchTooLarge = 720,
 };
+// The attributes the launchers ask for.
 enum cudaDeviceAttr : int {
-  cudaDevAttrMaxThreadsPerBlock = 1,
-  cudaDevAttrMaxSharedMemoryPerBlock = 8,
-  cudaDevAttrWarpSize = 10,
   cudaDevAttrMultiProcessorCount = 16,
-  cudaDevAttrMaxThreadsPerMultiProcessor = 39,
   cudaDevAttrComputeCapabilityMajor = 75,
-  cudaDevAttrComputeCapabilityMinor = 76,
-  cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81,
   cudaDevAttrCooperativeLaunch = 95,
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
-  cudaDevAttrMaxBlocksPerMultiprocessor = 106,
 };
 enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaStreamCaptureStatus : int {
   cudaStreamCaptureStatusNone = 0,
-  cudaStreamCaptureStatusActive = 1,
 };
 struct cudaFuncAttributes {
   std::size_t sharedSizeBytes;  // static shared memory: 0 here (the emulation cannot know it)
@@ -191,10 +184,6 @@ T atomicOr(T* address, T v) {
   return std::atomic_ref<T>(*address).fetch_or(v);
 }
 template <typename T>
-T atomicExch(T* address, T v) {
-  return std::atomic_ref<T>(*address).exchange(v);
-}
-template <typename T>
 T atomicMax(T* address, T v) {
   std::atomic_ref<T> ref(*address);
   T old = ref.load();
@@ -202,25 +191,14 @@ T atomicMax(T* address, T v) {
   }
   return old;
 }
-template <typename T>
-T atomicMin(T* address, T v) {
-  std::atomic_ref<T> ref(*address);
-  T old = ref.load();
-  while (v < old && !ref.compare_exchange_weak(old, v)) {
-  }
-  return old;
-}
-template <typename T>
-T atomicCAS(T* address, T compare, T v) {
-  std::atomic_ref<T>(*address).compare_exchange_strong(compare, v);
-  return compare;
-}
 
 template <typename T>
 T __ldg(const T* p) {
   return *p;
 }
-[[noreturn]] inline void __trap() { cuda_emulation::fault("__trap() called"); }
+[[noreturn]] inline void __trap(std::source_location site = std::source_location::current()) {
+  cuda_emulation::fault("__trap() called at " + cuda_emulation::describe(site));
+}
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 inline float __uint_as_float(unsigned u) { return std::bit_cast<float>(u); }
 inline unsigned __float_as_uint(float f) { return std::bit_cast<unsigned>(f); }

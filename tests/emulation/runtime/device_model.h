@@ -8,7 +8,7 @@
 
 namespace cuda_emulation::device {
 
-constexpr int kComputeMajor = 9, kComputeMinor = 0;
+constexpr int kComputeMajor = 9;
 constexpr int kH200SmCount = 132;
 constexpr int kMaxThreadsPerBlock = 1024;
 constexpr int kMaxThreadsPerSm = 2048;

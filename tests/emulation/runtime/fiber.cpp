@@ -17,9 +17,11 @@
 #error "the emulation's context switch is written for x86-64"
 #endif
 
-// switch_stack(save, load): pushes the callee-saved registers and the floating-point control
-// words on the current stack, stores the stack pointer at *save, continues on `load` (a stack
-// saved by switch_stack, or prepared by Fiber::start) and pops the same there.
+// switch_stack(save, load): pushes the callee-saved registers on the current stack, stores the
+// stack pointer at *save, continues on `load` (a stack saved by switch_stack, or prepared by
+// Fiber::start) and pops the same there. The floating-point control words (rounding, exception
+// masks) are not switched: every fiber runs with those of the launching thread, as no kernel
+// changes them.
 extern "C" void cuda_emulation_switch_stack(void** save, void* load);
 asm(R"(
   .pushsection .text
@@ -33,14 +35,8 @@ cuda_emulation_switch_stack:
   pushq %r13
   pushq %r14
   pushq %r15
-  subq $8, %rsp
-  stmxcsr (%rsp)
-  fnstcw 4(%rsp)
   movq %rsp, (%rdi)
   movq %rsi, %rsp
-  ldmxcsr (%rsp)
-  fldcw 4(%rsp)
-  addq $8, %rsp
   popq %r15
   popq %r14
   popq %r13
@@ -66,9 +62,14 @@ constexpr std::size_t kStackBytes = 256 * 1024;
 constexpr std::size_t kStackBytes = 64 * 1024;
 #endif
 constexpr std::size_t kStacksPerChunk = 256;
+// Stacks are kStackBytes apart, so their tops would all fall in the same cache sets, and a pass
+// over thousands of fibers would miss the cache on every switch: each stack's top is moved
+// down by a different multiple of a cache line ("cache colouring").
+constexpr std::size_t kColours = 64, kColourBytes = 64 + 128;
 constexpr uint64_t kCanary = 0x5a17c0de5a17c0deull;
 
 std::vector<unsigned char*> free_stacks;
+std::size_t next_colour = 0;
 
 unsigned char* take_stack() {
   if (free_stacks.empty()) {
@@ -113,32 +114,39 @@ std::size_t scheduler_stack_size = 0;
 
 }  // namespace
 
-Fiber::Fiber() : stack_(take_stack()) {}
+Fiber::Fiber() : stack_(take_stack()), colour_(next_colour++ % kColours) {}
 
-Fiber::~Fiber() { give_back_stack(stack_); }
+Fiber::~Fiber() {
+  check_canary();
+  give_back_stack(stack_);
+}
 
 void Fiber::start(void (*entry)()) {
 #if defined(__SANITIZE_ADDRESS__)
   // Frames of an abandoned run (a launch that faulted) may have left poisoned redzones.
   __asan_unpoison_memory_region(stack_, kStackBytes);
 #endif
-  // The frame switch_stack pops: control words, r15 .. rbp, then fiber_main as the return
-  // address, above which a zero stands where fiber_main's own return address would be, so that
-  // fiber_main starts with the stack alignment of a called function (rsp = 8 mod 16).
-  auto* top = reinterpret_cast<uint64_t*>(stack_ + kStackBytes);
-  uint64_t* sp = top - 9;
-  uint32_t mxcsr = 0;
-  uint16_t fpu_control = 0;
-  asm volatile("stmxcsr %0" : "=m"(mxcsr));
-  asm volatile("fnstcw %0" : "=m"(fpu_control));
-  std::memcpy(sp, &mxcsr, 4);
-  std::memcpy(reinterpret_cast<unsigned char*>(sp) + 4, &fpu_control, 2);
-  for (int i = 1; i <= 6; ++i) sp[i] = 0;
-  sp[7] = reinterpret_cast<uint64_t>(&fiber_main);
-  sp[8] = 0;
+  check_canary();
+  // The frame switch_stack pops: r15 .. rbp, then fiber_main as the return address, above
+  // which a zero stands where fiber_main's own return address would be, so that fiber_main
+  // starts with the stack alignment of a called function (rsp = 8 mod 16).
+  auto* top = reinterpret_cast<uint64_t*>(stack_ + kStackBytes - colour_ * kColourBytes);
+  uint64_t* sp = top - 8;
+  for (int i = 0; i < 6; ++i) sp[i] = 0;
+  sp[6] = reinterpret_cast<uint64_t>(&fiber_main);
+  sp[7] = 0;
   sp_ = sp;
   entry_ = entry;
   std::memcpy(stack_, &kCanary, sizeof kCanary);
+}
+
+// Checked before a stack is used again, and when it is given back: not on every switch, where
+// reading the far end of the stack would cost a cache miss each time.
+void Fiber::check_canary() const {
+  if (sp_ != nullptr && std::memcmp(stack_, &kCanary, sizeof kCanary) != 0) {
+    std::fputs("emulation: a fiber overflowed its stack\n", stderr);
+    std::abort();
+  }
 }
 
 void Fiber::resume() {
@@ -152,10 +160,6 @@ void Fiber::resume() {
   __sanitizer_finish_switch_fiber(scheduler_fake_stack, nullptr, nullptr);
 #endif
   running = nullptr;
-  if (std::memcmp(stack_, &kCanary, sizeof kCanary) != 0) {
-    std::fputs("emulation: a fiber overflowed its stack\n", stderr);
-    std::abort();
-  }
 }
 
 void yield() {

@@ -26,11 +26,13 @@ class Fiber {
   void resume();
 
  private:
+  void check_canary() const;
   friend void yield();
   friend void finish();
   void* sp_ = nullptr;  // saved stack pointer while suspended
   void (*entry_)() = nullptr;
   unsigned char* stack_;
+  std::size_t colour_;  // the top of the stack is moved down by this many cache-line steps
   void* fake_stack_ = nullptr;  // AddressSanitizer's bookkeeping for the suspended fiber
 };
 

@@ -76,17 +76,10 @@ cudaError_t cudaGetDevice(int* d) {
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int d) {
   if (d != 0) return cudaErrorInvalidValue;
   switch (attribute) {
-    case cudaDevAttrMaxThreadsPerBlock: *value = device::kMaxThreadsPerBlock; break;
-    case cudaDevAttrMaxSharedMemoryPerBlock: *value = device::kSharedPerBlock; break;
-    case cudaDevAttrWarpSize: *value = kWarpSize; break;
     case cudaDevAttrMultiProcessorCount: *value = device::sm_count(); break;
-    case cudaDevAttrMaxThreadsPerMultiProcessor: *value = device::kMaxThreadsPerSm; break;
     case cudaDevAttrComputeCapabilityMajor: *value = device::kComputeMajor; break;
-    case cudaDevAttrComputeCapabilityMinor: *value = device::kComputeMinor; break;
-    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = device::kSharedPerSm; break;
     case cudaDevAttrCooperativeLaunch: *value = device::cooperative_launch_supported(); break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = device::kSharedPerBlockOptin; break;
-    case cudaDevAttrMaxBlocksPerMultiprocessor: *value = device::kMaxBlocksPerSm; break;
     default: return cudaErrorInvalidValue;
   }
   return cudaSuccess;

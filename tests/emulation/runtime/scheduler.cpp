@@ -257,6 +257,29 @@ void fault(const std::string& message) {
   finish();
 }
 
+namespace {
+
+// The messages of the faults, kept out of line from the barriers' hot paths.
+[[noreturn]] __attribute__((noinline)) void different_barriers(const BlockBarrier& bar,
+                                                                BarrierKind kind,
+                                                                std::source_location site) {
+  fault(std::string("threads wait at different barriers: thread ") + std::to_string(bar.first) +
+        " at " + barrier_name(bar.kind) + " (" + describe(bar.site) + "), this one at " +
+        barrier_name(kind) + " (" + describe(site) + ")");
+}
+
+[[noreturn]] __attribute__((noinline)) void different_collectives(const Warp& w, unsigned mask,
+                                                                   const char* what,
+                                                                   std::source_location site) {
+  std::ostringstream s;
+  s << "lanes of a warp meet at different collectives: lane " << w.first << " at " << w.what
+    << " (" << describe(w.site) << ", mask " << std::hex << w.mask << "), this one at " << what
+    << " (" << describe(site) << ", mask " << mask << ")";
+  fault(s.str());
+}
+
+}  // namespace
+
 int block_barrier(BarrierKind kind, int predicate, std::source_location site) {
   BlockBarrier& bar = current->block->barrier;
   if (bar.arrived == 0) {
@@ -267,9 +290,7 @@ int block_barrier(BarrierKind kind, int predicate, std::source_location site) {
     bar.all = 1;
     bar.count = 0;
   } else if (kind != bar.kind || !same_site(site, bar.site)) {
-    fault(std::string("threads wait at different barriers: thread ") + std::to_string(bar.first) +
-          " at " + barrier_name(bar.kind) + " (" + describe(bar.site) + "), this one at " +
-          barrier_name(kind) + " (" + describe(site) + ")");
+    different_barriers(bar, kind, site);
   }
   bar.any |= predicate != 0;
   bar.all &= predicate != 0;
@@ -287,7 +308,9 @@ int block_barrier(BarrierKind kind, int predicate, std::source_location site) {
 }
 
 void grid_barrier(std::source_location site) {
-  if (!config->cooperative) fault("grid.sync() in a kernel not launched cooperatively");
+  if (!config->cooperative) {
+    fault("grid.sync() (" + describe(site) + ") in a kernel not launched cooperatively");
+  }
   GridBarrier& bar = grid_barrier_state;
   if (bar.arrived == 0) {
     bar.site = site;
@@ -322,11 +345,7 @@ const unsigned char* warp_exchange(unsigned mask, const char* what, const void* 
     w.site = site;
     w.first = lane;
   } else if (mask != w.mask || std::strcmp(what, w.what) != 0 || !same_site(site, w.site)) {
-    std::ostringstream s;
-    s << "lanes of a warp meet at different collectives: lane " << w.first << " at " << w.what
-      << " (" << describe(w.site) << ", mask " << std::hex << w.mask << "), this one at " << what
-      << " (" << describe(site) << ", mask " << mask << ")";
-    fault(s.str());
+    different_collectives(w, mask, what, site);
   }
   const unsigned long generation = w.generation;
   if (bytes > 0) std::memcpy(w.data[generation & 1][lane], value, bytes);
