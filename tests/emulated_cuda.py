@@ -36,7 +36,8 @@ RUNTIME = sorted((EMULATION / "runtime").glob("*.cpp"))
 INCLUDES = [EMULATION / "include", EMULATION / "runtime", CSRC / "include"]
 # Executables of the emulation: their main source under tests/emulation, and the kernel sources
 # they link (a glob under csrc/cuda).
-PROGRAMS = {"runtime_checks": None, "fused_conv_emulation": "lowrank_conv2d_fused_*.cu"}
+PROGRAMS = {"runtime_checks": None, "reduction_checks": None,
+            "fused_conv_emulation": "lowrank_conv2d_fused_*.cu"}
 VARIANT_FLAGS = {
     "release": ["-O2"],
     "asan": ["-O1", "-fsanitize=address", "-fno-omit-frame-pointer"],

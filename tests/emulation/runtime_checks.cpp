@@ -167,6 +167,12 @@ void check_launch_errors() {
                 cudaErrorCooperativeLaunchTooLarge, "more blocks than are resident");
 }
 
+// The sum of `v` over the lanes of the warp, by shuffles.
+__device__ int trp_sum_of_lanes(int v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
 // The same kernel without a barrier between the write and the read of a neighbour's value: the
 // result depends on the order in which threads run, which is what the orders are for.
 __global__ void racy_kernel(int* out) {
@@ -176,17 +182,34 @@ __global__ void racy_kernel(int* out) {
   out[threadIdx.x] = s[(threadIdx.x + 1) % blockDim.x] == 1;
 }
 
+// Warp 1 reads what warp 0 wrote after a warp collective, with no block barrier between: warps
+// are independent, so whether it sees the write depends on which warp runs first.
+__global__ void racy_warps_kernel(int* out) {
+  TRP_DYNAMIC_SHARED(smem);
+  int* flag = reinterpret_cast<int*>(smem);
+  if (threadIdx.x == 0) *flag = 0;
+  __syncthreads();
+  const int sum = trp_sum_of_lanes(1);
+  if (threadIdx.x == 0) *flag = sum;
+  if (threadIdx.x == 32) *out = *flag;
+}
+
 void check_orders_reveal_a_race() {
-  std::map<std::string, int> wrong;
+  std::map<std::string, int> wrong, seen;
   for (const auto& [name, order] : {std::pair{"forward", cuda_emulation::Order::kForward},
                                     std::pair{"reverse", cuda_emulation::Order::kReverse}}) {
     cuda_emulation::set_schedule({order, order, 0});
     std::vector<int> out(64, -1);
     TRP_LAUNCH(racy_kernel, 1, 64, 64 * sizeof(int), nullptr)(out.data());
     for (const int o : out) wrong[name] += o != 1;
+    TRP_LAUNCH(racy_warps_kernel, 1, 64, sizeof(int), nullptr)(&seen[name]);
   }
   // forward: each thread reads its successor before that one ran; reverse: after.
   expect(wrong["forward"] == 63 && wrong["reverse"] == 1, "orders give the racy kernel away");
+  // One order runs warp 0 to its end before warp 1 gets past the barrier, the other the reverse.
+  expect(std::min(seen["forward"], seen["reverse"]) == 0 &&
+             std::max(seen["forward"], seen["reverse"]) == 32,
+         "warps run ahead of each other");
 }
 
 // ---- Kernels the emulation must reject, naming where --------------------------------------

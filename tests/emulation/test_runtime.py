@@ -52,8 +52,10 @@ def test_kernels_compute_what_cuda_defines(release, check, order):
 @pytest.mark.parametrize("order", emulated_cuda.ORDERS)
 @pytest.mark.parametrize("check, message", [
     ("divergent_barrier", "threads wait at different barriers"),
-    ("barrier_in_branch", r"deadlock: block \(0, 0, 0\) of 64 threads: 63 exited, 1 waiting at __syncthreads"),
-    ("early_exit", r"deadlock: block \(0, 0, 0\) of 64 threads: 1 exited, 63 waiting at __syncthreads"),
+    ("barrier_in_branch",
+     r"deadlock: block \(0, 0, 0\) of 64 threads: 63 exited, 1 waiting at __syncthreads"),
+    ("early_exit",
+     r"deadlock: block \(0, 0, 0\) of 64 threads: 1 exited, 63 waiting at __syncthreads"),
     ("mask_mismatch", "lanes of a warp meet at different collectives"),
     ("uncooperative_grid_sync", r"grid.sync\(\) \(.*\) in a kernel not launched cooperatively"),
     ("trap", r"__trap\(\) called"),

@@ -59,13 +59,13 @@ struct Block {
   uint3 index{};
   std::unique_ptr<unsigned char[]> shared;  // exactly dynamic_shared bytes
   std::vector<Thread> threads;
-  std::vector<unsigned> order;  // visit order of the threads
   std::vector<std::unique_ptr<Warp>> warps;
+  std::vector<unsigned> warp_order, lane_order;  // the order in which they run
   BlockBarrier barrier;
   bool reorder = false;  // a new random visit order is due
   unsigned live = 0;
-  unsigned at_grid = 0;                 // threads waiting at the grid barrier ...
-  unsigned long grid_generation = 0;    // ... for this generation of it to pass
+  unsigned at_grid = 0;               // threads waiting for this generation of the grid barrier
+  unsigned long grid_generation = 0;  // to pass (others, if any, wait for an older one)
 };
 
 struct GridBarrier {
@@ -150,31 +150,62 @@ bool runnable(const Thread& t) {
   return false;
 }
 
-// Where the threads of the blocks that are still live wait, for a deadlock report.
+// Where the threads of the blocks that are still live wait, for a deadlock report: the blocks
+// that wait alike together, the first of them named.
 std::string waits(const std::vector<std::unique_ptr<Block>>& blocks) {
-  std::ostringstream s;
-  int reported = 0;
+  std::map<std::string, std::pair<const Block*, unsigned>> alike;  // waits -> first block, count
   for (const auto& b : blocks) {
     if (b->live == 0) continue;
-    if (reported++ == 3) {
-      s << "; ...";
-      break;
-    }
     std::map<std::string, unsigned> sites;
     for (const Thread& t : b->threads) {
       ++sites[t.wait == Wait::kExited ? "exited"
                                       : "waiting at " + std::string(t.what) + " (" +
                                             describe(t.site) + ")"];
     }
-    s << (reported > 1 ? "; " : "") << block_name(*b) << " of " << b->threads.size()
-      << " threads:";
+    std::ostringstream s;
+    s << " of " << b->threads.size() << " threads:";
     const char* separator = " ";
     for (const auto& [where, count] : sites) {
       s << separator << count << " " << where;
       separator = ", ";
     }
+    auto& entry = alike.try_emplace(s.str(), b.get(), 0).first->second;
+    ++entry.second;
+  }
+  std::ostringstream s;
+  const char* separator = "";
+  for (const auto& [summary, first] : alike) {
+    s << separator << block_name(*first.first);
+    if (first.second > 1) s << " and " << first.second - 1 << " more blocks alike";
+    s << summary;
+    separator = "; ";
   }
   return s.str();
+}
+
+// Runs the warps of `b` in its warp order, each until none of its lanes can go on -- they wait
+// at a block or grid barrier, or have exited -- so that one warp may run far ahead of another
+// between two block barriers, as warps do on the device (a race between warps that meet only at
+// warp collectives of their own shows). Returns whether any thread ran.
+bool run_warps(Block& b) {
+  bool progress = false;
+  blockIdx = b.index;
+  for (const unsigned w : b.warp_order) {
+    for (bool again = true; again;) {
+      again = false;
+      for (const unsigned lane : b.lane_order) {
+        const unsigned t = w * kWarpSize + lane;
+        if (t >= threads_per_block || !runnable(b.threads[t])) continue;
+        threadIdx = {t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y)};
+        current = &b.threads[t];
+        current->fiber->resume();
+        current = nullptr;
+        if (!launch_fault.empty()) return progress;
+        again = progress = true;
+      }
+    }
+  }
+  return progress;
 }
 
 // Runs `blocks` (linear indices) together until every thread has exited; false on a fault.
@@ -200,8 +231,10 @@ bool run_wave(const std::vector<unsigned>& linear_blocks) {
     for (std::size_t w = 0; w < (threads_per_block + kWarpSize - 1) / kWarpSize; ++w) {
       b->warps.push_back(std::make_unique<Warp>());
     }
-    b->order.resize(threads_per_block);
-    arrange(b->order, schedule_now.threads);
+    b->warp_order.resize(b->warps.size());
+    b->lane_order.resize(std::min<std::size_t>(kWarpSize, threads_per_block));
+    arrange(b->warp_order, schedule_now.threads);
+    arrange(b->lane_order, schedule_now.threads);
     b->live = static_cast<unsigned>(threads_per_block);
     blocks.push_back(std::move(b));
   }
@@ -211,20 +244,12 @@ bool run_wave(const std::vector<unsigned>& linear_blocks) {
       if (b->live == 0) continue;
       if (b->at_grid == b->live && b->grid_generation == grid_barrier_state.generation) continue;
       if (b->reorder) {
-        arrange(b->order, Order::kRandom);
+        arrange(b->warp_order, Order::kRandom);
+        arrange(b->lane_order, Order::kRandom);
         b->reorder = false;
       }
-      blockIdx = b->index;
-      for (const unsigned t : b->order) {
-        Thread& thread = b->threads[t];
-        if (!runnable(thread)) continue;
-        threadIdx = {t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y)};
-        current = &thread;
-        thread.fiber->resume();
-        current = nullptr;
-        if (!launch_fault.empty()) return false;
-        progress = true;
-      }
+      progress |= run_warps(*b);
+      if (!launch_fault.empty()) return false;
     }
     if (std::none_of(blocks.begin(), blocks.end(), [](const auto& b) { return b->live > 0; })) {
       return true;
@@ -324,10 +349,13 @@ void grid_barrier(std::source_location site) {
     bar.arrived = 0;
     ++bar.generation;
   }
+  if (b.grid_generation != generation) {
+    b.grid_generation = generation;
+    b.at_grid = 0;
+  }
   ++b.at_grid;
-  b.grid_generation = generation;
   wait_for(Wait::kGrid, generation, site, "grid.sync()");
-  --b.at_grid;
+  if (b.grid_generation == generation) --b.at_grid;
 }
 
 const unsigned char* warp_exchange(unsigned mask, const char* what, const void* value,

@@ -43,7 +43,8 @@ inline void check_no_pending_copies() {
 }
 
 inline std::vector<PendingCopy>& my_pending_copies() {
-  static const bool checked = (cuda_emulation::add_block_exit_check(&check_no_pending_copies), true);
+  static const bool checked =
+      (cuda_emulation::add_block_exit_check(&check_no_pending_copies), true);
   (void)checked;
   std::vector<std::vector<PendingCopy>>& all = pending_copies();
   const unsigned thread = cuda_emulation::linear_thread();
@@ -85,7 +86,8 @@ inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t address,
   const std::array<uint32_t, 32> rows = emulated_mma::gather(address, "ldmatrix", site);
   const int lane = static_cast<int>(cuda_emulation::lane_id());
   const unsigned char* shared = cuda_emulation::dynamic_shared();
-  for (int i = 0; i < 4; ++i) {  // tile i: rows from lanes 8i..8i+7; lane gets word lane%4 of row lane/4
+  // Tile i: rows from lanes 8i .. 8i + 7; a lane gets word lane % 4 of row lane / 4.
+  for (int i = 0; i < 4; ++i) {
     std::memcpy(&r[i], shared + rows[8 * i + lane / 4] + 4 * (lane % 4), 4);
   }
 }
@@ -120,7 +122,7 @@ template <typename T>
 double half_word_product(uint32_t x, uint32_t y) {
   double sum = 0;
   for (int h = 0; h < 2; ++h) {
-    const uint16_t xs = static_cast<uint16_t>(x >> (16 * h)), ys = static_cast<uint16_t>(y >> (16 * h));
+    const auto xs = static_cast<uint16_t>(x >> (16 * h)), ys = static_cast<uint16_t>(y >> (16 * h));
     T u, v;
     std::memcpy(&u, &xs, 2);
     std::memcpy(&v, &ys, 2);
