@@ -25,12 +25,10 @@ import torch.nn.functional as F
 import trp_kernels as tk
 from trp_kernels.ops import backends
 from trp_kernels.ops.conv import reference_lowrank_conv2d
-from trp_kernels.schemes import factorization
 
 from conftest import QUICK, devices
-from conv_cases import NETWORKS, Layer, layers, network_layers, roofline
+from conv_cases import DTYPES, NETWORKS, Layer, layer_inputs, layers, network_layers, roofline
 
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
 LOWRANK_IMPLS = ("fused", "two_convs", "dense", "auto")
 
@@ -105,26 +103,6 @@ def cached(key, make):
         _inputs.clear()
         _inputs[key] = make()
     return _inputs[key]
-
-
-def random(shape, device, dtype, generator):
-    return torch.randn(shape, device=device, generator=generator).to(DTYPES[dtype])
-
-
-def layer_inputs(layer: Layer, scheme, batch, dtype, channels_last, device, seed=0):
-    """x, weight1, weight2, bias and the dense weight they stand for; random, never zeros."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    shape1, shape2 = layer.factor_shapes(scheme)
-    x = random((batch, layer.in_channels, layer.size, layer.size), device, dtype, g)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    w1 = random(shape1, device, dtype, g) * 0.2
-    w2 = random(shape2, device, dtype, g) * 0.2
-    bias = random((layer.out_channels,), device, dtype, g)
-    dense = factorization.full_weight(w1, w2, scheme)
-    if channels_last:
-        dense = dense.contiguous(memory_format=torch.channels_last)
-    return x, w1, w2, bias, dense
 
 
 @pytest.mark.parametrize("case,impl", LAYER_PARAMS,

@@ -1,6 +1,7 @@
-"""The low-rank convolution benchmark cases and their roofline: ResNet-20 and
+"""The low-rank convolution benchmark cases, their random inputs and their roofline: ResNet-20 and
 ResNet-18 3x3 layer shapes at TRP-like ranks, the FLOPs and the fewest bytes each case must
-move, and the time an H100 needs for them at best.
+move, and the time a device needs for them at best (an H100's ceilings unless given others:
+bench/gpu_timings.py measures the device it runs on).
 
 TRP-like ranks: the fraction of a layer's full rank that reproduces the FLOP speed-ups TRP
 reports (docs/design.md, "The schemes") on square 3x3 layers. channel (C = N): speed-up
@@ -14,19 +15,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from layer_sets import load
 
 from trp_kernels.ops import conv_geometry
-from trp_kernels.schemes import geometry
+from trp_kernels.schemes import factorization, geometry
 
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 RANK_FRACTION = {"channel": 0.3, "spatial": 0.23}
 NETWORKS = {"resnet20": "r20", "resnet18": "r18"}
 
-# H100 SXM ceilings (docs/cuda_conv.md): bf16/fp16 dense tensor-core rate as measured
-# on this project's H100, tf32 at half of it (cuDNN and the fused kernel run float32 in tf32
-# under torch's default allow_tf32), HBM bandwidth.
-PEAK_FLOPS = {"float32": 395e12, "bfloat16": 790e12, "float16": 790e12}
-PEAK_BYTES_PER_S = 3.0e12
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """A device's arithmetic rate per dtype (FLOP/s; float32 runs as TF32 on the tensor cores
+    under torch's default cudnn.allow_tf32) and its memory bandwidth (bytes read + written /s)."""
+
+    flops: dict
+    bytes_per_s: float
+
+
+# H100 SXM (docs/cuda_conv.md): bf16/fp16 dense tensor-core rate as measured on an H100, tf32 at
+# half of it, HBM bandwidth. Predictions only: a GPU run measures its own device's ceilings.
+H100 = Ceilings({"float32": 395e12, "bfloat16": 790e12, "float16": 790e12}, 3.0e12)
 ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -105,9 +117,9 @@ def network_layers(network: str) -> list[Layer]:
 
 
 def roofline(layer: Layer, scheme: str, batch: int, dtype: str, backward: bool,
-             impl: str = "fused") -> dict:
-    """FLOPs and fewest bytes of one call (forward, or forward + backward), and the H100 time
-    they bound. `impl` "dense" counts the dense conv's FLOPs; every impl has the same fewest
+             impl: str = "fused", ceilings: Ceilings = H100) -> dict:
+    """FLOPs and fewest bytes of one call (forward, or forward + backward), and the time they
+    bound on a device with these ceilings. `impl` "dense" counts the dense conv's FLOPs; every impl has the same fewest
     bytes (x and y, plus grad_out and grad_x with the backward, which also reads x again)."""
     eb = ELEMENT_BYTES[dtype]
     C, N, o = layer.in_channels, layer.out_channels, layer.out_size
@@ -119,8 +131,8 @@ def roofline(layer: Layer, scheme: str, batch: int, dtype: str, backward: bool,
         flops *= 3  # grad input and grad weight each cost one forward
         elements += y + 2 * x
     min_bytes = elements * eb
-    t_flops = flops / PEAK_FLOPS[dtype]
-    t_bytes = min_bytes / PEAK_BYTES_PER_S
+    t_flops = flops / ceilings.flops[dtype]
+    t_bytes = min_bytes / ceilings.bytes_per_s
     return {
         "flops": flops,
         "min_bytes": min_bytes,
@@ -130,3 +142,23 @@ def roofline(layer: Layer, scheme: str, batch: int, dtype: str, backward: bool,
         "bound": "memory" if t_bytes >= t_flops else "compute",
         "predicted_s": max(t_flops, t_bytes),
     }
+
+
+def random(shape, device, dtype, generator):
+    return torch.randn(shape, device=device, generator=generator).to(DTYPES[dtype])
+
+
+def layer_inputs(layer: Layer, scheme, batch, dtype, channels_last, device, seed=0):
+    """x, weight1, weight2, bias and the dense weight they stand for; random, never zeros."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    shape1, shape2 = layer.factor_shapes(scheme)
+    x = random((batch, layer.in_channels, layer.size, layer.size), device, dtype, g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w1 = random(shape1, device, dtype, g) * 0.2
+    w2 = random(shape2, device, dtype, g) * 0.2
+    bias = random((layer.out_channels,), device, dtype, g)
+    dense = factorization.full_weight(w1, w2, scheme)
+    if channels_last:
+        dense = dense.contiguous(memory_format=torch.channels_last)
+    return x, w1, w2, bias, dense

@@ -1,6 +1,9 @@
 """What the GPU scripts record about the machine they ran on, and their common exit where there
 is no CUDA device. Used by bench/run_gpu.sh (the header of summary.txt), bench/gpu_smoke.py and
-bench/gpu_timings.py (the first record of the timing JSON)."""
+bench/gpu_timings.py (the first record of the timing JSON).
+
+    python bench/gpu_env.py             # the machine record as one JSON line
+    python bench/gpu_env.py --runtime   # the kind of virtual machine, one word"""
 
 from __future__ import annotations
 
@@ -31,6 +34,35 @@ def driver_version() -> str | None:
     return out.splitlines()[0].strip() if out else None
 
 
+def clocks() -> dict | None:
+    """SM clock now and at most, memory clock now (MHz), from nvidia-smi: the timings depend on
+    them, and an idle card reads low until work starts."""
+    out = _run("nvidia-smi", "--query-gpu=clocks.sm,clocks.max.sm,clocks.mem",
+               "--format=csv,noheader,nounits")
+    if not out:
+        return None
+    values = [v.strip() for v in out.splitlines()[0].split(",")]
+    return dict(zip(("sm_mhz", "max_sm_mhz", "mem_mhz"), values))
+
+
+def runtime_kind() -> str:
+    """The sandbox the machine runs in, read off its kernel: gVisor reports kernel 4.4.0, and
+    the Firecracker kernels name themselves "-fc-". The sanitizers and profilers work on one and
+    not the other, so a result file says which it came from."""
+    release = platform.release()
+    if release.startswith("4.4.0"):
+        return "gvisor"
+    if "-fc-" in release:
+        return "firecracker"
+    return "other"
+
+
+def commit() -> str | None:
+    """The commit the tree was taken from: TRP_COMMIT when set (a tree copied to the GPU machine
+    travels without its history, or with a stale .git beside it), else git's."""
+    return os.environ.get("TRP_COMMIT") or _run("git", "rev-parse", "--short", "HEAD") or None
+
+
 def machine_info() -> dict:
     """Device, driver and library versions, the settings the numbers depend on, and the commit."""
     info = {
@@ -40,7 +72,10 @@ def machine_info() -> dict:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "driver": driver_version(),
-        "commit": _run("git", "rev-parse", "--short", "HEAD"),
+        "commit": commit(),
+        "kernel": platform.release(),
+        "runtime": runtime_kind(),
+        "clocks": clocks(),
         "env": {k: v for k, v in sorted(os.environ.items())
                 if k.startswith("TRP_") or k in ("CUDA_VISIBLE_DEVICES",
                                                  "PYTORCH_NO_CUDA_MEMORY_CACHING")},
@@ -50,6 +85,7 @@ def machine_info() -> dict:
         info.update(device=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count,
                     memory_gib=round(p.total_memory / 2**30, 1),
                     cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                    cudnn_benchmark=torch.backends.cudnn.benchmark,
                     matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     else:
         info["device"] = None
@@ -70,5 +106,5 @@ def require_cuda(script: str) -> None:
         sys.exit(NO_CUDA_EXIT)
 
 
-if __name__ == "__main__":  # one line for summary.txt
-    print(json.dumps(machine_info()))
+if __name__ == "__main__":
+    print(runtime_kind() if "--runtime" in sys.argv[1:] else json.dumps(machine_info()))

@@ -1,7 +1,11 @@
 """Headline GPU timings, one JSON line per measurement, flushed as it is taken (a run cut short
 keeps what it measured). The first line records the machine (device, driver, torch, CUDA,
-cuDNN; bench/gpu_env.py). Each timing is the median of `reps` calls timed with CUDA events
-after `warmup` untimed calls, on random non-zero inputs, torch's default TF32 settings.
+cuDNN, clocks; bench/gpu_env.py) and the device's own ceilings, measured first: the copy
+bandwidth (bytes read + written) and the bf16 and TF32 matrix-product rates on random data.
+Each timing is the median of `reps` calls timed with CUDA events after `warmup` untimed calls,
+on random non-zero inputs, with torch's default TF32 settings and cudnn.benchmark on (cuDNN's
+baselines get their fastest algorithms). Each conv record carries its FLOPs, fewest bytes and
+the fraction of the device's roofline it reached.
 
 groups (in run order):
   step  one SGD training step of ResNet-20 on CIFAR-sized input, batch 128: plain, and TRP+Nu
@@ -9,13 +13,17 @@ groups (in run order):
   svd   the TRP projection of every decomposable conv of ResNet-20/18/50 (bench/layer_sets.json,
         energy 0.9, same-shaped layers stacked): trp_jacobi / trp_eigh (lowrank_project_groups
         under TRP_SVD_IMPL=jacobi / eigh), torch_gram (float64 Gram + torch.linalg.eigh written
-        in torch) and torch_svd (torch.linalg.svd), both from bench/bench_svd.py
+        in torch) and torch_svd (torch.linalg.svd), both from bench/svd_baselines.py
   conv  trp.lowrank_conv2d forced to fused / two_convs / dense, and auto (the measured choice),
         on the ResNet-18 3x3 layer shapes at TRP-like ranks (bench/conv_cases.py), batch 128,
         bfloat16 and float32, NCHW and channels_last, forward and forward + backward
 
+--quick runs the cases every speed goal is judged on (every step and projection case; the
+stride-1 ResNet-18 layers in channels_last); --skip-quick runs the others, so that the two
+runs together are the whole table.
+
     python bench/gpu_timings.py --out timings.jsonl [--groups step,svd,conv] [--quick]
-    python bench/gpu_timings.py --list                  # the measurements, no GPU needed
+    python bench/gpu_timings.py --list [--quick]        # the measurements, no GPU needed
     python bench/gpu_timings.py --fold timings.jsonl NVIDIA-H200-20261201.json
 """
 
@@ -42,10 +50,12 @@ CONV_IMPLS = ("fused", "two_convs", "dense", "auto")
 CONV_DTYPES = ("bf16", "f32")
 STEP_IMPLS = ("plain", "trp_jacobi", "trp_eigh")
 SCHEMES = ("channel", "spatial")
+DEVICE = "cuda"  # tests/test_gpu_scripts.py runs the measurements' plumbing on the CPU
 
 
-def cases(groups=GROUPS, quick=False) -> list[dict]:
-    """Every measurement as a dict of its parameters, in run order."""
+def cases(groups=GROUPS) -> list[dict]:
+    """Every measurement as a dict of its parameters, in run order; ``quick`` marks the ones
+    the speed goals are judged on."""
     out = []
     if "step" in groups:
         for scheme in SCHEMES:
@@ -53,29 +63,67 @@ def cases(groups=GROUPS, quick=False) -> list[dict]:
                 if impl == "plain" and scheme != SCHEMES[0]:
                     continue  # the plain step has no scheme
                 case = "resnet20-b128" + ("" if impl == "plain" else f"-{scheme}")
-                out.append({"group": "step", "case": case, "impl": impl, "scheme": scheme})
+                out.append({"group": "step", "case": case, "impl": impl, "scheme": scheme,
+                            "quick": True})
     if "svd" in groups:
-        for network in SVD_NETWORKS[:1] if quick else SVD_NETWORKS:
+        for network in SVD_NETWORKS:
             for scheme in SCHEMES:
                 for impl in SVD_IMPLS:
                     out.append({"group": "svd", "case": f"{network}-{scheme}", "impl": impl,
-                                "network": network, "scheme": scheme})
+                                "network": network, "scheme": scheme, "quick": True})
     if "conv" in groups:
         from conv_cases import layers
 
-        shapes = layers("resnet18")[:1] if quick else layers("resnet18")
-        for layer in shapes:
-            for scheme in SCHEMES:
-                for dtype in CONV_DTYPES:
-                    for cl in (False, True):
-                        for backward in (False, True):
+        # forward before forward + backward, bf16 before float32: the headline first
+        for backward in (False, True):
+            for dtype in CONV_DTYPES:
+                for layer in layers("resnet18"):
+                    for scheme in SCHEMES:
+                        for cl in (True, False):
                             name = (f"{layer.name}-{scheme}-b128-{dtype}-{'cl' if cl else 'nchw'}"
                                     f"-{'fwdbwd' if backward else 'fwd'}")
                             for impl in CONV_IMPLS:
                                 out.append({"group": "conv", "case": name, "impl": impl,
                                             "layer": layer, "scheme": scheme, "dtype": dtype,
-                                            "channels_last": cl, "backward": backward})
+                                            "channels_last": cl, "backward": backward,
+                                            "quick": cl and layer.stride == 1})
     return out
+
+
+def selected(groups=GROUPS, quick=False, skip_quick=False) -> list[dict]:
+    """The cases of a run: all, the quick ones, or all but the quick ones."""
+    return [c for c in cases(groups) if not (quick and not c["quick"])
+            and not (skip_quick and c["quick"])]
+
+
+def measure_ceilings(copy_elements: int = 2**28, n: int = 8192) -> dict:
+    """The device's own ceilings on random data, after warm-up: a 1 GiB device-to-device copy
+    (bytes read + written per second) and 8192^3 matrix products in bf16 and in float32 with
+    TF32 allowed (the rate cuDNN's float32 convolutions run at under torch's defaults)."""
+    out = {}
+    x = torch.randn(copy_elements, device=DEVICE)
+    y = torch.empty_like(x)
+    out["bytes_per_s"] = 2 * x.numel() * 4 / (time_cuda(lambda: y.copy_(x), 3, 10)["median_ms"] / 1e3)
+    del x, y
+    previous = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for name, dtype, tf32 in (("bfloat16", torch.bfloat16, False), ("float32", torch.float32, True)):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            a = torch.randn(n, n, device=DEVICE, dtype=dtype)
+            b = torch.randn(n, n, device=DEVICE, dtype=dtype)
+            ms = time_cuda(lambda: a @ b, 3, 10)["median_ms"]
+            out[f"{name}_flops_per_s"] = 2 * n**3 / (ms / 1e3)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    return out
+
+
+def ceilings_of(measured: dict):
+    from conv_cases import Ceilings
+
+    bf16 = measured["bfloat16_flops_per_s"]
+    return Ceilings({"bfloat16": bf16, "float16": bf16, "float32": measured["float32_flops_per_s"]},
+                    measured["bytes_per_s"])
 
 
 def time_cuda(fn, warmup: int, reps: int) -> dict:
@@ -115,29 +163,32 @@ class svd_impl_env:
 
 
 def svd_fn(case):
-    from bench_svd import ENERGY, torch_gram, torch_svd
+    from svd_baselines import ENERGY, torch_gram, torch_svd
     from layer_sets import groups, weights
     from trp_kernels.ops.svd import lowrank_project_groups
 
-    stacked = groups(weights(case["network"], case["scheme"], device="cuda"))
+    stacked = groups(weights(case["network"], case["scheme"], device=DEVICE))
     impl = case["impl"]
+    extra = {"min_bytes": sum(3 * G.numel() * G.element_size() for G in stacked),  # W in; W_low, subgrad out
+             "gram_flops": sum(G.shape[0] * (2 * min(G.shape[1:]) ** 2 * max(G.shape[1:])
+                                             + 4 * G.shape[1] * G.shape[2] * min(G.shape[1:]))
+                               for G in stacked)}
     if impl.startswith("trp_"):
         def fn():
             return lowrank_project_groups(stacked, energy=ENERGY, check_finite=False)
-        return fn, impl[len("trp_"):]
+        return fn, impl[len("trp_"):], extra
     if impl == "torch_gram":
-        return (lambda: torch_gram(stacked)), None
-    return (lambda: torch_svd(stacked)), None
+        return (lambda: torch_gram(stacked)), None, extra
+    return (lambda: torch_svd(stacked)), None, extra
 
 
-def conv_fn(case):
+def conv_fn(case, ceilings):
     import trp_kernels as tk
-    from bench_conv import layer_inputs
-    from conv_cases import roofline
+    from conv_cases import layer_inputs, roofline
 
     layer, scheme = case["layer"], case["scheme"]
     x, w1, w2, bias, _ = layer_inputs(layer, scheme, 128, case["dtype"], case["channels_last"],
-                                      "cuda")
+                                      DEVICE)
     args = (layer.stride, layer.padding, 1, scheme)
     if case["backward"]:
         inputs = [t.detach().requires_grad_() for t in (x, w1, w2, bias)]
@@ -149,9 +200,11 @@ def conv_fn(case):
         def fn():
             return tk.lowrank_conv2d(x, w1, w2, bias, *args)
     dtype = {"bf16": "bfloat16", "f32": "float32"}[case["dtype"]]
-    extra = {"rank": layer.rank(scheme), "batch": 128,
-             "h100_roofline_ms": 1e3 * roofline(layer, scheme, 128, dtype, case["backward"],
-                                                case["impl"])["predicted_s"]}
+    extra = {"rank": layer.rank(scheme), "batch": 128}
+    if ceilings is not None:  # None: the ceilings could not be measured
+        bound = roofline(layer, scheme, 128, dtype, case["backward"], case["impl"], ceilings)
+        extra.update(flops=bound["flops"], min_bytes=bound["min_bytes"], bound=bound["bound"],
+                     roofline_ms=1e3 * bound["predicted_s"])
     return fn, extra
 
 
@@ -160,10 +213,10 @@ def step_fn(case):
     from trp_kernels.models import resnet20
 
     torch.manual_seed(0)
-    model = resnet20().cuda()
+    model = resnet20().to(DEVICE)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(128, 3, 32, 32, device="cuda")
-    y = torch.randint(0, 10, (128,), device="cuda")
+    x = torch.randn(128, 3, 32, 32, device=DEVICE)
+    y = torch.randint(0, 10, (128,), device=DEVICE)
     criterion = torch.nn.CrossEntropyLoss()
     trp = None if case["impl"] == "plain" else TRPRegularizer(
         model, scheme=case["scheme"], energy=0.9, nuclear_weight=3e-4, period=1)
@@ -180,28 +233,31 @@ def step_fn(case):
     return fn
 
 
-def measure(case, quick: bool) -> dict:
+def measure(case, ceilings) -> dict:
     record = {k: v for k, v in case.items() if k != "layer"}
     if "layer" in case:
         record["layer"] = case["layer"].name
     svd_impl = None
     if case["group"] == "svd":
-        fn, svd_impl = svd_fn(case)
-        warmup, reps = 2, 3 if quick else 5
+        fn, svd_impl, extra = svd_fn(case)
+        record.update(extra)
+        warmup, reps = 2, 5
     elif case["group"] == "conv":
         from trp_kernels.ops import backends
 
         with backends.forced(conv=case["impl"]):
-            fn, extra = conv_fn(case)
+            fn, extra = conv_fn(case, ceilings)
             record.update(extra)
             # auto measures on its first call, one of the warm-up calls (as in training)
-            record.update(time_cuda(fn, 3, 5 if quick else 10))
+            record.update(time_cuda(fn, 3, 10))
+        if "roofline_ms" in record:
+            record["roofline_fraction"] = record["roofline_ms"] / record["median_ms"]
         return record
     else:
         svd_impl = None if case["impl"] == "plain" else case["impl"][len("trp_"):]
         with svd_impl_env(svd_impl):
             fn = step_fn(case)
-        warmup, reps = 3, 5 if quick else 20
+        warmup, reps = 3, 20
     with svd_impl_env(svd_impl):
         record["svd_impl"] = os.environ.get("TRP_SVD_IMPL")
         record.update(time_cuda(fn, warmup, reps))
@@ -220,7 +276,7 @@ def fold(jsonl: str, out: str) -> None:
             except json.JSONDecodeError:  # a line cut off by a kill
                 continue
             if record.get("kind") == "machine":
-                machine = record
+                machine = machine or record  # a later run appending to the file: same machine
             else:
                 measurements.append(record)
     with open(out, "w") as f:
@@ -233,7 +289,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="JSON-lines file to append to (default: stdout only)")
     parser.add_argument("--groups", default=",".join(GROUPS),
                         help=f"comma-separated subset of {','.join(GROUPS)}")
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the cases the speed goals are judged on")
+    parser.add_argument("--skip-quick", action="store_true",
+                        help="every case but the quick ones (the rest of the table)")
     parser.add_argument("--list", action="store_true", help="print the measurements and exit")
     parser.add_argument("--fold", nargs=2, metavar=("JSONL", "JSON"),
                         help="write a run's JSON lines as one JSON document and exit")
@@ -245,7 +304,9 @@ def main(argv=None) -> int:
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         parser.error(f"--groups: unknown {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
-    todo = cases(groups, args.quick)
+    if args.quick and args.skip_quick:
+        parser.error("--quick and --skip-quick exclude each other")
+    todo = selected(groups, args.quick, args.skip_quick)
     if args.list:
         for c in todo:
             print(f"{c['group']:<5} {c['case']:<48} {c['impl']}")
@@ -260,15 +321,30 @@ def main(argv=None) -> int:
             out.flush()
         return line
 
+    torch.backends.cudnn.benchmark = True  # cuDNN's baselines at their fastest algorithms
     info = machine_info()
+    try:
+        info["ceilings"] = measure_ceilings()
+        ceilings = ceilings_of(info["ceilings"])
+    except Exception as e:  # the timings are still worth having without their roofline
+        info["ceilings"] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+        ceilings = None
     emit({"kind": "machine", **info, "slug": device_slug(info)})
     print(f"device {info['device']}, driver {info['driver']}, torch {info['torch']}, "
           f"CUDA {info['cuda']}, cuDNN {info['cudnn']}", flush=True)
-    failures = 0
+    failures = done = 0
     start = time.perf_counter()
+    # bench/run_gpu.sh's phase limit: stop starting cases a few seconds before it, so that a
+    # run cut short still ends cleanly with what it measured
+    deadline = float(os.environ.get("TRP_PHASE_DEADLINE", "inf")) - 5
     for case in todo:
+        if time.time() > deadline:
+            print(f"timings: stopping at the phase's time limit, {len(todo) - done} cases "
+                  f"not measured", flush=True)
+            break
+        done += 1
         try:
-            record = measure(case, args.quick)
+            record = measure(case, ceilings)
         except Exception as e:  # one failing impl must not cost the rest of the table
             failures += 1
             record = {k: v for k, v in case.items() if k != "layer"}
@@ -277,8 +353,8 @@ def main(argv=None) -> int:
         shown = (f"{record['median_ms']:9.3f} ms" if "median_ms" in record
                  else f"ERROR {record['error']}")
         print(f"{case['group']:<5} {case['case']:<48} {case['impl']:<10} {shown}", flush=True)
-    print(f"timings: {len(todo) - failures} measured, {failures} failed, "
-          f"{time.perf_counter() - start:.0f} s", flush=True)
+    print(f"timings: {done - failures} measured, {failures} failed, {len(todo) - done} not "
+          f"reached of {len(todo)}, {time.perf_counter() - start:.0f} s", flush=True)
     if out:
         out.close()
     return 1 if failures else 0

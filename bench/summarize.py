@@ -4,6 +4,7 @@ JSON (bench_*.py) and the GPU timing JSON of bench/gpu_timings.py ({"machine", "
 
     python bench/summarize.py RESULT.json [...]
     python bench/summarize.py GPU_TIMINGS.json --headline   # the short form for summary.txt
+    python bench/summarize.py GPU_TIMINGS.json --goals      # each speed goal: measured vs target
 """
 
 from __future__ import annotations
@@ -86,10 +87,70 @@ def print_headline(path):
         print(f"  failed {m['group']} {m['case']} {m['impl']}: {m['error']}")
 
 
+# The speed goals of the GPU kernels (docs/cuda_svd.md, docs/cuda_conv.md): (what, target).
+SVD_OVER_TORCH_SVD = 10.0   # trp_jacobi at least 10x faster than batched torch.linalg.svd
+SVD_OVER_GRAM = 2.0         # ... and 2x faster than float64 Gram + torch.linalg.eigh
+RESNET20_CHANNEL_MS = 0.5   # the ResNet-20 channel projection under 0.5 ms
+STEP_OVERHEAD = 1.15        # a TRP+Nu step at most 1.15x a plain step
+FUSED_OVER_TWO_CONVS = 1.2  # the fused forward at least 1.2x faster than two cuDNN convs
+AUTO_OVER_BEST = 1.05       # the automatic choice at most 5% slower than the best of three
+
+
+def goal_rows(data) -> list[tuple[str, float, str, bool]]:
+    """(goal, measured, target, met) for every case of every goal the file has timings for."""
+    ms = defaultdict(dict)
+    for m in data.get("measurements", []):
+        if "median_ms" in m:
+            ms[(m["group"], m["case"])][m["impl"]] = m["median_ms"]
+    out = []
+    for (group, case), t in sorted(ms.items()):
+        if group == "svd" and "trp_jacobi" in t:
+            if case.split("-")[0] in ("resnet18", "resnet50"):
+                for base, target in (("torch_svd", SVD_OVER_TORCH_SVD), ("torch_gram", SVD_OVER_GRAM)):
+                    if base in t:
+                        ratio = t[base] / t["trp_jacobi"]
+                        out.append((f"svd {case} {base}/trp_jacobi", ratio, f">= {target}", ratio >= target))
+            if case == "resnet20-channel":
+                out.append((f"svd {case} trp_jacobi ms", t["trp_jacobi"], f"< {RESNET20_CHANNEL_MS}",
+                            t["trp_jacobi"] < RESNET20_CHANNEL_MS))
+    plain = next((t["plain"] for (g, _), t in ms.items() if g == "step" and "plain" in t), None)
+    for (group, case), t in sorted(ms.items()):
+        if group == "step" and "plain" not in t and plain:
+            for impl, v in t.items():
+                ratio = v / plain
+                out.append((f"step {case} {impl}/plain", ratio, f"<= {STEP_OVERHEAD}", ratio <= STEP_OVERHEAD))
+    for (group, case), t in sorted(ms.items()):
+        if group != "conv":
+            continue
+        if case.endswith("-fwd") and "fused" in t and "two_convs" in t:
+            ratio = t["two_convs"] / t["fused"]
+            out.append((f"conv {case} two_convs/fused", ratio, f">= {FUSED_OVER_TWO_CONVS}",
+                        ratio >= FUSED_OVER_TWO_CONVS))
+        best = [t[i] for i in ("fused", "two_convs", "dense") if i in t]
+        if "auto" in t and best:
+            ratio = t["auto"] / min(best)
+            out.append((f"conv {case} auto/best", ratio, f"<= {AUTO_OVER_BEST}", ratio <= AUTO_OVER_BEST))
+    return out
+
+
+def print_goals(path):
+    with open(path) as f:
+        data = json.load(f)
+    rows_ = goal_rows(data)
+    for goal, value, target, met in rows_:
+        print(f"{'met ' if met else 'MISS'} {goal:<62} {value:8.3f}  (target {target})")
+    met = sum(r[3] for r in rows_)
+    print(f"goals: {met} of {len(rows_)} cases met")
+
+
 def main(argv):
-    headline = "--headline" in argv
-    for path in [a for a in argv if a != "--headline"]:
-        (print_headline if headline else print_tables)(path)
+    mode = print_tables
+    if "--headline" in argv:
+        mode = print_headline
+    if "--goals" in argv:
+        mode = print_goals
+    for path in [a for a in argv if a not in ("--headline", "--goals")]:
+        mode(path)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,12 @@ with no value leaves out the period table.
 
 Runs go to --runs (one directory each; a finished run is reused, an interrupted one resumed),
 the table and every run's figures to --results (compare_digits.md / .json).
+
+``--model mobilenetv2`` runs the same protocol on the MobileNetV2-style network, whose 1x1 convs
+only the pointwise scheme factorises (its default --schemes); its table goes to
+compare_digits_mobilenetv2.md / .json, beside ResNet-20's (give it its own --runs):
+
+    python scripts/compare_digits.py --model mobilenetv2 --periods --runs runs/compare-mobilenet
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ from trp_kernels.compression.export import load_model
 from trp_kernels.schemes.costs import conv_macs
 from trp_kernels.rank_training.elrt import make_lowrank
 from trp_kernels.models import create_model
-from trp_kernels.training import DIGITS_STAGE_STRIDES, SCHEMES, TrainConfig
+from trp_kernels.compression.selection import counts_linear
+from trp_kernels.training import DIGITS_STAGE_STRIDES, SCHEMES, TRAIN_MODELS, TrainConfig
 
 ARCH = {"in_channels": 1, "stage_strides": list(DIGITS_STAGE_STRIDES)}
 EXAMPLE = torch.zeros(1, 1, 8, 8)
@@ -61,6 +68,12 @@ class MissingRun(Exception):
 
 
 READ_ONLY = False   # set by --read-only
+MODEL = "resnet20"  # set by --model
+MODEL_NAMES = {"resnet20": "ResNet-20", "resnet32": "ResNet-32", "resnet56": "ResNet-56",
+               "mobilenetv2": "the MobileNetV2-style network (trp_kernels.models.mobilenetv2)"}
+# The schemes each model is compared in: the k x k ones where its FLOPs are k x k convs,
+# pointwise where they are 1x1 convs.
+DEFAULT_SCHEMES = {"mobilenetv2": ["pointwise"]}
 
 
 def train(out: str, *args: str) -> dict:
@@ -71,7 +84,7 @@ def train(out: str, *args: str) -> dict:
         raise MissingRun(out)
     if not os.path.exists(report):
         resume = ["--resume"] if os.path.exists(os.path.join(out, "checkpoint.pt")) else []
-        command = ["train", "--out", out, "--no-progress", *args, *resume]
+        command = ["train", "--out", out, "--no-progress", "--model", MODEL, *args, *resume]
         print("$ python -m trp_kernels " + " ".join(command), flush=True)
         code = cli(command)
         if code:
@@ -83,12 +96,13 @@ def train(out: str, *args: str) -> dict:
 def matched_energy(baseline_model: str, scheme: str, target: float) -> float:
     """The largest energy whose decomposition of the baseline has speed-up >= target."""
     dense = load_model(baseline_model)
-    dense_macs = conv_macs(dense, EXAMPLE)
+    linear = counts_linear(scheme, False)        # the trainer's MAC count for the scheme
+    dense_macs = conv_macs(dense, EXAMPLE, linear)
 
     def speedup(energy):
         model = copy.deepcopy(dense)
         decompose_model(model, scheme, energy=energy)   # conv1 stays dense, as in the trainer
-        return dense_macs / conv_macs(model, EXAMPLE)
+        return dense_macs / conv_macs(model, EXAMPLE, linear)
 
     low, high = 1e-4, 1.0          # speedup falls as the energy grows
     if speedup(low) < target:
@@ -100,13 +114,14 @@ def matched_energy(baseline_model: str, scheme: str, target: float) -> float:
 
 
 def matched_rank_fraction(scheme: str, target: float) -> float:
-    """The largest rank fraction k/64 whose low-rank ResNet-20 has speed-up >= target."""
-    dense_macs = conv_macs(create_model("resnet20", **ARCH), EXAMPLE)
+    """The largest rank fraction k/64 whose low-rank model has speed-up >= target."""
+    linear = counts_linear(scheme, False)
+    dense_macs = conv_macs(create_model(MODEL, **ARCH), EXAMPLE, linear)
     best = 1 / 64
     for k in range(1, 65):
-        model = create_model("resnet20", **ARCH)
+        model = create_model(MODEL, **ARCH)
         make_lowrank(model, scheme, rank=k / 64)
-        if dense_macs / conv_macs(model, EXAMPLE) >= target:
+        if dense_macs / conv_macs(model, EXAMPLE, linear) >= target:
             best = k / 64
     return best
 
@@ -159,7 +174,7 @@ def period_markdown(rows: list[dict], baseline_epoch_s: float) -> str:
 
 def markdown(table: list[dict], command: str, meta: dict) -> str:
     lines = [
-        f"Digits (1,437 train / 360 test images), ResNet-20 with stage strides "
+        f"Digits (1,437 train / 360 test images), {MODEL_NAMES[MODEL]} with stage strides "
         f"{tuple(DIGITS_STAGE_STRIDES)}, {meta['epochs']} epochs, seeds "
         f"{', '.join(map(str, meta['seeds']))}; mean ± std over seeds. Produced by "
         f"`{command}` ({meta['wall_s'] / 60:.0f} min for this call, which reads the runs "
@@ -220,7 +235,9 @@ def main(argv=None) -> int:
                         default=[TrainConfig.finetune_epochs, TrainConfig.epochs],
                         help="fine-tuning lengths of the decomposition rows (0 is always run)")
     parser.add_argument("--periods", type=int, nargs="*", default=[1, 2, 5, 10, 20])
-    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
+    parser.add_argument("--model", default="resnet20", choices=TRAIN_MODELS)
+    parser.add_argument("--schemes", nargs="+", default=None, choices=SCHEMES,
+                        help="(default: the four k x k schemes; pointwise for mobilenetv2)")
     parser.add_argument("--common-speedup", type=float, default=None,
                         help="also train every format low-rank from scratch at this speed-up")
     parser.add_argument("--no-matched", action="store_true",
@@ -232,8 +249,10 @@ def main(argv=None) -> int:
                         help="train nothing: tabulate the finished runs, leaving out the rows "
                              "whose runs (or the runs they are matched to) have not finished")
     args = parser.parse_args(argv)
-    global READ_ONLY
-    READ_ONLY = args.read_only
+    global READ_ONLY, MODEL
+    READ_ONLY, MODEL = args.read_only, args.model
+    if args.schemes is None:
+        args.schemes = DEFAULT_SCHEMES.get(MODEL, [s for s in SCHEMES if s != "pointwise"])
     missing: list[str] = []
     started, load_at_start = time.perf_counter(), os.getloadavg()
     load_digits()   # fail early, before any run, if scikit-learn's data is unavailable
@@ -248,7 +267,9 @@ def main(argv=None) -> int:
             return os.path.join(args.runs, f"{name}-seed{seed}")
 
         seeded = [*common, "--seed", str(seed)]
-        base = train(out("baseline"), "--method", "baseline", *seeded)
+        # the scheme names the layers the report lists: those the other rows act on
+        base = train(out("baseline"), "--method", "baseline", "--scheme", args.schemes[0],
+                     *seeded)
         add("baseline", "-", figures(base))
         baseline_model = os.path.join(out("baseline"), "model.pt")
         for scheme in () if args.no_matched else args.schemes:
@@ -291,7 +312,8 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: order[r["scheme"]])
     command = "python scripts/compare_digits.py" + (
         f" {' '.join(argv)}" if argv else (" " + " ".join(sys.argv[1:])).rstrip())
-    meta = {"seeds": args.seeds, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+    meta = {"model": MODEL, "seeds": args.seeds, "epochs": args.epochs,
+            "finetune_epochs": args.finetune_epochs,
             "wall_s": time.perf_counter() - started, "command": command,
             "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})",
             "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
@@ -300,10 +322,11 @@ def main(argv=None) -> int:
     text = markdown(rows, command, meta)
     if periods:
         text += "\n" + period_markdown(periods, baseline_epoch_s)
-    with open(os.path.join(args.results, "compare_digits.json"), "w") as f:
+    stem = "compare_digits" + ("" if MODEL == "resnet20" else f"_{MODEL}")
+    with open(os.path.join(args.results, f"{stem}.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows, "periods": periods,
                    "baseline_epoch_train_cpu_s": baseline_epoch_s}, f, indent=2)
-    with open(os.path.join(args.results, "compare_digits.md"), "w") as f:
+    with open(os.path.join(args.results, f"{stem}.md"), "w") as f:
         f.write(text)
     print(text)
     return 0

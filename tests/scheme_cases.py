@@ -4,7 +4,8 @@ low-rank training, export, compile) need to know about a scheme, as one subclass
 of the registry (tests/schemes/test_geometry.py) fails until it has one.
 
 Each test module parametrizes over the subclasses with ``@every_scheme``; its test functions take
-the instance as ``case``.
+the instance as ``case``. The schemes of k x k convs share the test models; ``pointwise`` (1x1
+convs and linear layers) gets the same models with 1x1 kernels (``kernel``, ``adapt``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from small_models import with_1x1_kernels
 from trp_kernels.ops.svd import reference_lowrank_project, reference_rank
 from trp_kernels.schemes import geometry
 from trp_kernels.schemes.matrix_views import IN_MODE, OUT_MODE, PER_FILTER
@@ -32,6 +34,8 @@ class SchemeCase:
     # of a digits ResNet-20 made low-rank at ``fraction``
     kept_dense_in_small_net: frozenset = frozenset()
     kept_dense_in_resnet20: frozenset = frozenset()
+    # the layers of tests/small_models.SmallNet (adapted) that the scheme acts on, stem skipped
+    small_net_layers = ("body.0", "body.5")
 
     @property
     def scheme(self) -> geometry.Scheme:
@@ -39,6 +43,14 @@ class SchemeCase:
 
     def id(self) -> str:
         return self.name
+
+    def kernel(self, kernel_size):
+        """The kernel of the scheme's layers where a test of k x k convs uses ``kernel_size``."""
+        return kernel_size
+
+    def adapt(self, model):
+        """A test model (tests/small_models.py) as the scheme's tests use it."""
+        return model
 
     def reference_rank(self, W: torch.Tensor, **rule):
         """The layer rank the rank rule gives the weight W, from float64 LAPACK singular values
@@ -122,6 +134,21 @@ class DecoupledCase(SchemeCase):
         low = (U[..., :r] * S[:, None, :r]) @ Vh[:, :r]
         sub = U[..., :r] @ Vh[:, :r]
         return PER_FILTER.to_weight(low, W.shape), PER_FILTER.to_weight(sub, W.shape), r
+
+
+class PointwiseCase(SchemeCase):
+    """1x1 convs (and linear layers): the test models with every k x k conv turned 1x1, so that
+    the layers, names and weight shapes the tests count stay those of the k x k schemes."""
+
+    name, rank, resize_ranks, fraction = "pointwise", 4, (2, 3), 0.25
+    # SmallNet's 1x1 conv body.4 and its classifier too (skip names the stem alone)
+    small_net_layers = ("body.0", "body.4", "body.5", "head")
+
+    def kernel(self, kernel_size):
+        return 1
+
+    def adapt(self, model):
+        return with_1x1_kernels(model)
 
 
 CASES = [case() for case in SchemeCase.__subclasses__()]

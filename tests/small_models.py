@@ -25,6 +25,20 @@ class SmallNet(nn.Module):
         return self.head(self.body(self.stem(x)).mean((2, 3)))
 
 
+def with_1x1_kernels(model: nn.Module) -> nn.Module:
+    """``model`` with every conv of a larger kernel (groups 1, 'same'-style padding) replaced,
+    in place, by a 1x1 conv with its channels, stride, bias, device and dtype: the same layers
+    and output sizes, every one of them a layer of the ``pointwise`` scheme."""
+    from trp_kernels.compression import is_decomposable
+
+    for name, m in list(model.named_modules()):
+        if is_decomposable(m):
+            model.set_submodule(name, nn.Conv2d(
+                m.in_channels, m.out_channels, 1, m.stride, bias=m.bias is not None,
+                device=m.weight.device, dtype=m.weight.dtype))
+    return model
+
+
 def conv_with(W, bias=None, **kwargs):
     """An nn.Conv2d (same dtype) whose weight is W [N, C, kh, kw] and bias ``bias``."""
     conv = nn.Conv2d(W.shape[1], W.shape[0], W.shape[2:], bias=bias is not None,

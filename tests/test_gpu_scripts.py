@@ -5,6 +5,7 @@ bench/gpu_timings.py, their exit without CUDA, and the folding and summary of ti
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -36,9 +37,9 @@ def test_run_gpu_without_a_gpu_fails_fast_with_a_summary(tmp_path):
     done, seconds = run_script(tmp_path)
     assert done.returncode != 0 and seconds < 60
     summary = (tmp_path / "summary.txt").read_text()
-    assert summary.startswith("run_gpu.sh ")
+    assert summary.startswith("build ")  # the verdict lines first
     assert "no GPU" in summary or "no usable CUDA device" in summary
-    assert "exit 3" in summary
+    assert "run_gpu.sh exit 3" in summary
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.txt"]
 
 
@@ -93,7 +94,18 @@ def test_timing_cases():
     assert all(c["layer"].network == "resnet18" and "-b128-" in c["case"] for c in conv)
     steps = {(c["impl"], c["scheme"]) for c in cases if c["group"] == "step"}
     assert ("plain", "channel") in steps and ("trp_eigh", "spatial") in steps
-    assert len(gpu_timings.cases(quick=True)) < len(cases)
+    # the quick run holds a case of every goal; quick and the rest are the whole table, once
+    quick = gpu_timings.selected(quick=True)
+    rest = gpu_timings.selected(skip_quick=True)
+    key = lambda c: (c["group"], c["case"], c["impl"])
+    assert sorted(map(key, quick + rest)) == sorted(keys) and not set(map(key, quick)) & set(map(key, rest))
+    assert {c["group"] for c in quick} == set(gpu_timings.GROUPS)
+    assert {(c["network"], c["scheme"]) for c in quick if c["group"] == "svd"} == {
+        (n, s) for n in ("resnet20", "resnet18", "resnet50") for s in ("channel", "spatial")}
+    quick_conv = [c for c in quick if c["group"] == "conv"]
+    assert {(c["dtype"], c["backward"], c["impl"]) for c in quick_conv} == {
+        (d, b, i) for d in ("bf16", "f32") for b in (False, True)
+        for i in ("fused", "two_convs", "dense", "auto")}
 
 
 def test_timings_rejects_unknown_groups_and_needs_cuda(capsys):
@@ -131,3 +143,81 @@ def test_fold_and_headline(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Test GPU" in text and "two_convs/fused 2.00 (n=1)" in text
     assert "3 measured, 1 failed" in text and "boom" in text
+
+
+def test_goals_compare_each_case_with_its_target():
+    import summarize
+
+    timing = lambda group, case, impl, ms: {"group": group, "case": case, "impl": impl,  # noqa: E731
+                                            "median_ms": ms}
+    data = {"measurements": [
+        timing("svd", "resnet50-spatial", "trp_jacobi", 1.0),
+        timing("svd", "resnet50-spatial", "torch_svd", 9.0),     # 9x: misses 10x
+        timing("svd", "resnet50-spatial", "torch_gram", 2.5),    # 2.5x: meets 2x
+        timing("svd", "resnet20-channel", "trp_jacobi", 0.6),    # misses 0.5 ms
+        timing("step", "resnet20-b128", "plain", 10.0),
+        timing("step", "resnet20-b128-channel", "trp_jacobi", 11.0),   # 1.10x: meets 1.15x
+        timing("conv", "l-fwd", "fused", 1.0), timing("conv", "l-fwd", "two_convs", 1.1),
+        timing("conv", "l-fwd", "dense", 3.0), timing("conv", "l-fwd", "auto", 1.04),
+        timing("conv", "l-fwdbwd", "fused", 4.0), timing("conv", "l-fwdbwd", "two_convs", 3.0),
+        timing("conv", "l-fwdbwd", "auto", 3.3),                 # 10% over the best: misses
+        {"group": "conv", "case": "l-fwd", "impl": "x", "error": "boom"},
+    ]}
+    rows = {goal: met for goal, _, _, met in summarize.goal_rows(data)}
+    assert rows == {
+        "svd resnet50-spatial torch_svd/trp_jacobi": False,
+        "svd resnet50-spatial torch_gram/trp_jacobi": True,
+        "svd resnet20-channel trp_jacobi ms": False,
+        "step resnet20-b128-channel trp_jacobi/plain": True,
+        "conv l-fwd two_convs/fused": False,   # 1.1x: misses 1.2x; the backward has no such goal
+        "conv l-fwd auto/best": True,
+        "conv l-fwdbwd auto/best": False,
+    }
+
+
+def collected(*args):
+    """The test ids pytest collects for args (run from the repository root)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                           "-p", "no:cacheprovider", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    return {line for line in done.stdout.splitlines() if "::" in line}
+
+
+def test_the_gpu_test_phases_run_every_cuda_case_once():
+    with open(os.path.join(BENCH, "run_gpu.sh")) as f:
+        script = f.read().replace("\\\n", " ")
+    suites = {name: re.search(rf'^{name}="([^"]+)"', script, re.M)[1].split()
+              for name in ("SVD_TESTS", "CONV_TESTS")}
+    svd = collected(*suites["SVD_TESTS"], "-m", "cuda")
+    conv = collected(*suites["CONV_TESTS"], "-m", "cuda")
+    assert svd and conv and not svd & conv
+    assert svd | conv == collected("tests", "-m", "cuda")
+
+
+def test_every_kind_of_measurement_runs_on_the_cpu(monkeypatch):
+    # The measurements' plumbing (inputs, implementation switches, records, roofline) with the
+    # device set to the CPU and a host timer: a mistake here would otherwise show only on a GPU.
+    import time as clock
+
+    def host_timer(fn, warmup, reps):
+        start = clock.perf_counter()
+        fn()
+        return {"median_ms": 1e3 * (clock.perf_counter() - start), "reps": 1, "warmup": 0}
+
+    monkeypatch.setattr(gpu_timings, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu_timings, "time_cuda", host_timer)
+    measured = gpu_timings.measure_ceilings(copy_elements=1 << 16, n=64)
+    assert set(measured) == {"bytes_per_s", "bfloat16_flops_per_s", "float32_flops_per_s"}
+    ceilings = gpu_timings.ceilings_of(measured)
+    cases = {(c["group"], c["case"], c["impl"]): c for c in gpu_timings.cases()}
+    picks = [("step", "resnet20-b128-channel", "trp_jacobi"),
+             ("svd", "resnet20-spatial", "trp_eigh"), ("svd", "resnet20-channel", "torch_gram"),
+             ("conv", "r18-512to512-s1-7px-spatial-b128-bf16-cl-fwdbwd", "auto"),
+             ("conv", "r18-512to512-s1-7px-channel-b128-f32-nchw-fwd", "dense")]
+    for key in picks:
+        record = gpu_timings.measure(cases[key], ceilings)
+        assert record["median_ms"] > 0 and "layer" not in record or isinstance(record["layer"], str)
+        if key[0] == "conv":
+            assert record["flops"] > 0 and record["min_bytes"] > 0 and record["roofline_fraction"] > 0
+        if key[0] == "svd":
+            assert record["min_bytes"] > 0 and record["gram_flops"] > 0

@@ -74,6 +74,10 @@ def _train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--scheme", choices=SCHEMES,
                    help=f"the low-rank scheme of trp, decomp and lowrank (baseline ignores "
                         f"it) (default {d.scheme})")
+    g.add_argument("--pointwise", action="store_true",
+                   help="also factorise the 1x1 convs and linear layers (scheme pointwise, "
+                        "two 1x1 convs / two linears) and count the linear layers' MACs; "
+                        "--scheme pointwise acts on those layers alone")
     g.add_argument("--energy", type=float,
                    help="trp: energy of the projection (default 0.9); decomp: energy of the "
                         "decomposition (default 0.9 unless --rank is given)")

@@ -271,6 +271,10 @@ cudaError_t run_block_jacobi(const BlockJacobiArgs& args, cudaStream_t stream) {
   bool capturing = false;
   TRP_CUDA_TRY(stream_capturing(stream, &capturing));
   if (!capturing) {
+    // The per-phase kernels too: a warm-up call outside capture (which takes the cooperative
+    // path) then leaves nothing to set while a CUDA graph is being captured.
+    TRP_CUDA_TRY(allow_dynamic_smem(block_jacobi_phase_kernel<kTile, Phase::kSolve>, solve_bytes));
+    TRP_CUDA_TRY(allow_dynamic_smem(block_jacobi_phase_kernel<kTile, Phase::kApply>, apply_bytes));
     const int64_t bytes = solve_bytes > apply_bytes ? solve_bytes : apply_bytes;
     TRP_CUDA_TRY(allow_dynamic_smem(block_jacobi_persistent_kernel<kTile>, bytes));
     int resident = 0;

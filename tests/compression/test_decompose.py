@@ -14,21 +14,21 @@ import trp_kernels as tk
 from scheme_cases import every_scheme
 from small_models import SmallNet
 from trp_kernels.schemes import costs
-
-LAYERS = ["body.0", "body.5"]
+from trp_kernels.schemes.matrix_views import weight_as_conv
 
 
 @every_scheme
 def test_at_full_rank_every_layer_stays_dense(case):
     """No scheme is cheaper than the conv at full rank: the model is left as it was."""
     torch.manual_seed(0)
-    model = SmallNet().eval()
+    model = case.adapt(SmallNet()).eval()
     x = torch.randn(2, 3, 16, 16)
     original = copy.deepcopy(model)
     report = tk.decompose_model(model, scheme=case.name, skip=["stem"], example_input=x)
-    assert [l.name for l in report.layers] == LAYERS
+    assert [l.name for l in report.layers] == list(case.small_net_layers)
     assert all(l.rank == l.full_rank and l.kept_dense for l in report.layers)
-    assert all(isinstance(model.get_submodule(l.name), nn.Conv2d) for l in report.layers)
+    assert all(isinstance(model.get_submodule(l.name), (nn.Conv2d, nn.Linear))
+               for l in report.layers)
     torch.testing.assert_close(model(x), original(x), rtol=0, atol=0)
 
 
@@ -38,27 +38,31 @@ def test_decompose_model(case):
     dense where even that rank costs more), the model computes the same outputs, and the
     report's MACs and parameters are the counter's on the models themselves."""
     torch.manual_seed(0)
-    model = SmallNet().eval()
+    model = case.adapt(SmallNet()).eval()
     with torch.no_grad():
-        for name in LAYERS:
-            conv = model.get_submodule(name)
-            weight, rank = case.low_rank_weight(conv.weight.shape)
-            conv.weight.copy_(weight)
+        for name in case.small_net_layers:
+            layer = model.get_submodule(name)
+            weight, rank = case.low_rank_weight(weight_as_conv(layer.weight).shape)
+            layer.weight.copy_(weight.reshape(layer.weight.shape))
     original = copy.deepcopy(model)
     x = torch.randn(2, 3, 16, 16)
     report = tk.decompose_model(model, scheme=case.name, threshold=1e-4, skip=["stem"],
                                 example_input=x)
-    assert [l.name for l in report.layers] == LAYERS
-    assert isinstance(model.stem, nn.Conv2d)
-    assert isinstance(model.body[3], nn.Conv2d) and isinstance(model.body[4], nn.Conv2d)
+    assert [l.name for l in report.layers] == list(case.small_net_layers)
+    assert type(model.stem) is nn.Conv2d and type(model.body[3]) is nn.Conv2d   # grouped
+    untouched = {"body.4"} - set(case.small_net_layers)
+    assert all(type(model.get_submodule(name)) is nn.Conv2d for name in untouched)
     assert {l.name for l in report.layers if l.kept_dense} == case.kept_dense_in_small_net
     for l in report.layers:
         assert l.rank == rank
-        assert isinstance(model.get_submodule(l.name), tk.LowRankConv2d) != l.kept_dense
+        assert isinstance(model.get_submodule(l.name), (tk.LowRankConv2d, tk.LowRankLinear)) \
+            != l.kept_dense
     torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=case.output_atol)
-    # per-layer MACs and parameters agree with the counter on the models themselves
-    before = {c.name: c.macs for c in costs.conv_costs(original, x)}
-    after = {c.name: c for c in costs.conv_costs(model, x)}
+    # per-layer MACs and parameters agree with the counter on the models themselves (linear
+    # layers counted where the scheme acts on them)
+    assert report.pointwise == (case.name == "pointwise")
+    before = {c.name: c.macs for c in costs.conv_costs(original, x, report.pointwise)}
+    after = {c.name: c for c in costs.conv_costs(model, x, report.pointwise)}
     for l in report.layers:
         layer = model.get_submodule(l.name)
         assert (l.macs_before, l.macs_after) == (before[l.name], after[l.name].macs)

@@ -17,6 +17,7 @@ from trp_kernels.compression.export import (export_onnx, export_program, load_mo
                                             lowrank_layers, save_model, saved_input_shape,
                                             to_conv_pairs)
 from trp_kernels.schemes.layers import LowRankConv2d
+from trp_kernels.schemes.lowrank_linear import LowRankLinear
 from trp_kernels.models import resnet20
 
 ARCH = {"in_channels": 1, "stage_strides": [1, 1, 2]}
@@ -186,17 +187,18 @@ def tensor_schemes_model():
 
 
 def ranks_of(model):
-    return {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankConv2d)}
+    return {n: m.rank for n, m in model.named_modules()
+            if isinstance(m, (LowRankConv2d, LowRankLinear))}
 
 
-def saved_and_loaded(model, path):
-    """(loaded, x, expected): ``model`` saved without its architecture and loaded into a fresh
-    small_dense_model; the file restores every layer's scheme, rank and outputs without being
-    told them."""
+def saved_and_loaded(model, path, dense=None):
+    """(loaded, x, expected): ``model`` saved without its architecture and loaded into
+    ``dense`` (default a fresh small_dense_model); the file restores every layer's scheme, rank
+    and outputs without being told them."""
     x = torch.randn(5, 1, 8, 8)
     expected = outputs(model, x)
     save_model(model, path)
-    loaded = load_model(path, model=small_dense_model())
+    loaded = load_model(path, model=small_dense_model() if dense is None else dense)
     assert lowrank_layers(loaded) == lowrank_layers(model)
     assert ranks_of(loaded) == ranks_of(model)
     torch.testing.assert_close(outputs(loaded, x), expected)
@@ -231,10 +233,11 @@ def test_tucker2_and_decoupled_in_one_model_save_load_and_pair(tmp_path):
 
 
 def decomposed(case):
-    """small_dense_model with every conv but the first in ``case``'s scheme at a fraction of its
-    full rank (the dense fallback may keep some), and non-trivial BatchNorm statistics."""
+    """small_dense_model (adapted to the scheme) with every layer but the first conv in
+    ``case``'s scheme at a fraction of its full rank (the dense fallback may keep some), and
+    non-trivial BatchNorm statistics."""
     torch.manual_seed(0)
-    model = small_dense_model().train()
+    model = case.adapt(small_dense_model()).train()
     with torch.no_grad():
         model(torch.randn(32, 1, 8, 8))
     decompose_model(model, case.name, rank=case.fraction, skip=("0",))
@@ -246,7 +249,10 @@ def test_every_scheme_saves_loads_pairs_and_exports(case, tmp_path):
     model = decomposed(case)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, LowRankConv2d)}
     assert layers and set(lowrank_layers(model).values()) == {case.name}
-    loaded, x, expected = saved_and_loaded(model, str(tmp_path / "model.pt"))
+    # pointwise acts on the classifier too, as skip names the first conv alone
+    assert isinstance(model[-1], LowRankLinear) == (case.name == "pointwise")
+    loaded, x, expected = saved_and_loaded(model, str(tmp_path / "model.pt"),
+                                           case.adapt(small_dense_model()))
     # torch.export keeps the library's op where the scheme runs it
     targets = exported_ops(model, x, expected, tmp_path)
     assert any("trp.lowrank_conv2d" in t for t in targets) == case.scheme.fused_op

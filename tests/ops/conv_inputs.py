@@ -13,6 +13,14 @@ SCHEMES = ["channel", "spatial"]
 CUDA_IMPLS = ["fused", "two_convs", "dense"]
 
 
+def gradcheck(fn, inputs) -> bool:
+    """torch.autograd.gradcheck under deterministic cuDNN, as PyTorch's own convolution
+    double-backward tests run it: gradcheck compares repeated backward passes element by element,
+    and cuDNN's default backward algorithms may sum in another order each time (atomics)."""
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+        return torch.autograd.gradcheck(fn, inputs)
+
+
 def impls_and_devices(cpu=("two_convs",), cuda=("fused", "two_convs", "dense", "auto")):
     """(impl, device) parameters: the CPU's implementations (two_convs is its default; fused and
     auto run two_convs there) and CUDA's, on the GPU (marked ``cuda``) and on the emulated CUDA

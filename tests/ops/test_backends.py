@@ -8,6 +8,7 @@ checked here on the CPU."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -44,23 +45,45 @@ def test_env_read_on_every_call(monkeypatch):
         tk.truncated_svd(W, check_finite=False)
     for value in ("", "auto"):
         monkeypatch.setenv("TRP_SVD_IMPL", value)
-        assert backends.svd_impl(torch.device("cpu")) == "jacobi"
+        assert backends.svd_impl(torch.device("cpu"), 16) == "jacobi"
 
 
 def test_defaults_per_device(monkeypatch):
     monkeypatch.delenv("TRP_SVD_IMPL", raising=False)
     cpu, cuda, meta = torch.device("cpu"), torch.device("cuda", 0), torch.device("meta")
+    small, large = backends.FUSED_SVD_MAX_K, backends.FUSED_SVD_MAX_K + 1
     monkeypatch.setattr(backends, "CUDA_SVD_VALIDATED_BY", None)
-    assert backends.svd_impl(cpu) == "jacobi"
-    assert backends.svd_impl(cuda) == "eigh"         # unvalidated kernels stay off by default
-    assert backends.svd_impl(meta) == "eigh"         # no compiled kernel there
+    assert backends.svd_impl(cpu, small) == "jacobi" and backends.svd_impl(cpu, large) == "jacobi"
+    assert backends.svd_impl(cuda, small) == "eigh"   # unvalidated kernels stay off by default
+    assert backends.svd_impl(meta, small) == "eigh"   # no compiled kernel there
     monkeypatch.setattr(backends, "CUDA_SVD_VALIDATED_BY", "bench/results/gpu_run.txt")
-    assert backends.svd_impl(cuda) == "jacobi"
-    assert backends.svd_impl(cpu) == "jacobi"
+    assert backends.svd_impl(cuda, small) == "jacobi"
+    # the blocked Jacobi (k > 64) measured slower than the composite path: not the default
+    assert backends.svd_impl(cuda, large) == "eigh"
+    assert backends.svd_impl(cpu, large) == "jacobi"
     with backends.forced(svd="eigh"):
-        assert backends.svd_impl(cpu) == "eigh" and backends.svd_impl(cuda) == "eigh"
+        assert backends.svd_impl(cpu, small) == "eigh" and backends.svd_impl(cuda, small) == "eigh"
     with backends.forced(svd="jacobi"):
-        assert backends.svd_impl(meta) == "jacobi"
+        assert backends.svd_impl(meta, small) == "jacobi" and backends.svd_impl(cuda, large) == "jacobi"
+
+
+def test_groups_of_both_paths_in_one_call(monkeypatch):
+    # On CUDA the default path depends on k; here on the CPU, where both paths run, the same
+    # split is forced: each group must get its path's result, in input order.
+    from trp_kernels.ops import svd
+
+    monkeypatch.setattr(svd, "svd_impl", lambda device, k: backends.SvdImpl.JACOBI
+                        if k <= backends.FUSED_SVD_MAX_K else backends.SvdImpl.EIGH)
+    g = torch.Generator().manual_seed(0)
+    groups = [torch.randn(3, 70, 90, generator=g, dtype=torch.float64),
+              torch.randn(2, 16, 144, generator=g, dtype=torch.float64),
+              torch.randn(2, 80, 66, generator=g, dtype=torch.float64)]
+    lows, subs, ranks = svd.lowrank_project_groups(groups, energy=0.9)
+    for group, low, sub, rank in zip(groups, lows, subs, ranks):
+        ref = svd.reference_lowrank_project(group, energy=0.9)
+        assert torch.equal(rank, ref.rank)
+        torch.testing.assert_close(low, ref.W_low)
+        torch.testing.assert_close(sub, ref.subgrad)
 
 
 def test_svd_forced_restores_the_environment(monkeypatch):
@@ -152,3 +175,14 @@ def test_switch_does_not_change_the_cpu_result(restore_switch):
     reference = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, w1, padding=1), w2)
     torch.testing.assert_close(off, reference)
     torch.testing.assert_close(on, reference)
+
+
+def test_the_validation_record_names_committed_runs():
+    # a constant names the committed result file of the run that validated its kernel family
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for record in (backends.CUDA_SVD_VALIDATED_BY, backends.FUSED_CONV_VALIDATED_BY):
+        if record is not None:
+            with open(os.path.join(root, record)) as f:
+                summary = f.read()
+            assert summary.startswith("build          PASSED")
+            assert re.search(r"^memcheck +PASSED .*ERROR SUMMARY: 0 errors$", summary, re.M)

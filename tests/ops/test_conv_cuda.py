@@ -7,11 +7,13 @@ the emulated CUDA device (tests/emulated_cuda.py)."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 import trp_kernels as tk
-from conv_inputs import CUDA_IMPLS, SCHEMES, conv_inputs, relative_error
+from conv_inputs import CUDA_IMPLS, SCHEMES, conv_inputs, gradcheck, relative_error
 from testing import cuda_only, fused_conv_launches
 from trp_kernels.ops import backends, memory_format_of, ops
 from trp_kernels.ops.conv import reference_lowrank_conv2d
@@ -114,8 +116,21 @@ def test_gradcheck_float64(device, impl, scheme):
     case = (3, 4, 2, 6, 5, (3, 2), (2, 1), (1, 1), (1, 2))
     inputs = case_inputs(device, case, scheme, torch.float64, requires_grad=True)
     with backends.forced(conv=impl):
-        assert torch.autograd.gradcheck(
+        assert gradcheck(
             lambda *a: tk.lowrank_conv2d(*a, *geometry(case), scheme), inputs)
+
+
+def spread_between_impls(inputs, args) -> float:
+    """The largest elementwise difference between the forced implementations' outputs and input
+    gradients (of the output's sum, as opcheck takes them) on these inputs."""
+    results = []
+    for impl in CUDA_IMPLS:
+        with backends.forced(conv=impl):
+            y = ops.lowrank_conv2d(*inputs, *args)
+            results.append([y.detach(), *torch.autograd.grad(y.sum(), inputs)])
+    return max(float((a.float() - b.float()).abs().max())
+               for first, second in itertools.combinations(results, 2)
+               for a, b in zip(first, second))
 
 
 @pytest.mark.parametrize("dtype, channels_last", [(torch.float32, False), (torch.bfloat16, True)],
@@ -127,8 +142,14 @@ def test_opcheck(device, impl, scheme, dtype, channels_last):
     case = CASES[1]
     x, w1, w2, bias = case_inputs(device, case, scheme, dtype, channels_last, requires_grad=True)
     args = [list(v) if isinstance(v, tuple) else [v, v] for v in geometry(case)]
+    # auto chooses per problem key, and the compiled call's key (layouts, strides) may differ
+    # from the eager one's: the two may run different implementations, which differ by their
+    # rounding (bf16: 13% at an element, on the H200). They must agree as closely as the
+    # implementations agree with each other; every forced implementation exactly.
+    tolerance = {} if impl != "auto" else {
+        "atol": 2 * spread_between_impls((x, w1, w2, bias), (*args, scheme)), "rtol": 0}
     with backends.forced(conv=impl):
-        torch.library.opcheck(ops.lowrank_conv2d, (x, w1, w2, bias, *args, scheme))
+        torch.library.opcheck(ops.lowrank_conv2d, (x, w1, w2, bias, *args, scheme), **tolerance)
         grad_y = torch.randn_like(ops.lowrank_conv2d(x, w1, w2, bias, *args, scheme)).detach()
         for mask in ([True] * 4, [True, False, True, False]):
             torch.library.opcheck(ops.lowrank_conv2d_backward,
@@ -240,6 +261,13 @@ def test_auto_under_graph_capture_uses_the_default_without_timing(device):
     x, w1, w2, bias = case_inputs(device, case, "spatial", torch.bfloat16)
     args = (*geometry(case), "spatial")
     stream = torch.cuda.Stream()
+    # Warm up outside the capture, on the capturing stream, as torch.cuda.graph expects: cuDNN's
+    # plans and workspaces for these shapes exist before capture. Forced, so that the automatic
+    # choice stays unmeasured for this problem.
+    stream.wait_stream(torch.cuda.current_stream())
+    with backends.forced(conv="two_convs"), torch.cuda.stream(stream):
+        tk.lowrank_conv2d(x, w1, w2, bias, *args)
+    torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with backends.forced(conv="auto"):
         with torch.cuda.stream(stream):
@@ -266,6 +294,9 @@ def test_backward_under_graph_capture_after_measuring(device):
         eager = torch.autograd.grad(tk.lowrank_conv2d(*inputs, *args), inputs, grad_y)  # measures
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up on the capturing stream, outside the capture
+            torch.autograd.grad(tk.lowrank_conv2d(*inputs, *args), inputs, grad_y)
+        torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.stream(stream):
             with torch.cuda.graph(graph, stream=stream):

@@ -13,7 +13,7 @@ import torch
 
 import trp_kernels as tk
 from testing import (EMULATED_CUDA, adversarial, assert_svd_contract, cuda_only, each_schedule,
-                     svd_tol, with_spectrum)
+                     float64_svd, svd_tol, with_spectrum)
 from trp_kernels.ops import backends
 from trp_kernels.ops.svd import lowrank_project_groups, reference_rank
 
@@ -56,13 +56,14 @@ def test_every_path_matches_the_cpu_op(jacobi_kernels, device, shape, dtype):
         pytest.skip("the paths of (96, 96), at several times its cost in emulation")
     W = torch.randn(2, *shape, dtype=dtype)
     tol = svd_tol[dtype]
+    reference = float64_svd(W)
     for rule in ({}, {"energy": 0.9}, {"threshold": 1.0, "max_rank": 40}):
         gpu = tk.truncated_svd(W.to(device), **rule)
         cpu = tk.truncated_svd(W, **rule)
         assert torch.equal(gpu.rank.cpu(), cpu.rank)
         s1 = float(cpu.S[..., 0].max())
         assert float((gpu.S.cpu() - cpu.S).abs().max()) <= tol["sigma"] * s1
-        assert_svd_contract(W, gpu, rule, exact_rank=True)
+        assert_svd_contract(W, gpu, rule, exact_rank=True, reference=reference)
         low, sub, rank = tk.lowrank_project(W.to(device), **rule)
         low_cpu, sub_cpu, rank_cpu = tk.lowrank_project(W, **rule)
         assert torch.equal(rank.cpu(), rank_cpu)
@@ -153,14 +154,16 @@ def test_graph_capture_and_replay(jacobi_kernels, device, shape, dtype):
 @pytest.mark.parametrize("device", cuda_only(emulated=False))
 def test_groups_run_concurrently_and_match_single_calls(jacobi_kernels, device):
     # lowrank_project_groups runs each group on its own stream: the same kernels as
-    # lowrank_project, so the same bits, and the current stream sees every result.
+    # lowrank_project, and the current stream sees every result. Equal up to rounding, not
+    # bitwise: cuBLAS (the blocked path's products) guarantees the same bits only on one stream.
     groups = [torch.randn(6, 16, 144, device=device), torch.randn(5, 96, 96, device=device),
               torch.randn(3, 64, 576, device=device, dtype=torch.float64),
               torch.randn(2, 130, 90, device=device)]
     lows, subs, ranks = lowrank_project_groups(groups, energy=0.9)
     for g, low, sub, rank in zip(groups, lows, subs, ranks):
         single = tk.lowrank_project(g, energy=0.9)
-        assert torch.equal(low, single.W_low) and torch.equal(sub, single.subgrad)
+        torch.testing.assert_close(low, single.W_low)
+        torch.testing.assert_close(sub, single.subgrad)
         assert torch.equal(rank, single.rank)
     static = [g.clone() for g in groups]
     side = torch.cuda.Stream()
@@ -251,5 +254,7 @@ def test_projection_accuracy_does_not_depend_on_tf32(jacobi_kernels, device):
 @pytest.mark.parametrize("device", cuda_only(emulated=False))
 def test_resnet_layer_shapes_at_float32_tolerance(jacobi_kernels, device, shape):
     W = torch.randn(2, *shape, device=device)
+    reference = float64_svd(W)
     for rule in ({"energy": 0.9}, {}):
-        assert_svd_contract(W, tk.truncated_svd(W, **rule), rule, exact_rank=True)
+        assert_svd_contract(W, tk.truncated_svd(W, **rule), rule, exact_rank=True,
+                            reference=reference)

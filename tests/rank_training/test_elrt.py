@@ -25,7 +25,7 @@ SCHEMES = ["channel", "spatial"]
 @every_scheme
 def test_make_lowrank_trains_factors_only(case):
     torch.manual_seed(3)
-    model = resnet20(in_channels=1)
+    model = case.adapt(resnet20(in_channels=1))
     fresh = model.layer2[1].conv1.weight.detach().clone()
     report = make_lowrank(model, case.name, rank=case.fraction)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, LowRankConv2d)}
@@ -135,7 +135,8 @@ def _penalty_reference(factors, kind):
 def test_orthogonality_penalty_values(case):
     scheme = case.name
     rank = (3, 4) if scheme == "tucker2" else 3
-    layer = tk.LowRankConv2d(5, 6, 3, rank=rank, scheme=scheme, dtype=torch.float64)
+    layer = tk.LowRankConv2d(5, 6, case.kernel(3), rank=rank, scheme=scheme,
+                             dtype=torch.float64)
     model = nn.Sequential(nn.Conv2d(3, 5, 1), layer)
     with torch.no_grad():
         for p in layer.factors:
@@ -165,5 +166,6 @@ def test_dso_of_orthonormal_tucker2_factors_is_its_floor():
 
 @every_scheme
 def test_penalty_of_a_rank_zero_layer_is_zero(case):
-    layer = tk.LowRankConv2d(3, 5, 3, rank=0, stride=2, padding=1, scheme=case.name)
+    layer = tk.LowRankConv2d(3, 5, case.kernel(3), rank=0, stride=2, padding=1,
+                             scheme=case.name)
     assert orthogonality_penalty(layer).item() == 0.0

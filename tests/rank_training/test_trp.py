@@ -4,16 +4,17 @@ the one matrix view; tucker2 both mode unfoldings; decoupled per-filter matrices
 layer), the batched calls and bounded cost of a step, exact decomposition after a projection,
 and training steps. The regularizer's own mechanics are in test_trp_hooks.py."""
 
+import math
 from collections import Counter
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from scheme_cases import every_scheme, rank_of
 from small_models import small_resnet
 from testing import devices
+from training_steps import trp_steps
 from trp_kernels.models import resnet56
 from trp_kernels.rank_training.trp import TRPRegularizer
 from trp_kernels.schemes.layers import LowRankConv2d
@@ -26,7 +27,7 @@ def weights(trp):
 @every_scheme
 @pytest.mark.parametrize("device", devices)
 def test_projection_is_the_energy_truncation(case, device, project_calls):
-    model = small_resnet(device)
+    model = case.adapt(small_resnet(device))
     trp = TRPRegularizer(model, case.name, energy=0.6, nuclear_weight=0.0)
     before = weights(trp)
     trp.before_forward()
@@ -53,7 +54,7 @@ def test_nuclear_subgradient_is_added_every_step(case, device):
     """grad += lambda * the sub-gradient from the SVD of the step's weights before any
     projection: on a projection step that SVD's U_r V_r^T is also the nuclear sub-gradient at
     the projected weights, so it is not recomputed."""
-    model = small_resnet(device)
+    model = case.adapt(small_resnet(device))
     lam = 0.1
     trp = TRPRegularizer(model, case.name, energy=0.8, nuclear_weight=lam, period=3)
     for step in range(4):
@@ -108,7 +109,7 @@ def test_a_step_is_a_handful_of_tensor_ops_whatever_the_depth(case):
     per mode; decoupled: the filter ranks in one call, then one untruncated SVD and a few mask
     and bmm ops per shape group, since the op's rank bound is one scalar and the shared rank
     is per layer)."""
-    model = small_resnet("cpu")
+    model = case.adapt(small_resnet("cpu"))
     # period 1: every step projects (and adds the sub-gradient from the same SVD).
     (projecting,) = ops_per_step(model, case.name, period=1, steps=1)
     # period 2: the step after a projection step (step 1) only adds a fresh sub-gradient.
@@ -118,7 +119,7 @@ def test_a_step_is_a_handful_of_tensor_ops_whatever_the_depth(case):
         assert ops["trp.lowrank_project_groups.default"] == case.project_calls, ops
     assert sum(projecting.values()) > sum(subgradient_only.values())
     # The count does not grow with the depth: ResNet-56 (54 layers) costs what ResNet-20 does.
-    deep = resnet56(in_channels=1, stage_strides=(1, 1, 2))
+    deep = case.adapt(resnet56(in_channels=1, stage_strides=(1, 1, 2)))
     (deep_projecting,) = ops_per_step(deep, case.name, period=1, steps=1)
     assert deep_projecting == projecting
 
@@ -126,7 +127,7 @@ def test_a_step_is_a_handful_of_tensor_ops_whatever_the_depth(case):
 @every_scheme
 def test_decompose_after_projection_is_exact(case):
     torch.manual_seed(1)
-    model = small_resnet("cpu").double().eval()
+    model = case.adapt(small_resnet("cpu")).double().eval()
     trp = TRPRegularizer(model, case.name, energy=0.7, nuclear_weight=0.0)
     trp.project()
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
@@ -145,18 +146,9 @@ def test_decompose_after_projection_is_exact(case):
 @every_scheme
 def test_training_steps_keep_the_weights_low_rank(case):
     torch.manual_seed(0)
-    model = small_resnet("cpu")
+    model = case.adapt(small_resnet("cpu"))
     trp = TRPRegularizer(model, case.name, energy=0.5, nuclear_weight=1e-3)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
-    for _ in range(3):
-        trp.before_forward()
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        trp.after_backward()
-        optimizer.step()
-        assert torch.isfinite(loss)
+    assert all(math.isfinite(loss) for loss in trp_steps(model, trp, 3))
     assert trp.step == 3
     trp.before_forward()
     scheme = case.scheme

@@ -21,17 +21,18 @@ def fresh_dynamo():
 
 
 def small_model(case, device):
-    """Two layers of the scheme: a stride-2 3x5 one, and a dilated one without bias."""
+    """Two layers of the scheme: a stride-2 3x5 one, and a dilated one without bias (1x1 in
+    scheme pointwise)."""
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
         nn.ReLU(),
-        tk.LowRankConv2d(8, 16, (3, 5), rank=case.rank, stride=2, padding=(1, 2),
+        tk.LowRankConv2d(8, 16, case.kernel((3, 5)), rank=case.rank, stride=2, padding=(1, 2),
                          scheme=case.name),
         nn.BatchNorm2d(16),
         nn.ReLU(),
-        tk.LowRankConv2d(16, 16, 3, rank=case.rank, padding=2, dilation=2, bias=False,
-                         scheme=case.name),
+        tk.LowRankConv2d(16, 16, case.kernel(3), rank=case.rank, padding=2, dilation=2,
+                         bias=False, scheme=case.name),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(16, 10),

@@ -56,7 +56,7 @@ def test_thin_convs_sizes_macs_and_params(case):
     """The geometry's per-conv sizes, MACs and parameters are those of the plain convs."""
     s = case.scheme
     rank = (2, 3) if s.paired_rank else 2
-    layer = tk.LowRankConv2d(4, 6, (3, 5), rank=rank, stride=(2, 1), padding=(2, 1),
+    layer = tk.LowRankConv2d(4, 6, case.kernel((3, 5)), rank=rank, stride=(2, 1), padding=(2, 1),
                              dilation=(1, 2), scheme=case.name)
     x = torch.randn(1, 4, 11, 13)
     macs, hw = 0, (11, 13)

@@ -61,6 +61,9 @@ def test_main_job_writes_model_and_report(main_run):
     ("trp", "tucker2", ["--epochs", "1"]),
     ("trp", "decoupled", ["--epochs", "1", "--final-energy", "0.6"]),
     ("lowrank", "decoupled", ["--epochs", "1", "--rank", "0.25", "--penalty-kind", "dso"]),
+    ("trp", "pointwise", ["--epochs", "1", "--model", "mobilenetv2"]),
+    ("lowrank", "channel", ["--epochs", "1", "--rank", "0.25", "--model", "mobilenetv2",
+                            "--pointwise"]),
 ])
 def test_methods(tmp_path, method, scheme, extra):
     out = tmp_path / method
@@ -196,6 +199,10 @@ BAD = [
     (["--method", "lowrank", "--scheme", "tucker2", "--rank", "8,65"],
      "rank 65 exceeds the largest full rank (64)"),
     (["--scheme", "tucker3"], "--scheme: invalid choice"),
+    (["--model", "mobilenetv2"], "has no layer that scheme channel acts on (its 1x1 convs"),
+    (["--scheme", "pointwise"], "resnet20 has no layer that scheme pointwise acts on"),
+    (["--pointwise", "--scheme", "tucker2", "--method", "lowrank", "--rank", "2,3"],
+     "with pointwise give one value"),
     (["--penalty-kind", "hard"], "--penalty-kind: invalid choice"),
     (["--orth-weight", "-1"], "orth_weight must be"),
     (["--period", "0"], "period must be an int >= 1"),
@@ -261,10 +268,10 @@ def test_python_dash_m_entry_point(tmp_path):
     assert result.stderr.strip() == "trp_kernels train: error: energy must be in (0, 1], got 2.0"
 
 
-def test_the_configuration_takes_the_four_formats_and_a_stored_rank_pair():
+def test_the_configuration_takes_the_five_schemes_and_a_stored_rank_pair():
     from trp_kernels.training import SCHEMES, ConfigError, TrainConfig
 
-    assert SCHEMES == ("channel", "spatial", "tucker2", "decoupled")
+    assert SCHEMES == ("channel", "spatial", "tucker2", "decoupled", "pointwise")
     for scheme in SCHEMES:
         TrainConfig(scheme=scheme, method="lowrank", rank=0.5).validate()
     stored = TrainConfig(scheme="tucker2", method="lowrank", rank=[0.25, 8])   # JSON's pair
@@ -274,3 +281,5 @@ def test_the_configuration_takes_the_four_formats_and_a_stored_rank_pair():
         TrainConfig(penalty_kind="hard").validate()
     with pytest.raises(ConfigError, match="scheme"):
         TrainConfig(scheme="tucker3").validate()
+    with pytest.raises(ConfigError, match="pointwise must be a bool"):
+        TrainConfig(pointwise="yes").validate()

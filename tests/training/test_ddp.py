@@ -10,12 +10,15 @@ import torch.nn.functional as F
 
 from trp_kernels import training
 
+from trp_kernels.compression import layer_scheme
 from trp_kernels.schemes import geometry
+from trp_kernels.schemes.matrix_views import weight_as_conv
 from trp_kernels.models import resnet20
 from trp_kernels.rank_training.trp import TRPRegularizer
 
 WORLD = 2
-SCHEMES = ("channel", "tucker2", "decoupled")
+# "+pointwise": the classifier (a linear layer) too, in scheme pointwise
+SCHEMES = ("channel", "tucker2", "decoupled", "decoupled+pointwise")
 
 
 def _free_port() -> int:
@@ -29,8 +32,10 @@ def _regularizer_steps(rank, scheme, broadcast):
     torch.manual_seed(rank)        # different initial weights: DDP must make them rank 0's
     model = resnet20(in_channels=1, stage_strides=(1, 1, 2))
     ddp = torch.nn.parallel.DistributedDataParallel(model)
+    scheme, pointwise = scheme.split("+")[0], scheme.endswith("+pointwise")
     trp = TRPRegularizer(ddp, scheme, energy=0.6, nuclear_weight=1e-2, period=2,
-                         broadcast=broadcast)
+                         broadcast=broadcast, pointwise=pointwise,
+                         skip=("conv1",) if pointwise else None)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
     data = torch.Generator().manual_seed(100 + rank)
     for _ in range(5):
@@ -44,8 +49,9 @@ def _regularizer_steps(rank, scheme, broadcast):
     trp.project()
     return {"weights": {name: conv.weight.detach().clone() for name, conv in trp.layers},
             "ranks": trp.ranks(),
-            "full_ranks": {name: geometry.scheme(scheme).full_rank(conv.weight.shape)
-                           for name, conv in trp.layers}}
+            "full_ranks": {name: geometry.scheme(layer_scheme(layer, scheme)).full_rank(
+                               weight_as_conv(layer.weight).shape)
+                           for name, layer in trp.layers}}
 
 
 def _worker(rank, port, out_dir):
@@ -81,6 +87,7 @@ def test_every_process_projects_identically(tmp_path):
                 assert all(a["ranks"][n] < a["full_ranks"][n] for n in a["ranks"])
             else:   # tucker2 pairs, decoupled's shared ranks: some layer is truncated
                 assert any(a["ranks"][n] != a["full_ranks"][n] for n in a["ranks"])
+            assert ("fc" in a["ranks"]) == scheme.endswith("+pointwise")
             for name, weight in a["weights"].items():
                 assert torch.equal(weight, b["weights"][name]), (scheme, broadcast, name)
     trained = [torch.load(tmp_path / f"trained-{r}.pt") for r in range(WORLD)]

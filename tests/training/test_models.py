@@ -48,11 +48,30 @@ def test_decomposable_convs_are_the_benchmark_layer_sets(name, example):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_first_conv_is_never_decomposed(name):
+def test_first_conv_and_classifier_are_never_decomposed(name):
     model = create_model(name)
-    assert never_decomposed(model) == ("conv1",)
+    assert never_decomposed(model) == ("conv1", "fc")
     assert is_decomposable(model.conv1)
     assert "conv1" not in dict(decomposable_layers(model))
+    assert not {"conv1", "fc"} & set(dict(decomposable_layers(model, pointwise=True)))
+
+
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("strides, hw, last", [((1, 2, 2), 32, 8), ((1, 1, 2), 8, 4)])
+def test_mobilenet_spends_its_macs_in_1x1_convs(device, strides, hw, last):
+    """Inverted residuals at the stage strides; the stem is its only k x k conv of groups 1,
+    and the 1x1 convs the pointwise scheme acts on hold over 85% of its MACs."""
+    model = create_model("mobilenetv2", num_classes=7, in_channels=1,
+                         stage_strides=strides).to(device)
+    x = torch.randn(4, 1, hw, hw, device=device)
+    assert model(x).shape == (4, 7)
+    costs = {c.name: c for c in conv_costs(model, x, linear=True)}
+    assert costs["head"].output_hw == (last, last)
+    assert [name for name, _ in decomposable_layers(model, skip=())] == ["conv1"]
+    pointwise = dict(decomposable_layers(model, scheme="pointwise"))
+    assert all(m.kernel_size == (1, 1) for m in pointwise.values()) and len(pointwise) == 22
+    share = sum(costs[n].macs for n in pointwise) / sum(c.macs for c in costs.values())
+    assert share > 0.85
 
 
 @pytest.mark.parametrize("device", devices)

@@ -10,10 +10,12 @@ from .export import (arch_reference, build_arch, export_onnx, export_program, lo
                      to_conv_pairs)
 from .files import CheckpointError, atomic_save, atomic_write, atomic_write_text, load_file
 from .latency import LatencyMeter, MeasuredChoice, Timing, choose_faster
-from .selection import decomposable_layers, is_decomposable, never_decomposed
+from .selection import (acts_on, decomposable_layers, is_decomposable, is_pointwise,
+                        layer_scheme, never_decomposed)
 
 __all__ = [
-    "is_decomposable", "never_decomposed", "decomposable_layers",
+    "is_decomposable", "is_pointwise", "acts_on", "layer_scheme", "never_decomposed",
+    "decomposable_layers",
     "BudgetPlan", "Candidate", "plan_budget", "energy_for_budget", "fraction_for_budget",
     "LatencyMeter", "Timing", "MeasuredChoice", "choose_faster",
     "decompose_model", "DecompositionReport", "LayerDecomposition",

@@ -38,6 +38,8 @@ from ..ops import checks
 from ..schemes import geometry
 from ..schemes.costs import conv_costs, dense_macs, factorised_macs
 from ..schemes.factorization import full_rank, matrix_svds
+from ..schemes.layer_kinds import conv_weight_shape
+from .selection import counts_linear, layer_scheme
 
 def round_rank(rank, full, multiple: int):
     """``rank`` rounded up to a multiple of ``multiple``, capped at ``full``; 0 (an all-zero
@@ -57,7 +59,7 @@ class Candidate:
 def lowrank_candidates(conv, scheme, spectrum, input_hw, rank_multiple) -> list[Candidate]:
     """Channel and spatial: ranks m, 2m, ... capped at the full rank, while cheaper than dense.
     Their MACs are linear in the rank (costs.lowrank_macs), so one count at rank 1 serves all."""
-    k = full_rank(conv.weight.shape, scheme)
+    k = full_rank(conv_weight_shape(conv), scheme)
     per_rank = factorised_macs(conv, scheme, 1, input_hw)
     limit = dense_macs(conv, input_hw)
     squares = spectrum.double().square()
@@ -72,7 +74,27 @@ def lowrank_candidates(conv, scheme, spectrum, input_hw, rank_multiple) -> list[
     return out
 
 
-CANDIDATES = {"channel": lowrank_candidates, "spatial": lowrank_candidates}
+CANDIDATES = {"channel": lowrank_candidates, "spatial": lowrank_candidates,
+              "pointwise": lowrank_candidates}
+
+
+def _layer_schemes(layers, scheme: str) -> list[str]:
+    """Each layer's scheme (``selection.layer_scheme``); ValueError where it has no budget."""
+    schemes = [layer_scheme(module, scheme) for _, module in layers]
+    for s in dict.fromkeys(schemes):
+        if s not in CANDIDATES:
+            raise ValueError(f"target_speedup is not supported for scheme {s!r}")
+    return schemes
+
+
+def _svds(layers, schemes: list[str]) -> list[tuple]:
+    """``matrix_svds`` of every layer in its scheme, one call per scheme."""
+    svds: list = [None] * len(layers)
+    for s in dict.fromkeys(schemes):
+        indices = [i for i, t in enumerate(schemes) if t == s]
+        for i, svd in zip(indices, matrix_svds([layers[i][1] for i in indices], s)):
+            svds[i] = svd
+    return svds
 
 
 @dataclass
@@ -93,25 +115,26 @@ class BudgetPlan:
 
 
 def plan_budget(model: nn.Module, layers, scheme: str, example_input: torch.Tensor,
-                target_speedup, rank_multiple: int = 1) -> BudgetPlan:
-    """The leximin-energy ranks (module docstring) of ``layers`` ((name, conv) pairs of
-    ``model``) for a conv FLOP speed-up of at least ``target_speedup`` on ``example_input``.
-    Convs of the model outside ``layers`` count at their dense cost. Raises ValueError naming
-    the largest reachable speed-up when the target is out of reach."""
+                target_speedup, rank_multiple: int = 1, pointwise: bool = False) -> BudgetPlan:
+    """The leximin-energy ranks (module docstring) of ``layers`` ((name, layer) pairs of
+    ``model``, each in its ``selection.layer_scheme``) for a conv FLOP speed-up of at least
+    ``target_speedup`` on ``example_input``. Layers of the model outside ``layers`` count at
+    their dense cost; linear layers count with ``pointwise`` or scheme "pointwise". Raises
+    ValueError naming the largest reachable speed-up when the target is out of reach."""
     target = checks.target_speedup(target_speedup)
     rank_multiple = checks.rank_multiple(rank_multiple)
-    if scheme not in CANDIDATES:
-        raise ValueError(f"target_speedup is not supported for scheme {scheme!r}")
-    costs = {c.name: c for c in conv_costs(model, example_input)}
+    schemes = _layer_schemes(layers, scheme)
+    costs = {c.name: c for c in conv_costs(model, example_input,
+                                           counts_linear(scheme, pointwise))}
     total_dense = sum(c.macs for c in costs.values())
     names = [name for name, _ in layers]
-    svds = matrix_svds([conv for _, conv in layers], scheme)
+    svds = _svds(layers, schemes)
     chains, current = {}, {}
-    for (name, conv), (_, spectrum, _) in zip(layers, svds):
+    for (name, conv), s, (_, spectrum, _) in zip(layers, schemes, svds):
         if name not in costs:
             raise ValueError(f"layer {name!r} does not run on example_input")
         hw = costs[name].input_hw
-        chains[name] = CANDIDATES[scheme](conv, scheme, spectrum, hw, rank_multiple) \
+        chains[name] = CANDIDATES[s](conv, s, spectrum, hw, rank_multiple) \
             + [Candidate(None, costs[name].macs, 1.0)]
         current[name] = 0
     total = total_dense - sum(costs[n].macs for n in names) + sum(chains[n][0].macs for n in names)
@@ -152,16 +175,16 @@ def plan_budget(model: nn.Module, layers, scheme: str, example_input: torch.Tens
 
 
 def energy_for_budget(model, layers, scheme, example_input, target_speedup,
-                      rank_multiple: int = 1) -> float:
+                      rank_multiple: int = 1, pointwise: bool = False) -> float:
     """The energy e for TRP's projections on the current weights whose rank rule (with
     ``rank_multiple`` and the dense fallback) meets the FLOP budget: for the trainer, e.g.
     re-chosen at each epoch boundary so that training aims at the budget."""
     return plan_budget(model, layers, scheme, example_input, target_speedup,
-                       rank_multiple).energy_level
+                       rank_multiple, pointwise).energy_level
 
 
 def fraction_for_budget(model: nn.Module, layers, scheme: str, example_input: torch.Tensor,
-                        target_speedup, rank_multiple: int = 1) -> float:
+                        target_speedup, rank_multiple: int = 1, pointwise: bool = False) -> float:
     """For low-rank training from scratch (``make_lowrank``): the largest common fraction f of
     each layer's full rank whose ranks (``geometry``'s ``layer_rank(f)``, rounded up to
     ``rank_multiple``, dense where no cheaper) give a conv FLOP speed-up of at least
@@ -173,29 +196,27 @@ def fraction_for_budget(model: nn.Module, layers, scheme: str, example_input: to
     Raises ValueError naming the largest reachable speed-up when t is out of reach."""
     target = checks.target_speedup(target_speedup)
     rank_multiple = checks.rank_multiple(rank_multiple)
-    if scheme not in CANDIDATES:
-        raise ValueError(f"target_speedup is not supported for scheme {scheme!r}")
-    registered = geometry.scheme(scheme)
-    costs = {c.name: c for c in conv_costs(model, example_input)}
+    schemes = _layer_schemes(layers, scheme)
+    costs = {c.name: c for c in conv_costs(model, example_input,
+                                           counts_linear(scheme, pointwise))}
     total_dense = sum(c.macs for c in costs.values())
     others = total_dense - sum(costs[name].macs for name, _ in layers)
-    per_layer = []      # (full rank, MACs per rank, dense MACs, weight shape)
-    for name, conv in layers:
+    per_layer = []      # (scheme, full rank, MACs per rank, dense MACs, weight shape)
+    for (name, conv), s in zip(layers, schemes):
         if name not in costs:
             raise ValueError(f"layer {name!r} does not run on example_input")
-        hw = costs[name].input_hw
-        per_layer.append((registered.full_rank(conv.weight.shape),
-                          factorised_macs(conv, scheme, 1, hw), costs[name].macs,
-                          tuple(conv.weight.shape)))
+        hw, shape = costs[name].input_hw, conv_weight_shape(conv)
+        per_layer.append((geometry.scheme(s), geometry.scheme(s).full_rank(shape),
+                          factorised_macs(conv, s, 1, hw), costs[name].macs, shape))
 
     def speedup(fraction: float) -> float:
         total = others
-        for full, per_rank, dense, shape in per_layer:
+        for registered, full, per_rank, dense, shape in per_layer:
             r = round_rank(registered.layer_rank(fraction, shape), full, rank_multiple)
             total += r * per_rank if r * per_rank < dense else dense
         return total_dense / total
 
-    fractions = sorted({r / full for full, *_ in per_layer for r in range(1, full + 1)} | {1.0})
+    fractions = sorted({r / full for _, full, *_ in per_layer for r in range(1, full + 1)} | {1.0})
     if speedup(fractions[0]) < target:
         raise ValueError(
             f"target_speedup {target:g} cannot be reached: the largest reachable conv FLOP "

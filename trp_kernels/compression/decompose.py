@@ -1,4 +1,5 @@
-"""decompose_model: replace the decomposable convs of a model by LowRankConv2d layers."""
+"""decompose_model: replace the decomposable convs of a model (with ``pointwise``, its 1x1 convs
+and linear layers too) by low-rank layers (LowRankConv2d, LowRankLinear)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from torch import nn
 from ..ops import checks
 from ..schemes import geometry
 from ..schemes.costs import conv_costs, count_params, is_cheaper
-from ..schemes.layers import LowRankConv2d
+from ..schemes.layer_kinds import (LOWRANK_LAYERS, conv_weight_shape, decompose_layers,
+                                   lowrank_from_svd)
 from . import budget, latency
-from .selection import decomposable_layers
+from .selection import counts_linear, decomposable_layers, layer_scheme
 
 
 @dataclass
@@ -30,6 +32,7 @@ class LayerDecomposition:
     kept_dense: bool = False          # stayed a plain nn.Conv2d (rank: the form it refused)
     latency_dense: float | None = None        # seconds per batch on its input, when measured
     latency_factorised: float | None = None
+    scheme: str | None = None         # the layer's own: "pointwise" for 1x1 convs and linears
 
 
 @dataclass
@@ -42,6 +45,7 @@ class DecompositionReport:
     latency_before: float | None = None   # seconds per batch of example_input, when measured
     latency_after: float | None = None
     energy_level: float | None = None     # with target_speedup: TRP's energy reaching it
+    pointwise: bool = False               # 1x1 convs and linear layers acted on (and counted)
 
     @property
     def latency_speedup(self) -> float | None:
@@ -78,6 +82,7 @@ class DecompositionReport:
             "latency_after": self.latency_after,
             "latency_speedup": self.latency_speedup,
             "energy_level": self.energy_level,
+            "pointwise": self.pointwise,
         }
 
     def __str__(self) -> str:
@@ -108,12 +113,16 @@ class DecompositionReport:
 
 def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=None, rank=None,
                     skip=None, example_input: torch.Tensor | None = None, target_speedup=None,
-                    rank_multiple=1, measure=None, layers=None) -> DecompositionReport:
+                    rank_multiple=1, measure=None, layers=None,
+                    pointwise=False) -> DecompositionReport:
     """Replaces, in place, decomposable convs of ``model`` (nn.Conv2d, groups 1, kernel larger
     than 1x1) by LowRankConv2d layers, and returns a report. The convs are those named in
     ``layers``, or else all but those named in ``skip`` (None: the model's
     ``never_decomposed``, see ``decomposable_layers``). ``scheme``: "channel", "spatial",
     "tucker2" (``rank`` may then be a pair (r_in, r_out) of ints or fractions) or "decoupled".
+    ``pointwise``: also the 1x1 convs (groups 1) and linear layers, each factorised in scheme
+    "pointwise" (a LowRankConv2d of two 1x1 convs, a LowRankLinear of two linears), and the
+    linear layers' MACs counted; ``scheme="pointwise"`` acts on those layers alone.
 
     Ranks: by the rank rule (``energy``, ``threshold``, and ``rank``: a per-layer cap as an int
     or a fraction of each layer's full rank as a float), or, with ``target_speedup`` t > 1
@@ -133,6 +142,11 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
     With ``example_input`` (one batch), the report holds per-layer and model conv MACs."""
     registered = geometry.scheme(scheme)
     rank = registered.check_rank_spec(rank)
+    if not isinstance(pointwise, bool):
+        raise TypeError(f"pointwise must be a bool, got {pointwise!r}")
+    if pointwise and isinstance(rank, tuple):
+        raise ValueError("rank as a pair (r_in, r_out) is tucker2's; with pointwise=True give "
+                         "one value, which applies to every layer")
     rank_multiple = checks.rank_multiple(rank_multiple)
     meter = latency.meter(measure)
     if target_speedup is not None:
@@ -146,36 +160,35 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, nn.Conv2d):
         raise ValueError("model is a single conv; use LowRankConv2d.from_conv(conv) instead")
-    targets = decomposable_layers(model, skip, layers)
+    if isinstance(model, nn.Linear):
+        raise ValueError("model is a single linear layer; use LowRankLinear.from_linear(linear) "
+                         "instead")
+    targets = decomposable_layers(model, skip, layers, scheme, pointwise)
     for name, conv in targets:
-        if conv.padding_mode != "zeros":
+        if getattr(conv, "padding_mode", "zeros") != "zeros":
             raise ValueError(f"layer {name!r} uses padding_mode='{conv.padding_mode}', which "
                              f"cannot be decomposed; pass skip=[{name!r}]")
+    linear = counts_linear(scheme, pointwise)
     before = {}
     if example_input is not None:
-        before = {c.name: c for c in conv_costs(model, example_input)}
+        before = {c.name: c for c in conv_costs(model, example_input, linear)}
     plan = None if target_speedup is None else budget.plan_budget(
-        model, targets, scheme, example_input, target_speedup, rank_multiple)
+        model, targets, scheme, example_input, target_speedup, rank_multiple, pointwise)
     dense_model = copy.deepcopy(model) if meter is not None else None
 
-    report = DecompositionReport(scheme, energy_level=plan and plan.energy_level)
-    if plan is not None:
-        built = [None if plan.ranks[name] is None
-                 else LowRankConv2d.from_svd(conv, scheme, plan.svds[name], plan.ranks[name])
-                 for name, conv in targets]
-    else:   # one batched factorisation per weight shape
-        built = LowRankConv2d.from_convs(
-            [conv for _, conv in targets], scheme=scheme, energy=energy, threshold=threshold,
-            ranks=[registered.layer_rank(rank, conv.weight.shape) for _, conv in targets])
+    report = DecompositionReport(scheme, energy_level=plan and plan.energy_level,
+                                 pointwise=linear)
+    schemes = [layer_scheme(conv, scheme) for _, conv in targets]
+    built = _factorise(targets, schemes, energy, threshold, rank, plan)
     factorised = {}
-    for (name, conv), layer in zip(targets, built):
-        full = registered.full_rank(conv.weight.shape)
+    for (name, conv), s, layer in zip(targets, schemes, built):
+        full = geometry.scheme(s).full_rank(conv_weight_shape(conv))
         if plan is None:
             r = budget.round_rank(layer.rank, full, rank_multiple)
             if r != layer.rank:
-                layer = LowRankConv2d.from_conv(conv, scheme, rank=r)
+                layer = decompose_layers([conv], s, ranks=[r])[0]
             hw = before[name].input_hw if name in before else None
-            if not is_cheaper(conv, scheme, r, hw):
+            if not is_cheaper(conv, s, r, hw):
                 layer = None
         else:
             r = plan.ranks[name]
@@ -183,7 +196,8 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
             factorised[name] = (conv, layer)
         report.layers.append(LayerDecomposition(
             name=name, weight_shape=tuple(conv.weight.shape), rank=full if r is None else r,
-            full_rank=full, params_before=count_params(conv), params_after=count_params(conv)))
+            full_rank=full, params_before=count_params(conv), params_after=count_params(conv),
+            scheme=s))
 
     if meter is None:
         for name, (_, layer) in factorised.items():
@@ -198,11 +212,11 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
                 entry.latency_dense, entry.latency_factorised = dense.median, fact.median
     for entry in report.layers:
         layer = model.get_submodule(entry.name)
-        entry.kept_dense = not isinstance(layer, LowRankConv2d)
+        entry.kept_dense = not isinstance(layer, LOWRANK_LAYERS)
         entry.params_after = count_params(layer)
 
     if example_input is not None:
-        after = {c.name: c for c in conv_costs(model, example_input)}
+        after = {c.name: c for c in conv_costs(model, example_input, linear)}
         for entry in report.layers:
             entry.macs_before = before[entry.name].macs
             entry.macs_after = after[entry.name].macs
@@ -213,3 +227,21 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
                           f"{report.flops_speedup:.3f}x, below target_speedup "
                           f"{target_speedup:g}", stacklevel=2)
     return report
+
+
+def _factorise(targets, schemes, energy, threshold, rank, plan) -> list:
+    """The low-rank layer of each (name, layer) of ``targets`` in its scheme: at the budget's
+    rank from its SVD (None where the budget keeps it dense), or by the rank rule with one
+    batched factorisation per scheme and weight shape."""
+    if plan is not None:
+        return [None if plan.ranks[name] is None
+                else lowrank_from_svd(conv, s, plan.svds[name], plan.ranks[name])
+                for (name, conv), s in zip(targets, schemes)]
+    built: list = [None] * len(targets)
+    for s in dict.fromkeys(schemes):
+        indices = [i for i, t in enumerate(schemes) if t == s]
+        modules = [targets[i][1] for i in indices]
+        ranks = [geometry.scheme(s).layer_rank(rank, conv_weight_shape(m)) for m in modules]
+        for i, layer in zip(indices, decompose_layers(modules, s, energy, threshold, ranks)):
+            built[i] = layer
+    return built

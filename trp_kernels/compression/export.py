@@ -16,7 +16,7 @@ import importlib
 import torch
 from torch import nn
 
-from ..schemes.layers import LowRankConv2d
+from ..schemes.layer_kinds import LOWRANK_LAYERS, empty_lowrank, plain_layers
 from .files import CheckpointError, atomic_save, load_file
 
 MODEL_FORMAT = "trp_kernels.model/1"
@@ -55,8 +55,9 @@ def build_arch(arch, arch_kwargs: dict) -> nn.Module:
 
 
 def lowrank_layers(model: nn.Module) -> dict[str, str]:
-    """{name: scheme} of the LowRankConv2d layers of ``model``."""
-    return {name: m.scheme for name, m in model.named_modules() if isinstance(m, LowRankConv2d)}
+    """{name: scheme} of the low-rank layers (LowRankConv2d, LowRankLinear) of ``model``."""
+    return {name: m.scheme for name, m in model.named_modules()
+            if isinstance(m, LOWRANK_LAYERS)}
 
 
 def save_model(model: nn.Module, path: str, arch=None, arch_kwargs=None,
@@ -83,19 +84,19 @@ def save_model(model: nn.Module, path: str, arch=None, arch_kwargs=None,
 
 
 def restore_lowrank_layers(model: nn.Module, layers: dict[str, str]) -> nn.Module:
-    """Replaces the convs named in ``layers`` ({name: scheme}) by LowRankConv2d placeholders,
-    so that loading a state_dict of a compressed model gives every layer its saved rank
-    (LowRankConv2d resizes itself to the factors it loads)."""
+    """Replaces the convs and linear layers named in ``layers`` ({name: scheme}) by low-rank
+    placeholders, so that loading a state_dict of a compressed model gives every layer its saved
+    rank (a low-rank layer resizes itself to the factors it loads)."""
     for name, scheme in layers.items():
         try:
             conv = model.get_submodule(name)
         except AttributeError:
             raise CheckpointError(f"the model has no layer {name!r}, which the file stores as "
                                   f"low-rank; is it the same architecture?") from None
-        if isinstance(conv, LowRankConv2d):
+        if isinstance(conv, LOWRANK_LAYERS):
             continue
         # rank 0 here; loading the state dict resizes the layer to the saved rank
-        model.set_submodule(name, LowRankConv2d.empty_from_conv(conv, 0, scheme))
+        model.set_submodule(name, empty_lowrank(conv, scheme))
     return model
 
 
@@ -129,11 +130,11 @@ def saved_input_shape(path: str) -> tuple[int, ...] | None:
 
 def to_conv_pairs(model: nn.Module) -> nn.Module:
     """Replaces, in place, every LowRankConv2d by its plain nn.Conv2d layers (same outputs: a
-    pair, or three convs for tucker2); the result runs anywhere PyTorch does, without this
-    library. Returns ``model``."""
+    pair, or three convs for tucker2) and every LowRankLinear by two nn.Linear; the result runs
+    anywhere PyTorch does, without this library. Returns ``model``."""
     for name, layer in list(model.named_modules()):
-        if isinstance(layer, LowRankConv2d):
-            pair = layer.to_convs()
+        if isinstance(layer, LOWRANK_LAYERS):
+            pair = plain_layers(layer)
             pair.train(layer.training)
             model.set_submodule(name, pair)
     return model

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..schemes.costs import run_hooked
-from ..schemes.layers import LowRankConv2d
+from ..schemes.layer_kinds import LOWRANK_LAYERS, plain_layers
 from .export import to_conv_pairs
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -125,8 +125,8 @@ class LatencyMeter:
 def onnx_runner(module: nn.Module, x: torch.Tensor):
     """An InferenceSession of ``module`` exported (as plain convs) with the input's shape."""
     ort = _onnxruntime()
-    if isinstance(module, LowRankConv2d):
-        module = module.to_conv_pair().eval()
+    if isinstance(module, LOWRANK_LAYERS):
+        module = plain_layers(module).eval()
     else:
         module = to_conv_pairs(copy.deepcopy(module).eval())
     buffer = io.BytesIO()

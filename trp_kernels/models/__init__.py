@@ -1,11 +1,12 @@
 """Model constructors by name. Every model has a ``never_decomposed`` tuple naming the layers
-that TRP, decomposition and low-rank training leave dense by default (the first conv);
-``trp_kernels.compression.never_decomposed`` reads it."""
+that TRP, decomposition and low-rank training leave dense by default (the first conv and the
+classifier); ``trp_kernels.compression.never_decomposed`` reads it."""
 
 from __future__ import annotations
 
 from torch import nn
 
+from .cifar_mobilenet import CifarMobileNetV2, mobilenetv2
 from .cifar_resnet import CifarResNet, resnet20, resnet32, resnet56
 from .imagenet_resnet import ImageNetResNet, resnet18, resnet50
 
@@ -15,6 +16,7 @@ MODELS = {
     "resnet56": resnet56,
     "resnet18": resnet18,
     "resnet50": resnet50,
+    "mobilenetv2": mobilenetv2,
 }
 
 
@@ -25,5 +27,5 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return MODELS[name](**kwargs)
 
 
-__all__ = ["MODELS", "create_model", "CifarResNet", "ImageNetResNet",
-           "resnet20", "resnet32", "resnet56", "resnet18", "resnet50"]
+__all__ = ["MODELS", "create_model", "CifarResNet", "ImageNetResNet", "CifarMobileNetV2",
+           "resnet20", "resnet32", "resnet56", "resnet18", "resnet50", "mobilenetv2"]

@@ -54,7 +54,7 @@ class CifarResNet(nn.Module):
 
     # Names of the layers that TRP and the decompositions leave dense (the papers keep the
     # first conv dense: it has 3 input channels and little to gain).
-    never_decomposed = ("conv1",)
+    never_decomposed = ("conv1", "fc")
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3,
                  stage_strides=(1, 2, 2)):

@@ -60,7 +60,7 @@ def _downsample(in_channels, out_channels, stride):
 
 
 class ImageNetResNet(nn.Module):
-    never_decomposed = ("conv1",)
+    never_decomposed = ("conv1", "fc")
 
     def __init__(self, block, blocks_per_stage, num_classes: int = 1000, in_channels: int = 3):
         super().__init__()

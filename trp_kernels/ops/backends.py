@@ -28,7 +28,8 @@ import torch
 # The hardware-validation record: the result file under bench/results/ of the committed GPU run
 # in which the kernel family passed its CUDA tests and compute-sanitizer memcheck; None: not
 # validated yet. Flipping a default on CUDA is one edit here.
-CUDA_SVD_VALIDATED_BY: str | None = None     # the Jacobi SVD kernels
+CUDA_SVD_VALIDATED_BY: str | None = (       # the Jacobi SVD kernels
+    "bench/results/NVIDIA-H200-20261204/validation-summary.txt")
 FUSED_CONV_VALIDATED_BY: str | None = None   # the fused low-rank conv kernel
 
 
@@ -71,20 +72,28 @@ def conv_setting() -> ConvImpl:
     return _choice(ConvImpl, os.environ.get(CONV_ENV, ""), CONV_ENV)
 
 
-def default_svd_impl(device: torch.device) -> SvdImpl:
-    """The SVD path on ``device`` when nothing is forced: the compiled op on the CPU, and on
-    CUDA once the Jacobi kernels are validated; the composite path everywhere else."""
+# The largest k = min(m, n) of the fused SVD kernel, one thread block per matrix
+# (csrc/include/trp/svd/svd_cuda.h, kFusedSvdMaxK); larger matrices take the blocked Jacobi.
+FUSED_SVD_MAX_K = 64
+
+
+def default_svd_impl(device: torch.device, k: int) -> SvdImpl:
+    """The SVD path on ``device`` for matrices with k = min(m, n) when nothing is forced: the
+    compiled op on the CPU; on CUDA, once the Jacobi kernels are validated, the compiled op for
+    the fused kernel's sizes, since the blocked Jacobi above them ran slower than the composite
+    path on the H200 (docs/cuda_svd.md, "Measured on an H200"); the composite path everywhere
+    else."""
     if device.type == "cpu":
         return SvdImpl.JACOBI
-    if device.type == "cuda" and CUDA_SVD_VALIDATED_BY is not None:
+    if device.type == "cuda" and CUDA_SVD_VALIDATED_BY is not None and k <= FUSED_SVD_MAX_K:
         return SvdImpl.JACOBI
     return SvdImpl.EIGH
 
 
-def svd_impl(device) -> SvdImpl:
-    """The path the SVD ops take now for tensors on ``device``."""
+def svd_impl(device, k: int) -> SvdImpl:
+    """The path the SVD ops take now for matrices with k = min(m, n) on ``device``."""
     setting = svd_setting()
-    return default_svd_impl(torch.device(device)) if setting is SvdImpl.AUTO else setting
+    return default_svd_impl(torch.device(device), k) if setting is SvdImpl.AUTO else setting
 
 
 @contextmanager

@@ -43,11 +43,15 @@ def _rule(energy, threshold, max_rank):
     )
 
 
-def _marks_nonfinite(device: torch.device) -> bool:
-    """Whether the path selected for ``device`` reports a matrix holding inf/nan with rank -1
-    (and NaN factors) instead of raising: every path but the compiled CPU op, which raises
+def _k(W: torch.Tensor) -> int:
+    return min(W.shape[-2:]) if W.dim() >= 2 else 0
+
+
+def _marks_nonfinite(device: torch.device, k: int) -> bool:
+    """Whether the path selected for ``device`` and k reports a matrix holding inf/nan with rank
+    -1 (and NaN factors) instead of raising: every path but the compiled CPU op, which raises
     ValueError itself. A device cannot raise without a host synchronisation."""
-    return device.type != "cpu" or svd_impl(device) is SvdImpl.EIGH
+    return device.type != "cpu" or svd_impl(device, k) is SvdImpl.EIGH
 
 
 def _raise_if_nonfinite(rank: torch.Tensor, name: str = "W") -> None:
@@ -76,7 +80,7 @@ def truncated_svd(W, energy=None, threshold=None, max_rank=None, *,
     * compiled op, CUDA: a float64 Gram matrix of the short side is diagonalised by a parallel
       Jacobi method (one thread block per matrix up to k = 64, blocked above), with a second
       pass for float64 inputs (docs/cuda_svd.md). Capturable in a CUDA graph.
-    * composite path (``TRP_SVD_IMPL=eigh``, the CUDA default for now): the float64 Gram matrix
+    * composite path (``TRP_SVD_IMPL=eigh``, the CUDA default for k > 64): the float64 Gram matrix
       of the short side and ``torch.linalg.eigh``; the singular values are the norms of W^T q_i
       (or W q_i), accurate to about eps s_1 (as LAPACK's SVD) wherever the Gram matrix resolves
       them (s_i >> 1e-8 s_1), to ~1e-8 s_1 absolute below (svd_composite.py). On CUDA,
@@ -99,9 +103,9 @@ def _run(op: str, W, energy, threshold, max_rank, check_finite):
     """``op`` (truncated_svd or lowrank_project) of W on the path backends.py picks; its last
     output is the rank, checked for the non-finite mark when ``check_finite``."""
     checks.tensor(W, "W")
-    impl = svd_composite if svd_impl(W.device) is SvdImpl.EIGH else ops
+    impl = svd_composite if svd_impl(W.device, _k(W)) is SvdImpl.EIGH else ops
     out = getattr(impl, op)(W, *_rule(energy, threshold, max_rank))
-    if check_finite and _marks_nonfinite(W.device):
+    if check_finite and _marks_nonfinite(W.device, _k(W)):
         _raise_if_nonfinite(out[-1])
     return out
 
@@ -109,21 +113,26 @@ def _run(op: str, W, energy, threshold, max_rank, check_finite):
 def lowrank_project_groups(groups: Sequence[torch.Tensor], energy=None, threshold=None,
                            max_rank=None, *, check_finite=True):
     """``lowrank_project`` of several groups (one [..., m_i, n_i] tensor each, one device) in a
-    single call: the CPU kernel pools the matrices of all groups over its threads, the CUDA
-    kernels run the groups on parallel streams, and the composite path diagonalises all groups
-    with the same k in one eigh call. Returns lists (W_low, subgrad, rank), one entry per group."""
+    single call per path: the CPU kernel pools the matrices of all groups over its threads, the
+    CUDA kernels run the groups on parallel streams, and the composite path diagonalises all
+    groups with the same k in one eigh call (on CUDA each group takes the path backends.py picks
+    for its k). Returns lists (W_low, subgrad, rank), one entry per group."""
     groups = list(groups)
     for i, group in enumerate(groups):
         checks.tensor(group, f"groups[{i}]")
     rule = _rule(energy, threshold, max_rank)
-    device = groups[0].device if groups else torch.device("cpu")
-    if svd_impl(device) is SvdImpl.EIGH:
-        lows, subs, ranks = svd_composite.lowrank_project_groups(groups, *rule)
-    else:
-        lows, subs, ranks = ops.lowrank_project_groups(groups, *rule)
+    # each group on its path (on CUDA the path depends on k): one call per path
+    results = [None] * len(groups)
+    for impl, module in ((SvdImpl.JACOBI, ops), (SvdImpl.EIGH, svd_composite)):
+        picked = [i for i, g in enumerate(groups) if svd_impl(g.device, _k(g)) is impl]
+        if picked:
+            out = module.lowrank_project_groups([groups[i] for i in picked], *rule)
+            for j, i in enumerate(picked):
+                results[i] = (out[0][j], out[1][j], out[2][j])
+    lows, subs, ranks = ([r[n] for r in results] for n in range(3))
     if check_finite:
         for i, (group, rank) in enumerate(zip(groups, ranks)):
-            if _marks_nonfinite(group.device):
+            if _marks_nonfinite(group.device, _k(group)):
                 _raise_if_nonfinite(rank, f"groups[{i}]")
     return lows, subs, ranks
 
@@ -148,7 +157,7 @@ def project_matrices(matrices: Sequence[torch.Tensor], energy=None, threshold=No
         lows, subs, ranks = lowrank_project_groups(stacked, energy, threshold, max_rank,
                                                    check_finite=False)
         for indices, low, sub, rank in zip(index_groups, lows, subs, ranks):
-            if check_finite and _marks_nonfinite(rank.device):
+            if check_finite and _marks_nonfinite(rank.device, min(low.shape[-2:])):
                 bad = (rank < 0).nonzero()
                 if bad.numel():
                     raise ValueError(f"matrices[{indices[int(bad[0])]}] holds non-finite values "

@@ -35,15 +35,19 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class StackedGroups:
-    """Matrix buffers for ``weights`` (same-shaped layers stacked), and each weight's strided
-    slot in them. Built for one set of weight shapes, dtypes and devices (``fits``)."""
+    """Matrix buffers for ``weights`` (layers of one matrix shape stacked), and each weight's
+    strided slot in them. ``views``: the matrix view of every weight, or one for all (layers of
+    several schemes share a group where their matrices have one shape). Built for one set of
+    weight shapes, dtypes and devices (``fits``)."""
 
-    def __init__(self, weights: list[torch.Tensor], view: MatrixView):
+    def __init__(self, weights: list[torch.Tensor], views: MatrixView | list[MatrixView]):
         self.signature = self._signature(weights)
         keys: dict[tuple, list[int]] = defaultdict(list)   # first-seen order, as the model's
-        by_shape = {shape: view.layout(shape) for shape in dict.fromkeys(tuple(w.shape)
-                                                                          for w in weights)}
-        layouts = [by_shape[tuple(w.shape)] for w in weights]
+        if isinstance(views, MatrixView):
+            views = [views] * len(weights)
+        by_shape = {key: key[1].layout(key[0])
+                    for key in dict.fromkeys((tuple(w.shape), v) for w, v in zip(weights, views))}
+        layouts = [by_shape[(tuple(w.shape), v)] for w, v in zip(weights, views)]
         for i, (w, (matrix_shape, _, _)) in enumerate(zip(weights, layouts)):
             keys[(matrix_shape, _work_dtype(w.dtype), w.device)].append(i)
         # One flat tensor per (dtype, device): the groups' buffers are slices of it, so a

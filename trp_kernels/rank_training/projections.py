@@ -1,7 +1,8 @@
 """TRP's projection and nuclear sub-gradient for each low-rank scheme (the maths:
 docs/design.md, "The schemes"), on stacked groups built once (groups.StackedGroups).
 
-    channel, spatial   the one matrix view: one ``lowrank_project_groups`` call per device.
+    channel, spatial,  the one matrix view: one ``lowrank_project_groups`` call per device, for
+    pointwise          the layers of all three schemes together.
     tucker2            both mode unfoldings of the same current weights, one call each. P_in is
                        formed as (U_r V_r^T)(U_r V_r^T)^T = U_r U_r^T from the sub-gradient the
                        op already returns, so no factor leaves the op.
@@ -11,6 +12,9 @@ docs/design.md, "The schemes"), on stacked groups built once (groups.StackedGrou
                        groups at once), then one ``truncated_svd`` per shape group (untruncated)
                        is cut at each layer's shared rank by a mask. Nothing synchronises with
                        the host.
+
+A model that mixes schemes (k x k convs in tucker2 or decoupled, 1x1 convs and linear layers in
+pointwise) gets one projection per kind, behind a ``ProjectionSet``.
 
 Every projection object has the same face, so TRPRegularizer never asks which scheme runs:
 ``compute`` (one SVD pass on the current weights), ``low_flats`` / ``subgrad_flats`` (the flat
@@ -31,10 +35,11 @@ from .groups import StackedGroups
 
 
 class MatrixProjection:
-    """channel and spatial: one matrix view, one ``lowrank_project_groups`` call per device."""
+    """channel, spatial and pointwise: one matrix view per weight (``views``: one for all, or a
+    list), one ``lowrank_project_groups`` call per device."""
 
-    def __init__(self, weights: list[torch.Tensor], view: MatrixView):
-        self.groups = StackedGroups(weights, view)
+    def __init__(self, weights: list[torch.Tensor], views: MatrixView | list[MatrixView]):
+        self.groups = StackedGroups(weights, views)
         self.ranks: list[torch.Tensor] | None = None
 
     def fits(self, weights) -> bool:
@@ -161,10 +166,62 @@ class DecoupledProjection(MatrixProjection):
         return _layer_ranks(self.groups, self.ranks)
 
 
-def projection_for(scheme: Scheme, weights: list[torch.Tensor]):
-    """The projection object of ``scheme`` (an entry of the scheme registry) for ``weights``."""
-    if scheme.name == "tucker2":
-        return Tucker2Projection(weights)
-    if scheme.name == "decoupled":
-        return DecoupledProjection(weights)
-    return MatrixProjection(weights, scheme.views[0])
+class ProjectionSet:
+    """Projections of disjoint sets of the layers (``parts``: (layer indices, projection)),
+    with the face of one: each call goes to every part with its layers' tensors."""
+
+    def __init__(self, parts):
+        self.parts = parts
+
+    def fits(self, weights) -> bool:
+        return all(p.fits([weights[i] for i in indices]) for indices, p in self.parts)
+
+    def compute(self, weights, energy: float, keep_low: bool, keep_subgrad: bool) -> None:
+        for indices, p in self.parts:
+            p.compute([weights[i] for i in indices], energy, keep_low, keep_subgrad)
+
+    @property
+    def low_flats(self) -> list[torch.Tensor]:
+        return [flat for _, p in self.parts for flat in p.low_flats]
+
+    @property
+    def subgrad_flats(self) -> list[torch.Tensor]:
+        return [flat for _, p in self.parts for flat in p.subgrad_flats]
+
+    def write_low(self, weights) -> None:
+        for indices, p in self.parts:
+            p.write_low([weights[i] for i in indices])
+
+    def add_subgrad(self, grads, alpha: float) -> None:
+        for indices, p in self.parts:
+            p.add_subgrad([grads[i] for i in indices], alpha)
+
+    def layer_ranks(self) -> list | None:
+        ranks: list = [None] * sum(len(indices) for indices, _ in self.parts)
+        for indices, p in self.parts:
+            part = p.layer_ranks()
+            if part is None:
+                return None
+            for i, rank in zip(indices, part):
+                ranks[i] = rank
+        return ranks
+
+
+def projection_for(schemes: list[Scheme], weights: list[torch.Tensor]):
+    """The projection of ``weights`` (4-D conv weights; a linear layer's as its 1x1 conv view),
+    each in its scheme (entries of the scheme registry): the matrix schemes' layers in one
+    MatrixProjection, tucker2's and decoupled's in their own; one object, or a ProjectionSet."""
+    kinds: dict[str, list[int]] = {}
+    for i, s in enumerate(schemes):
+        kinds.setdefault(s.name if s.name in ("tucker2", "decoupled") else "matrix", []).append(i)
+    parts = []
+    for kind, indices in kinds.items():
+        subset = [weights[i] for i in indices]
+        if kind == "tucker2":
+            parts.append((indices, Tucker2Projection(subset)))
+        elif kind == "decoupled":
+            parts.append((indices, DecoupledProjection(subset)))
+        else:
+            parts.append((indices, MatrixProjection(subset, [schemes[i].views[0]
+                                                             for i in indices])))
+    return parts[0][1] if len(parts) == 1 else ProjectionSet(parts)

@@ -36,8 +36,10 @@ import torch.distributed as dist
 from torch import nn
 
 from ..compression import DecompositionReport, decompose_model, decomposable_layers
+from ..compression.selection import layer_scheme
 from ..ops import checks
 from ..schemes import geometry
+from ..schemes.matrix_views import weight_as_conv
 from .projections import projection_for
 
 
@@ -53,7 +55,7 @@ class TRPRegularizer:
     (an nn.Module or a DistributedDataParallel wrapping one).
 
     scheme: "channel", "spatial", "tucker2" or "decoupled" (projections.py: what each
-        projects).
+        projects), or "pointwise" for the 1x1 convs and linear layers alone.
     energy: the energy e in (0, 1] that picks each layer's rank at a projection (official 0.9).
     nuclear_weight: lambda >= 0 of the nuclear-norm sub-gradient (official 3e-4; 0 turns "+Nu"
         off).
@@ -63,25 +65,35 @@ class TRPRegularizer:
     broadcast: copy rank 0's projected weights (after a projection) and sub-gradients (before
         they are added) to every process; None means
         "when torch.distributed is initialised with more than one process".
+    pointwise: also the 1x1 convs (groups 1) and linear layers, in scheme "pointwise" (their
+        weights W [N, C] are projected like channel's matrices, in the same batched call for
+        the matrix schemes).
     """
 
     def __init__(self, model: nn.Module, scheme: str = "channel", energy: float = 0.9,
                  nuclear_weight: float = 3e-4, period: int = 1, skip=None,
-                 broadcast: bool | None = None):
+                 broadcast: bool | None = None, pointwise: bool = False):
         self.scheme = geometry.scheme(scheme).name
+        if not isinstance(pointwise, bool):
+            raise TypeError(f"pointwise must be a bool, got {pointwise!r}")
+        self.pointwise = pointwise
         self.energy = energy
         self.nuclear_weight = checks.non_negative(nuclear_weight, "nuclear_weight")
         self.period = checks.int_at_least(period, 1, "period")
         self.model = unwrap(model)
-        self.layers = decomposable_layers(self.model, skip)
+        self.layers = decomposable_layers(self.model, skip, scheme=self.scheme,
+                                          pointwise=pointwise)
         if not self.layers:
-            raise ValueError("model has no decomposable conv (nn.Conv2d, groups 1, kernel "
-                             "larger than 1x1) outside skip; TRP has nothing to act on")
+            what = ("1x1 conv or linear layer" if self.scheme == "pointwise" else
+                    "decomposable conv (nn.Conv2d, groups 1, kernel larger than 1x1)"
+                    + (", 1x1 conv or linear layer" if pointwise else ""))
+            raise ValueError(f"model has no {what} outside skip; TRP has nothing to act on")
+        self._schemes = [geometry.scheme(layer_scheme(m, self.scheme)) for _, m in self.layers]
         if broadcast is None:
             broadcast = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.broadcast = bool(broadcast)
         self.step = 0               # completed training steps (after_backward calls)
-        self._projection = projection_for(geometry.scheme(self.scheme), self._weights())
+        self._projection = projection_for(self._schemes, self._weights())
         self._subgrads_ready = False   # the sub-gradient buffers hold the current weights'
 
     @property
@@ -95,14 +107,22 @@ class TRPRegularizer:
         self._energy = checks.energy(value)
 
     def _weights(self) -> list[torch.Tensor]:
-        return [conv.weight for _, conv in self.layers]
+        """The layers' weights as 4-D conv weights (a linear layer's as its 1x1 conv view)."""
+        return [weight_as_conv(layer.weight) for _, layer in self.layers]
+
+    def _grads(self) -> list[torch.Tensor]:
+        """The weights' gradients (zeros where there is none yet), shaped like ``_weights``."""
+        for _, layer in self.layers:
+            if layer.weight.grad is None:
+                layer.weight.grad = torch.zeros_like(layer.weight)
+        return [weight_as_conv(layer.weight.grad) for _, layer in self.layers]
 
     def _current_projection(self):
         """The weights and their projection (stacked groups), rebuilt if the weights moved or changed dtype since
         (model.to(...) after construction)."""
         weights = self._weights()
         if not self._projection.fits(weights):
-            self._projection = projection_for(geometry.scheme(self.scheme), weights)
+            self._projection = projection_for(self._schemes, weights)
         return weights, self._projection
 
     # -- the two hooks -------------------------------------------------------------------------
@@ -124,10 +144,7 @@ class TRPRegularizer:
                 # The sub-gradient is added after DDP's all-reduce: rank 0's, so replicas get
                 # the same update even where the SVD is not bitwise reproducible.
                 self._broadcast(projection.subgrad_flats)
-            for w in weights:
-                if w.grad is None:
-                    w.grad = torch.zeros_like(w)
-            projection.add_subgrad([w.grad for w in weights], self.nuclear_weight)
+            projection.add_subgrad(self._grads(), self.nuclear_weight)
         self._subgrads_ready = False
         self.step += 1
 
@@ -175,7 +192,8 @@ class TRPRegularizer:
         return decompose_model(self.model, self.scheme, energy=energy, threshold=threshold,
                                rank=rank, example_input=example_input,
                                target_speedup=target_speedup, rank_multiple=rank_multiple,
-                               measure=measure, layers=[name for name, _ in self.layers])
+                               measure=measure, layers=[name for name, _ in self.layers],
+                               pointwise=self.pointwise)
 
     def state_dict(self) -> dict:
         return {"step": self.step}

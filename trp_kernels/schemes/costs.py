@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from ..ops.conv_geometry import ThinConv
+from .factorised_layer import FactorisedLayer
 from .layers import LowRankConv2d, explicit_padding
+from .lowrank_linear import LowRankLinear
 
 # Without an example input, costs are compared at this input size: for the usual 'same'-padded
 # layers the intermediate of a stride-s spatial pair is then exactly s times wider than the output,
@@ -40,49 +42,69 @@ def conv2d_macs(conv: nn.Conv2d, input_hw) -> tuple[int, tuple[int, int]]:
     return plain.macs(input_hw)
 
 
-def lowrank_macs(layer: LowRankConv2d, input_hw) -> tuple[int, tuple[int, int]]:
+def lowrank_macs(layer: FactorisedLayer, input_hw) -> tuple[int, tuple[int, int]]:
+    if isinstance(layer, LowRankLinear):
+        return layer.geometry.macs(layer.weight_shape, layer.rank, input_hw)
     return layer.geometry.macs(layer.weight_shape, layer.rank, input_hw, layer.stride,
                                layer.padding, layer.dilation)
 
 
-def dense_macs(conv: nn.Conv2d, input_hw=None) -> int:
-    """MACs per sample of ``conv`` on ``input_hw`` (default ``NOMINAL_HW``)."""
-    return conv2d_macs(conv, input_hw or NOMINAL_HW)[0]
+def _as_conv(layer: nn.Module) -> nn.Conv2d:
+    """``layer`` itself for a conv; for a linear layer the 1x1 conv it is to the costs (on the
+    meta device: shapes only)."""
+    if isinstance(layer, nn.Linear):
+        return nn.Conv2d(layer.in_features, layer.out_features, 1, device="meta")
+    return layer
 
 
-def factorised_macs(conv: nn.Conv2d, scheme: str, rank, input_hw=None) -> int:
-    """MACs per sample of ``conv`` factorised at ``rank`` (a rank-``rank`` layer with the conv's
-    geometry, counted like any LowRankConv2d)."""
+def dense_macs(conv: nn.Module, input_hw=None) -> int:
+    """MACs per sample of ``conv`` (or a linear layer) on ``input_hw`` (default
+    ``NOMINAL_HW``; a linear layer's is (rows, 1): the rows of its input per sample)."""
+    return conv2d_macs(_as_conv(conv), input_hw or NOMINAL_HW)[0]
+
+
+def factorised_macs(conv: nn.Module, scheme: str, rank, input_hw=None) -> int:
+    """MACs per sample of ``conv`` (or a linear layer) factorised at ``rank`` (a rank-``rank``
+    layer with the conv's geometry, counted like any LowRankConv2d)."""
+    conv = _as_conv(conv)
     layer = LowRankConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, rank,
                           stride=conv.stride, padding=explicit_padding(conv),
                           dilation=conv.dilation, bias=False, scheme=scheme, device="meta")
     return lowrank_macs(layer, input_hw or NOMINAL_HW)[0]
 
 
-def is_cheaper(conv: nn.Conv2d, scheme: str, rank, input_hw=None) -> bool:
+def is_cheaper(conv: nn.Module, scheme: str, rank, input_hw=None) -> bool:
     """Whether ``conv`` factorised at ``rank`` costs fewer MACs than ``conv`` itself."""
     return factorised_macs(conv, scheme, rank, input_hw) < dense_macs(conv, input_hw)
 
 
-def conv_costs(model: nn.Module, example_input: torch.Tensor) -> list[ConvCost]:
+def conv_costs(model: nn.Module, example_input: torch.Tensor,
+               linear: bool = False) -> list[ConvCost]:
     """Per-conv MACs (per sample) and parameters, in forward order, from one forward pass of
-    ``example_input`` (no gradients; BatchNorm statistics and the train/eval mode untouched)."""
+    ``example_input`` (no gradients; BatchNorm statistics and the train/eval mode untouched).
+    ``linear``: count the linear layers too, each as a 1x1 conv on the rows of its input (the
+    cost model of the ``pointwise`` scheme; otherwise the TRP papers' conv MACs)."""
     costs: list[ConvCost] = []
     handles = []
 
     def hook(name):
         def record(module, inputs, output):
-            hw = tuple(inputs[0].shape[-2:])
-            if isinstance(module, LowRankConv2d):
+            x = inputs[0]
+            if isinstance(module, (nn.Linear, LowRankLinear)):
+                hw = (x[0].numel() // x.shape[-1] if x.dim() > 1 else 1, 1)
+            else:
+                hw = tuple(x.shape[-2:])
+            if isinstance(module, FactorisedLayer):
                 macs, out = lowrank_macs(module, hw)
             else:
-                macs, out = conv2d_macs(module, hw)
+                macs, out = conv2d_macs(_as_conv(module), hw)
             params = sum(p.numel() for p in module.parameters(recurse=False))
             costs.append(ConvCost(name, hw, out, macs, params))
         return record
 
+    kinds = (nn.Conv2d, LowRankConv2d) + ((nn.Linear, LowRankLinear) if linear else ())
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, LowRankConv2d)):
+        if isinstance(module, kinds):
             handles.append(module.register_forward_hook(hook(name)))
     run_hooked(model, example_input, handles)
     return costs
@@ -103,9 +125,9 @@ def run_hooked(model: nn.Module, example_input: torch.Tensor, handles) -> None:
             m.training = training
 
 
-def conv_macs(model: nn.Module, example_input: torch.Tensor) -> int:
-    """Total conv MACs per sample."""
-    return sum(c.macs for c in conv_costs(model, example_input))
+def conv_macs(model: nn.Module, example_input: torch.Tensor, linear: bool = False) -> int:
+    """Total conv MACs per sample (with ``linear``, linear layers' too)."""
+    return sum(c.macs for c in conv_costs(model, example_input, linear))
 
 
 def count_params(model: nn.Module) -> int:

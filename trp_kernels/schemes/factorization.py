@@ -18,7 +18,7 @@ from torch import nn
 from ..ops import checks
 from ..ops.svd import truncated_svd
 from . import geometry
-from .matrix_views import IN_MODE, OUT_MODE
+from .matrix_views import IN_MODE, OUT_MODE, weight_as_conv
 
 
 # -- the geometry by scheme name ----------------------------------------------------------------
@@ -72,16 +72,16 @@ def full_weight(*factors_and_scheme) -> torch.Tensor:
     return geometry.scheme(scheme).full_weight(*factors)
 
 
-def matrix_svds(convs: list[nn.Conv2d], scheme: str) -> list[tuple]:
-    """(U, S, V) of each conv's matrix (untruncated); convs of one weight shape, dtype and device
-    are stacked into one ``truncated_svd`` call."""
+def matrix_svds(convs: list[nn.Module], scheme: str) -> list[tuple]:
+    """(U, S, V) of each layer's matrix (untruncated; a linear layer is a 1x1 conv); layers of
+    one weight shape, dtype and device are stacked into one ``truncated_svd`` call."""
     groups = defaultdict(list)
     for i, conv in enumerate(convs):
         groups[(tuple(conv.weight.shape), conv.weight.dtype, conv.weight.device)].append(i)
     svds: list[tuple | None] = [None] * len(convs)
     with torch.no_grad():
         for indices in groups.values():
-            stack = torch.stack([convs[i].weight.detach() for i in indices])
+            stack = torch.stack([weight_as_conv(convs[i].weight.detach()) for i in indices])
             if stack.dtype not in (torch.float32, torch.float64):
                 stack = stack.float()
             U, S, V, _ = truncated_svd(weight_to_matrix(stack, scheme))

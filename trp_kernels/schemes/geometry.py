@@ -5,7 +5,8 @@ parameters. Pure shape arithmetic and reshapes, no SVD: the layers, the cost cou
 decompositions, TRP and the benchmarks import it instead of re-deriving it. The schemes' math
 is docs/design.md, "The schemes". The bias always belongs to the last conv; the rank of
 ``tucker2`` is a pair (r_in, r_out), the others' an int. Every tensor function accepts extra
-leading batch dimensions.
+leading batch dimensions. ``pointwise`` factorises 1x1 convs and linear layers; a linear layer
+[N, C] is seen as the 1x1 conv [N, C, 1, 1] applied to each row of its input.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class Scheme:
     paired_rank = False               # rank is (r_in, r_out)
     fused_op = False                  # runs the library's lowrank_conv2d op (else ATen convs)
     default_penalty = "so"            # orthogonality_penalty's kind for its layers
+
+    def check_kernel(self, kernel_size) -> None:
+        """ValueError naming ``kernel_size`` where the scheme cannot factorise that kernel."""
 
     def full_rank(self, weight_shape):
         ranks = tuple(v.full_rank(weight_shape) for v in self.views)
@@ -161,7 +165,7 @@ class Channel(FactorPairScheme):
 
     def convs(self, weight_shape, rank, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
         return op_convs(*self.factor_shapes(weight_shape, rank), stride, padding, dilation,
-                        self.name)
+                        "channel")
 
     def kernel_of(self, shape1, shape2):
         return tuple(shape1[2:])
@@ -283,7 +287,20 @@ class Decoupled(FactorPairScheme):
         return L, R
 
 
-SCHEMES: dict[str, Scheme] = {s.name: s for s in (Channel(), Spatial(), Tucker2(), Decoupled())}
+class Pointwise(Channel):
+    """1x1 convs and linear layers: W [N, C] ~ U_r V_r^T as a 1x1 conv C -> r (the layer's
+    stride) and a 1x1 conv r -> N, i.e. two GEMMs, so they run as ATen convs (or linears)."""
+
+    name, fused_op = "pointwise", False
+
+    def check_kernel(self, kernel_size) -> None:
+        if tuple(kernel_size) != (1, 1):
+            raise ValueError(f"kernel_size must be 1x1 for scheme 'pointwise' (1x1 convs and "
+                             f"linear layers), got {tuple(kernel_size)}")
+
+
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (Channel(), Spatial(), Tucker2(), Decoupled(),
+                                                  Pointwise())}
 
 
 def scheme(name) -> Scheme:

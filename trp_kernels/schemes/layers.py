@@ -2,46 +2,38 @@
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
-
 import torch
 from torch import nn
 
 from ..ops import checks
 from ..ops.conv import composite_conv2d, lowrank_conv2d
 from ..ops.conv_geometry import ThinConv
-from . import factorization, geometry
+from . import geometry
+from .factorised_layer import FactorisedLayer, positive_int
 
 
-def _positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-class LowRankConv2d(nn.Module):
+class LowRankConv2d(FactorisedLayer):
     """A conv2d layer whose weight is kept as the factors of a low-rank scheme: their names,
     shapes and the thin conv each runs are docs/design.md, "The schemes" (``layer.geometry`` is
     the layer's entry in the scheme registry). The bias belongs to the last thin conv; tucker2's
     rank is a pair (r_in, r_out), an int applying to both.
 
-    channel and spatial run the library's fused op; tucker2 and decoupled are composed from
-    ATen convolutions. A freshly built layer is initialised spectrally: a dense weight drawn
-    like nn.Conv2d's default init, truncated to the rank. ``from_conv`` decomposes a trained
-    conv instead. Loading a state_dict whose factors have another rank resizes the layer, so a
-    model can be rebuilt from a checkpoint without knowing its ranks (load before creating the
-    optimizer).
+    channel and spatial run the library's fused op; tucker2, decoupled and pointwise (1x1 convs
+    only) are composed from ATen convolutions. A freshly built layer is initialised
+    spectrally: a dense weight drawn like nn.Conv2d's default init, truncated to the rank.
+    ``from_conv`` decomposes a trained conv instead. Loading a state_dict whose factors have
+    another rank resizes the layer, so a model can be rebuilt from a checkpoint without knowing
+    its ranks (load before creating the optimizer).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, rank, stride=1, padding=0,
                  dilation=1, bias=True, scheme="channel", device=None, dtype=None):
         super().__init__()
-        self.in_channels = _positive(in_channels, "in_channels")
-        self.out_channels = _positive(out_channels, "out_channels")
+        self.in_channels = positive_int(in_channels, "in_channels")
+        self.out_channels = positive_int(out_channels, "out_channels")
         self.kernel_size = tuple(checks.pair(kernel_size, "kernel_size"))
-        _positive(self.kernel_size[0], "kernel_size")
-        _positive(self.kernel_size[1], "kernel_size")
+        positive_int(self.kernel_size[0], "kernel_size")
+        positive_int(self.kernel_size[1], "kernel_size")
         self.stride = tuple(checks.pair(stride, "stride"))
         self.padding = tuple(checks.pair(padding, "padding"))
         self.dilation = tuple(checks.pair(dilation, "dilation"))
@@ -52,57 +44,19 @@ class LowRankConv2d(nn.Module):
             )
         self.geometry = geometry.scheme(scheme)
         self.scheme = self.geometry.name
-        rank = self.geometry.check_rank(rank, self.weight_shape)
-        self._make_factors(rank, device, dtype)
-        if bias:
-            self.bias = nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
+        self.geometry.check_kernel(self.kernel_size)
+        self._init_factors(rank, bias, device, dtype)
 
     # -- shape facts ---------------------------------------------------------------------------
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.in_channels, *self.kernel_size)
 
-    @property
-    def full_rank(self):
-        return self.geometry.full_rank(self.weight_shape)
-
-    @property
-    def factors(self) -> tuple[nn.Parameter, ...]:
-        """The factor parameters, in the order of their thin convs."""
-        return tuple(getattr(self, name) for name in self.geometry.factor_names)
-
-    @property
-    def rank(self):
-        """An int, or (r_in, r_out) for tucker2."""
-        return self.geometry.rank_of(*(f.shape for f in self.factors))
-
     def thin_convs(self) -> tuple[ThinConv, ...]:
         return self.geometry.convs(self.weight_shape, self.rank, self.stride, self.padding,
                                  self.dilation)
 
     # -- construction --------------------------------------------------------------------------
-    def _make_factors(self, rank, device, dtype) -> None:
-        for name, shape in zip(self.geometry.factor_names,
-                               self.geometry.factor_shapes(self.weight_shape, rank)):
-            setattr(self, name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
-
-    def reset_parameters(self) -> None:
-        if self.factors[0].is_meta:
-            return
-        with torch.no_grad():
-            dense = torch.empty(self.weight_shape, dtype=torch.float32)
-            nn.init.kaiming_uniform_(dense, a=math.sqrt(5))  # nn.Conv2d's default
-            factors = factorization.decompose_weights(dense[None], self.scheme, rank=self.rank,
-                                                      exact_rank=True)[0]
-            for param, value in zip(self.factors, factors):
-                param.copy_(value)
-            if self.bias is not None:
-                bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
-                nn.init.uniform_(self.bias, -bound, bound)
-
     @classmethod
     def empty_from_conv(cls, conv: nn.Conv2d, rank, scheme="channel") -> "LowRankConv2d":
         """An uninitialised LowRankConv2d of rank ``rank`` with ``conv``'s geometry, bias, device
@@ -142,42 +96,9 @@ class LowRankConv2d(nn.Module):
         """``from_conv`` of every conv of ``convs`` (``ranks``: one upper bound per conv, or
         None); convs of one weight shape, dtype, device and bound share one batched
         factorisation (one SVD call per matrix view)."""
-        ranks = [None] * len(convs) if ranks is None else list(ranks)
-        if len(ranks) != len(convs):
-            raise ValueError(f"ranks must have one entry per conv ({len(convs)}), got {len(ranks)}")
         layers = [cls.empty_from_conv(conv, 0, scheme) for conv in convs]  # checks before SVDs
-        groups = defaultdict(list)
-        for i, (conv, rank) in enumerate(zip(convs, ranks)):
-            if rank is not None:
-                rank = layers[i].geometry.check_rank(rank, conv.weight.shape)
-            w = conv.weight
-            groups[(tuple(w.shape), w.dtype, w.device, rank)].append(i)
-        for (_, _, _, rank), indices in groups.items():
-            stacked = torch.stack([convs[i].weight.detach() for i in indices])
-            results = factorization.decompose_weights(stacked, scheme, energy, threshold, rank,
-                                                      hooi_iterations)
-            for i, factors in zip(indices, results):
-                layer, conv = layers[i], convs[i]
-                layer.resize_rank(layer.geometry.rank_of(*(f.shape for f in factors)))
-                with torch.no_grad():
-                    for param, value in zip(layer.factors, factors):
-                        param.copy_(value)
-                    if conv.bias is not None:
-                        layer.bias.copy_(conv.bias)
-        return layers
-
-    @classmethod
-    def from_svd(cls, conv: nn.Conv2d, scheme: str, svd, rank: int) -> "LowRankConv2d":
-        """``from_conv(conv, scheme, rank=rank)`` from the SVD (U, S, V) of the conv's matrix,
-        already computed (``factorization.matrix_svds``); channel and spatial."""
-        layer = cls.empty_from_conv(conv, rank, scheme)
-        weight1, weight2 = factorization.factors_from_svd(*svd, rank, conv.weight.shape, scheme)
-        with torch.no_grad():
-            layer.weight1.copy_(weight1)
-            layer.weight2.copy_(weight2)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
-        return layer
+        return cls._decompose_into(layers, convs, scheme, energy, threshold, ranks,
+                                   hooi_iterations)
 
     # -- use -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,10 +106,6 @@ class LowRankConv2d(nn.Module):
             return lowrank_conv2d(x, self.weight1, self.weight2, self.bias, self.stride,
                                   self.padding, self.dilation, self.scheme)
         return composite_conv2d(x, self.factors, self.thin_convs(), self.bias)
-
-    def full_weight(self) -> torch.Tensor:
-        """The dense [N, C, kh, kw] weight this layer computes with (differentiable)."""
-        return self.geometry.full_weight(*self.factors)
 
     def to_convs(self) -> nn.Sequential:
         """Plain nn.Conv2d layers with the same outputs, one per thin conv (for export or plain
@@ -224,31 +141,6 @@ class LowRankConv2d(nn.Module):
         if self.bias is None:
             s += ", bias=False"
         return s
-
-    # -- checkpoints with another rank ---------------------------------------------------------
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        saved = [state_dict.get(prefix + name) for name in self.geometry.factor_names]
-        if all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in saved):
-            shapes = [tuple(t.shape) for t in saved]
-            rank = self.geometry.rank_of(*shapes)
-            if rank != self.rank and self._is_rank(rank) \
-                    and list(self.geometry.factor_shapes(self.weight_shape, rank)) == shapes:
-                self.resize_rank(rank)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    def _is_rank(self, rank) -> bool:
-        try:
-            self.geometry.check_rank(rank, self.weight_shape)
-        except (TypeError, ValueError):
-            return False
-        return True
-
-    def resize_rank(self, rank) -> None:
-        """Replaces the factors by uninitialised ones of another rank (new Parameters)."""
-        rank = self.geometry.check_rank(rank, self.weight_shape)
-        self._make_factors(rank, self.factors[0].device, self.factors[0].dtype)
 
 
 def explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:

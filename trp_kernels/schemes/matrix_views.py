@@ -131,5 +131,11 @@ class PerFilter(MatrixView):
         return M.reshape(*M.shape[:-3], *weight_shape[-4:])
 
 
+def weight_as_conv(weight: torch.Tensor) -> torch.Tensor:
+    """A conv weight as it is, a linear weight [N, C] as the 1x1 conv weight [N, C, 1, 1] (a
+    view): the schemes see a linear layer as a 1x1 conv applied to each row of its input."""
+    return weight if weight.dim() == 4 else weight[:, :, None, None]
+
+
 OUT_MODE, IN_MODE = OutMode("out_mode"), InMode("in_mode")
 SPATIAL, PER_FILTER = SpatialView("spatial"), PerFilter("per_filter")

@@ -14,7 +14,7 @@ from ..rank_training import PENALTY_KINDS
 from .errors import ConfigError
 from .methods import METHODS, method_class
 
-TRAIN_MODELS = ("resnet20", "resnet32", "resnet56")
+TRAIN_MODELS = ("resnet20", "resnet32", "resnet56", "mobilenetv2")
 SCHEMES = tuple(geometry.SCHEMES)        # the schemes' one registry
 LR_SCHEDULES = ("cosine", "step")
 # Digits are 8x8: the paper's strides (1, 2, 2) would leave the last stage 2x2 pixels; one
@@ -29,6 +29,8 @@ class TrainConfig:
     model: str = "resnet20"
     method: str = "trp"
     scheme: str = "channel"
+    pointwise: bool = False                # also the 1x1 convs and linear layers (scheme
+                                           # "pointwise"); scheme="pointwise": those alone
     energy: float | None = None            # trp: projection energy (0.9 when None);
                                            # decomp: decomposition energy (0.9 when no rank)
     nuclear_weight: float = 3e-4           # trp "+Nu"; 0 turns it off
@@ -64,6 +66,8 @@ class TrainConfig:
         _choice(self.model, TRAIN_MODELS, "model")
         _choice(self.method, METHODS, "method")
         _check(geometry.scheme, self.scheme)
+        if not isinstance(self.pointwise, bool):
+            raise ConfigError(f"pointwise must be a bool, got {self.pointwise!r}")
         _choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         for name in ("energy", "final_energy"):
             if getattr(self, name) is not None:

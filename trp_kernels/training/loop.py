@@ -71,7 +71,8 @@ class Run:
         self.arch = arch_kwargs(config, self.data)
         model = create_model(config.model, **self.arch)
         # The layers every method acts on; kept by name because the modules get replaced.
-        self.targets = [name for name, _ in decomposable_layers(model)]
+        self.targets = [name for name, _ in decomposable_layers(
+            model, scheme=config.scheme, pointwise=config.pointwise)]
         self.method = method_class(config.method)(config)
         ckpt = prepared.checkpoint
         if ckpt is not None:
@@ -208,7 +209,8 @@ class Run:
             "dense_test_accuracy": self.dense_test_accuracy,
             **model_figures(model, dense, set(self.targets), config.scheme, self.example,
                             self.latency_input, decomposition=self.decomposition,
-                            onnxruntime=config.measure == "onnxruntime"),
+                            onnxruntime=config.measure == "onnxruntime",
+                            pointwise=config.pointwise),
             "dataset": config.dataset,
             "model": config.model,
             "device": str(self.device),

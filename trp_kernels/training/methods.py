@@ -143,7 +143,8 @@ class TRP(Method):
     def attach(self, run) -> None:
         config = self.config
         self.regularizer = TRPRegularizer(run.wrapped, config.scheme, config.trp_energy,
-                                          config.nuclear_weight, config.period)
+                                          config.nuclear_weight, config.period,
+                                          pointwise=config.pointwise)
 
     def aim_energy_at_budget(self, run) -> None:
         """The projections' energy <- the energy whose rank rule meets the FLOP budget on the
@@ -152,7 +153,7 @@ class TRP(Method):
         config = self.config
         energy = energy_for_budget(self.regularizer.model, self.regularizer.layers,
                                    config.scheme, run.example, config.target_speedup,
-                                   config.rank_multiple)
+                                   config.rank_multiple, config.pointwise)
         # The level cuts the current weights to the budget's ranks in one projection, but it is
         # applied at every step, and each projection cuts again: lowered at once, the ranks
         # collapse to 1 within an epoch. So 1 - e grows at most ENERGY_STEP-fold per epoch;
@@ -177,7 +178,7 @@ class TRP(Method):
                                target_speedup=config.target_speedup,
                                rank_multiple=config.rank_multiple, measure=measure,
                                example_input=run.example if measure is None
-                               else run.latency_input)
+                               else run.latency_input, pointwise=config.pointwise)
 
     def epoch_metrics(self, run) -> dict:
         """The energy and mean rank of the epoch's projections, and the model decomposed now by
@@ -259,7 +260,7 @@ class Decomp(Method):
                                  target_speedup=config.target_speedup,
                                  rank_multiple=config.rank_multiple, measure=config.measure,
                                  example_input=run.example if config.measure is None
-                                 else run.latency_input)
+                                 else run.latency_input, pointwise=config.pointwise)
         run.decomposition = report
         self.decomposed = True
         if run.writer:
@@ -300,7 +301,8 @@ class LowRank(Method):
             # The fresh model is still on the CPU: the budget's example input is too.
             example = run.data.batch_inputs(run.data.test_x[:1], torch.device("cpu"))
         make_lowrank(model, config.scheme, config.rank_spec, example_input=example,
-                     target_speedup=config.target_speedup, rank_multiple=config.rank_multiple)
+                     target_speedup=config.target_speedup, rank_multiple=config.rank_multiple,
+                     pointwise=config.pointwise)
 
     def extra_loss(self, model):
         if self.config.orth_weight > 0:

@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..compression import budget, decomposable_layers, load_model, lowrank_layers
+from ..compression import budget, decomposable_layers, layer_scheme, load_model, lowrank_layers
 from ..schemes import geometry
+from ..schemes.layer_kinds import conv_weight_shape
 from ..models import create_model
 from . import distributed
 from .checkpoints import CHECKPOINT, MODEL_FILE, REPORT, read_checkpoint
@@ -98,15 +99,7 @@ def _prepare(config: TrainConfig, out_dir: str, checkpoint: dict | None) -> Prep
         raise ConfigError(f"batch_size {config.batch_size} is larger than the "
                           f"{len(data.train_y)} training images of {config.dataset}")
     dense = create_model(config.model, **arch_kwargs(config, data))
-    scheme = geometry.scheme(config.scheme)
-    fulls = [scheme.rank_parts(scheme.full_rank(conv.weight.shape))
-             for _, conv in decomposable_layers(dense)]
-    spec = config.rank_spec
-    parts = spec if isinstance(spec, tuple) else (spec,) * len(fulls[0])
-    for part, largest in zip(parts, map(max, zip(*fulls))):
-        if isinstance(part, numbers.Integral) and part > largest:
-            raise ConfigError(f"rank {part} exceeds the largest full rank ({largest}) of "
-                              f"{config.model}'s layers in the {config.scheme} scheme")
+    _check_ranks(config, dense)
     if config.target_speedup is not None:
         _check_reachable(config, data, dense)
     init_model = None
@@ -119,13 +112,42 @@ def _prepare(config: TrainConfig, out_dir: str, checkpoint: dict | None) -> Prep
     return Prepared(config, out_dir, data, device, checkpoint, init_model)
 
 
+def _check_ranks(config: TrainConfig, dense: nn.Module) -> None:
+    """The model has layers for the scheme (the report lists them, whatever the method), and
+    an int rank is no larger than the largest full rank of the layers of each scheme."""
+    targets = _targets(config, dense)
+    if not targets:
+        raise ConfigError(f"{config.model} has no layer that scheme {config.scheme} acts on"
+                          + ("" if config.pointwise or config.scheme == "pointwise" else
+                             " (its 1x1 convs and linear layers need --pointwise or --scheme "
+                             "pointwise)"))
+    spec = config.rank_spec
+    if config.pointwise and isinstance(spec, tuple):
+        raise ConfigError("rank as a pair R_IN,R_OUT is tucker2's; with pointwise give one "
+                          "value, which applies to every layer")
+    schemes = [layer_scheme(m, config.scheme) for _, m in targets]
+    for s in dict.fromkeys(schemes):
+        registered = geometry.scheme(s)
+        fulls = [registered.rank_parts(registered.full_rank(conv_weight_shape(m)))
+                 for (_, m), t in zip(targets, schemes) if t == s]
+        parts = spec if isinstance(spec, tuple) else (spec,) * len(fulls[0])
+        for part, largest in zip(parts, map(max, zip(*fulls))):
+            if isinstance(part, numbers.Integral) and part > largest:
+                raise ConfigError(f"rank {part} exceeds the largest full rank ({largest}) of "
+                                  f"{config.model}'s layers in the {s} scheme")
+
+
+def _targets(config: TrainConfig, dense: nn.Module):
+    return decomposable_layers(dense, scheme=config.scheme, pointwise=config.pointwise)
+
+
 def _check_reachable(config: TrainConfig, data: ImageData, dense: nn.Module) -> None:
     """An unreachable target_speedup is refused now, not after training (the largest
     reachable speed-up depends on the layer shapes and rank_multiple, not on the weights)."""
     example = data.batch_inputs(data.test_x[:1], torch.device("cpu"))
     choose = budget.fraction_for_budget if config.method == "lowrank" else budget.plan_budget
     try:
-        choose(dense, decomposable_layers(dense), config.scheme, example, config.target_speedup,
-               config.rank_multiple)
+        choose(dense, _targets(config, dense), config.scheme, example, config.target_speedup,
+               config.rank_multiple, config.pointwise)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

@@ -11,10 +11,11 @@ from torch import nn
 
 from ..compression.files import atomic_write, atomic_write_text
 from ..compression.latency import LatencyMeter
+from ..compression.selection import counts_linear, layer_scheme
 from ..schemes.costs import ConvCost, conv_costs, count_params
 from ..schemes.factorization import full_rank
 from ..schemes.geometry import format_rank
-from ..schemes.layers import LowRankConv2d
+from ..schemes.layer_kinds import LOWRANK_LAYERS, conv_weight_shape
 
 # The keys every report.json holds (tests and users read them); the rest is context.
 REQUIRED_KEYS = ("method", "scheme", "test_accuracy", "dense_test_accuracy", "flops_speedup",
@@ -38,19 +39,20 @@ def layer_rows(model: nn.Module, dense_model: nn.Module, names, scheme: str,
         if dense.name not in names:
             continue
         layer = model.get_submodule(dense.name)
-        weight_shape = dense_model.get_submodule(dense.name).weight.shape
-        layer_scheme = layer.scheme if isinstance(layer, LowRankConv2d) else scheme
-        k = full_rank(weight_shape, layer_scheme)
+        lowrank = isinstance(layer, LOWRANK_LAYERS)
+        dense_layer = dense_model.get_submodule(dense.name)
+        k = full_rank(conv_weight_shape(dense_layer),
+                      layer.scheme if lowrank else layer_scheme(dense_layer, scheme))
         rows.append({
             "name": dense.name,
-            "weight_shape": list(weight_shape),
-            "rank": layer.rank if isinstance(layer, LowRankConv2d) else k,
+            "weight_shape": list(dense_layer.weight.shape),
+            "rank": layer.rank if lowrank else k,
             "full_rank": k,
             "macs": costs[dense.name].macs,
             "dense_macs": dense.macs,
             "params": costs[dense.name].params,
             "dense_params": dense.params,
-            "kept_dense": not isinstance(layer, LowRankConv2d),
+            "kept_dense": not lowrank,
             "flops_speedup": dense.macs / costs[dense.name].macs,
         })
         if dense.name in measured:
@@ -64,11 +66,14 @@ def layer_rows(model: nn.Module, dense_model: nn.Module, names, scheme: str,
 
 def model_figures(model: nn.Module, dense_model: nn.Module, names, scheme: str,
                   example_input: torch.Tensor, latency_input: torch.Tensor,
-                  decomposition=None, onnxruntime: bool = False) -> dict:
+                  decomposition=None, onnxruntime: bool = False, pointwise: bool = False) -> dict:
     """The model-dependent part of a report: MACs, speed-up, parameters, latency (torch, and
     ONNX Runtime with ``onnxruntime``), layers (with measured per-layer latencies when
-    ``decomposition`` was measured)."""
-    costs, dense_costs = conv_costs(model, example_input), conv_costs(dense_model, example_input)
+    ``decomposition`` was measured). The MACs count linear layers where the method acts on
+    them (``pointwise`` or scheme "pointwise")."""
+    linear = counts_linear(scheme, pointwise)
+    costs = conv_costs(model, example_input, linear)
+    dense_costs = conv_costs(dense_model, example_input, linear)
     macs, dense_macs = sum(c.macs for c in costs), sum(c.macs for c in dense_costs)
     figures = {
         "flops_speedup": dense_macs / macs,

@@ -1,0 +1,38 @@
+"""pyproject.toml's extras: ONNX export is an extra of its own, which the test extra includes, and
+the README tells a user to install it (README, "Install and build options")."""
+
+import os
+import re
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the test extra brings tomli
+    import tomli as tomllib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def extras():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["project"]["optional-dependencies"]
+
+
+def names(requirements):
+    # "tomli; python_version < '3.11'" -> "tomli"
+    return {re.split(r"[\s;<>=!~\[]", r, maxsplit=1)[0] for r in requirements}
+
+
+def test_onnx_extra_brings_the_exporter_and_runtime():
+    # torch.onnx's exporter needs onnx and onnxscript; measure="onnxruntime" needs onnxruntime.
+    assert names(extras()["onnx"]) == {"onnx", "onnxscript", "onnxruntime"}
+
+
+def test_test_extra_includes_the_onnx_extra():
+    # The suite exports to ONNX and runs the result, so the test extra must bring the onnx one.
+    assert "trp_kernels[onnx]" in extras()["test"]
+
+
+def test_readme_install_names_the_onnx_extra():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    assert '".[onnx]"' in readme and "trp_kernels[onnx]" in readme
