@@ -7,10 +7,12 @@ argument: each thread then sees its own predicate instead of the block's.
 The mutants are built and tested in a copy of the working tree (under build/barrier-mutants/),
 so the tree itself is never modified. Usage:
 
-    python tools/barrier_mutants.py [--filter TEXT] [--markdown] [-- PYTEST ARGS]
+    python tools/barrier_mutants.py [--filter TEXT]... [--tree DIR] [--markdown] [-- PYTEST ARGS]
 
-PYTEST ARGS default to the emulated tests of the kernels (`-m emulated_cuda`). --markdown prints
-the table of docs/cuda_svd.md, "Barrier mutants". Takes about one to five minutes per mutant on 2 cores.
+Without PYTEST ARGS each mutant runs the emulated tests (`-m emulated_cuda`) of the kernels its
+file belongs to (tests_for), stopping at the first failure. --markdown prints the table of
+docs/cuda_svd.md, "Mutation test". A caught mutant takes about a minute on 2 cores, one that
+survives four or five.
 """
 
 from __future__ import annotations
@@ -29,13 +31,31 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = ["csrc/cuda/*.cu", "csrc/include/trp/**/*.cuh"]
 # The emulation replaces this header (tests/emulation/include/trp/conv/mma_primitives.cuh).
 NOT_EMULATED = {"csrc/include/trp/conv/mma_primitives.cuh"}
-# The emulated tests of the kernels, the quickest to fail first: the block reductions and the
-# conv kernels' own harnesses, the SVD tests, the tour of every kernel, the conv launcher's.
-DEFAULT_TESTS = [*(f"tests/{name}.py" for name in (
-    "emulation/test_block_reductions", "ops/test_fused_conv_emulation", "ops/test_svd_contract",
-    "ops/test_svd_cuda", "ops/test_kernel_tour", "ops/test_conv_cuda", "ops/test_conv_contract",
-    "ops/test_conv_dense")),
-    "-m", "emulated_cuda", "-x", "-q", "-p", "no:cacheprovider"]
+# The emulated tests of the kernels, in the order that fails a mutant soonest: the block
+# reductions' own checks (seconds), the blocked Jacobi's three launch paths on small matrices,
+# the SVD contract and CUDA-only cases, the conv kernel's own harness and the conv launcher's
+# cases, and the tour of every kernel (its 520x530 calls take half a minute each).
+_OPTIONS = ["-m", "emulated_cuda", "-x", "-q", "-p", "no:cacheprovider"]
+_REDUCTIONS = ["tests/emulation/test_block_reductions.py"]
+_SVD = ["tests/ops/test_kernel_tour.py::test_blocked_jacobi_launch_paths",
+        "tests/ops/test_svd_contract.py", "tests/ops/test_svd_cuda.py"]
+_CONV = ["tests/ops/test_fused_conv_emulation.py", "tests/ops/test_conv_cuda.py",
+         "tests/ops/test_conv_contract.py", "tests/ops/test_conv_dense.py"]
+_TOUR = ["tests/ops/test_kernel_tour.py::test_every_kernel_instantiation_runs"]
+DEFAULT_TESTS = [*_REDUCTIONS, *_SVD, *_CONV, *_TOUR, *_OPTIONS]
+
+
+def tests_for(path: str) -> list[str]:
+    """The emulated tests that run the kernels of this source: a conv kernel's mutant is not
+    run against the SVD tests, nor an SVD kernel's against the conv tests. The headers both
+    use (cuda_utils.cuh, block_reduce.cuh) get all of them."""
+    if "/conv/" in path or "lowrank_conv2d" in path:
+        return [*_CONV, *_TOUR, *_OPTIONS]
+    if "/svd/" in path or "svd" in pathlib.Path(path).name or "jacobi" in path:
+        return [*_REDUCTIONS, *_SVD, *_TOUR, *_OPTIONS]
+    return DEFAULT_TESTS
+
+
 TIMEOUT_S = 1800
 
 # Layouts made one element (or 16 bytes) short, so that two arrays overlap: (file, text, mutant).
@@ -53,7 +73,8 @@ LAYOUT_MUTANTS = [
      "p.stage_offset = p.mid_offset + mid_rows * p.mid_stride - 16;"),
 ]
 
-BARRIER = re.compile(r"__syncthreads(_or|_and|_count)?\s*\(|__syncwarp\s*\(|\bgrid\.sync\s*\(")
+BARRIER = re.compile(r"__syncthreads(_or|_and|_count)?\s*\(|__syncwarp\s*\("
+                     r"|\b(?:(?:cooperative_groups|cg)::)?(?:grid|this_grid\(\))\.sync\s*\(")
 
 
 @dataclasses.dataclass
@@ -150,29 +171,46 @@ def run_tests(tree: pathlib.Path, pytest_args: list[str]) -> tuple[bool, str, fl
     if result.returncode == 0:
         return True, "", time.time() - start
     failed = re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", output, re.M)
-    return False, failed[0] if failed else output.strip().splitlines()[-1], time.time() - start
+    if failed:
+        return False, failed[0], time.time() - start
+    # The process died (faulthandler's report): its error and the innermost test function.
+    crash = re.search(r"^Fatal Python error: (.+)$", output, re.M)
+    tests = [f"{path}::{name}" for path, name in re.findall(
+        r'File "[^"]*?(tests/[^"]+\.py)", line \d+ in (test_\w+)', output)]
+    if crash:
+        where = f" in {tests[0]}" if tests else ""
+        return False, f"a crash ({crash.group(1).strip()}){where}", time.time() - start
+    return False, output.strip().splitlines()[-1], time.time() - start
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--filter", default="", help="only mutants whose name contains this")
+    parser.add_argument("--filter", action="append", default=[],
+                        help="only mutants whose name contains this (repeat: any of them)")
+    parser.add_argument("--tree", default="build/barrier-mutants",
+                        help="where the copy of the tree goes (two runs need two copies)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip checking that the unmutated tree passes the tests")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
-    parser.add_argument("pytest_args", nargs="*", default=DEFAULT_TESTS)
+    parser.add_argument("pytest_args", nargs="*",
+                        help="the pytest arguments for every mutant (default: tests_for(file))")
     args = parser.parse_args()
-    tree = ROOT / "build" / "barrier-mutants"
+    tree = ROOT / args.tree
     copy_tree(tree)
-    passed, failure, seconds = run_tests(tree, args.pytest_args)
-    if not passed:
-        print(f"the unmutated tree fails the tests: {failure}", file=sys.stderr)
-        return 1
-    print(f"unmutated: tests pass in {seconds:.0f} s", flush=True)
-    mutants = [m for m in barrier_mutants(tree) + layout_mutants(tree) if args.filter in m.name]
+    if not args.no_baseline:
+        passed, failure, seconds = run_tests(tree, args.pytest_args or DEFAULT_TESTS)
+        if not passed:
+            print(f"the unmutated tree fails the tests: {failure}", file=sys.stderr)
+            return 1
+        print(f"unmutated: tests pass in {seconds:.0f} s", flush=True)
+    mutants = [m for m in barrier_mutants(tree) + layout_mutants(tree)
+               if not args.filter or any(text in m.name for text in args.filter)]
     rows = []
     for mutant in mutants:
         path = tree / mutant.path
         path.write_text(mutant.mutated)
         try:
-            passed, failure, seconds = run_tests(tree, args.pytest_args)
+            passed, failure, seconds = run_tests(tree, args.pytest_args or tests_for(mutant.path))
         finally:
             path.write_text(mutant.original)
         caught = "survived" if passed else f"caught by {failure}"

@@ -155,6 +155,20 @@ def test_rank_deficient_without_criteria_completes_orthonormal_factors(impl, dev
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+def test_noise_is_flushed_before_the_rank_rule_in_every_order(impl, device):
+    # Rank 3: the other singular values are rounding noise, flushed to zero before the rank rule
+    # counts, so that a tiny threshold still counts three -- whichever thread runs first.
+    # (float32: the fused kernel flushes noise for float32 input, which it does not refine)
+    W = (torch.randn(2, 24, 3, dtype=torch.float64) @ torch.randn(2, 3, 40, dtype=torch.float64))
+    W = W.float()
+    threshold = 1e-9 * torch.linalg.svdvals(W.double())[..., 0].min().item()
+    for schedule in each_schedule(device):
+        with schedule:
+            rank = tk.truncated_svd(W.to(device), threshold=threshold).rank
+        assert rank.tolist() == [3, 3]
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
 def test_batch_shapes(impl, device, dtype):
     W = torch.randn(2, 3, 4, 9, 5, dtype=dtype, device=device)
