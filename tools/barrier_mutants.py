@@ -35,7 +35,7 @@ NOT_EMULATED = {"csrc/include/trp/conv/mma_primitives.cuh"}
 # reductions' own checks (seconds), the blocked Jacobi's three launch paths on small matrices,
 # the SVD contract and CUDA-only cases, the conv kernel's own harness and the conv launcher's
 # cases, and the tour of every kernel (its 520x530 calls take half a minute each).
-_OPTIONS = ["-m", "emulated_cuda", "-x", "-q", "-p", "no:cacheprovider"]
+_OPTIONS = ["-m", "emulated_cuda", "-x", "-v", "-p", "no:cacheprovider"]
 _REDUCTIONS = ["tests/emulation/test_block_reductions.py"]
 _SVD = ["tests/ops/test_kernel_tour.py::test_blocked_jacobi_launch_paths",
         "tests/ops/test_svd_contract.py", "tests/ops/test_svd_cuda.py"]
@@ -173,12 +173,11 @@ def run_tests(tree: pathlib.Path, pytest_args: list[str]) -> tuple[bool, str, fl
     failed = re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", output, re.M)
     if failed:
         return False, failed[0], time.time() - start
-    # The process died (faulthandler's report): its error and the innermost test function.
-    crash = re.search(r"^Fatal Python error: (.+)$", output, re.M)
-    tests = [f"{path}::{name}" for path, name in re.findall(
-        r'File "[^"]*?(tests/[^"]+\.py)", line \d+ in (test_\w+)', output)]
+    # The process died (faulthandler's report): its error, in the last test pytest -v named.
+    crash = re.search(r"Fatal Python error: (.+)", output)
+    tests = re.findall(r"^(tests/\S+::\S+)", output, re.M)
     if crash:
-        where = f" in {tests[0]}" if tests else ""
+        where = f" in {tests[-1]}" if tests else ""
         return False, f"a crash ({crash.group(1).strip()}){where}", time.time() - start
     return False, output.strip().splitlines()[-1], time.time() - start
 
