@@ -111,6 +111,10 @@ def _device_module() -> types.ModuleType:
     module.current_device = lambda: 0
     module._is_in_bad_fork = lambda: False
     module.manual_seed_all = lambda seed: None
+    # torch.random.fork_rng (opcheck's AOT checks, even of CPU ops) saves and restores the RNG of
+    # the current accelerator, which this device becomes: it has no generator of its own.
+    module.get_rng_state = lambda device=None: torch.empty(0, dtype=torch.uint8)
+    module.set_rng_state = lambda state, device=None: None
     return module
 
 
