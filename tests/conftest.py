@@ -1,22 +1,51 @@
 import pytest
 import torch
 
+import emulated_cuda
+
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "cuda: needs a CUDA device, skipped without one (bench/run_gpu.sh runs -m cuda)")
+    config.addinivalue_line(
+        "markers", "emulated_cuda: runs CUDA sources on the CPU emulation (tests/emulated_cuda.py)")
+
+
+def _device(item):
+    params = getattr(item, "callspec", None)
+    return None if params is None else params.params.get("device")
 
 
 def pytest_collection_modifyitems(config, items):
     """Marks every case run on the device "cuda" (testing.cpu_and_cuda / cuda_only, or a plain
-    "cuda" device parameter) with ``cuda``, and skips those cases where there is no GPU."""
+    "cuda" device parameter) with ``cuda``, and skips those cases where there is no GPU; marks
+    those on the emulated CUDA device with ``emulated_cuda``, skipped where the emulation
+    cannot run."""
     skip = pytest.mark.skip(reason="needs a CUDA device")
+    unsupported = emulated_cuda.unsupported_reason()
     for item in items:
-        params = getattr(item, "callspec", None)
-        if params is not None and params.params.get("device") == "cuda":
+        if _device(item) == "cuda":
             item.add_marker(pytest.mark.cuda)
+        if _device(item) == emulated_cuda.DEVICE:
+            item.add_marker(pytest.mark.emulated_cuda)
         if item.get_closest_marker("cuda") and not torch.cuda.is_available():
             item.add_marker(skip)
+        if item.get_closest_marker("emulated_cuda") and unsupported:
+            item.add_marker(pytest.mark.skip(reason=unsupported))
+
+
+@pytest.fixture(autouse=True)
+def _emulated_cuda_device(request):
+    """Builds and loads the emulated device for the first case that runs on it, and gives each
+    such case a fresh device with a schedule of its own (emulated_cuda.start_test)."""
+    if _device(request.node) != emulated_cuda.DEVICE:
+        yield
+        return
+    emulated_cuda.load()
+    emulated_cuda.start_test(request.node.nodeid)
+    yield
+    fault = emulated_cuda.finish_test()
+    assert not fault, f"an emulated kernel faulted: {fault}"
 
 
 @pytest.fixture(autouse=True)

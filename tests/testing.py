@@ -3,24 +3,57 @@ contract every SVD test holds the ops to."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
-from trp_kernels.ops.svd import reference_rank
+import emulated_cuda
+from emulated_cuda import DEVICE as EMULATED_CUDA
+from trp_kernels.ops import backends
+from trp_kernels.ops.svd import reference_rank, reference_truncated_svd
 
 devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def cpu_and_cuda():
+def cpu_and_cuda(emulated=True):
     """Device parameters as in torchvision's tests: the CUDA case always collected, marked
-    ``cuda`` (tests/conftest.py skips it without a GPU; bench/run_gpu.sh runs ``-m cuda``)."""
-    return ("cpu", pytest.param("cuda", marks=pytest.mark.cuda))
+    ``cuda`` (tests/conftest.py skips it without a GPU; bench/run_gpu.sh runs ``-m cuda``); then
+    the same CUDA sources on the CPU emulation (tests/emulated_cuda.py) unless ``emulated`` is
+    False."""
+    return ("cpu", *cuda_only(emulated))
 
 
-def cuda_only():
-    """The device parameter of a check that only means something on CUDA (streams, graphs,
-    agreement with the CPU op): shown as skipped where there is no GPU."""
-    return (pytest.param("cuda", marks=pytest.mark.cuda),)
+def cuda_only(emulated=True):
+    """The device parameters of a check that only means something on CUDA (agreement with the
+    CPU op, every kernel path): the GPU, shown as skipped where there is none, and the emulated
+    device. ``emulated=False`` for checks of what the emulation does not have (CUDA graphs,
+    concurrent streams, the CUDA profiler)."""
+    cuda = pytest.param("cuda", marks=pytest.mark.cuda)
+    if not emulated:
+        return (cuda,)
+    return (cuda, pytest.param(EMULATED_CUDA, marks=pytest.mark.emulated_cuda, id="emulated-cuda"))
+
+
+def each_schedule(device):
+    """Three contexts for the repetitions of a determinism check. On the emulated device each
+    runs the threads and blocks in another order (forward, reverse, random), so that results
+    equal bit for bit mean results that no order of the threads changes -- what a missing
+    barrier breaks; elsewhere they do nothing."""
+    if device != EMULATED_CUDA:
+        return [contextlib.nullcontext()] * 3
+    return [emulated_cuda.schedule(order, order, seed) for seed, order
+            in enumerate(emulated_cuda.ORDERS)]
+
+
+def fused_conv_launches(device, fn):
+    """``(fn(), n)``: fn's result and how many fused-conv kernels it launched, counted by the
+    CUDA profiler on a GPU and from the emulation's record of its launches on the emulated
+    device."""
+    if device == EMULATED_CUDA:
+        result, names = emulated_cuda.launches(fn)
+        return result, sum(backends.FUSED_KERNEL in name for name in names)
+    return backends.fused_launches(fn)
 
 dtypes = [torch.float32, torch.float64]
 # Tolerances of the SVD contract (the op docstrings, docs/svd_paths.md), relative to s_1 / ||W||.

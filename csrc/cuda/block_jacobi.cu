@@ -25,6 +25,7 @@
 
 #include "trp/cuda_utils.cuh"
 #include "trp/dynamic_smem.h"
+#include "trp/kernel_launch.h"
 #include "trp/svd/jacobi_eigen.cuh"
 #include "trp/svd/svd_cuda.h"
 
@@ -197,7 +198,7 @@ __device__ void apply_tile(const BlockJacobiArgs& args, int64_t b, int unit, int
 template <int kTile>
 __global__ void __launch_bounds__(kThreads, 1)
     block_jacobi_persistent_kernel(const BlockJacobiArgs args) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  TRP_DYNAMIC_SHARED(smem);
   const cooperative_groups::grid_group grid = cooperative_groups::this_grid();
   const int pairs = static_cast<int>(args.dim / kTile);
   const int64_t solve_items = pairs * args.batch;
@@ -226,7 +227,7 @@ enum class Phase { kSolve, kApply };
 template <int kTile, Phase kPhase>
 __global__ void __launch_bounds__(kThreads)
     block_jacobi_phase_kernel(const BlockJacobiArgs args, int sweep, int round) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  TRP_DYNAMIC_SHARED(smem);
   for (int64_t b = blockIdx.y; b < args.batch; b += gridDim.y) {
     if constexpr (kPhase == Phase::kSolve) {
       solve_pair<kTile>(args, b, static_cast<int>(blockIdx.x), sweep, round, smem);
@@ -285,24 +286,24 @@ cudaError_t run_block_jacobi(const BlockJacobiArgs& args, cudaStream_t stream) {
           static_cast<unsigned int>(most_items < resident ? most_items : resident);
       BlockJacobiArgs copy = args;
       void* params[] = {&copy};
-      return cudaLaunchCooperativeKernel(
-          reinterpret_cast<const void*>(block_jacobi_persistent_kernel<kTile>), dim3(blocks),
-          dim3(kThreads), params, static_cast<size_t>(bytes), stream);
+      return cudaLaunchCooperativeKernel(block_jacobi_persistent_kernel<kTile>, dim3(blocks),
+                                         dim3(kThreads), params, static_cast<size_t>(bytes),
+                                         stream);
     }
   }
 
-  TRP_CUDA_TRY(allow_dynamic_smem(block_jacobi_phase_kernel<kTile, Phase::kSolve>, solve_bytes));
-  TRP_CUDA_TRY(allow_dynamic_smem(block_jacobi_phase_kernel<kTile, Phase::kApply>, apply_bytes));
+  const auto solve = block_jacobi_phase_kernel<kTile, Phase::kSolve>;
+  const auto apply = block_jacobi_phase_kernel<kTile, Phase::kApply>;
+  TRP_CUDA_TRY(allow_dynamic_smem(solve, solve_bytes));
+  TRP_CUDA_TRY(allow_dynamic_smem(apply, apply_bytes));
   const unsigned int grid_y =
       static_cast<unsigned int>(args.batch < kMaxGridY ? args.batch : kMaxGridY);
   const dim3 solve_grid(pairs, grid_y), apply_grid(2 * pairs * pairs, grid_y);
   for (int sweep = 0; sweep < kBlockJacobiMaxSweeps; ++sweep) {
     for (int round = 0; round < static_cast<int>(2 * pairs) - 1; ++round) {
-      block_jacobi_phase_kernel<kTile, Phase::kSolve>
-          <<<solve_grid, kThreads, solve_bytes, stream>>>(args, sweep, round);
+      TRP_LAUNCH(solve, solve_grid, kThreads, solve_bytes, stream)(args, sweep, round);
       TRP_CUDA_TRY(TRP_LAUNCH_STATUS());
-      block_jacobi_phase_kernel<kTile, Phase::kApply>
-          <<<apply_grid, kThreads, apply_bytes, stream>>>(args, sweep, round);
+      TRP_LAUNCH(apply, apply_grid, kThreads, apply_bytes, stream)(args, sweep, round);
       TRP_CUDA_TRY(TRP_LAUNCH_STATUS());
     }
   }

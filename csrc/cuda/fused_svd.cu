@@ -20,6 +20,7 @@
 #include "trp/block_reduce.cuh"
 #include "trp/cuda_utils.cuh"
 #include "trp/dynamic_smem.h"
+#include "trp/kernel_launch.h"
 #include "trp/svd/fused_svd_layout.cuh"
 #include "trp/svd/fused_svd_products.cuh"
 #include "trp/svd/jacobi_eigen.cuh"
@@ -61,7 +62,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr bool kRefine = std::is_same_v<T, double>;
   // float32 inputs keep their eigenvectors in float32 (float32 outputs cannot tell; see docs).
   using V = std::conditional_t<kRefine, double, float>;
-  extern __shared__ __align__(16) unsigned char smem[];
+  TRP_DYNAMIC_SHARED(smem);
   const int64_t b = blockIdx.x;
   const int64_t m = args.m, n = args.n;
   const bool wide = m <= n;
@@ -165,7 +166,8 @@ cudaError_t launch_fused_svd(const FusedSvdArgs<T, F>& args, cudaStream_t stream
   const int64_t bytes = fused_svd::FusedLayout(k, kRefine, sizeof(V)).bytes;
   auto kernel = fused_svd::fused_svd_kernel<T, F>;
   TRP_CUDA_TRY(allow_dynamic_smem(kernel, bytes));
-  kernel<<<static_cast<unsigned int>(args.batch), fused_svd::kThreads, bytes, stream>>>(args);
+  const auto blocks = static_cast<unsigned int>(args.batch);
+  TRP_LAUNCH(kernel, blocks, fused_svd::kThreads, bytes, stream)(args);
   return TRP_LAUNCH_STATUS();
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "trp/cuda_utils.cuh"
+#include "trp/kernel_launch.h"
 #include "trp/svd/orthonormal_completion.cuh"
 #include "trp/svd/svd_cuda.h"
 #include "trp/svd/svd_scaling.cuh"
@@ -95,7 +96,7 @@ __global__ void __launch_bounds__(kThreads) completion_kernel(const FactorArgs<F
 cudaError_t launch_spectrum(const SpectrumArgs& args, cudaStream_t stream) {
   if (args.batch == 0 || args.k == 0) return cudaSuccess;
   const auto grid = static_cast<unsigned int>(args.batch < kMaxGrid ? args.batch : kMaxGrid);
-  spectrum_kernel<<<grid, kThreads, 0, stream>>>(args);
+  TRP_LAUNCH(spectrum_kernel, grid, kThreads, 0, stream)(args);
   return TRP_LAUNCH_STATUS();
 }
 
@@ -103,10 +104,11 @@ template <typename F>
 cudaError_t launch_svd_factors(const FactorArgs<F>& args, cudaStream_t stream) {
   const int64_t k = args.m < args.n ? args.m : args.n, L = args.m < args.n ? args.n : args.m;
   if (args.batch == 0 || k == 0) return cudaSuccess;
-  factors_kernel<F><<<grid_for(args.batch * (k + L) * k, kThreads), kThreads, 0, stream>>>(args);
+  const unsigned int blocks = grid_for(args.batch * (k + L) * k, kThreads);
+  TRP_LAUNCH(factors_kernel<F>, blocks, kThreads, 0, stream)(args);
   TRP_CUDA_TRY(TRP_LAUNCH_STATUS());
   const auto grid = static_cast<unsigned int>(args.batch < kMaxGrid ? args.batch : kMaxGrid);
-  completion_kernel<F><<<grid, kThreads, 0, stream>>>(args);
+  TRP_LAUNCH(completion_kernel<F>, grid, kThreads, 0, stream)(args);
   return TRP_LAUNCH_STATUS();
 }
 

@@ -3,6 +3,7 @@
 // cuBLAS GEMMs read.
 #include "trp/block_reduce.cuh"
 #include "trp/cuda_utils.cuh"
+#include "trp/kernel_launch.h"
 #include "trp/svd/svd_cuda.h"
 #include "trp/svd/svd_scaling.cuh"
 
@@ -65,7 +66,8 @@ cudaError_t launch_scale_scan(const T* w, int64_t batch, int64_t elems,
   if (batch == 0 || elems == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned int>(ceil_div(elems, kScanChunk)),
                   static_cast<unsigned int>(batch < kMaxGridY ? batch : kMaxGridY));
-  scale_scan_kernel<T><<<grid, kThreads, 0, stream>>>(w, batch, elems, max_bits, nonfinite);
+  TRP_LAUNCH(scale_scan_kernel<T>, grid, kThreads, 0, stream)(w, batch, elems, max_bits,
+                                                               nonfinite);
   return TRP_LAUNCH_STATUS();
 }
 
@@ -74,7 +76,8 @@ cudaError_t launch_scale_to_double(const T* w, int64_t batch, int64_t elems,
                                    const unsigned long long* max_bits, double* out,
                                    cudaStream_t stream) {
   if (batch == 0 || elems == 0) return cudaSuccess;
-  scale_to_double_kernel<T><<<grid_for(batch * elems, kThreads), kThreads, 0, stream>>>(
+  const unsigned int blocks = grid_for(batch * elems, kThreads);
+  TRP_LAUNCH(scale_to_double_kernel<T>, blocks, kThreads, 0, stream)(
       w, batch, elems, max_bits, out);
   return TRP_LAUNCH_STATUS();
 }

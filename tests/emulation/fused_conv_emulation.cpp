@@ -1,120 +1,32 @@
-// Host-side emulation of the fused low-rank convolution kernels
-// (csrc/include/trp/conv/lowrank_conv2d_fused.cuh), for machines without a GPU: the real kernel
-// source, compiled by the host compiler against the shim headers of include/ (warp-collective
-// ldmatrix / mma.sync / cp.async emulated there), each block run as 256 cooperative fibers
-// (ucontext) with __syncthreads as a barrier, the weights packed by the real packing kernel, the
-// tiles planned by the real plan_fused_conv. Every case is compared with a float64
-// two-convolution reference whose intermediate and output are rounded like the kernel's, and
-// every output must have been written. This checks the index math, tiling, halos, zero
-// padding, the staging pipeline's data flow and the epilogue. It cannot check what only the
-// hardware decides: the fragment layouts of mma/ldmatrix (the shims take them from the PTX ISA,
-// as the kernel does), races that depend on timing, and speed.
+// The fused low-rank convolution kernels (csrc/include/trp/conv/lowrank_conv2d_fused.cuh) on the
+// CPU emulation of CUDA (include/cuda_emulation.h), through their launch functions, on shapes
+// chosen for the kernel's awkward cases -- tiles crossing images, halos, dilations, paddings
+// wider than the kernel, several rank passes and column tiles, misaligned rows -- with tilings
+// planned for 1 to 132 SMs. Every case is compared with a float64 two-convolution reference
+// whose intermediate and output are rounded like the kernel's, and every output must have been
+// written. The warp-level ldmatrix / mma.sync / cp.async come from include/trp/conv/
+// mma_primitives.cuh, with the fragment layouts of the PTX ISA, as the kernel assumes them.
 //
-// Usage: fused_conv_emulation bf16|f16|f32|f32x3 -- one line per case; exit status 1 when a
-// case is off by more than its tolerance or leaves an output unwritten.
-#include <ucontext.h>
-
+// Usage: fused_conv_emulation bf16|f16|f32|f32x3 [forward|reverse|random] -- one line per case
+// (the optional order is that of the threads and blocks); exit status 1 when a case is off by
+// more than its tolerance or leaves an output unwritten.
 #include <functional>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "trp/conv/lowrank_conv2d_fused.cuh"
-
-uint3 threadIdx, blockIdx, blockDim, gridDim;
-EmulatedBarrier* emulated_block_barrier;
-EmulatedWarp* emulated_warps;
-std::vector<PendingCopy>* emulated_pending_copies;
-std::size_t emulated_smem_bytes;
-namespace trp::cuda::fused {
-alignas(128) unsigned char smem[1 << 18];
-}
+#include "trp/conv/lowrank_conv2d_fused.h"
+#include "trp/conv/lowrank_conv2d_fused_mma.cuh"
 
 namespace {
 
 using namespace trp::cuda;
 
-// The fibers of the running block and the scheduler that resumes, in turn, those whose barrier
-// has opened.
-struct Fibers {
-  ucontext_t scheduler;
-  std::vector<ucontext_t> contexts;
-  std::vector<std::unique_ptr<char[]>> stacks;
-  std::vector<bool> done;
-  std::vector<const EmulatedBarrier*> waiting_on;
-  std::vector<unsigned long> waiting_for;  // the generation the barrier must move past
-  const std::function<void()>* body;
-};
-Fibers fibers;
-constexpr std::size_t kFiberStack = 256 * 1024;
-
-void fiber_main() {
-  (*fibers.body)();
-  fibers.done[threadIdx.x] = true;
-}
-
-}  // namespace
-
-void emulated_wait(const EmulatedBarrier* barrier, unsigned long generation) {
-  fibers.waiting_on[threadIdx.x] = barrier;
-  fibers.waiting_for[threadIdx.x] = generation;
-  swapcontext(&fibers.contexts[threadIdx.x], &fibers.scheduler);
-}
-
-namespace {
-
-// Runs `kernel` for every block of a 1-D grid, `threads` fibers per block, one block after
-// another.
-void run_grid(const std::function<void()>& kernel, unsigned grid, int threads,
-              std::size_t smem_bytes) {
-  if (smem_bytes > sizeof(fused::smem)) emulation_fault("dynamic shared memory too large");
-  emulated_smem_bytes = smem_bytes;
-  blockDim = {unsigned(threads), 1, 1};
-  gridDim = {grid, 1, 1};
-  fibers.body = &kernel;
-  fibers.contexts.resize(threads);
-  while (fibers.stacks.size() < std::size_t(threads)) fibers.stacks.emplace_back(new char[kFiberStack]);
-  for (unsigned block = 0; block < grid; ++block) {
-    std::memset(fused::smem, 0xA5, smem_bytes);  // unwritten shared memory reads as garbage
-    EmulatedBarrier block_barrier{threads};
-    emulated_block_barrier = &block_barrier;
-    std::vector<EmulatedWarp> warps((threads + 31) / 32);
-    emulated_warps = warps.data();
-    std::vector<std::vector<PendingCopy>> pending(threads);
-    emulated_pending_copies = pending.data();
-    fibers.done.assign(threads, false);
-    fibers.waiting_on.assign(threads, nullptr);
-    fibers.waiting_for.assign(threads, 0);
-    blockIdx = {block, 0, 0};
-    for (int t = 0; t < threads; ++t) {
-      ucontext_t& c = fibers.contexts[t];
-      getcontext(&c);
-      c.uc_stack.ss_sp = fibers.stacks[t].get();
-      c.uc_stack.ss_size = kFiberStack;
-      c.uc_link = &fibers.scheduler;
-      makecontext(&c, fiber_main, 0);
-    }
-    for (int running = threads; running > 0;) {
-      running = 0;
-      bool progress = false;
-      for (int t = 0; t < threads; ++t) {
-        if (fibers.done[t]) continue;
-        const EmulatedBarrier* barrier = fibers.waiting_on[t];
-        if (barrier == nullptr || barrier->generation != fibers.waiting_for[t]) {
-          fibers.waiting_on[t] = nullptr;
-          threadIdx = {unsigned(t), 0, 0};
-          swapcontext(&fibers.scheduler, &fibers.contexts[t]);
-          progress = true;
-        }
-        running += !fibers.done[t];
-      }
-      // A collective that not every thread reaches (divergence) would hang on hardware.
-      if (running > 0 && !progress) emulation_fault("deadlock: a barrier some threads never reach");
-    }
-    for (const auto& p : pending) {
-      if (!p.empty()) emulation_fault("cp.async never waited for");
-    }
+void check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(status));
+    std::exit(1);
   }
 }
 
@@ -225,22 +137,12 @@ double run_case(const Case& c, Tf32Mode mode) {
 
   std::vector<T> packed1(packed_weight1_elements(s, p) + 16), packed2(packed_weight2_elements(s, p) + 16);
   std::vector<T> y(std::size_t(B) * N * Ho * Wo, from_f<T>(NAN));
-  run_grid([&] { fused::pack_lowrank_weights_kernel<T>(w1_store.data(), w2_store.data(), strides, s, p,
-                                                       aligned(packed1), aligned(packed2)); },
-           1, 1, 0);
+  check(launch_pack_lowrank_weights<T>(w1_store.data(), w2_store.data(), strides, s, p,
+                                       aligned(packed1), aligned(packed2), nullptr),
+        "packing");
   const FusedConvTensors<T> t{xp, aligned(packed1), aligned(packed2), c.bias ? b_store.data() : nullptr,
                               y.data()};
-  const auto kernel = [&] {
-    if constexpr (std::is_same_v<T, float>) {
-      if (mode == Tf32Mode::kSplit3) {
-        return c.channels_last ? fused::lowrank_conv2d_fused_kernel<T, true, Tf32Mode::kSplit3>(t, s, p)
-                               : fused::lowrank_conv2d_fused_kernel<T, false, Tf32Mode::kSplit3>(t, s, p);
-      }
-    }
-    c.channels_last ? fused::lowrank_conv2d_fused_kernel<T, true, Tf32Mode::kSingle>(t, s, p)
-                    : fused::lowrank_conv2d_fused_kernel<T, false, Tf32Mode::kSingle>(t, s, p);
-  };
-  run_grid(kernel, unsigned(p.blocks), kFusedThreads, p.smem_bytes);
+  check(launch_lowrank_conv2d_fused<T>(t, s, p, mode, nullptr), "fused conv");
 
   // Reference: float64 convolutions; the intermediate and the output rounded to T like the
   // kernel's (so 16-bit types are checked to a few rounding flips, not to their epsilon).
@@ -333,10 +235,15 @@ int run_all(Tf32Mode mode, double tolerance) {
 
 int main(int argc, char** argv) {
   const std::string dtype = argc > 1 ? argv[1] : "";
+  const std::string order = argc > 2 ? argv[2] : "forward";
+  const cuda_emulation::Order how = order == "reverse" ? cuda_emulation::Order::kReverse
+                                    : order == "random" ? cuda_emulation::Order::kRandom
+                                                        : cuda_emulation::Order::kForward;
+  cuda_emulation::set_schedule({how, how, 1});
   if (dtype == "bf16") return run_all<__nv_bfloat16>(Tf32Mode::kSingle, 1e-3);
   if (dtype == "f16") return run_all<__half>(Tf32Mode::kSingle, 1e-3);
   if (dtype == "f32x3") return run_all<float>(Tf32Mode::kSplit3, 1e-5);
   if (dtype == "f32") return run_all<float>(Tf32Mode::kSingle, 2e-3);
-  std::fprintf(stderr, "usage: %s bf16|f16|f32|f32x3\n", argv[0]);
+  std::fprintf(stderr, "usage: %s bf16|f16|f32|f32x3 [forward|reverse|random]\n", argv[0]);
   return 2;
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from testing import EMULATED_CUDA
 from trp_kernels.schemes import factorization
 
 SCHEMES = ["channel", "spatial"]
@@ -22,10 +23,13 @@ def gradcheck(fn, inputs) -> bool:
 
 def impls_and_devices(cpu=("two_convs",), cuda=("fused", "two_convs", "dense", "auto")):
     """(impl, device) parameters: the CPU's implementations (two_convs is its default; fused and
-    auto run two_convs there) and CUDA's, the latter marked ``cuda``."""
+    auto run two_convs there) and CUDA's, on the GPU (marked ``cuda``) and on the emulated CUDA
+    device (marked ``emulated_cuda``)."""
     return ([pytest.param(impl, "cpu", id=f"{impl}-cpu") for impl in cpu]
             + [pytest.param(impl, "cuda", id=f"{impl}-cuda", marks=pytest.mark.cuda)
-               for impl in cuda])
+               for impl in cuda]
+            + [pytest.param(impl, EMULATED_CUDA, id=f"{impl}-emulated-cuda",
+                            marks=pytest.mark.emulated_cuda) for impl in cuda])
 
 
 def conv_inputs(device, scheme, C=5, N=7, rank=3, kernel=(3, 3), size=(9, 8), batch=2,

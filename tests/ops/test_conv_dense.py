@@ -91,7 +91,7 @@ def test_dense_gradcheck(dense, device, scheme):
     assert gradcheck(fn, inputs)
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("device", cpu_and_cuda(emulated=False))  # opcheck: CPU, CUDA, XPU only
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 def test_dense_opcheck(dense, device, scheme, channels_last):

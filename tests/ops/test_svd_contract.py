@@ -1,6 +1,8 @@
 """trp::truncated_svd and trp::lowrank_project on every device and both paths, against float64
 LAPACK references: the contract on adversarial matrices and the rank rule (test_svd_cuda.py has
-the CUDA-only checks). CUDA cases are marked ``cuda`` and show as skipped without a GPU."""
+the CUDA-only checks). CUDA cases are marked ``cuda`` and show as skipped without a GPU; they also
+run on the emulated CUDA device (tests/emulated_cuda.py), on the Jacobi path only: the composite
+path has no CUDA source to emulate."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ import pytest
 import torch
 
 import trp_kernels as tk
-from testing import (adversarial, assert_svd_contract, cpu_and_cuda, diag_matrix, dtypes,
-                     float64_svd, svd_tol, with_spectrum)
+from testing import (EMULATED_CUDA, adversarial, assert_svd_contract, cpu_and_cuda, diag_matrix,
+                     dtypes, each_schedule, float64_svd, svd_tol, with_spectrum)
 from trp_kernels.ops import backends
 from trp_kernels.ops.svd import (lowrank_project_groups, project_matrices,
                                  reference_lowrank_project, reference_rank)
@@ -35,6 +37,8 @@ SVD_IMPLS = ("jacobi", "eigh")
 
 @pytest.fixture(params=SVD_IMPLS)
 def impl(request):
+    if request.param == "eigh" and request.getfixturevalue("device") == EMULATED_CUDA:
+        pytest.skip("the composite path runs torch ops, not CUDA sources: nothing to emulate")
     with backends.forced(svd=request.param):
         yield request.param
 
@@ -151,6 +155,20 @@ def test_rank_deficient_without_criteria_completes_orthonormal_factors(impl, dev
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+def test_noise_is_flushed_before_the_rank_rule_in_every_order(impl, device):
+    # Rank 3: the other singular values are rounding noise, flushed to zero before the rank rule
+    # counts, so that a tiny threshold still counts three -- whichever thread runs first.
+    # (float32: the fused kernel flushes noise for float32 input, which it does not refine)
+    W = (torch.randn(2, 24, 3, dtype=torch.float64) @ torch.randn(2, 3, 40, dtype=torch.float64))
+    W = W.float()
+    threshold = 1e-9 * torch.linalg.svdvals(W.double())[..., 0].min().item()
+    for schedule in each_schedule(device):
+        with schedule:
+            rank = tk.truncated_svd(W.to(device), threshold=threshold).rank
+        assert rank.tolist() == [3, 3]
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", dtypes)
 def test_batch_shapes(impl, device, dtype):
     W = torch.randn(2, 3, 4, 9, 5, dtype=dtype, device=device)
@@ -194,8 +212,9 @@ def test_project_groups_and_mixed_lists(impl, device, dtype):
 def test_deterministic(impl, device):
     W = torch.randn(4, 32, 96, device=device)
     first = tk.lowrank_project(W, energy=0.9)
-    for _ in range(3):
-        again = tk.lowrank_project(W, energy=0.9)
+    for schedule in each_schedule(device):
+        with schedule:
+            again = tk.lowrank_project(W, energy=0.9)
         assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 

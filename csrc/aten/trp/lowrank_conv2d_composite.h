@@ -39,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_two_co
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight1,
     const at::Tensor& weight2, const LowRankGeometry& geometry, std::array<bool, 4> output_mask);
 
-// The dense [N, C, kh, kw] weight the factor pair represents (docs/design.md section 2).
+// The dense [N, C, kh, kw] weight the factor pair represents (docs/design.md, "The schemes").
 at::Tensor lowrank_full_weight(const at::Tensor& weight1, const at::Tensor& weight2,
                                Scheme scheme);
 

@@ -1,4 +1,4 @@
-// The rank rule (docs/design.md, section 1), shared by the CPU kernels and the CUDA kernels.
+// The rank rule (docs/design.md, "Rank rules"), shared by the CPU kernels and the CUDA kernels.
 // Plain C++ (no torch): it must compile under nvcc as device code and under g++ as host code.
 #pragma once
 

@@ -1,4 +1,4 @@
-// How a low-rank conv splits into its two thin convolutions (docs/design.md section 2).
+// How a low-rank conv splits into its two thin convolutions (docs/design.md, "The schemes").
 // Plain C++ shared by the CPU op, the CUDA launchers and the CUDA kernels.
 #pragma once
 

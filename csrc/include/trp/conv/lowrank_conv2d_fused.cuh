@@ -30,6 +30,7 @@
 #include "trp/conv/lowrank_conv2d_fused_staging.cuh"
 #include "trp/conv/mma_primitives.cuh"
 #include "trp/cuda_utils.cuh"
+#include "trp/kernel_launch.h"
 
 namespace trp::cuda {
 namespace fused {
@@ -254,7 +255,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
   // bf16 mma.sync and cp.async need sm_80; the launcher never selects this kernel below it.
   __trap();
 #else
-  extern __shared__ __align__(16) unsigned char smem[];
+  TRP_DYNAMIC_SHARED(smem);
   const int col_tile = static_cast<int>(blockIdx.x % p.col_tiles);
   const int64_t out_row0 = blockIdx.x / p.col_tiles * p.tile_rows;  // image * out_height + row
   const int out_col0 = col_tile * p.tile_cols;

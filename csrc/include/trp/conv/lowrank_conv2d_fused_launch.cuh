@@ -6,6 +6,7 @@
 
 #include "trp/cuda_utils.cuh"
 #include "trp/dynamic_smem.h"
+#include "trp/kernel_launch.h"
 #include "trp/conv/lowrank_conv2d_fused.cuh"
 
 namespace trp::cuda {
@@ -16,7 +17,8 @@ cudaError_t launch_variant(const FusedConvTensors<T>& t, const FusedConvShape& s
                            const FusedConvPlan& p, cudaStream_t stream) {
   const auto kernel = lowrank_conv2d_fused_kernel<T, kChannelsLast, kMode>;
   TRP_CUDA_TRY(allow_dynamic_smem(kernel, p.smem_bytes));
-  kernel<<<static_cast<unsigned int>(p.blocks), kFusedThreads, p.smem_bytes, stream>>>(t, s, p);
+  const auto blocks = static_cast<unsigned int>(p.blocks);
+  TRP_LAUNCH(kernel, blocks, kFusedThreads, p.smem_bytes, stream)(t, s, p);
   return TRP_LAUNCH_STATUS();
 }
 
@@ -29,7 +31,8 @@ cudaError_t launch_pack_lowrank_weights(const T* weight1, const T* weight2,
                                         T* weight2_packed, cudaStream_t stream) {
   constexpr int kThreads = 256;
   const int64_t total = packed_weight1_elements(s, p) + packed_weight2_elements(s, p);
-  fused::pack_lowrank_weights_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
+  const unsigned int blocks = grid_for(total, kThreads);
+  TRP_LAUNCH(fused::pack_lowrank_weights_kernel<T>, blocks, kThreads, 0, stream)(
       weight1, weight2, strides, s, p, weight1_packed, weight2_packed);
   return TRP_LAUNCH_STATUS();
 }
