@@ -244,6 +244,24 @@ __global__ void trap_kernel() {
   if (threadIdx.x == 1) __trap();  // fault site: trap
 }
 
+// The rounds of the Jacobi kernels with the vote that orders them deleted: each thread
+// publishes a row index in shared memory and reads its neighbour's with no barrier between, so
+// some thread reads the 0xff fill (-1) and writes a row before the start of shared memory. The
+// emulation must report it at the next barrier, not let it corrupt its own state.
+__global__ void unordered_rounds_kernel(int rounds) {
+  TRP_DYNAMIC_SHARED(smem);
+  double* g = reinterpret_cast<double*>(smem);  // 32 rows of 33
+  int* row = reinterpret_cast<int*>(g + 32 * 33);
+  const int x = threadIdx.x;
+  int quiet = 0;
+  for (int t = 0; t < rounds && quiet < 3; ++t) {
+    row[x] = (x + t) % 32;
+    const int r = row[(x + 1) % 32];
+    g[r * 33 + x] = 1.0;
+    quiet = __syncthreads_or(r < 0) ? 0 : quiet + 1;  // fault site: unordered_rounds
+  }
+}
+
 // Writes one byte past its dynamic shared memory: the AddressSanitizer build must report it.
 __global__ void shared_overflow_kernel() {
   TRP_DYNAMIC_SHARED(smem);
@@ -284,6 +302,13 @@ const std::map<std::string, std::function<void()>> kChecks = {
     {"uncooperative_grid_sync",
      [] { run_faulting([] { TRP_LAUNCH(uncooperative_grid_sync_kernel, 1, 32, 0, nullptr)(); }); }},
     {"trap", [] { run_faulting([] { TRP_LAUNCH(trap_kernel, 1, 32, 0, nullptr)(); }); }},
+    {"unordered_rounds",
+     [] {
+       run_faulting([] {
+         TRP_LAUNCH(unordered_rounds_kernel, 1, 32, 32 * 33 * sizeof(double) + 32 * sizeof(int),
+                    nullptr)(8);
+       });
+     }},
     {"shared_overflow", [] { TRP_LAUNCH(shared_overflow_kernel, 1, 32, 24, nullptr)(); }},
 };
 

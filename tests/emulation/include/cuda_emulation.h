@@ -12,8 +12,10 @@
 // Every barrier checks that all its threads wait at the same call site, and a wait that can never
 // end (a thread that exited or waits elsewhere) is a deadlock: both abort the launch with a
 // message naming file:line. Dynamic shared memory is an exact-size buffer per block filled with
-// 0xff bytes (NaN as float and double, -1 as an integer); global memory is whatever the caller
-// allocated.
+// 0xff bytes (NaN as float and double, -1 as an integer), between redzones that are checked
+// whenever the block completes a barrier: a write into one (an index read from the fill) fails
+// the launch too, naming the two barriers between which it happened, instead of corrupting the
+// emulation's own state. Global memory is whatever the caller allocated.
 #pragma once
 
 #include <cstddef>

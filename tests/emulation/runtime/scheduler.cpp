@@ -9,6 +9,8 @@
 #include <sstream>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "cuda_runtime.h"
 #include "device_model.h"
 #include "fiber.h"
@@ -57,7 +59,12 @@ struct Warp {
 struct Block {
   unsigned linear = 0;
   uint3 index{};
-  std::unique_ptr<unsigned char[]> shared;  // exactly dynamic_shared bytes
+  unsigned char* shared = nullptr;  // exactly dynamic_shared bytes, between two redzones
+#if defined(__SANITIZE_ADDRESS__)
+  std::unique_ptr<unsigned char[]> heap_shared;  // what `shared` points to
+#endif
+  const char* checked = nullptr;    // the barrier after which its redzones were last intact
+  std::source_location checked_site;  // (none yet: since the block started)
   std::vector<Thread> threads;
   std::vector<std::unique_ptr<Warp>> warps;
   std::vector<unsigned> warp_order, lane_order;  // the order in which they run
@@ -76,6 +83,45 @@ struct GridBarrier {
 
 // Fibers kept between launches; a large cooperative launch gives the rest back.
 constexpr std::size_t kKeptFibers = 4096;
+
+// Dynamic shared memory. A kernel that indexes it with a value read before it was written (the
+// 0xff fill: -1) writes before its start; in memory of the emulation's own, such a write would
+// corrupt the scheduler's state and crash it instead of failing the launch. So each block's
+// buffer lies between two redzones of kRedzone bytes (filled with kRedzoneByte, checked at every
+// barrier the block completes, at its end and when the launch fails: a write into one fails the
+// launch, naming the barriers between which it happened), in an arena of its own mapping whose
+// ends are inaccessible pages (kRedzone is a multiple of the page size). Under AddressSanitizer the buffers are plain heap allocations,
+// whose redzones it checks on every access.
+constexpr std::size_t kRedzone = 4096;
+constexpr unsigned char kRedzoneByte = 0xa5;
+
+#if !defined(__SANITIZE_ADDRESS__)
+struct SharedArena {
+  unsigned char* base = nullptr;  // the first usable byte, after a guard page
+  std::size_t bytes = 0;          // usable bytes
+
+  // Room for `blocks` buffers of `shared` bytes each: the address of the first one's start;
+  // the others follow at stride(shared).
+  static std::size_t stride(std::size_t shared) {
+    return kRedzone + (shared + kRedzone - 1) / kRedzone * kRedzone;
+  }
+  unsigned char* reserve(std::size_t blocks, std::size_t shared) {
+    const std::size_t needed = blocks * stride(shared) + kRedzone;
+    if (needed > bytes) {
+      if (base != nullptr) munmap(base - kRedzone, bytes + 2 * kRedzone);
+      void* m = mmap(nullptr, needed + 2 * kRedzone, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (m == MAP_FAILED) throw std::bad_alloc();
+      base = static_cast<unsigned char*>(m) + kRedzone;
+      bytes = needed;
+      mprotect(m, kRedzone, PROT_NONE);
+      mprotect(base + bytes, kRedzone, PROT_NONE);
+    }
+    return base + kRedzone;
+  }
+};
+SharedArena shared_arena;
+#endif
 
 Schedule schedule_now;
 std::mt19937_64 random_order;
@@ -118,6 +164,50 @@ void arrange(std::vector<unsigned>& order, Order how) {
   if (how == Order::kRandom) std::shuffle(order.begin(), order.end(), random_order);
 }
 
+// "" if the redzones around the dynamic shared memory of `b` are intact; else what was written
+// where, since the last barrier the block completed, up to `until`: a barrier's name (at `site`)
+// or, with no site, another point ("the end of the block").
+std::string shared_damage(const Block& b, const char* until, const std::source_location& site) {
+#if defined(__SANITIZE_ADDRESS__)
+  return "";
+#else
+  static const std::vector<unsigned char> intact(kRedzone, kRedzoneByte);
+  const unsigned char* before = b.shared - kRedzone;
+  const unsigned char* after = b.shared + config->dynamic_shared;
+  if (std::memcmp(before, intact.data(), kRedzone) == 0 &&
+      std::memcmp(after, intact.data(), kRedzone) == 0) {
+    return "";
+  }
+  // The first and last changed byte, relative to the start of the buffer.
+  std::ptrdiff_t first = 0, last = 0;
+  bool found = false;
+  for (const unsigned char* zone : {before, after}) {
+    for (std::size_t i = 0; i < kRedzone; ++i) {
+      if (zone[i] == kRedzoneByte) continue;
+      last = zone + i - b.shared;
+      if (!found) first = last;
+      found = true;
+    }
+  }
+  std::ostringstream s;
+  s << block_name(b) << ": a thread wrote outside its " << config->dynamic_shared
+    << " bytes of dynamic shared memory (changed: bytes " << first << " to " << last
+    << " from its start) after ";
+  if (b.checked != nullptr) {
+    s << b.checked << " (" << describe(b.checked_site) << ")";
+  } else {
+    s << "the start of the block";
+  }
+  s << ", by " << until;
+  if (site.line() != 0) s << " (" << describe(site) << ")";
+  return s.str();
+#endif
+}
+
+// The running thread's block has completed the barrier `name` at `site` (or its end): its
+// redzones are checked, and the launch fails if they were written.
+void check_shared(Block& b, const char* name, const std::source_location& site);
+
 // Suspends the running thread until `generation` of what it waits on has passed.
 void wait_for(Wait what, unsigned long generation, const std::source_location& site,
               const char* name) {
@@ -134,6 +224,7 @@ void wait_for(Wait what, unsigned long generation, const std::source_location& s
   Block& b = *current->block;
   current->wait = Wait::kExited;
   if (--b.live == 0) {
+    check_shared(b, "the end of the block", {});
     for (void (*check)() : block_exit_checks) check();
   }
   finish();
@@ -214,15 +305,26 @@ bool run_wave(const std::vector<unsigned>& linear_blocks) {
   while (fiber_pool.size() < needed) fiber_pool.push_back(std::make_unique<Fiber>());
   std::vector<std::unique_ptr<Block>> blocks;
   std::size_t next_fiber = 0;
+#if !defined(__SANITIZE_ADDRESS__)
+  unsigned char* const arena = shared_arena.reserve(linear_blocks.size(), config->dynamic_shared);
+#endif
   for (const unsigned linear : linear_blocks) {
     auto b = std::make_unique<Block>();
     b->linear = linear;
     b->index = {linear % gridDim.x, linear / gridDim.x % gridDim.y,
                 linear / (gridDim.x * gridDim.y)};
+#if defined(__SANITIZE_ADDRESS__)
     if (config->dynamic_shared > 0) {
-      b->shared.reset(new unsigned char[config->dynamic_shared]);
-      std::memset(b->shared.get(), 0xff, config->dynamic_shared);
+      b->heap_shared.reset(new unsigned char[config->dynamic_shared]);
+      b->shared = b->heap_shared.get();
+      std::memset(b->shared, 0xff, config->dynamic_shared);
     }
+#else
+    b->shared = arena + blocks.size() * SharedArena::stride(config->dynamic_shared);
+    std::memset(b->shared - kRedzone, kRedzoneByte, kRedzone);
+    std::memset(b->shared, 0xff, config->dynamic_shared);
+    std::memset(b->shared + config->dynamic_shared, kRedzoneByte, kRedzone);
+#endif
     b->threads.resize(threads_per_block);
     for (unsigned t = 0; t < threads_per_block; ++t) {
       b->threads[t] = Thread{fiber_pool[next_fiber++].get(), b.get(), t};
@@ -256,6 +358,13 @@ bool run_wave(const std::vector<unsigned>& linear_blocks) {
     }
     if (!progress) {
       launch_fault = "deadlock: " + waits(blocks);
+      for (const auto& b : blocks) {
+        const std::string damage = shared_damage(*b, "the time the launch failed", {});
+        if (!damage.empty()) {
+          launch_fault = damage + "; then " + launch_fault;
+          break;
+        }
+      }
       return false;
     }
   }
@@ -277,12 +386,25 @@ std::string describe(std::source_location site) {
 void fault(const std::string& message) {
   if (current == nullptr) throw std::logic_error("emulation fault outside a kernel: " + message);
   std::ostringstream s;
+  // A write outside shared memory comes first: it may be what led the kernel astray.
+  const std::string damage = shared_damage(*current->block, "the time the launch failed", {});
+  if (!damage.empty()) s << damage << "; then ";
   s << message << " (" << block_name(*current->block) << ", thread " << current->index << ")";
   launch_fault = s.str();
   finish();
 }
 
 namespace {
+
+void check_shared(Block& b, const char* name, const std::source_location& site) {
+  std::string damage = shared_damage(b, name, site);
+  if (!damage.empty()) {
+    launch_fault = std::move(damage);
+    finish();
+  }
+  b.checked = name;
+  b.checked_site = site;
+}
 
 // The messages of the faults, kept out of line from the barriers' hot paths.
 [[noreturn]] __attribute__((noinline)) void different_barriers(const BlockBarrier& bar,
@@ -322,6 +444,7 @@ int block_barrier(BarrierKind kind, int predicate, std::source_location site) {
   bar.count += predicate != 0;
   const unsigned long generation = bar.generation;
   if (++bar.arrived == threads_per_block) {
+    check_shared(*current->block, barrier_name(kind), site);
     const int result[] = {1, bar.any, bar.all, bar.count};
     bar.result[generation & 1] = result[static_cast<int>(kind)];
     bar.arrived = 0;
@@ -353,7 +476,7 @@ void grid_barrier(std::source_location site) {
     b.grid_generation = generation;
     b.at_grid = 0;
   }
-  ++b.at_grid;
+  if (++b.at_grid == b.live) check_shared(b, "grid.sync()", site);
   wait_for(Wait::kGrid, generation, site, "grid.sync()");
   if (b.grid_generation == generation) --b.at_grid;
 }
@@ -386,7 +509,7 @@ const unsigned char* warp_exchange(unsigned mask, const char* what, const void* 
   return &w.data[generation & 1][0][0];
 }
 
-unsigned char* dynamic_shared() { return current->block->shared.get(); }
+unsigned char* dynamic_shared() { return current->block->shared; }
 std::size_t dynamic_shared_bytes() { return config->dynamic_shared; }
 unsigned linear_thread() { return current->index; }
 unsigned linear_block() { return current->block->linear; }
