@@ -244,6 +244,16 @@ __global__ void trap_kernel() {
   if (threadIdx.x == 1) __trap();  // fault site: trap
 }
 
+// A loop whose exit each thread decides on its own (the Jacobi rounds without their vote): one
+// thread leaves it early and waits at the next barrier while the others wait in the loop.
+__global__ void loop_exit_kernel(int* out) {
+  int quiet = 0;
+  for (int t = 0; t < 8 && quiet < (threadIdx.x == 5 ? 1 : 3); ++t) {
+    quiet += __syncthreads_or(0) ? 0 : 1;  // fault site: loop_exit
+  }
+  out[threadIdx.x] = __syncthreads_count(quiet);  // fault site: loop_exit
+}
+
 // The rounds of the Jacobi kernels with the vote that orders them deleted: each thread
 // publishes a row index in shared memory and reads its neighbour's with no barrier between, so
 // some thread reads the 0xff fill (-1) and writes a row before the start of shared memory. The
@@ -302,6 +312,11 @@ const std::map<std::string, std::function<void()>> kChecks = {
     {"uncooperative_grid_sync",
      [] { run_faulting([] { TRP_LAUNCH(uncooperative_grid_sync_kernel, 1, 32, 0, nullptr)(); }); }},
     {"trap", [] { run_faulting([] { TRP_LAUNCH(trap_kernel, 1, 32, 0, nullptr)(); }); }},
+    {"loop_exit",
+     [] {
+       std::vector<int> out(64);
+       run_faulting([&] { TRP_LAUNCH(loop_exit_kernel, 1, 64, 0, nullptr)(out.data()); });
+     }},
     {"unordered_rounds",
      [] {
        run_faulting([] {

@@ -1,10 +1,10 @@
 """The CUDA emulation itself (tests/emulation/include/cuda_emulation.h), through the small
 kernels of runtime_checks.cpp: what they must compute in every thread and block order, the
 launches a device refuses, and the faults the emulation must report -- a barrier some threads
-never reach, threads at different barriers, lanes at different collectives, a write just
-outside a block's dynamic shared memory -- each naming the file:line where it happened. Also the
-AddressSanitizer build: one byte past a block's dynamic shared memory is reported, and the fused
-conv kernels run clean under it."""
+never reach, threads at different barriers (also when one leaves a loop early), lanes at
+different collectives, a write just outside a block's dynamic shared memory -- each naming the
+file:line where it happened. Also the AddressSanitizer build: one byte past a block's dynamic
+shared memory is reported, and the fused conv kernels run clean under it."""
 
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def test_kernels_compute_what_cuda_defines(release, check, order):
     ("mask_mismatch", "lanes of a warp meet at different collectives"),
     ("uncooperative_grid_sync", r"grid.sync\(\) \(.*\) in a kernel not launched cooperatively"),
     ("trap", r"__trap\(\) called"),
+    ("loop_exit", "threads wait at different barriers"),
     ("unordered_rounds", r"block \(0, 0, 0\): a thread wrote outside its 8576 bytes of dynamic "
                          r"shared memory \(changed: bytes -\d+ to -\d+ from its start\) after the "
                          r"start of the block, by __syncthreads_or"),
