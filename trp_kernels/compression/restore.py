@@ -45,15 +45,8 @@ def saved_forms(state_dict, prefix: str, weight_shape, linear: bool = False
         if linear and scheme.name != POINTWISE:
             continue
         shapes = [tuple(t.shape) + (1, 1) if linear else tuple(t.shape) for t in saved]
-        if any(len(s) != 4 for s in shapes):
-            continue
-        rank = scheme.rank_of(*shapes)
-        try:
-            scheme.check_kernel(weight_shape[2:])
-            scheme.check_rank(rank, weight_shape)
-        except (TypeError, ValueError):
-            continue
-        if [tuple(s) for s in scheme.factor_shapes(weight_shape, rank)] == shapes:
+        rank = scheme.fitted_rank(shapes, weight_shape)
+        if rank is not None:
             forms.append((scheme.name, rank))
     if named and not forms:
         N, C = weight_shape[:2]

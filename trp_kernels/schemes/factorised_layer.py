@@ -162,20 +162,13 @@ class FactorisedLayer(nn.Module):
         saved = [state_dict.get(prefix + name) for name in self.geometry.factor_names]
         dims = len(self.factors[0].shape)
         if all(isinstance(t, torch.Tensor) and t.dim() == dims for t in saved):
-            shapes = [tuple(t.shape) for t in saved]
-            rank = self.geometry.rank_of(*shapes)
-            if rank != self.rank and self._is_rank(rank) \
-                    and list(self.factor_shapes(rank)) == shapes:
+            # a linear layer's 2-D factors are those of the 1x1 conv it is to the registry
+            shapes = [tuple(t.shape) + (1,) * (4 - t.dim()) for t in saved]
+            rank = self.geometry.fitted_rank(shapes, self.weight_shape)
+            if rank is not None and rank != self.rank:
                 self.resize_rank(rank)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-
-    def _is_rank(self, rank) -> bool:
-        try:
-            self.geometry.check_rank(rank, self.weight_shape)
-        except (TypeError, ValueError):
-            return False
-        return True
 
     def resize_rank(self, rank) -> None:
         """Replaces the factors by uninitialised ones of another rank (new Parameters)."""

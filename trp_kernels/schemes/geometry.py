@@ -99,6 +99,24 @@ class Scheme:
         """(kh, kw) of the dense conv these factors represent."""
         raise NotImplementedError
 
+    def fitted_rank(self, factor_shapes, weight_shape):
+        """The rank at which factors of ``factor_shapes`` (4-D, the registry's shapes) are this
+        scheme's factors of a ``weight_shape`` weight; None where they are not (a kernel the
+        scheme cannot factorise, a rank out of range, or shapes that do not match): how a saved
+        state_dict's factors are read."""
+        shapes = [tuple(shape) for shape in factor_shapes]
+        if any(len(shape) != 4 for shape in shapes):
+            return None
+        rank = self.rank_of(*shapes)
+        try:
+            self.check_kernel(weight_shape[2:])
+            self.check_rank(rank, weight_shape)
+        except (TypeError, ValueError):
+            return None
+        if [tuple(shape) for shape in self.factor_shapes(weight_shape, rank)] != shapes:
+            return None
+        return rank
+
     def weight_shape_of(self, *factor_shapes) -> tuple[int, int, int, int]:
         """(N, C, kh, kw) of the dense conv that factors of these shapes represent."""
         return (factor_shapes[-1][0], factor_shapes[0][1], *self.kernel_of(*factor_shapes))
