@@ -44,7 +44,7 @@ from ..schemes.costs import conv_costs, dense_macs, factorised_macs
 from ..schemes.factorization import full_rank, view_svds
 from ..schemes.layer_kinds import conv_weight_shape, decompose_layers, lowrank_from_svd
 from ..schemes.layers import explicit_padding
-from .selection import counts_linear, layer_scheme
+from .selection import counts_linear, layer_scheme, per_scheme
 
 
 def round_rank(rank, full, multiple: int):
@@ -123,16 +123,6 @@ def _layer_schemes(layers, scheme: str) -> list[str]:
     return schemes
 
 
-def _view_svds(layers, schemes: list[str]) -> list[tuple]:
-    """``view_svds`` of every layer in its scheme, one call per scheme."""
-    svds: list = [None] * len(layers)
-    for s in dict.fromkeys(schemes):
-        indices = [i for i, t in enumerate(schemes) if t == s]
-        for i, views in zip(indices, view_svds([layers[i][1] for i in indices], s)):
-            svds[i] = views
-    return svds
-
-
 @dataclass
 class BudgetPlan:
     """Per-layer choice of a FLOP budget: ``ranks[name]`` is a rank, or None for dense."""
@@ -174,7 +164,7 @@ def plan_budget(model: nn.Module, layers, scheme: str, example_input: torch.Tens
                                            counts_linear(scheme, pointwise))}
     total_dense = sum(c.macs for c in costs.values())
     names = [name for name, _ in layers]
-    svds = _view_svds(layers, schemes)
+    svds = per_scheme(layers, schemes, view_svds)    # one call per scheme
     chains, current = {}, {}
     for (name, conv), s, views in zip(layers, schemes, svds):
         if name not in costs:

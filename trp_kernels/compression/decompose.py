@@ -15,7 +15,7 @@ from ..schemes import geometry
 from ..schemes.costs import conv_costs, count_params, is_cheaper
 from ..schemes.layer_kinds import LOWRANK_LAYERS, conv_weight_shape, decompose_layers
 from . import budget, fidelity, latency
-from .selection import acts_on, counts_linear, decomposable_layers, layer_scheme
+from .selection import acts_on, counts_linear, decomposable_layers, layer_scheme, per_scheme
 
 
 @dataclass
@@ -304,11 +304,9 @@ def _factorise(targets, schemes, energy, threshold, rank, plan) -> list:
     batched factorisation per scheme and weight shape."""
     if plan is not None:
         return [plan.layer(name, module, s) for (name, module), s in zip(targets, schemes)]
-    built: list = [None] * len(targets)
-    for s in dict.fromkeys(schemes):
-        indices = [i for i, t in enumerate(schemes) if t == s]
-        modules = [targets[i][1] for i in indices]
+
+    def by_rule(modules, s):
         ranks = [geometry.scheme(s).layer_rank(rank, conv_weight_shape(m)) for m in modules]
-        for i, layer in zip(indices, decompose_layers(modules, s, energy, threshold, ranks)):
-            built[i] = layer
-    return built
+        return decompose_layers(modules, s, energy, threshold, ranks)
+
+    return per_scheme(targets, schemes, by_rule)

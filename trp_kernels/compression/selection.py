@@ -37,6 +37,19 @@ def layer_scheme(module: nn.Module, scheme: str) -> str:
     return "pointwise" if is_pointwise(module) else scheme
 
 
+def per_scheme(layers, schemes: list[str], build) -> list:
+    """``build(modules, s)`` called once per scheme s of ``schemes`` (each layer's, as
+    ``layer_scheme`` gives it) on the modules of ``layers`` ((name, module) pairs) in that
+    scheme; its results back in the order of ``layers``. Batched factorisations and SVDs group
+    by scheme this way."""
+    out: list = [None] * len(layers)
+    for s in dict.fromkeys(schemes):
+        indices = [i for i, t in enumerate(schemes) if t == s]
+        for i, result in zip(indices, build([layers[i][1] for i in indices], s)):
+            out[i] = result
+    return out
+
+
 def counts_linear(scheme: str, pointwise: bool) -> bool:
     """Whether MAC counts include linear layers: when the compression acts on them (each
     counted as a 1x1 conv on the rows of its input); otherwise they are the papers' conv MACs."""
