@@ -281,8 +281,9 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
                                           check_input.shape[0])
         report.output_error, report.top1_agreement = result.relative_error, result.top1_agreement
         report.fidelity_samples = result.samples
-        if report.fidelity_warning():
-            warnings.warn(report.fidelity_warning(), fidelity.FidelityWarning, stacklevel=2)
+        warning = report.fidelity_warning()
+        if warning:
+            warnings.warn(warning, fidelity.FidelityWarning, stacklevel=2)
 
     if example_input is not None:
         after = {c.name: c for c in conv_costs(model, example_input, linear)}
