@@ -14,8 +14,8 @@ import os
 import sys
 
 from . import compress_job
-from .cli_options import (EXIT_USAGE, PROG, Parser, UsageError, input_shape, model_kwargs,
-                          model_reference, rank, usage_error)
+from .cli_options import (EXIT_USAGE, PROG, Parser, UsageError, build_model, input_shape,
+                          model_kwargs, model_reference, rank, usage_error)
 from .rank_training import PENALTY_KINDS
 from .training import (DATASETS, LR_SCHEDULES, METHODS, SCHEMES, TRAIN_MODELS, TrainConfig,
                        TrainingDiverged, prepare, prepare_resume, run)
@@ -192,7 +192,7 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import torch
 
-    from .compression import CheckpointError, build_arch, load_file
+    from .compression import load_file
     from .compression.export import export_onnx, export_program, load_model
     from .compression.onnx_extra import require
 
@@ -218,15 +218,7 @@ def _export(args: argparse.Namespace) -> int:
         raise UsageError(f"{PROG} export: error: {args.file} names no architecture; give "
                          f"--model package.module:callable (and --model-kwargs) that builds "
                          f"its dense model")
-    model = None
-    if args.arch is not None:
-        try:
-            model = build_arch(args.arch, args.arch_kwargs)
-        except CheckpointError as exc:
-            raise UsageError(f"{PROG} export: error: --model: {exc}") from exc
-        except TypeError as exc:
-            raise UsageError(f"{PROG} export: error: --model-kwargs do not fit {args.arch}: "
-                             f"{exc}") from exc
+    model = None if args.arch is None else build_model("export", args.arch, args.arch_kwargs)
     try:
         model = load_model(args.file, model)
     except ValueError as exc:

@@ -1,6 +1,7 @@
 """What the commands of the command line share: the parser whose mistakes are one line, the
-one-line usage error that names options as the command line spells them, and the types of the
-options that more than one command takes (--model, --model-kwargs, --rank, --input-shape)."""
+one-line usage error that names options as the command line spells them, the types of the
+options that more than one command takes (--model, --model-kwargs, --rank, --input-shape), and
+the model that --model and --model-kwargs build."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import argparse
 import json
 import re
 
+from torch import nn
+
+from .compression import CheckpointError, build_arch
 from .training import TRAIN_MODELS
 from .training.config import is_model_reference
 
@@ -96,3 +100,23 @@ def rank(text: str):
     if len(parts) != 1:
         raise argparse.ArgumentTypeError(f"must be one value or a pair R_IN,R_OUT, got {text!r}")
     return _rank_part(text)
+
+
+def build_model(command: str, reference: str, kwargs: dict) -> nn.Module:
+    """The dense model that ``--model`` ``reference`` (package.module:callable) builds from
+    ``--model-kwargs``; each way it can fail is one UsageError of ``command`` naming the
+    option."""
+    try:
+        model = build_arch(reference, kwargs)
+    except CheckpointError as exc:
+        raise UsageError(f"{PROG} {command}: error: --model: {exc}") from None
+    except TypeError as exc:
+        raise UsageError(f"{PROG} {command}: error: --model-kwargs do not fit {reference}: "
+                         f"{exc}") from None
+    except Exception as exc:   # the callable's own failure: the user's fix is the same
+        raise UsageError(f"{PROG} {command}: error: --model {reference} raised "
+                         f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"{PROG} {command}: error: --model {reference} built a "
+                         f"{type(model).__name__}, not a torch.nn.Module")
+    return model

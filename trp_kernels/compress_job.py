@@ -22,9 +22,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._version import __version__
-from .cli_options import PROG, UsageError, input_shape, model_kwargs, rank, usage_error
-from .compression import (CheckpointError, LatencyMeter, build_arch, decompose_model,
-                          export_onnx, load_file, load_model, restore_lowrank, save_model)
+from .cli_options import (PROG, UsageError, build_model, input_shape, model_kwargs, rank,
+                          usage_error)
+from .compression import (LatencyMeter, decompose_model, export_onnx, load_file, load_model,
+                          restore_lowrank, save_model)
 from .compression.fidelity import model_outputs, warnings_silenced
 from .compression.latency import onnx_file_runner
 from .compression.onnx_extra import require
@@ -142,17 +143,7 @@ def _dense_model(args):
         return model, saved.get("arch"), saved.get("arch_kwargs", {}), saved.get("input_shape")
     if ":" not in args.model or not all(args.model.split(":", 1)):
         raise _fail(f"--model {args.model} does not exist and is not package.module:callable")
-    try:
-        model = build_arch(args.model, args.model_kwargs)
-    except CheckpointError as exc:
-        raise _fail(f"--model: {exc}") from None
-    except TypeError as exc:
-        raise _fail(f"--model-kwargs do not fit {args.model}: {exc}") from None
-    except Exception as exc:   # the callable's own failure: the user's fix is the same
-        raise _fail(f"--model {args.model} raised {type(exc).__name__}: {exc}") from None
-    if not isinstance(model, nn.Module):
-        raise _fail(f"--model {args.model} built a {type(model).__name__}, not a "
-                    f"torch.nn.Module")
+    model = build_model("compress", args.model, args.model_kwargs)
     return model, args.model, args.model_kwargs, None
 
 

@@ -1,6 +1,6 @@
-"""ResNet-20/32/56 for CIFAR-sized inputs (He et al. 2016, section 4.2): a 3x3 conv to 16
-channels, three stages of basic blocks at 16, 32 and 64 channels, global average pooling and a
-linear classifier. Depth 6n + 2 with n blocks per stage.
+"""ResNet-20/32/56 for CIFAR-sized inputs (He et al. 2016, "CIFAR-10 and Analysis"): a 3x3
+conv to 16 channels, three stages of basic blocks at 16, 32 and 64 channels, global average
+pooling and a linear classifier. Depth 6n + 2 with n blocks per stage.
 
 Shortcuts are "option A" of the paper (subsample, then zero-pad the new channels), so the
 network has no 1x1 convs and ResNet-20 has the well-known 0.27 M parameters; every conv except
