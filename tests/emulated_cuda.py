@@ -128,8 +128,9 @@ def load() -> pathlib.Path:
     if reason is not None:
         raise RuntimeError(reason)
     # A run under AddressSanitizer (tools and tests set it) uses that build of the kernels,
-    # found first through LD_LIBRARY_PATH; the torch extension is the same.
-    kernels = native_build("release")
+    # found first through LD_LIBRARY_PATH; the torch extension is the same. The device needs
+    # the library alone: the programs are built by the tests that run them.
+    kernels = native_build("release", (LIBRARY,))
     if torch._C._get_privateuse1_backend_name() != DEVICE:
         torch.utils.rename_privateuse1_backend(DEVICE)
         torch._register_device_module(DEVICE, _device_module())

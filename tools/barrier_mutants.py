@@ -29,8 +29,12 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = ["csrc/cuda/*.cu", "csrc/include/trp/**/*.cuh"]
-# The emulation replaces this header (tests/emulation/include/trp/conv/mma_primitives.cuh).
-NOT_EMULATED = {"csrc/include/trp/conv/mma_primitives.cuh"}
+# The kernel headers the emulation replaces: its include directory comes first on its include
+# path (tests/emulated_cuda.py, INCLUDES), so a twin there hides the header of csrc/include, and
+# a mutant of that one could not fail any emulated test.
+_EMULATION_INCLUDE = ROOT / "tests" / "emulation" / "include"
+NOT_EMULATED = {f"csrc/include/{p.relative_to(_EMULATION_INCLUDE).as_posix()}"
+                for p in _EMULATION_INCLUDE.glob("trp/**/*.cuh")}
 # The emulated tests of the kernels, in the order that fails a mutant soonest: the block
 # reductions' own checks (seconds), the blocked Jacobi's three launch paths on small matrices,
 # the SVD contract and CUDA-only cases, the conv kernel's own harness and the conv launcher's
