@@ -30,10 +30,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <tuple>
 
 extern "C" {
@@ -43,6 +45,12 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
             const float* beta, float* c, const int* ldc);
+// The calling thread's own BLAS thread count, where the library torch links has the setter
+// (MKL's C entry point -- mkl_service.h maps mkl_set_num_threads_local to it, while the lowercase
+// symbol is the Fortran one, which takes a pointer; OpenBLAS >= 0.3.27): weak, so a null pointer
+// where the library has none. Both return the previous setting, 0 meaning "the process-wide one".
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+int openblas_set_num_threads_local(int) __attribute__((weak));
 }
 
 namespace trp::cpu {
@@ -269,6 +277,50 @@ struct Task {
   double cost;  // ~ k^2 L: the Gram product and the eigen/SVD solve both scale with it
 };
 
+// Sets the calling thread's BLAS/LAPACK to one thread for the guard's lifetime (where the
+// library allows a per-thread setting): the workers already occupy the cores torch may use.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas()
+      : mkl_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0),
+        openblas_(openblas_set_num_threads_local ? openblas_set_num_threads_local(1) : 0) {}
+  ~SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(mkl_);
+    if (openblas_set_num_threads_local) openblas_set_num_threads_local(openblas_);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int mkl_, openblas_;
+};
+
+// Runs `work` on `workers` threads, the caller's and workers - 1 new ones, and rethrows the
+// first exception. Plain threads, not at::parallel_for: MKL's symmetric eigensolver (syevd, in
+// the MKL 2024.2 of torch 2.13) returns wrong eigenvalues for k >= 512 when it is called from
+// inside an OpenMP parallel region -- even from one thread of the team while the others wait, so
+// it is no race between our workers -- and right ones from threads outside any OpenMP region.
+// tests/ops/test_svd_threads.py holds the kernel to float64 at those sizes on 1, 2 and 4 threads.
+void run_workers(int64_t workers, const std::function<void()>& work) {
+  std::mutex error_mutex;
+  std::exception_ptr error;
+  auto guarded = [&] {
+    try {
+      SingleThreadedBlas one_thread;
+      work();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(workers - 1);
+  for (int64_t i = 1; i < workers; ++i) threads.emplace_back(guarded);
+  guarded();
+  for (std::thread& thread : threads) thread.join();
+  if (error) std::rethrow_exception(error);
+}
+
 }  // namespace
 
 void batched_svd(at::TensorList inputs, const RankRule& rule, const char* name,
@@ -316,7 +368,7 @@ void batched_svd(at::TensorList inputs, const RankRule& rule, const char* name,
   if (workers <= 1) {
     work();  // in the caller's thread, where BLAS/LAPACK may use the intra-op threads
   } else {
-    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) { work(); });
+    run_workers(workers, work);
   }
   if (first_bad) {
     const std::string where = inputs.size() == 1
