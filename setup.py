@@ -51,9 +51,10 @@ def extension():
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc", "aten")]
     # -g0 overrides the -g of Python's own CFLAGS: debug info for ATen's templates was 11.2 of the
     # 11.5 MB of _C and most of its compile time, for a release build nobody steps through.
-    cxx = ["-O3", "-g0", "-fopenmp", "-fvisibility=hidden"]
-    # ATen's parallel_for is an inline OpenMP loop: without -fopenmp it would run serially.
-    link = ["-fopenmp"]
+    # No -fopenmp: no kernel here runs an OpenMP region (the CPU SVD's workers are plain threads,
+    # csrc/cpu/svd_core.cpp says why).
+    cxx = ["-O3", "-g0", "-fvisibility=hidden"]
+    link = []
     if not _use_cuda():
         return CppExtension(
             "trp_kernels._C", sources, include_dirs=include_dirs,
@@ -128,8 +129,9 @@ class BuildInUnits(BuildExtension):
               f"({_children_cpu_seconds() - cpu:.0f} s of CPU)", flush=True)
 
 
-setup(
-    packages=find_packages(include=["trp_kernels", "trp_kernels.*"]),
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildInUnits},
-)
+if __name__ == "__main__":  # pip's build backend runs this file as __main__; tests import it
+    setup(
+        packages=find_packages(include=["trp_kernels", "trp_kernels.*"]),
+        ext_modules=[extension()],
+        cmdclass={"build_ext": BuildInUnits},
+    )

@@ -1,6 +1,6 @@
 // Every schema of the trp library, in one place. The backends register their kernels with
 // TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/; fake (meta) kernels and autograd formulas are
-// registered in Python (trp_kernels/_ops.py).
+// registered in Python (trp_kernels/ops/library.py).
 #include <Python.h>
 #include <torch/library.h>
 
