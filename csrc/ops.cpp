@@ -1,17 +1,8 @@
 // Every schema of the trp library, in one place. The backends register their kernels with
-// TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/; fake (meta) kernels and autograd formulas are
-// registered in Python (trp_kernels/_ops.py).
-#include <Python.h>
+// TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/; the fake (meta) kernels are registered in
+// Python (trp_kernels/ops/library.py), the conv's autograd formula in C++
+// (csrc/aten/trp/lowrank_conv2d_autograd.cpp). The module trp_kernels._C is csrc/python/.
 #include <torch/library.h>
-
-extern "C" {
-// `import trp_kernels._C` loads this shared library, which runs the registrations below; the
-// Python module itself is empty (no pybind11 needed).
-PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}
-}
 
 TORCH_LIBRARY(trp, m) {
   // Batched truncated SVD with the rank rule (energy / threshold / max_rank). Entries at
