@@ -33,14 +33,32 @@ def rows(path):
     return data.get("machine_info", {}).get("trp", {}), groups
 
 
+def interleaved_ratios(path) -> dict:
+    """{case: {name: ratio}}: the ratios a pytest-benchmark run measured with impls timed in
+    turn (extra_info keys ending in ``ratio_to_<impl>``, bench/bench_conv_host.py)."""
+    with open(path) as f:
+        data = json.load(f)
+    out = defaultdict(dict)
+    for b in data.get("benchmarks", []):
+        info = b.get("extra_info") or {}
+        for key, value in info.items():
+            if "ratio_to_" in key:
+                out[b.get("group") or info.get("case")][key] = value
+    return out
+
+
 def print_tables(path):
     machine, groups = rows(path)
     print(f"# {path}: {machine}")
+    ratios = interleaved_ratios(path)
     for case in sorted(groups):
         entries = sorted(groups[case], key=lambda e: e[1])
         slowest = max(t for _, t in entries)
         cells = "  ".join(f"{impl} {t * 1e3:.3f} ms ({slowest / t:.1f}x)" for impl, t in entries)
         print(f"{case:<34} {cells}")
+        if ratios.get(case):
+            cells = "  ".join(f"{k} {v:.2f}" for k, v in sorted(ratios[case].items()))
+            print(f"{'':<34} interleaved: {cells}")
 
 
 def geomean(values):

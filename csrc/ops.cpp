@@ -33,7 +33,7 @@ TORCH_LIBRARY(trp, m) {
       " int[2] stride, int[2] padding, int[2] dilation, str scheme, bool[4] output_mask)"
       " -> (Tensor grad_x, Tensor grad_weight1, Tensor grad_weight2, Tensor grad_bias)");
   // Whether the automatic implementation choice of lowrank_conv2d on CUDA may pick the fused
-  // kernel (process-wide; set at import from trp_kernels/validation.py), and its current value.
+  // kernel (process-wide; set at import from trp_kernels/ops/backends.py), and its current value.
   m.def("set_fused_conv_in_auto(bool allowed) -> ()");
   m.def("fused_conv_in_auto() -> bool");
 }
