@@ -10,7 +10,9 @@ captured in a CUDA graph and replayed as often (``replay_ms``). Projections and 
 synchronise by themselves (eigh's convergence check), so they are timed without the hold: one
 batch of 5 (projections) or 20 (steps) calls. Inputs are random and non-zero; torch's default TF32 settings and
 cudnn.benchmark on (cuDNN's baselines get their fastest algorithms). Each conv record carries
-its FLOPs, fewest bytes and the fraction of the device's roofline it reached.
+its FLOPs, fewest bytes and the fraction of the device's roofline it reached; ``auto``'s
+records name what it chose (``auto_chose``, forward and backward) and what its own
+measurement saw (``auto_measured``: each candidate's median device and host time).
 
 groups (in run order):
   step  one SGD training step of ResNet-20 on CIFAR-sized input, batch 128: plain, and TRP+Nu
@@ -248,12 +250,20 @@ def measure(case, ceilings) -> dict:
     elif case["group"] == "conv":
         from trp_kernels.ops import backends
 
+        if case["impl"] == "auto":
+            backends.clear_conv_choices()  # auto measures this case's problems itself
         with backends.forced(conv=CONV_FORCED.get(case["impl"], case["impl"])):
             fn, extra = conv_fn(case, ceilings)
             record.update(extra)
             # auto measures on its first call, one of the warm-up calls (as in training)
             record.update(time_device(fn, warmup=3, calls=CONV_CALLS, batches=CONV_BATCHES,
                                       replay=True))
+        if case["impl"] == "auto":  # what it chose and what its own measurement saw
+            made = backends.conv_choices()
+            record["auto_chose"] = {("backward" if c.backward else "forward"): c.impl
+                                    for c in made}
+            record["auto_measured"] = {("backward" if c.backward else "forward"): c.details
+                                       for c in made}
         if "roofline_ms" in record:
             record["roofline_fraction"] = record["roofline_ms"] / record["median_ms"]
         return record
@@ -326,6 +336,9 @@ def main(argv=None) -> int:
         return line
 
     torch.backends.cudnn.benchmark = True  # cuDNN's baselines at their fastest algorithms
+    from trp_kernels.ops import backends
+
+    backends.set_conv_choice_file(None)  # auto's choices measured here, none read from a file
     info = machine_info()
     try:
         info["ceilings"] = measure_ceilings()

@@ -36,4 +36,17 @@ TORCH_LIBRARY(trp, m) {
   // kernel (process-wide; set at import from trp_kernels/ops/backends.py), and its current value.
   m.def("set_fused_conv_in_auto(bool allowed) -> ()");
   m.def("fused_conv_in_auto() -> bool");
+  // The measured choices of lowrank_conv2d's implementation (csrc/aten/trp/conv_choice_store.h):
+  // the file that keeps them across processes (None: this process only; set at import by
+  // trp_kernels/ops/backends.py), a clear of this process's choices (and of the file), and the
+  // choices as "origin<TAB>key<TAB>impl<TAB>details" lines.
+  m.def("set_conv_choice_file(str? path) -> ()");
+  m.def("conv_choice_file() -> str?");
+  m.def("clear_conv_choices(bool remove_file=False) -> ()");
+  m.def("conv_choice_records() -> str[]");
+  // The store as the emulated device's launcher reaches it (the CUDA launcher calls it in C++):
+  // the choice kept for a key, keeping one, and the count of clears.
+  m.def("_stored_conv_choice(str key) -> str?");
+  m.def("_store_conv_choice(str key, str impl, str details) -> ()");
+  m.def("_conv_choice_generation() -> int");
 }

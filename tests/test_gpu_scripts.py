@@ -226,6 +226,7 @@ def test_every_kind_of_measurement_runs_on_the_cpu(monkeypatch):
             rank = cases[key]["layer"].rank(cases[key]["scheme"])
             assert record["rank"] == (-(-rank // 8) * 8 if key[2] == "two_convs_r8" else rank)
             assert record["batch"] == 2
+            assert ("auto_chose" in record) == (key[2] == "auto")   # the CPU has no choice: {}
         if key[0] == "svd":
             assert record["min_bytes"] > 0 and record["gram_flops"] > 0
 

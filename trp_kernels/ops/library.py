@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 
 ops = torch.ops.trp
 backends.apply_validation()  # fused joins the automatic conv choice only once validated
+backends.apply_conv_choice_file()  # where the conv's measured choices are kept
 
 
 def memory_format_of(t: torch.Tensor) -> torch.memory_format:
