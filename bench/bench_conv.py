@@ -6,8 +6,9 @@ implementation; `two_convs_r8` -- two_convs with the rank padded by zeros to a m
 (conv_cases.padded_rank: the channel counts cuDNN's tensor-core kernels prefer, so that the
 baseline is fair); `auto` -- its measured choice, what LowRankConv2d runs; `dense_model`
 (stacks only) -- F.conv2d with the dense weights the factors stand for. CUDA times are device
-time per call, the host's apart (bench/conftest.py, bench/cuda_timing.py). Every benchmark records its case,
-FLOPs, fewest bytes and H100 roofline time in extra_info, which bench/report_conv.py reads.
+time per call, the host's apart (bench/conftest.py, bench/cuda_timing.py). Every benchmark
+records its case, FLOPs, fewest bytes and H100 roofline time in extra_info, which
+bench/report_conv.py reads.
 
 CUDA: batch 1 and 128, float32 / bfloat16 / float16, NCHW and channels_last, forward and
 forward + backward (torch defaults: cuDNN may use tf32 for float32, and so does the fused kernel).

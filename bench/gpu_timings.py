@@ -8,9 +8,9 @@ time to issue the calls stays out of it; the host's time per call is recorded ap
 (``host_ms``). Conv cases: 2 batches of 50 calls after 3 warm-up calls, and the same call
 captured in a CUDA graph and replayed as often (``replay_ms``). Projections and training steps
 synchronise by themselves (eigh's convergence check), so they are timed without the hold: one
-batch of 5 (projections) or 20 (steps) calls. Inputs are random and non-zero; torch's default TF32 settings and
-cudnn.benchmark on (cuDNN's baselines get their fastest algorithms). Each conv record carries
-its FLOPs, fewest bytes and the fraction of the device's roofline it reached; ``auto``'s
+batch of 5 (projections) or 20 (steps) calls. Inputs are random and non-zero; torch's default
+TF32 settings and cudnn.benchmark on (cuDNN's baselines get their fastest algorithms). Each
+conv record carries its FLOPs, fewest bytes and the fraction of the device's roofline it reached; ``auto``'s
 records name what it chose (``auto_chose``, forward and backward) and what its own
 measurement saw (``auto_measured``: each candidate's median device and host time).
 
@@ -119,7 +119,8 @@ def measure_ceilings(copy_elements: int = 2**28, n: int = 8192) -> dict:
     out = {}
     x = torch.randn(copy_elements, device=DEVICE)
     y = torch.empty_like(x)
-    out["bytes_per_s"] = 2 * x.numel() * 4 / (time_device(lambda: y.copy_(x), batches=2)["median_ms"] / 1e3)
+    copy_ms = time_device(lambda: y.copy_(x), batches=2)["median_ms"]
+    out["bytes_per_s"] = 2 * x.numel() * 4 / (copy_ms / 1e3)
     del x, y
     previous = torch.backends.cuda.matmul.allow_tf32
     try:
@@ -190,8 +191,8 @@ def conv_fn(case, ceilings):
     from conv_cases import layer_inputs, padded_rank, roofline
 
     layer, scheme = case["layer"], case["scheme"]
-    x, w1, w2, bias, _ = layer_inputs(layer, scheme, CONV_BATCH, case["dtype"], case["channels_last"],
-                                      DEVICE)
+    x, w1, w2, bias, _ = layer_inputs(layer, scheme, CONV_BATCH, case["dtype"],
+                                      case["channels_last"], DEVICE)
     if case["impl"] == "two_convs_r8":
         w1, w2 = padded_rank(w1, w2)
     args = (layer.stride, layer.padding, 1, scheme)

@@ -97,7 +97,8 @@ def test_without_a_hold_and_with_replay():
         raise RuntimeError("operation not permitted when stream is capturing\nmore")
     clock.capture = no_capture
     record = cuda_timing.time_calls(clock.call, clock, calls=5, batches=1, replay=True)
-    assert record["replay_error"] == "RuntimeError: operation not permitted when stream is capturing"
+    assert record["replay_error"] == ("RuntimeError: operation not permitted when stream is "
+                                      "capturing")
     assert record["median_ms"] == pytest.approx(4.0)
 
 

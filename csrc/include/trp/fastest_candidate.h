@@ -31,7 +31,8 @@ inline std::size_t choose_candidate(const std::vector<CandidateTiming>& candidat
     const CandidateTiming& c = candidates[i];
     if (c.device_ms > limit) continue;
     const CandidateTiming& best = candidates[chosen];
-    if (c.launches < best.launches || (c.launches == best.launches && c.device_ms < best.device_ms)) {
+    const bool fewer = c.launches < best.launches;
+    if (fewer || (c.launches == best.launches && c.device_ms < best.device_ms)) {
       chosen = i;
     }
   }
