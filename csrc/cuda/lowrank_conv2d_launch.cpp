@@ -243,13 +243,18 @@ int impl_id(const std::string& name) {
 }
 
 // The measured choice among `candidates()` (listed only when measuring), or two_convs (the
-// composition that defines the op) while a CUDA graph is captured and nothing is stored.
-template <typename Run>
+// composition that defines the op) while a CUDA graph is captured and nothing is stored. A
+// stored choice counts only if `allowed` (a file may name what this call cannot run).
+template <typename Run, typename Allowed>
 ConvImpl measured_impl(const ConvKey& key, int device,
                        const std::function<std::vector<ConvChoice::Candidate>()>& candidates,
-                       const Run& run) {
+                       const Run& run, const Allowed& allowed) {
+  const auto id_of = [&](const std::string& name) {
+    const int id = impl_id(name);
+    return id >= 0 && allowed(static_cast<ConvImpl>(id)) ? id : -1;
+  };
   const ConvChoice::Calls calls{candidates, [&](int id) { run(static_cast<ConvImpl>(id)); },
-                                [&] { return stored_key(key, device); }, &impl_id};
+                                [&] { return stored_key(key, device); }, id_of};
   const int chosen = conv_choices().choose(key, static_cast<int>(ConvImpl::kTwoConvs),
                                            current_stream(), calls);
   return static_cast<ConvImpl>(chosen);
@@ -317,16 +322,19 @@ at::Tensor lowrank_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight1,
   const ConvKey key = problem_key(0, x, weight1, weight2, has_bias, scheme, stride, padding,
                                   dilation);
   const bool channels_last = memory_format_of(x) == at::MemoryFormat::ChannelsLast;
+  // fused only once the package has validated it (fused_conv_in_auto, conv_impl.h), and where
+  // its kernel takes the call
+  const auto allowed = [&](ConvImpl impl) {
+    return impl != ConvImpl::kFused || (fused_conv_in_auto() && fused().has_value());
+  };
   const auto candidates = [&] {
     std::vector<ConvChoice::Candidate> list;
-    // fused only once the package has validated it (fused_conv_in_auto, conv_impl.h).
     for (ConvImpl impl : {ConvImpl::kFused, ConvImpl::kTwoConvs, ConvImpl::kDense}) {
-      if (impl == ConvImpl::kFused && !(fused_conv_in_auto() && fused().has_value())) continue;
-      list.push_back(candidate(impl, forward_launches(impl, channels_last)));
+      if (allowed(impl)) list.push_back(candidate(impl, forward_launches(impl, channels_last)));
     }
     return list;
   };
-  return run(measured_impl(key, x.get_device(), candidates, run));
+  return run(measured_impl(key, x.get_device(), candidates, run, allowed));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_backward_cuda(
@@ -365,7 +373,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_backwa
     }
     return list;
   };
-  return run(measured_impl(key, x.get_device(), candidates, run));
+  // no fused backward kernel: a stored "fused" (a file edited by hand) is not obeyed
+  return run(measured_impl(key, x.get_device(), candidates, run,
+                           [](ConvImpl impl) { return impl != ConvImpl::kFused; }));
 }
 
 }  // namespace

@@ -150,10 +150,16 @@ def test_choices_outlive_the_process_in_their_file(device, choice_file):
         choice_file.write_text(lines[0].replace(f"\t{choice.impl}\t", f"\t{other}\t") + "\n")
         backends.clear_conv_choices()
         assert torch.equal(run(), forced(other, run))
+        # ... unless it names what may not run here: fused, not validated, is measured away
+        choice_file.write_text(lines[0].replace(f"\t{choice.impl}\t", "\tfused\t") + "\n")
+        backends.clear_conv_choices()
+        _, fused = fused_conv_launches(device, run)
+        assert fused == 0 and backends.conv_choices()[0].origin == "measured"
         # cleared with the file: measured anew
         backends.clear_conv_choices(remove_file=True)
         _, anew = holds(device, run)
     assert anew == ROUNDS and len(choice_file.read_text().splitlines()) == 1
+    assert not ops.fused_conv_in_auto()
 
 
 @pytest.mark.parametrize("device", cuda_only())
