@@ -46,7 +46,7 @@ def _sources(pattern):
 
 def extension():
     sources = (_sources("csrc/*.cpp") + _sources("csrc/aten/trp/*.cpp")
-               + _sources("csrc/cpu/*.cpp"))
+               + _sources("csrc/cpu/*.cpp") + _sources("csrc/python/*.cpp"))
     # csrc/include: torch-free headers (also the CUDA kernels'); csrc/aten: those using ATen.
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc", "aten")]
     # -g0 overrides the -g of Python's own CFLAGS: debug info for ATen's templates was 11.2 of the

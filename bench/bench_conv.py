@@ -2,9 +2,13 @@
 (conv_cases.py), and on the decomposable conv stack of both networks against its dense original.
 
 impl: `fused`, `two_convs`, `dense` -- tk.lowrank_conv2d with TRP_CONV_IMPL forcing that
-implementation; `auto` -- its measured choice, what LowRankConv2d runs; `dense_model` (stacks
-only) -- F.conv2d with the dense weights the factors stand for. Every benchmark records its case,
-FLOPs, fewest bytes and H100 roofline time in extra_info, which bench/report_conv.py reads.
+implementation; `two_convs_r8` -- two_convs with the rank padded by zeros to a multiple of 8
+(conv_cases.padded_rank: the channel counts cuDNN's tensor-core kernels prefer, so that the
+baseline is fair); `auto` -- its measured choice, what LowRankConv2d runs; `dense_model`
+(stacks only) -- F.conv2d with the dense weights the factors stand for. CUDA times are device
+time per call, the host's apart (bench/conftest.py, bench/cuda_timing.py). Every benchmark
+records its case, FLOPs, fewest bytes and H100 roofline time in extra_info, which
+bench/report_conv.py reads.
 
 CUDA: batch 1 and 128, float32 / bfloat16 / float16, NCHW and channels_last, forward and
 forward + backward (torch defaults: cuDNN may use tf32 for float32, and so does the fused kernel).
@@ -27,10 +31,12 @@ from trp_kernels.ops import backends
 from trp_kernels.ops.conv import reference_lowrank_conv2d
 
 from conftest import QUICK, devices
-from conv_cases import DTYPES, NETWORKS, Layer, layer_inputs, layers, network_layers, roofline
+from conv_cases import (DTYPES, NETWORKS, Layer, layer_inputs, layers, network_layers,
+                        padded_rank, roofline)
 
 DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
 LOWRANK_IMPLS = ("fused", "two_convs", "dense", "auto")
+FORCED = {"two_convs_r8": "two_convs"}   # the implementation an extra impl runs
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ def stack_cases():
 
 def impls(device, stack=False):
     if device == "cuda":
-        return (("dense_model",) if stack else ()) + LOWRANK_IMPLS
+        return (("dense_model",) if stack else ("two_convs_r8",)) + LOWRANK_IMPLS
     return ("two_convs", "dense", "torch_two_convs", "dense_model")
 
 
@@ -111,6 +117,8 @@ def test_lowrank_conv2d(bench, benchmark, case: LayerCase, impl):
     layer = case.layer
     x, w1, w2, bias, dense = cached(case, lambda: layer_inputs(
         layer, case.scheme, case.batch, case.dtype, case.channels_last, case.device))
+    if impl == "two_convs_r8":
+        w1, w2 = padded_rank(w1, w2)
     args = (layer.stride, layer.padding, 1, case.scheme)
     if impl == "torch_two_convs":
         fn = lambda: reference_lowrank_conv2d(x, w1, w2, bias, *args)  # noqa: E731
@@ -125,10 +133,10 @@ def test_lowrank_conv2d(bench, benchmark, case: LayerCase, impl):
     benchmark.extra_info.update(
         case=case.name, layer=layer.name, scheme=case.scheme, batch=case.batch,
         dtype=DTYPE_NAMES[case.dtype], channels_last=case.channels_last,
-        backward=case.backward, rank=layer.rank(case.scheme),
+        backward=case.backward, rank=w1.shape[0],
         **roofline(layer, case.scheme, case.batch, DTYPE_NAMES[case.dtype], case.backward,
                    "dense" if impl == "dense_model" else impl))
-    with backends.forced(conv=impl if impl in LOWRANK_IMPLS else "auto"):
+    with backends.forced(conv=FORCED.get(impl, impl if impl in LOWRANK_IMPLS else "auto")):
         bench(case.name, fn, case.device)
 
 

@@ -55,5 +55,8 @@ def test_projection(bench, network, scheme, impl, device):
         "torch_gram": lambda: torch_gram(stacked),
     }[impl]
     big = network in ("resnet18", "resnet50") and device == "cpu"
+    # torch's eigensolvers and SVDs synchronise with the device (convergence checks): every impl
+    # is timed alike, one synchronised call per round
     with backends.forced(svd=SVD_PATH.get(impl, "auto")):
-        bench(f"{network}-{scheme}", fn, device, rounds=3 if (QUICK or big) else None)
+        bench(f"{network}-{scheme}", fn, device, rounds=3 if (QUICK or big) else None,
+              synchronizes=True)

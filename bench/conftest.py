@@ -1,6 +1,6 @@
 """Benchmark conventions (docs/design.md, "Benchmarks"): every benchmark takes `case` and `impl`,
-sets benchmark.group = case (with the device appended), synchronises CUDA work, and records the
-machine in the JSON."""
+sets benchmark.group = case (with the device appended), times CUDA work on the device
+(bench/cuda_timing.py), and records the machine in the JSON."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import platform
 
 import pytest
 import torch
+
+from cuda_timing import pedantic_device_time
 
 QUICK = os.environ.get("TRP_BENCH_QUICK", "0") == "1"
 devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -44,13 +46,20 @@ def synchronized(fn, device):
 @pytest.fixture
 def bench(benchmark):
     """benchmark.pedantic with warm-up: bench(case, fn, device). The group is "case@device", so
-    each table compares the implementations of one case on one device."""
+    each table compares the implementations of one case on one device.
 
-    def run(case, fn, device, rounds=None):
+    On CUDA the stats are device time per call (bench/cuda_timing.py): rounds of 50
+    back-to-back calls between CUDA events, the queue held full, the host's time per call in
+    extra_info["host_ms"]; ``synchronizes=True`` for calls that synchronise by themselves,
+    which are timed one per round with a synchronisation, as before."""
+
+    def run(case, fn, device, rounds=None, synchronizes=False):
         benchmark.group = f"{case}@{torch.device(device).type}"
-        fn = synchronized(fn, device)
         if rounds is None:
             rounds = 3 if QUICK else 20
-        return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+        if torch.device(device).type == "cuda" and not synchronizes:
+            return pedantic_device_time(benchmark, fn, rounds=rounds)
+        return benchmark.pedantic(synchronized(fn, device), rounds=rounds, iterations=1,
+                                  warmup_rounds=1)
 
     return run

@@ -162,3 +162,16 @@ def layer_inputs(layer: Layer, scheme, batch, dtype, channels_last, device, seed
     if channels_last:
         dense = dense.contiguous(memory_format=torch.channels_last)
     return x, w1, w2, bias, dense
+
+
+def padded_rank(w1: torch.Tensor, w2: torch.Tensor, multiple: int = 8):
+    """The factors with the rank padded by zeros to a multiple of ``multiple`` (weight1's output
+    channels, weight2's input channels): the same layer, with channel counts cuDNN's tensor-core
+    kernels prefer -- what a fair two-conv baseline runs (impl ``two_convs_r8``)."""
+    r = w1.shape[0]
+    padded = -(-r // multiple) * multiple
+    p1 = w1.new_zeros((padded, *w1.shape[1:]))
+    p1[:r] = w1
+    p2 = w2.new_zeros((w2.shape[0], padded, *w2.shape[2:]))
+    p2[:, :r] = w2
+    return p1, p2

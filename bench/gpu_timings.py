@@ -2,10 +2,17 @@
 keeps what it measured). The first line records the machine (device, driver, torch, CUDA,
 cuDNN, clocks; bench/gpu_env.py) and the device's own ceilings, measured first: the copy
 bandwidth (bytes read + written) and the bf16 and TF32 matrix-product rates on random data.
-Each timing is the median of `reps` calls timed with CUDA events after `warmup` untimed calls,
-on random non-zero inputs, with torch's default TF32 settings and cudnn.benchmark on (cuDNN's
-baselines get their fastest algorithms). Each conv record carries its FLOPs, fewest bytes and
-the fraction of the device's roofline it reached.
+Each timing is device time per call (bench/cuda_timing.py): the median over batches of
+back-to-back calls between CUDA events, the queue held full by a sleep kernel so that the host's
+time to issue the calls stays out of it; the host's time per call is recorded apart
+(``host_ms``). Conv cases: 2 batches of 50 calls after 3 warm-up calls, and the same call
+captured in a CUDA graph and replayed as often (``replay_ms``). Projections and training steps
+synchronise by themselves (eigh's convergence check), so they are timed without the hold: one
+batch of 5 (projections) or 20 (steps) calls. Inputs are random and non-zero; torch's default
+TF32 settings and cudnn.benchmark on (cuDNN's baselines get their fastest algorithms). Each
+conv record carries its FLOPs, fewest bytes and the fraction of the device's roofline it reached; ``auto``'s
+records name what it chose (``auto_chose``, forward and backward) and what its own
+measurement saw (``auto_measured``: each candidate's median device and host time).
 
 groups (in run order):
   step  one SGD training step of ResNet-20 on CIFAR-sized input, batch 128: plain, and TRP+Nu
@@ -14,9 +21,10 @@ groups (in run order):
         energy 0.9, same-shaped layers stacked): trp_jacobi / trp_eigh (lowrank_project_groups
         under TRP_SVD_IMPL=jacobi / eigh), torch_gram (float64 Gram + torch.linalg.eigh written
         in torch) and torch_svd (torch.linalg.svd), both from bench/svd_baselines.py
-  conv  trp.lowrank_conv2d forced to fused / two_convs / dense, and auto (the measured choice),
-        on the ResNet-18 3x3 layer shapes at TRP-like ranks (bench/conv_cases.py), batch 128,
-        bfloat16 and float32, NCHW and channels_last, forward and forward + backward
+  conv  trp.lowrank_conv2d forced to fused / two_convs / dense, two_convs_r8 (two_convs with
+        the rank padded to a multiple of 8: a fair cuDNN baseline), and auto (the measured
+        choice), on the ResNet-18 3x3 layer shapes at TRP-like ranks (bench/conv_cases.py),
+        batch 128, bfloat16 and float32, NCHW and channels_last, forward and forward + backward
 
 --quick runs the cases every speed goal is judged on (every step and projection case; the
 stride-1 ResNet-18 layers in channels_last); --skip-quick runs the others, so that the two
@@ -41,16 +49,24 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]  # the repository (no install needed) and bench/
 
+import cuda_timing  # noqa: E402
 from gpu_env import device_slug, machine_info, require_cuda  # noqa: E402
 
 GROUPS = ("step", "svd", "conv")  # run order: cheapest headline first
 SVD_NETWORKS = ("resnet20", "resnet18", "resnet50")
 SVD_IMPLS = ("trp_jacobi", "trp_eigh", "torch_gram", "torch_svd")
-CONV_IMPLS = ("fused", "two_convs", "dense", "auto")
+CONV_IMPLS = ("fused", "two_convs", "two_convs_r8", "dense", "auto")
+CONV_FORCED = {"two_convs_r8": "two_convs"}   # the implementation an extra impl runs
 CONV_DTYPES = ("bf16", "f32")
 STEP_IMPLS = ("plain", "trp_jacobi", "trp_eigh")
 SCHEMES = ("channel", "spatial")
 DEVICE = "cuda"  # tests/test_gpu_scripts.py runs the measurements' plumbing on the CPU
+CLOCK = None     # cuda_timing.CudaClock() when None; the tests put a host clock here
+# back-to-back calls a batch and batches a timing: conv cases, and the projections and steps
+# (which synchronise by themselves, so no hold; as many calls as the phase's time allows)
+CONV_CALLS, CONV_BATCHES = cuda_timing.MIN_CALLS, 2
+SVD_CALLS, STEP_CALLS = 5, 20
+CONV_BATCH = 128  # images per conv call (the case names say b128; the CPU test runs fewer)
 
 
 def cases(groups=GROUPS) -> list[dict]:
@@ -103,7 +119,8 @@ def measure_ceilings(copy_elements: int = 2**28, n: int = 8192) -> dict:
     out = {}
     x = torch.randn(copy_elements, device=DEVICE)
     y = torch.empty_like(x)
-    out["bytes_per_s"] = 2 * x.numel() * 4 / (time_cuda(lambda: y.copy_(x), 3, 10)["median_ms"] / 1e3)
+    copy_ms = time_device(lambda: y.copy_(x), batches=2)["median_ms"]
+    out["bytes_per_s"] = 2 * x.numel() * 4 / (copy_ms / 1e3)
     del x, y
     previous = torch.backends.cuda.matmul.allow_tf32
     try:
@@ -111,7 +128,7 @@ def measure_ceilings(copy_elements: int = 2**28, n: int = 8192) -> dict:
             torch.backends.cuda.matmul.allow_tf32 = tf32
             a = torch.randn(n, n, device=DEVICE, dtype=dtype)
             b = torch.randn(n, n, device=DEVICE, dtype=dtype)
-            ms = time_cuda(lambda: a @ b, 3, 10)["median_ms"]
+            ms = time_device(lambda: a @ b, batches=2)["median_ms"]
             out[f"{name}_flops_per_s"] = 2 * n**3 / (ms / 1e3)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
@@ -126,22 +143,9 @@ def ceilings_of(measured: dict):
                     measured["bytes_per_s"])
 
 
-def time_cuda(fn, warmup: int, reps: int) -> dict:
-    """Median, min and max of ``reps`` calls of fn in ms, each timed by its own CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    pairs = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        pairs.append((start, end))
-    torch.cuda.synchronize()
-    ms = [s.elapsed_time(e) for s, e in pairs]
-    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
-            "reps": reps, "warmup": warmup}
+def time_device(fn, **options) -> dict:
+    """cuda_timing.time_calls on this script's clock (CLOCK)."""
+    return cuda_timing.time_calls(fn, CLOCK, **options)
 
 
 class svd_impl_env:
@@ -184,11 +188,13 @@ def svd_fn(case):
 
 def conv_fn(case, ceilings):
     import trp_kernels as tk
-    from conv_cases import layer_inputs, roofline
+    from conv_cases import layer_inputs, padded_rank, roofline
 
     layer, scheme = case["layer"], case["scheme"]
-    x, w1, w2, bias, _ = layer_inputs(layer, scheme, 128, case["dtype"], case["channels_last"],
-                                      DEVICE)
+    x, w1, w2, bias, _ = layer_inputs(layer, scheme, CONV_BATCH, case["dtype"],
+                                      case["channels_last"], DEVICE)
+    if case["impl"] == "two_convs_r8":
+        w1, w2 = padded_rank(w1, w2)
     args = (layer.stride, layer.padding, 1, scheme)
     if case["backward"]:
         inputs = [t.detach().requires_grad_() for t in (x, w1, w2, bias)]
@@ -200,9 +206,9 @@ def conv_fn(case, ceilings):
         def fn():
             return tk.lowrank_conv2d(x, w1, w2, bias, *args)
     dtype = {"bf16": "bfloat16", "f32": "float32"}[case["dtype"]]
-    extra = {"rank": layer.rank(scheme), "batch": 128}
+    extra = {"rank": w1.shape[0], "batch": CONV_BATCH}
     if ceilings is not None:  # None: the ceilings could not be measured
-        bound = roofline(layer, scheme, 128, dtype, case["backward"], case["impl"], ceilings)
+        bound = roofline(layer, scheme, CONV_BATCH, dtype, case["backward"], case["impl"], ceilings)
         extra.update(flops=bound["flops"], min_bytes=bound["min_bytes"], bound=bound["bound"],
                      roofline_ms=1e3 * bound["predicted_s"])
     return fn, extra
@@ -241,15 +247,24 @@ def measure(case, ceilings) -> dict:
     if case["group"] == "svd":
         fn, svd_impl, extra = svd_fn(case)
         record.update(extra)
-        warmup, reps = 2, 5
+        warmup, calls = 2, SVD_CALLS
     elif case["group"] == "conv":
         from trp_kernels.ops import backends
 
-        with backends.forced(conv=case["impl"]):
+        if case["impl"] == "auto":
+            backends.clear_conv_choices()  # auto measures this case's problems itself
+        with backends.forced(conv=CONV_FORCED.get(case["impl"], case["impl"])):
             fn, extra = conv_fn(case, ceilings)
             record.update(extra)
             # auto measures on its first call, one of the warm-up calls (as in training)
-            record.update(time_cuda(fn, 3, 10))
+            record.update(time_device(fn, warmup=3, calls=CONV_CALLS, batches=CONV_BATCHES,
+                                      replay=True))
+        if case["impl"] == "auto":  # what it chose and what its own measurement saw
+            made = backends.conv_choices()
+            record["auto_chose"] = {("backward" if c.backward else "forward"): c.impl
+                                    for c in made}
+            record["auto_measured"] = {("backward" if c.backward else "forward"): c.details
+                                       for c in made}
         if "roofline_ms" in record:
             record["roofline_fraction"] = record["roofline_ms"] / record["median_ms"]
         return record
@@ -257,10 +272,10 @@ def measure(case, ceilings) -> dict:
         svd_impl = None if case["impl"] == "plain" else case["impl"][len("trp_"):]
         with svd_impl_env(svd_impl):
             fn = step_fn(case)
-        warmup, reps = 3, 20
+        warmup, calls = 3, STEP_CALLS
     with svd_impl_env(svd_impl):
         record["svd_impl"] = os.environ.get("TRP_SVD_IMPL")
-        record.update(time_cuda(fn, warmup, reps))
+        record.update(time_device(fn, warmup=warmup, calls=calls, batches=1, hold=False))
     return record
 
 
@@ -322,6 +337,9 @@ def main(argv=None) -> int:
         return line
 
     torch.backends.cudnn.benchmark = True  # cuDNN's baselines at their fastest algorithms
+    from trp_kernels.ops import backends
+
+    backends.set_conv_choice_file(None)  # auto's choices measured here, none read from a file
     info = machine_info()
     try:
         info["ceilings"] = measure_ceilings()

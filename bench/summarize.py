@@ -33,14 +33,39 @@ def rows(path):
     return data.get("machine_info", {}).get("trp", {}), groups
 
 
+def interleaved_ratios(path) -> dict:
+    """{case: {name: ratio}}: the ratios a pytest-benchmark run measured with impls timed in
+    turn (extra_info keys ending in ``ratio_to_<impl>``, bench/bench_conv_host.py)."""
+    with open(path) as f:
+        data = json.load(f)
+    out = defaultdict(dict)
+    for b in data.get("benchmarks", []):
+        info = b.get("extra_info") or {}
+        for key, value in info.items():
+            if "ratio_to_" in key:
+                out[b.get("group") or info.get("case")][key] = value
+    return out
+
+
 def print_tables(path):
     machine, groups = rows(path)
     print(f"# {path}: {machine}")
+    ratios = interleaved_ratios(path)
     for case in sorted(groups):
         entries = sorted(groups[case], key=lambda e: e[1])
         slowest = max(t for _, t in entries)
         cells = "  ".join(f"{impl} {t * 1e3:.3f} ms ({slowest / t:.1f}x)" for impl, t in entries)
         print(f"{case:<34} {cells}")
+        if ratios.get(case):
+            cells = "  ".join(f"{k} {v:.2f}" for k, v in sorted(ratios[case].items()))
+            print(f"{'':<34} interleaved: {cells}")
+
+
+def cudnn_pair(t: dict):
+    """The two-cuDNN-conv baseline of a conv case: the faster of two_convs and two_convs_r8 (its
+    rank padded to a multiple of 8), whichever were measured; None if neither."""
+    times = [t[i] for i in ("two_convs", "two_convs_r8") if i in t]
+    return min(times) if times else None
 
 
 def geomean(values):
@@ -72,8 +97,11 @@ def print_headline(path):
         m = next(iter(impls.values()))
         key = f"{m['dtype']}-{'fwdbwd' if m['backward'] else 'fwd'}"
         t = {i: v["median_ms"] for i, v in impls.items()}
-        if "fused" in t and "two_convs" in t:
-            conv[key]["two_convs/fused"].append(t["two_convs"] / t["fused"])
+        if "fused" in t and cudnn_pair(t):
+            conv[key]["two_convs/fused"].append(cudnn_pair(t) / t["fused"])
+        for i, v in impls.items():
+            if "host_ms" in v:
+                conv[key][f"{i} host/device"].append(v["host_ms"] / v["median_ms"])
         lowrank = [t[i] for i in ("fused", "two_convs", "dense") if i in t]
         if "auto" in t and lowrank:
             conv[key]["auto/best"].append(t["auto"] / min(lowrank))
@@ -122,8 +150,8 @@ def goal_rows(data) -> list[tuple[str, float, str, bool]]:
     for (group, case), t in sorted(ms.items()):
         if group != "conv":
             continue
-        if case.endswith("-fwd") and "fused" in t and "two_convs" in t:
-            ratio = t["two_convs"] / t["fused"]
+        if case.endswith("-fwd") and "fused" in t and cudnn_pair(t):
+            ratio = cudnn_pair(t) / t["fused"]
             out.append((f"conv {case} two_convs/fused", ratio, f">= {FUSED_OVER_TWO_CONVS}",
                         ratio >= FUSED_OVER_TWO_CONVS))
         best = [t[i] for i in ("fused", "two_convs", "dense") if i in t]

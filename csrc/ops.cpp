@@ -1,17 +1,8 @@
 // Every schema of the trp library, in one place. The backends register their kernels with
-// TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/; fake (meta) kernels and autograd formulas are
-// registered in Python (trp_kernels/ops/library.py).
-#include <Python.h>
+// TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/; the fake (meta) kernels are registered in
+// Python (trp_kernels/ops/library.py), the conv's autograd formula in C++
+// (csrc/aten/trp/lowrank_conv2d_autograd.cpp). The module trp_kernels._C is csrc/python/.
 #include <torch/library.h>
-
-extern "C" {
-// `import trp_kernels._C` loads this shared library, which runs the registrations below; the
-// Python module itself is empty (no pybind11 needed).
-PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}
-}
 
 TORCH_LIBRARY(trp, m) {
   // Batched truncated SVD with the rank rule (energy / threshold / max_rank). Entries at
@@ -42,7 +33,20 @@ TORCH_LIBRARY(trp, m) {
       " int[2] stride, int[2] padding, int[2] dilation, str scheme, bool[4] output_mask)"
       " -> (Tensor grad_x, Tensor grad_weight1, Tensor grad_weight2, Tensor grad_bias)");
   // Whether the automatic implementation choice of lowrank_conv2d on CUDA may pick the fused
-  // kernel (process-wide; set at import from trp_kernels/validation.py), and its current value.
+  // kernel (process-wide; set at import from trp_kernels/ops/backends.py), and its current value.
   m.def("set_fused_conv_in_auto(bool allowed) -> ()");
   m.def("fused_conv_in_auto() -> bool");
+  // The measured choices of lowrank_conv2d's implementation (csrc/aten/trp/conv_choice_store.h):
+  // the file that keeps them across processes (None: this process only; set at import by
+  // trp_kernels/ops/backends.py), a clear of this process's choices (and of the file), and the
+  // choices as "origin<TAB>key<TAB>impl<TAB>details" lines.
+  m.def("set_conv_choice_file(str? path) -> ()");
+  m.def("conv_choice_file() -> str?");
+  m.def("clear_conv_choices(bool remove_file=False) -> ()");
+  m.def("conv_choice_records() -> str[]");
+  // The store as the emulated device's launcher reaches it (the CUDA launcher calls it in C++):
+  // the choice kept for a key, keeping one, and the count of clears.
+  m.def("_stored_conv_choice(str key) -> str?");
+  m.def("_store_conv_choice(str key, str impl, str details) -> ()");
+  m.def("_conv_choice_generation() -> int");
 }

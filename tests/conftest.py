@@ -1,3 +1,10 @@
+import os
+
+# The conv's measured choices stay in each test process (trp_kernels.ops.backends,
+# TRP_CONV_CHOICES): a file shared between runs would let one run's choices stand in for
+# another's measurements. Set before trp_kernels is imported; the tests of the file set their own.
+os.environ["TRP_CONV_CHOICES"] = "off"
+
 import pytest
 import torch
 

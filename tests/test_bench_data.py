@@ -72,3 +72,27 @@ def test_matrix_shapes():
             shape = (layer["out_channels"], layer["in_channels"], *layer["kernel"])
             assert tuple(layer["channel_matrix"]) == factorization.matrix_shape(shape, "channel")
             assert tuple(layer["spatial_matrix"]) == factorization.matrix_shape(shape, "spatial")
+
+
+HOST_RESULT = os.path.join(ROOT, "bench", "results", "cpu-2core-conv-host-20261207.json")
+
+
+def test_conv_host_result_meets_its_goal(capsys):
+    # The committed run of bench/bench_conv_host.py (docs/cuda_conv.md, "Host cost per call"):
+    # every case and impl, and a call of tk.lowrank_conv2d at most 1.2x two F.conv2d calls,
+    # forward and forward + backward, by the ratio timed in turn.
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import summarize
+
+    with open(HOST_RESULT) as f:
+        data = json.load(f)
+    grid = {(b["extra_info"]["case"], b["params"]["impl"]) for b in data["benchmarks"]}
+    cases = {f"tiny-{s}-{d}" for s in ("channel", "spatial") for d in ("fwd", "fwdbwd")}
+    assert grid == {(c, i) for c in cases for i in ("trp", "trp_torch_ops", "torch_two_convs")}
+    ratios = summarize.interleaved_ratios(HOST_RESULT)
+    assert {case.split("@")[0] for case in ratios} == cases
+    for case, r in ratios.items():
+        assert r["ratio_to_two_convs"] <= 1.2, case
+    summarize.print_tables(HOST_RESULT)
+    assert "interleaved: ratio_to_two_convs" in capsys.readouterr().out

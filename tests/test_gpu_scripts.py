@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 sys.path.insert(0, BENCH)
 
+import cuda_timing  # noqa: E402
 import gpu_smoke  # noqa: E402
 import gpu_timings  # noqa: E402
 
@@ -89,7 +90,7 @@ def test_timing_cases():
     assert svd == {(n, i) for n in ("resnet20", "resnet18", "resnet50")
                    for i in ("trp_jacobi", "trp_eigh", "torch_gram", "torch_svd")}
     conv = [c for c in cases if c["group"] == "conv"]
-    assert {c["impl"] for c in conv} == {"fused", "two_convs", "dense", "auto"}
+    assert {c["impl"] for c in conv} == {"fused", "two_convs", "two_convs_r8", "dense", "auto"}
     assert {c["dtype"] for c in conv} == {"bf16", "f32"}
     assert all(c["layer"].network == "resnet18" and "-b128-" in c["case"] for c in conv)
     steps = {(c["impl"], c["scheme"]) for c in cases if c["group"] == "step"}
@@ -105,7 +106,7 @@ def test_timing_cases():
     quick_conv = [c for c in quick if c["group"] == "conv"]
     assert {(c["dtype"], c["backward"], c["impl"]) for c in quick_conv} == {
         (d, b, i) for d in ("bf16", "f32") for b in (False, True)
-        for i in ("fused", "two_convs", "dense", "auto")}
+        for i in ("fused", "two_convs", "two_convs_r8", "dense", "auto")}
 
 
 def test_timings_rejects_unknown_groups_and_needs_cuda(capsys):
@@ -195,17 +196,17 @@ def test_the_gpu_test_phases_run_every_cuda_case_once():
 
 
 def test_every_kind_of_measurement_runs_on_the_cpu(monkeypatch):
-    # The measurements' plumbing (inputs, implementation switches, records, roofline) with the
-    # device set to the CPU and a host timer: a mistake here would otherwise show only on a GPU.
-    import time as clock
-
-    def host_timer(fn, warmup, reps):
-        start = clock.perf_counter()
-        fn()
-        return {"median_ms": 1e3 * (clock.perf_counter() - start), "reps": 1, "warmup": 0}
-
+    # The measurements' plumbing (inputs, implementation switches, records, roofline, the
+    # timer) with the device set to the CPU and the host standing in for the device's clock: a
+    # mistake here would otherwise show only on a GPU.
     monkeypatch.setattr(gpu_timings, "DEVICE", "cpu")
-    monkeypatch.setattr(gpu_timings, "time_cuda", host_timer)
+    monkeypatch.setattr(gpu_timings, "CLOCK", cuda_timing.HostClock())
+    assert gpu_timings.CONV_CALLS >= cuda_timing.MIN_CALLS == 50   # what a GPU run times
+    # what the CPU can afford: one call a timing, two images a conv call
+    real = gpu_timings.time_device
+    monkeypatch.setattr(gpu_timings, "time_device", lambda fn, **options: real(
+        fn, **{**options, "warmup": 0, "calls": 1, "batches": 1}))
+    monkeypatch.setattr(gpu_timings, "CONV_BATCH", 2)
     measured = gpu_timings.measure_ceilings(copy_elements=1 << 16, n=64)
     assert set(measured) == {"bytes_per_s", "bfloat16_flops_per_s", "float32_flops_per_s"}
     ceilings = gpu_timings.ceilings_of(measured)
@@ -213,11 +214,32 @@ def test_every_kind_of_measurement_runs_on_the_cpu(monkeypatch):
     picks = [("step", "resnet20-b128-channel", "trp_jacobi"),
              ("svd", "resnet20-spatial", "trp_eigh"), ("svd", "resnet20-channel", "torch_gram"),
              ("conv", "r18-512to512-s1-7px-spatial-b128-bf16-cl-fwdbwd", "auto"),
-             ("conv", "r18-512to512-s1-7px-channel-b128-f32-nchw-fwd", "dense")]
+             ("conv", "r18-512to512-s1-7px-channel-b128-f32-nchw-fwd", "dense"),
+             ("conv", "r18-512to512-s1-7px-channel-b128-f32-nchw-fwd", "two_convs_r8")]
     for key in picks:
         record = gpu_timings.measure(cases[key], ceilings)
         assert record["median_ms"] > 0 and "layer" not in record or isinstance(record["layer"], str)
+        assert record["host_ms"] > 0 and record["held"] == (key[0] == "conv")
         if key[0] == "conv":
             assert record["flops"] > 0 and record["min_bytes"] > 0 and record["roofline_fraction"] > 0
+            assert record["calls"] == 1 and record["replay_ms"] > 0
+            rank = cases[key]["layer"].rank(cases[key]["scheme"])
+            assert record["rank"] == (-(-rank // 8) * 8 if key[2] == "two_convs_r8" else rank)
+            assert record["batch"] == 2
+            assert ("auto_chose" in record) == (key[2] == "auto")   # the CPU has no choice: {}
         if key[0] == "svd":
             assert record["min_bytes"] > 0 and record["gram_flops"] > 0
+
+
+def test_the_fused_goal_compares_with_the_faster_cudnn_pair():
+    # two_convs_r8 (the rank padded to a multiple of 8) is the same two cuDNN convs with channel
+    # counts their tensor-core kernels prefer: the fused kernel is held against the faster pair.
+    import summarize
+
+    timing = lambda impl, ms: {"group": "conv", "case": "l-fwd", "impl": impl,  # noqa: E731
+                               "median_ms": ms, "host_ms": ms / 2}
+    data = {"measurements": [timing("fused", 1.0), timing("two_convs", 1.5),
+                             timing("two_convs_r8", 1.1), timing("auto", 1.0)]}
+    rows = {goal: (value, met) for goal, value, _, met in summarize.goal_rows(data)}
+    assert rows["conv l-fwd two_convs/fused"] == (pytest.approx(1.1), False)
+    assert rows["conv l-fwd auto/best"] == (pytest.approx(1.0), True)

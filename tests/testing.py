@@ -46,14 +46,14 @@ def each_schedule(device):
             in enumerate(emulated_cuda.ORDERS)]
 
 
-def fused_conv_launches(device, fn):
-    """``(fn(), n)``: fn's result and how many fused-conv kernels it launched, counted by the
-    CUDA profiler on a GPU and from the emulation's record of its launches on the emulated
-    device."""
+def fused_conv_launches(device, fn, kernel=backends.FUSED_KERNEL):
+    """``(fn(), n)``: fn's result and how many fused-conv kernels (or others: ``kernel``, a part
+    of their name) it launched, counted by the CUDA profiler on a GPU and from the emulation's
+    record of its launches on the emulated device."""
     if device == EMULATED_CUDA:
         result, names = emulated_cuda.launches(fn)
-        return result, sum(backends.FUSED_KERNEL in name for name in names)
-    return backends.fused_launches(fn)
+        return result, sum(kernel in name for name in names)
+    return backends.fused_launches(fn, kernel)
 
 dtypes = [torch.float32, torch.float64]
 # Tolerances of the SVD contract (the op docstrings, docs/svd_paths.md), relative to s_1 / ||W||.

@@ -9,6 +9,7 @@
 // not depend on how the forward ran, so the best training step is the best forward plus the
 // best backward.
 #include <ATen/ATen.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/library.h>
 
 #include <cuda_bf16.h>
@@ -19,6 +20,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -35,6 +37,7 @@ namespace {
 struct DeviceFacts {
   int compute_major;
   cuda::FusedDeviceLimits limits;
+  std::string identity;  // what a stored choice names the device by (conv_choice_store.h)
 };
 
 const DeviceFacts& device_facts(int device) {
@@ -50,6 +53,16 @@ const DeviceFacts& device_facts(int device) {
         cudaDeviceGetAttribute(&f.limits.sm_count, cudaDevAttrMultiProcessorCount, device));
     TRP_CUDA_CHECK(cudaDeviceGetAttribute(&f.limits.max_smem_per_block,
                                           cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    cudaDeviceProp properties;
+    TRP_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+    // The name, compute capability and SM count (a MIG slice or a cut-down part has fewer),
+    // and cuDNN's version: a choice between cuDNN's convolutions and ours is only as good as
+    // the cuDNN it timed.
+    const at::CUDAHooksInterface& hooks = at::detail::getCUDAHooks();
+    f.identity = std::string(properties.name) + ";sm_" + std::to_string(properties.major) +
+                 std::to_string(properties.minor) + ";" +
+                 std::to_string(properties.multiProcessorCount) + " SMs;cuDNN " +
+                 std::to_string(hooks.hasCuDNN() ? hooks.versionRuntimeCuDNN() : 0);
     it = facts.emplace(device, f).first;
   }
   return it->second;
@@ -160,13 +173,17 @@ at::Tensor run_fused(const at::Tensor& x, const at::Tensor& weight1, const at::T
 }
 
 // Everything that changes which implementation is fastest, or which may be chosen.
-// `direction`: 0 forward, else 1 + the backward's output mask as bits.
-using ConvKey = ProblemKey<25>;
+// `direction`: 0 forward, else 1 + the backward's output mask as bits. The layout is x's alone:
+// the backward runs grad_out in x's layout (lowrank_conv2d_backward_cuda), so that an eager
+// call and a compiled one, whose grad_out torch.compile may lay out otherwise, are one problem
+// with one choice and one result.
+using ConvKey = ProblemKey<24>;
+constexpr std::size_t kDeviceField = 1;  // the device index: no part of a stored key
 
 ConvKey problem_key(int64_t direction, const at::Tensor& x, const at::Tensor& weight1,
                     const at::Tensor& weight2, bool has_bias, Scheme scheme,
-                    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
-                    const at::Tensor& grad_out) {
+                    c10::IntArrayRef stride, c10::IntArrayRef padding,
+                    c10::IntArrayRef dilation) {
   const at::Context& context = at::globalContext();
   const KernelSize kernel =
       lowrank_kernel_size(scheme, weight1.size(2), weight1.size(3), weight2.size(3));
@@ -174,7 +191,6 @@ ConvKey problem_key(int64_t direction, const at::Tensor& x, const at::Tensor& we
           x.get_device(),
           static_cast<int64_t>(x.scalar_type()),
           static_cast<int64_t>(memory_format_of(x)),
-          grad_out.defined() ? static_cast<int64_t>(memory_format_of(grad_out)) : -1,
           static_cast<int64_t>(scheme),
           x.size(0),
           x.size(1),
@@ -204,20 +220,70 @@ ConvChoice& conv_choices() {  // one cache for the forward and the backward (`di
   return choices;
 }
 
-ConvChoice::Candidate candidate(ConvImpl impl) {
-  return {static_cast<int>(impl), conv_impl_name(impl)};
+ConvChoice::Candidate candidate(ConvImpl impl, int launches) {
+  return {static_cast<int>(impl), conv_impl_name(impl), launches};
+}
+
+// The problem as the store keys it: the device's identity instead of its index (another
+// process may number its devices otherwise), then every other field of the key.
+std::string stored_key(const ConvKey& key, int device) {
+  std::string text = device_facts(device).identity + ";";
+  for (std::size_t i = 0; i < key.size(); ++i) {
+    if (i == kDeviceField) continue;
+    text += std::to_string(key[i]) + (i + 1 < key.size() ? "," : "");
+  }
+  return text;
+}
+
+int impl_id(const std::string& name) {
+  for (ConvImpl impl : {ConvImpl::kFused, ConvImpl::kTwoConvs, ConvImpl::kDense}) {
+    if (name == conv_impl_name(impl)) return static_cast<int>(impl);
+  }
+  return -1;
 }
 
 // The measured choice among `candidates()` (listed only when measuring), or two_convs (the
-// composition that defines the op) while a CUDA graph is captured and nothing is cached.
-template <typename Run>
-ConvImpl measured_impl(const ConvKey& key,
+// composition that defines the op) while a CUDA graph is captured and nothing is stored. A
+// stored choice counts only if `allowed` (a file may name what this call cannot run).
+template <typename Run, typename Allowed>
+ConvImpl measured_impl(const ConvKey& key, int device,
                        const std::function<std::vector<ConvChoice::Candidate>()>& candidates,
-                       const Run& run) {
-  const int chosen = conv_choices().choose(key, candidates, static_cast<int>(ConvImpl::kTwoConvs),
-                                           current_stream(),
-                                           [&](int id) { run(static_cast<ConvImpl>(id)); });
+                       const Run& run, const Allowed& allowed) {
+  const auto id_of = [&](const std::string& name) {
+    const int id = impl_id(name);
+    return id >= 0 && allowed(static_cast<ConvImpl>(id)) ? id : -1;
+  };
+  const ConvChoice::Calls calls{candidates, [&](int id) { run(static_cast<ConvImpl>(id)); },
+                                [&] { return stored_key(key, device); }, id_of};
+  const int chosen = conv_choices().choose(key, static_cast<int>(ConvImpl::kTwoConvs),
+                                           current_stream(), calls);
   return static_cast<ConvImpl>(chosen);
+}
+
+// The kernels an implementation launches, counted from the compositions (a cuDNN convolution
+// or a matmul counts as one; cuDNN may split one into more): the tie rule of the choice prefers
+// fewer (trp/fastest_candidate.h).
+int forward_launches(ConvImpl impl, bool channels_last) {
+  switch (impl) {
+    case ConvImpl::kFused:
+      return 2;  // pack the weights, the fused kernel
+    case ConvImpl::kTwoConvs:
+      return 2;  // two convolutions, the bias in the second
+    case ConvImpl::kDense:
+      return 2 + channels_last;  // the weight's matmul (and its channels_last copy), one conv
+  }
+  return 0;
+}
+
+int backward_launches(ConvImpl impl, bool channels_last, std::array<bool, 4> mask) {
+  const auto [need_x, need_w1, need_w2, need_bias] = mask;
+  if (impl == ConvImpl::kDense) {
+    // the weight (and its copy), the conv backward's data, weight and bias gradients, a matmul
+    // per factor gradient
+    return 1 + channels_last + need_x + (need_w1 || need_w2) + need_bias + need_w1 + need_w2;
+  }
+  // recompute the intermediate, its gradient and weight2's, then x's and weight1's, the bias sum
+  return 1 + (need_x || need_w1) + need_w2 + need_x + need_w1 + need_bias;
 }
 
 at::Tensor lowrank_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight1,
@@ -254,16 +320,21 @@ at::Tensor lowrank_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight1,
   }
   const bool has_bias = bias.has_value() && bias->defined();
   const ConvKey key = problem_key(0, x, weight1, weight2, has_bias, scheme, stride, padding,
-                                  dilation, at::Tensor());
+                                  dilation);
+  const bool channels_last = memory_format_of(x) == at::MemoryFormat::ChannelsLast;
+  // fused only once the package has validated it (fused_conv_in_auto, conv_impl.h), and where
+  // its kernel takes the call
+  const auto allowed = [&](ConvImpl impl) {
+    return impl != ConvImpl::kFused || (fused_conv_in_auto() && fused().has_value());
+  };
   const auto candidates = [&] {
     std::vector<ConvChoice::Candidate> list;
-    // fused only once the package has validated it (fused_conv_in_auto, conv_impl.h).
-    if (fused_conv_in_auto() && fused().has_value()) list.push_back(candidate(ConvImpl::kFused));
-    list.push_back(candidate(ConvImpl::kTwoConvs));
-    list.push_back(candidate(ConvImpl::kDense));
+    for (ConvImpl impl : {ConvImpl::kFused, ConvImpl::kTwoConvs, ConvImpl::kDense}) {
+      if (allowed(impl)) list.push_back(candidate(impl, forward_launches(impl, channels_last)));
+    }
     return list;
   };
-  return run(measured_impl(key, candidates, run));
+  return run(measured_impl(key, x.get_device(), candidates, run, allowed));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_backward_cuda(
@@ -275,26 +346,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_backwa
                                                  padding, dilation, scheme);
   const c10::cuda::CUDAGuard guard(x.device());
   const Conv2dParams layer = conv2d_params(stride, padding, dilation);
+  // grad_out in x's layout (a copy only where they differ, as when torch.compile hands the
+  // backward a contiguous grad_out of a channels_last output): the same problem, the same
+  // choice and the same result, eager or compiled (problem_key).
+  const at::Tensor grad = grad_out.contiguous(memory_format_of(x));
   const auto run = [&](ConvImpl impl) {
     if (impl == ConvImpl::kDense) {
-      return lowrank_conv2d_dense_backward(grad_out, x, weight1, weight2, scheme, layer,
+      return lowrank_conv2d_dense_backward(grad, x, weight1, weight2, scheme, layer,
                                            output_mask);
     }
-    return lowrank_conv2d_two_convs_backward(grad_out, x, weight1, weight2, g, output_mask);
+    return lowrank_conv2d_two_convs_backward(grad, x, weight1, weight2, g, output_mask);
   };
-  int64_t direction = 1;
-  for (int i = 0; i < 4; ++i) direction += static_cast<int64_t>(output_mask[i]) << i;
-  const ConvKey key = problem_key(direction, x, weight1, weight2, output_mask[3], scheme, stride,
-                                  padding, dilation, grad_out);
   if (const std::optional<ConvImpl> forced = forced_conv_impl()) {
     // No fused backward kernel exists: forcing fused runs the two_convs backward.
     return run(*forced == ConvImpl::kDense ? ConvImpl::kDense : ConvImpl::kTwoConvs);
   }
-  const auto candidates = [] {
-    return std::vector<ConvChoice::Candidate>{candidate(ConvImpl::kTwoConvs),
-                                              candidate(ConvImpl::kDense)};
+  int64_t direction = 1;
+  for (int i = 0; i < 4; ++i) direction += static_cast<int64_t>(output_mask[i]) << i;
+  const ConvKey key = problem_key(direction, x, weight1, weight2, output_mask[3], scheme, stride,
+                                  padding, dilation);
+  const bool channels_last = memory_format_of(x) == at::MemoryFormat::ChannelsLast;
+  const auto candidates = [&] {
+    std::vector<ConvChoice::Candidate> list;
+    for (ConvImpl impl : {ConvImpl::kTwoConvs, ConvImpl::kDense}) {
+      list.push_back(candidate(impl, backward_launches(impl, channels_last, output_mask)));
+    }
+    return list;
   };
-  return run(measured_impl(key, candidates, run));
+  // no fused backward kernel: a stored "fused" (a file edited by hand) is not obeyed
+  return run(measured_impl(key, x.get_device(), candidates, run,
+                           [](ConvImpl impl) { return impl != ConvImpl::kFused; }));
 }
 
 }  // namespace

@@ -69,6 +69,12 @@ def conv_tour(device):
             ref = reference_lowrank_conv2d(*(t.double().cpu() for t in (x, w1, w2, b)),
                                            1, 1, 1, "spatial")
             assert relative_error(y, ref) < (1e-2 if dtype != torch.float32 or tf32 else 1e-4)
+    # the measured choice's device hold: auto on a problem it has not met
+    x, w1, w2, b = conv_inputs(device, "channel", C=11, N=5, rank=2, size=(6, 7))
+    backends.clear_conv_choices()
+    with backends.forced(conv="auto"):
+        y = tk.lowrank_conv2d(x, w1, w2, b, 1, 1, 1, "channel")
+    assert relative_error(y, reference_lowrank_conv2d(x, w1, w2, b, 1, 1, 1, "channel")) < 1e-12
 
 
 def test_every_kernel_instantiation_runs(device):

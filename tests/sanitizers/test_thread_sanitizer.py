@@ -76,7 +76,7 @@ def _compile(name: str, sources: list[str], include_dirs: list[str]) -> pathlib.
         return out
     unit = BUILD / f"{name}.cpp"
     unit.write_text("".join(f'#include "{s}"\n' for s in sources))
-    libs = [f"-L{d}" for d in cpp_extension.library_paths()] + ["-lc10", "-ltorch_cpu"]
+    libs = [f"-L{d}" for d in cpp_extension.library_paths()] + ["-lc10", "-ltorch_cpu", "-ltorch_python"]
     includes = [*include_dirs, sysconfig.get_paths()["include"]]  # ops.cpp: the module init
     command = ["g++", *FLAGS, "-shared", str(unit), "-o", str(out),
                *[f"-I{d}" for d in includes], *libs]

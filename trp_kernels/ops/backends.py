@@ -10,7 +10,9 @@ device. The choice is made here, in Python (``svd_impl``).
 
 ``TRP_CONV_IMPL`` (``ConvImpl``) for ``lowrank_conv2d``: ``fused``, ``two_convs`` or
 ``dense``. The op reads the variable itself, in C++, where ``auto`` times the candidates once
-per problem; Python tells it only whether ``fused`` may be a candidate (``apply_validation``).
+per problem; Python tells it whether ``fused`` may be a candidate (``apply_validation``) and
+in which file its choices are kept across processes (``TRP_CONV_CHOICES``,
+``apply_conv_choice_file``; ``conv_choices`` lists them, ``clear_conv_choices`` forgets them).
 
 ``auto`` (or unset) means the default policy of docs/design.md, "CUDA defaults and switches":
 a custom CUDA kernel becomes a default only once a committed GPU run has validated it. The
@@ -19,11 +21,15 @@ record of those runs is the two ``*_VALIDATED_BY`` constants below.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from contextlib import contextmanager
 from enum import Enum
+from typing import NamedTuple
 
 import torch
+
+ops = torch.ops.trp
 
 # The hardware-validation record: the result file under bench/results/ of the committed GPU run
 # in which the kernel family passed its CUDA tests and compute-sanitizer memcheck; None: not
@@ -122,20 +128,98 @@ def apply_validation() -> None:
     """Lets the automatic conv choice on CUDA consider ``fused`` exactly when the record above
     names a GPU run that validated it (the op ``trp::set_fused_conv_in_auto``;
     ``trp::fused_conv_in_auto`` reads it back). Called once at import (library.py)."""
-    torch.ops.trp.set_fused_conv_in_auto(FUSED_CONV_VALIDATED_BY is not None)
+    ops.set_fused_conv_in_auto(FUSED_CONV_VALIDATED_BY is not None)
+
+
+# -- the measured conv choices, kept across processes -----------------------------------------
+
+CONV_CHOICES_ENV = "TRP_CONV_CHOICES"
+
+
+def default_conv_choice_file() -> str:
+    """Where the conv choices of this build are kept unless ``TRP_CONV_CHOICES`` says otherwise:
+    ``$XDG_CACHE_HOME/trp_kernels/`` (``~/.cache/trp_kernels/`` without it), in a file whose name
+    carries a digest of the library version, its compiled extension (size and modification
+    time: every rebuild starts a new file) and torch's version and CUDA version. The device and
+    the cuDNN version are in every line's key, so one file serves several devices."""
+    from trp_kernels import __version__
+    from trp_kernels import _C
+
+    stat = os.stat(_C.__file__)
+    build = "|".join(map(str, (__version__, stat.st_size, stat.st_mtime_ns, torch.__version__,
+                               torch.version.cuda)))
+    digest = hashlib.sha256(build.encode()).hexdigest()[:16]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "trp_kernels", f"conv-choices-{digest}.tsv")
+
+
+def conv_choice_file_setting() -> str | None:
+    """The file ``TRP_CONV_CHOICES`` names now: unset or empty, ``default_conv_choice_file()``;
+    ``off``, none (choices last as long as the process); anything else, that path."""
+    value = os.environ.get(CONV_CHOICES_ENV, "")
+    if value == "off":
+        return None
+    return value or default_conv_choice_file()
+
+
+def set_conv_choice_file(path: str | os.PathLike | None) -> None:
+    """Keeps the conv choices in ``path`` from now on (read when a problem is first met, a line
+    appended per new choice); None keeps them in memory only. Choices already made in this
+    process stay."""
+    ops.set_conv_choice_file(None if path is None else os.fspath(path))
+
+
+def apply_conv_choice_file() -> None:
+    """``set_conv_choice_file(conv_choice_file_setting())``: called once at import
+    (library.py); call it again after changing ``TRP_CONV_CHOICES``."""
+    set_conv_choice_file(conv_choice_file_setting())
+
+
+class ConvChoice(NamedTuple):
+    """One measured choice: where it came from (``measured`` in this process, or read from the
+    ``file``), the problem (device, cuDNN version, direction, dtype, layout, scheme, sizes,
+    geometry, flags), the implementation chosen, and what the measurement saw (rounds, holds
+    the host outran, each candidate's median device and host ms and launches)."""
+
+    origin: str
+    key: str
+    impl: str
+    details: str
+
+    @property
+    def backward(self) -> bool:
+        """Whether this is a choice for the backward (the first field of the problem)."""
+        return self.key.rsplit(";", 1)[-1].split(",")[0] != "0"
+
+
+def conv_choices() -> list[ConvChoice]:
+    """The conv choices this process knows, one per problem, in the order first met."""
+    return [ConvChoice(*record.split("\t", 3)) for record in ops.conv_choice_records()]
+
+
+def clear_conv_choices(remove_file: bool = False) -> None:
+    """Forgets this process's conv choices, so the next call of each problem looks again: in
+    the file, which is read again, or -- with ``remove_file`` -- nowhere, the file deleted, so
+    that every problem is measured anew. ``rm -r ~/.cache/trp_kernels`` does the same for
+    every build."""
+    ops.clear_conv_choices(remove_file)
 
 
 FUSED_KERNEL = "lowrank_conv2d_fused_kernel"   # in the name of every fused-conv CUDA kernel
 
 
-def fused_launches(fn):
-    """``(fn(), n)``: fn's result and how many fused-conv kernels it launched on CUDA, counted
-    by torch.profiler (CUPTI). Shows which implementation a call really ran."""
+HOLD_KERNEL = "device_hold_kernel"   # the kernel that holds the device while auto measures
+
+
+def fused_launches(fn, kernel: str = FUSED_KERNEL):
+    """``(fn(), n)``: fn's result and how many CUDA kernels with ``kernel`` in their name (by
+    default the fused conv's) it launched, counted by torch.profiler (CUPTI). Shows which
+    implementation a call really ran, or (``HOLD_KERNEL``) whether it measured."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         result = fn()
         torch.cuda.synchronize()
-    count = sum(FUSED_KERNEL in e.name for e in prof.events()
+    count = sum(kernel in e.name for e in prof.events()
                 if e.device_type == torch.autograd.DeviceType.CUDA)
     return result, count

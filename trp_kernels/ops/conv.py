@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from . import checks
 from .conv_geometry import chain_out_hw, op_convs
-from .library import ops
+from .library import _C, ops
 
 
 def _conv_args(x, weight1, weight2, bias, stride, padding, dilation, scheme):
@@ -33,6 +33,13 @@ def lowrank_conv2d(x, weight1, weight2, bias=None, stride=1, padding=0, dilation
                    scheme="channel") -> torch.Tensor:
     """Low-rank 2-D convolution of ``x`` [B, C, H, W]; differentiable in x, both weights and
     the bias. The output equals a dense conv with the weight the factors represent."""
+    # Eager calls with plain arguments go straight to the op through the C++ dispatcher
+    # (csrc/python/module.cpp: the same op call, without torch.ops' argument matching); the
+    # rest, and what torch.compile traces, take the checked torch.ops path.
+    if not torch.compiler.is_compiling():
+        y = _C.lowrank_conv2d(x, weight1, weight2, bias, stride, padding, dilation, scheme)
+        if y is not NotImplemented:
+            return y
     geometry = _conv_args(x, weight1, weight2, bias, stride, padding, dilation, scheme)
     return ops.lowrank_conv2d(x, weight1, weight2, bias, *geometry)
 

@@ -1,6 +1,8 @@
 """Loads the compiled extension ``trp_kernels._C`` (its schemas and kernels: csrc/ops.cpp) and
 registers, per op, its fake kernel (shape propagation for torch.compile, torch.export and meta
-tensors) and its autograd formula."""
+tensors). The conv's autograd formula is registered in C++
+(csrc/aten/trp/lowrank_conv2d_autograd.cpp), so that neither its forward nor its backward runs
+Python code."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from . import backends
 from .conv_geometry import chain_out_hw, op_convs
 
 try:
-    import trp_kernels._C  # noqa: F401  (importing registers the torch.ops.trp.* kernels)
+    from trp_kernels import _C  # importing registers the torch.ops.trp.* kernels
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "trp_kernels' compiled extension trp_kernels._C is missing or does not load "
@@ -21,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 
 ops = torch.ops.trp
 backends.apply_validation()  # fused joins the automatic conv choice only once validated
+backends.apply_conv_choice_file()  # where the conv's measured choices are kept
 
 
 def memory_format_of(t: torch.Tensor) -> torch.memory_format:
@@ -81,23 +84,3 @@ def _lowrank_conv2d_backward_fake(grad_out, x, weight1, weight2, stride, padding
     need_x, need_w1, need_w2, need_bias = output_mask
     grad_bias = x.new_empty((weight2.shape[0],) if need_bias else (0,))
     return grad_like(x, need_x), grad_like(weight1, need_w1), grad_like(weight2, need_w2), grad_bias
-
-
-def _conv_setup_context(ctx, inputs, output):
-    x, weight1, weight2, bias, stride, padding, dilation, scheme = inputs
-    ctx.save_for_backward(x, weight1, weight2)
-    ctx.has_bias = bias is not None
-    ctx.geometry = (stride, padding, dilation, scheme)
-
-
-def _conv_backward(ctx, grad_out):
-    x, weight1, weight2 = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    mask = [need[0], need[1], need[2], ctx.has_bias and need[3]]
-    grads = ops.lowrank_conv2d_backward(grad_out, x, weight1, weight2, *ctx.geometry, mask)
-    return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 4
-
-
-torch.library.register_autograd(
-    "trp::lowrank_conv2d", _conv_backward, setup_context=_conv_setup_context
-)

@@ -28,9 +28,10 @@ inline const char* conv_impl_name(ConvImpl impl) {
 }
 
 // Whether the automatic choice on CUDA may pick `fused`. Off until the package turns it on:
-// trp_kernels/_ops.py sets it at import from trp_kernels/validation.py (on once a committed GPU
-// run has validated the kernel), through the op trp::set_fused_conv_in_auto. Forcing
-// TRP_CONV_IMPL=fused runs the kernel either way. Process-wide (csrc/aten/trp/conv_impl.cpp).
+// trp_kernels/ops/library.py sets it at import from trp_kernels/ops/backends.py (on once a
+// committed GPU run has validated the kernel), through the op trp::set_fused_conv_in_auto.
+// Forcing TRP_CONV_IMPL=fused runs the kernel either way. Process-wide
+// (csrc/aten/trp/conv_impl.cpp).
 bool fused_conv_in_auto();
 void set_fused_conv_in_auto(bool allowed);
 

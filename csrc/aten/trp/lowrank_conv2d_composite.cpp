@@ -16,6 +16,17 @@ at::Tensor like(const at::Tensor& grad, const at::Tensor& of) {
 
 bool has_rank_zero(const at::Tensor& weight1) { return weight1.size(0) == 0; }
 
+// A backward's gradients with each unselected one (still undefined) made a distinct empty
+// tensor: outputs of an op must not alias, and the schema returns tensors. Allocated only for
+// the unselected ones.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> unselected_as_empty(
+    const at::Tensor& x, std::array<at::Tensor, 4> grads) {
+  for (at::Tensor& g : grads) {
+    if (!g.defined()) g = x.new_empty({0});
+  }
+  return {std::move(grads[0]), std::move(grads[1]), std::move(grads[2]), std::move(grads[3])};
+}
+
 // The scheme's matrix view of the dense weight as the product M = left * right of the factors:
 // channel M [N, C*kh*kw] = weight2 [N, r] * weight1 [r, C*kh*kw]; spatial M [N*kw, C*kh], rows
 // (n, j) and columns (c, i), = weight2 [(n, j), r] * weight1 [r, (c, i)].
@@ -95,9 +106,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_two_co
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight1,
     const at::Tensor& weight2, const LowRankGeometry& geometry, std::array<bool, 4> output_mask) {
   const auto [need_x, need_w1, need_w2, need_bias] = output_mask;
-  // Unselected gradients are distinct empty tensors: outputs of an op must not alias.
-  at::Tensor grad_x = x.new_empty({0}), grad_w1 = x.new_empty({0}), grad_w2 = x.new_empty({0}),
-             grad_bias = x.new_empty({0});
+  at::Tensor grad_x, grad_w1, grad_w2, grad_bias;
   const bool need_mid_grad = need_x || need_w1;
   // The bias gradient does not depend on the factors: one reduction, whatever the path.
   if (need_bias) grad_bias = grad_out.sum({0, 2, 3});
@@ -121,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_two_co
       if (need_w1) grad_w1 = like(g_w1, weight1);
     }
   }
-  return {grad_x, grad_w1, grad_w2, grad_bias};
+  return unselected_as_empty(x, {grad_x, grad_w1, grad_w2, grad_bias});
 }
 
 at::Tensor lowrank_conv2d_dense(const at::Tensor& x, const at::Tensor& weight1,
@@ -135,10 +144,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_dense_
     const at::Tensor& weight2, Scheme scheme, const Conv2dParams& layer,
     std::array<bool, 4> output_mask) {
   const auto [need_x, need_w1, need_w2, need_bias] = output_mask;
-  // Unselected gradients are distinct empty tensors: outputs of an op must not alias.
-  at::Tensor grad_x = x.new_empty({0}), grad_w1 = x.new_empty({0}), grad_w2 = x.new_empty({0}),
-             grad_bias = x.new_empty({0});
-  if (!(need_x || need_w1 || need_w2 || need_bias)) return {grad_x, grad_w1, grad_w2, grad_bias};
+  at::Tensor grad_x, grad_w1, grad_w2, grad_bias;
+  if (!(need_x || need_w1 || need_w2 || need_bias)) {
+    return unselected_as_empty(x, {grad_x, grad_w1, grad_w2, grad_bias});
+  }
   const at::Tensor W = dense_weight_for(x, weight1, weight2, scheme);
   auto [g_x, g_W, g_b] = at::convolution_backward(
       grad_out, x, W, c10::IntArrayRef{weight2.size(0)}, layer.stride, layer.padding,
@@ -163,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_conv2d_dense_
       grad_w2 = like(grad_w2, weight2);
     }
   }
-  return {grad_x, grad_w1, grad_w2, grad_bias};
+  return unselected_as_empty(x, {grad_x, grad_w1, grad_w2, grad_bias});
 }
 
 }  // namespace trp

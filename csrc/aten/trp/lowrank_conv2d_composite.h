@@ -13,8 +13,8 @@
 namespace trp {
 
 // The layout of an op's output or gradient: channels_last when `t` is channels_last and not
-// also plain contiguous, else contiguous. Mirrored by `memory_format_of` in trp_kernels/_ops.py,
-// so the fake kernels predict the real strides.
+// also plain contiguous, else contiguous. Mirrored by `memory_format_of` in
+// trp_kernels/ops/library.py, so the fake kernels predict the real strides.
 inline at::MemoryFormat memory_format_of(const at::Tensor& t) {
   if (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
     return at::MemoryFormat::ChannelsLast;

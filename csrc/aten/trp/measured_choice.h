@@ -1,21 +1,28 @@
-// Measured choice among interchangeable CUDA implementations, made once per problem and kept
-// in memory. Launcher-side (c10 + the CUDA runtime API).
+// Measured choice among interchangeable CUDA implementations, made once per problem: kept in
+// memory, and in the store of conv_choice_store.h (a file, when one is set) for later processes.
+// Launcher-side (c10 + the CUDA runtime API).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "trp/conv_choice_store.h"
 #include "trp/cuda_launch.h"
+#include "trp/device_hold.h"
+#include "trp/fastest_candidate.h"
 
 namespace trp {
 
@@ -35,43 +42,77 @@ struct ProblemKeyHash {
   }
 };
 
-// The first call with a key times every candidate on `stream` and caches the fastest; later
-// calls are a lookup. Timing: one warm-up run of each candidate (cuDNN plans, workspaces,
-// allocator growth), then kRepeats rounds that run the candidates in turn, each run between two
-// CUDA events, one synchronisation at the end; the fastest median wins. Event times include
-// the gaps between a candidate's own launches, so launch-bound candidates pay for them.
-// A candidate whose warm-up throws (unsupported here, out of memory) is skipped and named in a
-// warning; if every candidate throws, the call fails with all their messages.
-// Timing synchronises, which CUDA-graph capture forbids: while `stream` is capturing, the
-// cached choice or else `capture_default` is returned, and nothing is cached.
-// Candidates are identified by the caller's ids, and the cache keeps the id, so that the list
-// (and whatever it costs to decide what is on it) is needed only when measuring.
+// The first call with a key looks for a stored choice (conv_choice_store.h), else measures the
+// candidates on `stream` and stores the one chosen; later calls are a lookup in memory.
+//
+// Measuring: one warm-up run of each candidate (cuDNN plans, workspaces, allocator growth; a
+// candidate whose warm-up throws -- unsupported here, out of memory -- is skipped and named in a
+// warning; if every candidate throws, the call fails with all their messages), then kRounds
+// rounds in which the candidates run in turn, each round starting one candidate later. Each
+// round starts with a hold (trp/device_hold.h): a kernel that keeps the device busy while the
+// host queues the round, so that the events between the runs time the device alone -- the
+// gaps between a candidate's own launches included only where the device really waits -- and
+// not the host's time to issue them. The hold is sized at 1.5x the host's issue time of the
+// previous round (of the warm-ups for the first), between kMinHoldMs and kMaxHoldMs; a round
+// whose issue outlasted its hold is counted as short. One synchronisation at the end. The rule
+// of trp/fastest_candidate.h picks: the lowest median device time, ties within 3% to the
+// candidate with fewer launches.
+//
+// Timing synchronises, which CUDA-graph capture forbids: while `stream` is capturing, a stored
+// choice or else `capture_default` is returned, and nothing is measured or kept.
 template <std::size_t N>
 class MeasuredChoice {
  public:
-  static constexpr int kRepeats = 7;
+  static constexpr int kRounds = 15;
+  static constexpr double kMinHoldMs = 0.05, kMaxHoldMs = 50.0;
 
   struct Candidate {
     int id;
     const char* name;
+    int launches;  // the kernels it launches (trp/fastest_candidate.h's tie rule)
   };
 
-  // candidates() lists the candidates (called only on a cache miss outside capture); run(id)
-  // enqueues candidate `id` on `stream`. Returns the id of the chosen candidate.
-  int choose(const ProblemKey<N>& key, const std::function<std::vector<Candidate>()>& candidates,
-             int capture_default, cudaStream_t stream, const std::function<void(int)>& run) {
+  // What a choice needs from its caller, each called only when needed: the candidates (only
+  // when measuring), a run of candidate `id` on the stream, the problem as the store keys it
+  // (on a miss in memory), and the id of an implementation name read from the store (-1: not
+  // one of this caller's).
+  struct Calls {
+    std::function<std::vector<Candidate>()> candidates;
+    std::function<void(int)> run;
+    std::function<std::string()> stored_key;
+    std::function<int(const std::string&)> id_of;
+  };
+
+  int choose(const ProblemKey<N>& key, int capture_default, cudaStream_t stream,
+             const Calls& calls) {
     {
       const std::lock_guard<std::mutex> lock(mutex_);
+      const int64_t generation = conv_choice_generation();
+      if (generation != generation_) {  // the store was cleared: so is this copy of it
+        cache_.clear();
+        generation_ = generation;
+      }
       const auto it = cache_.find(key);
       if (it != cache_.end()) return it->second;
     }
+    const std::string stored_key = calls.stored_key();
+    if (const std::optional<std::string> stored = stored_conv_choice(stored_key)) {
+      const int id = calls.id_of(*stored);
+      if (id >= 0) return remember(key, id);
+    }
     if (capturing(stream)) return capture_default;
-    const int best = fastest(runnable(candidates(), run), stream, run);
-    const std::lock_guard<std::mutex> lock(mutex_);
-    return cache_.emplace(key, best).first->second;  // a concurrent first call may have won
+    const Measured best = measure(runnable(calls.candidates(), calls.run), stream, calls.run);
+    store_conv_choice(stored_key, best.name, best.details);
+    return remember(key, best.id);
   }
 
  private:
+  using Clock = std::chrono::steady_clock;
+
+  static double ms_since(Clock::time_point start) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  }
+
   class Events {
    public:
     explicit Events(std::size_t count) {
@@ -97,6 +138,21 @@ class MeasuredChoice {
     std::vector<cudaEvent_t> events_;
   };
 
+  struct Runnable {
+    Candidate candidate;
+    double warmup_host_ms;  // the host's time for the warm-up run, first-time costs included
+  };
+
+  struct Measured {
+    int id;
+    std::string name, details;
+  };
+
+  int remember(const ProblemKey<N>& key, int id) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    return cache_.emplace(key, id).first->second;  // a concurrent first call may have won
+  }
+
   static bool capturing(cudaStream_t stream) {
     cudaStreamCaptureStatus status;
     TRP_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
@@ -106,14 +162,15 @@ class MeasuredChoice {
   // The candidates whose warm-up run succeeds. A failed candidate may leave a launch error
   // pending (cudaGetLastError clears it); an error that a second cudaGetLastError still reports
   // is sticky -- the context is lost, not the candidate unsupported -- and is raised.
-  static std::vector<Candidate> runnable(const std::vector<Candidate>& candidates,
-                                         const std::function<void(int)>& run) {
-    std::vector<Candidate> ok;
+  static std::vector<Runnable> runnable(const std::vector<Candidate>& candidates,
+                                        const std::function<void(int)>& run) {
+    std::vector<Runnable> ok;
     std::string failures;
     for (const Candidate& c : candidates) {
+      const Clock::time_point start = Clock::now();
       try {
         run(c.id);
-        ok.push_back(c);
+        ok.push_back({c, ms_since(start)});
       } catch (const std::exception& e) {
         (void)cudaGetLastError();
         const cudaError_t sticky = cudaGetLastError();
@@ -128,39 +185,93 @@ class MeasuredChoice {
     return ok;
   }
 
-  static int fastest(const std::vector<Candidate>& candidates, cudaStream_t stream,
-                     const std::function<void(int)>& run) {
+  static double hold_cycles_per_ms() {
+    int device = 0, khz = 0;
+    TRP_CUDA_CHECK(cudaGetDevice(&device));
+    TRP_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device));
+    return static_cast<double>(khz);  // kHz: cycles per ms at the peak clock (a hold at a
+                                      // lower clock lasts longer, never shorter)
+  }
+
+  static double clamp_hold(double ms) { return std::clamp(ms, kMinHoldMs, kMaxHoldMs); }
+
+  static Measured measure(const std::vector<Runnable>& candidates, cudaStream_t stream,
+                          const std::function<void(int)>& run) {
     const std::size_t count = candidates.size();
-    if (count == 1) return candidates[0].id;
-    const Events events(2 * static_cast<std::size_t>(kRepeats) * count);
-    for (int rep = 0; rep < kRepeats; ++rep) {
-      for (std::size_t c = 0; c < count; ++c) {
-        const std::size_t at = 2 * (static_cast<std::size_t>(rep) * count + c);
-        TRP_CUDA_CHECK(cudaEventRecord(events[at], stream));
-        run(candidates[c].id);
-        TRP_CUDA_CHECK(cudaEventRecord(events[at + 1], stream));
-      }
+    if (count == 1) {
+      const Candidate& only = candidates[0].candidate;
+      return {only.id, only.name, "rounds=0 (the one candidate that runs here)"};
     }
+    const double cycles_per_ms = hold_cycles_per_ms();
+    double hold_ms = 0.0;
+    for (const Runnable& r : candidates) hold_ms += r.warmup_host_ms;
+    hold_ms = clamp_hold(1.5 * hold_ms);
+    // Per round: the event before the hold, then one before each run and one after the last.
+    const std::size_t per_round = count + 2;
+    const Events events(per_round * kRounds + 1);
+    // The warm-ups done before the first hold, so that it starts on an idle device.
+    TRP_CUDA_CHECK(cudaEventRecord(events[events.size() - 1], stream));
     TRP_CUDA_CHECK(cudaEventSynchronize(events[events.size() - 1]));
-    int best = candidates[0].id;
-    float best_ms = 0.f;
-    for (std::size_t c = 0; c < count; ++c) {
-      std::array<float, kRepeats> ms;
-      for (int rep = 0; rep < kRepeats; ++rep) {
-        const std::size_t at = 2 * (static_cast<std::size_t>(rep) * count + c);
-        TRP_CUDA_CHECK(cudaEventElapsedTime(&ms[rep], events[at], events[at + 1]));
+    std::vector<std::vector<double>> host(count, std::vector<double>(kRounds));
+    // The event before candidate c's run in each round; the one after it follows.
+    std::vector<std::vector<std::size_t>> before(count, std::vector<std::size_t>(kRounds));
+    std::vector<double> issue_ms(kRounds);
+    for (int round = 0; round < kRounds; ++round) {
+      const std::size_t base = per_round * static_cast<std::size_t>(round);
+      const Clock::time_point issued = Clock::now();
+      TRP_CUDA_CHECK(cudaEventRecord(events[base], stream));
+      TRP_CUDA_CHECK(cuda::launch_device_hold(static_cast<long long>(hold_ms * cycles_per_ms),
+                                              stream));
+      TRP_CUDA_CHECK(cudaEventRecord(events[base + 1], stream));
+      const std::vector<std::size_t> order = round_order(static_cast<std::size_t>(round), count);
+      for (std::size_t position = 0; position < count; ++position) {
+        const std::size_t c = order[position];
+        before[c][round] = base + 1 + position;
+        const Clock::time_point start = Clock::now();
+        run(candidates[c].candidate.id);
+        host[c][round] = ms_since(start);
+        TRP_CUDA_CHECK(cudaEventRecord(events[base + 2 + position], stream));
       }
-      std::nth_element(ms.begin(), ms.begin() + kRepeats / 2, ms.end());
-      const float median = ms[kRepeats / 2];
-      if (c == 0 || median < best_ms) {
-        best = candidates[c].id;
-        best_ms = median;
-      }
+      issue_ms[round] = ms_since(issued);
+      hold_ms = clamp_hold(1.5 * issue_ms[round]);
     }
-    return best;
+    TRP_CUDA_CHECK(cudaEventSynchronize(events[per_round * kRounds - 1]));
+    const auto elapsed = [&](std::size_t from, std::size_t to) {
+      float ms = 0.f;
+      TRP_CUDA_CHECK(cudaEventElapsedTime(&ms, events[from], events[to]));
+      return static_cast<double>(ms);
+    };
+    std::vector<CandidateTiming> timings(count);
+    std::vector<double> host_ms(count);
+    for (std::size_t c = 0; c < count; ++c) {
+      std::vector<double> device(kRounds);
+      for (int round = 0; round < kRounds; ++round) {
+        device[round] = elapsed(before[c][round], before[c][round] + 1);
+      }
+      timings[c] = {median(device), candidates[c].candidate.launches};
+      host_ms[c] = median(host[c]);
+    }
+    int short_holds = 0;
+    for (int round = 0; round < kRounds; ++round) {
+      const std::size_t base = per_round * static_cast<std::size_t>(round);
+      if (issue_ms[round] >= elapsed(base, base + 1)) ++short_holds;
+    }
+    const std::size_t chosen = choose_candidate(timings);
+    std::string details = "rounds=" + std::to_string(kRounds) +
+                          " short_holds=" + std::to_string(short_holds);
+    for (std::size_t c = 0; c < count; ++c) {
+      char line[160];
+      std::snprintf(line, sizeof(line), "; %s device_ms=%.6g host_ms=%.6g launches=%d",
+                    candidates[c].candidate.name, timings[c].device_ms, host_ms[c],
+                    timings[c].launches);
+      details += line;
+    }
+    const Candidate& best = candidates[chosen].candidate;
+    return {best.id, best.name, details};
   }
 
   std::mutex mutex_;
+  int64_t generation_ = 0;
   std::unordered_map<ProblemKey<N>, int, ProblemKeyHash<N>> cache_;
 };
 

@@ -53,6 +53,7 @@ enum cudaError_t : int {
 };
 // The attributes the launchers ask for.
 enum cudaDeviceAttr : int {
+  cudaDevAttrClockRate = 13,
   cudaDevAttrMultiProcessorCount = 16,
   cudaDevAttrComputeCapabilityMajor = 75,
   cudaDevAttrCooperativeLaunch = 95,
@@ -66,6 +67,12 @@ struct cudaFuncAttributes {
   std::size_t sharedSizeBytes;  // static shared memory: 0 here (the emulation cannot know it)
   int maxThreadsPerBlock;
   int maxDynamicSharedSizeBytes;
+};
+// The fields of the device's properties the launchers read.
+struct cudaDeviceProp {
+  char name[256];
+  int major, minor;
+  int multiProcessorCount;
 };
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
@@ -204,6 +211,16 @@ inline float __uint_as_float(unsigned u) { return std::bit_cast<float>(u); }
 inline unsigned __float_as_uint(float f) { return std::bit_cast<unsigned>(f); }
 inline double __longlong_as_double(long long v) { return std::bit_cast<double>(v); }
 inline long long __double_as_longlong(double v) { return std::bit_cast<long long>(v); }
+// The SM clock. The emulation keeps no device time (a kernel runs to completion when it is
+// launched), so every read moves the clock on by a millisecond of cudaDevAttrClockRate's cycles:
+// a kernel that spins until N cycles have passed ends after N / kClockStep reads.
+namespace cuda_emulation {
+constexpr long long kClockStep = 1'980'000;  // 1 ms at the H200's 1980 MHz
+}  // namespace cuda_emulation
+inline long long clock64() {
+  static std::atomic<long long> now{0};
+  return now.fetch_add(cuda_emulation::kClockStep) + cuda_emulation::kClockStep;
+}
 
 // ---- Host API -------------------------------------------------------------------------------
 
@@ -211,6 +228,7 @@ cudaError_t cudaGetLastError();
 const char* cudaGetErrorString(cudaError_t error);
 cudaError_t cudaGetDevice(int* device);
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* properties, int device);
 cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, const void* kernel);
 cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attribute, int value);
 cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status);

@@ -8,8 +8,11 @@
 
 namespace cuda_emulation::device {
 
+constexpr const char* kName = "Emulated NVIDIA H200";
 constexpr int kComputeMajor = 9;
+constexpr int kComputeMinor = 0;
 constexpr int kH200SmCount = 132;
+constexpr int kClockRateKhz = 1'980'000;  // the SM clock cudaDevAttrClockRate reports
 constexpr int kMaxThreadsPerBlock = 1024;
 constexpr int kMaxThreadsPerSm = 2048;
 constexpr int kMaxBlocksPerSm = 32;

@@ -2,6 +2,7 @@
 // capture state and events (device_model.h says what device is modelled).
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <map>
 #include <mutex>
 
@@ -76,12 +77,23 @@ cudaError_t cudaGetDevice(int* d) {
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int d) {
   if (d != 0) return cudaErrorInvalidValue;
   switch (attribute) {
+    case cudaDevAttrClockRate: *value = device::kClockRateKhz; break;
     case cudaDevAttrMultiProcessorCount: *value = device::sm_count(); break;
     case cudaDevAttrComputeCapabilityMajor: *value = device::kComputeMajor; break;
     case cudaDevAttrCooperativeLaunch: *value = device::cooperative_launch_supported(); break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = device::kSharedPerBlockOptin; break;
     default: return cudaErrorInvalidValue;
   }
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* properties, int d) {
+  if (d != 0) return cudaErrorInvalidValue;
+  *properties = {};
+  std::snprintf(properties->name, sizeof(properties->name), "%s", device::kName);
+  properties->major = device::kComputeMajor;
+  properties->minor = device::kComputeMinor;
+  properties->multiProcessorCount = device::sm_count();
   return cudaSuccess;
 }
 

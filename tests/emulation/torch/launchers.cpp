@@ -15,17 +15,40 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "trp/conv_choice_store.h"
 #include "trp/conv_impl.h"
 
 namespace trp {
 
-// The process-wide switch lives in trp_kernels._C (csrc/aten/trp/conv_impl.cpp); the emulated
-// launcher reads it through its op.
+// The process-wide switch and the store of measured choices live in trp_kernels._C
+// (csrc/aten/trp/conv_impl.cpp, conv_choice_store.cpp); the emulated launcher reaches them
+// through their ops.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
 bool fused_conv_in_auto() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("trp::fused_conv_in_auto", "")
-                             .typed<bool()>();
-  return op.call();
+  static const auto handle = op<bool()>("trp::fused_conv_in_auto");
+  return handle.call();
+}
+
+std::optional<std::string> stored_conv_choice(const std::string& key) {
+  static const auto handle =
+      op<std::optional<std::string>(c10::string_view)>("trp::_stored_conv_choice");
+  return handle.call(key);
+}
+
+void store_conv_choice(const std::string& key, const std::string& impl,
+                       const std::string& details) {
+  static const auto handle =
+      op<void(c10::string_view, c10::string_view, c10::string_view)>("trp::_store_conv_choice");
+  handle.call(key, impl, details);
+}
+
+int64_t conv_choice_generation() {
+  static const auto handle = op<int64_t()>("trp::_conv_choice_generation");
+  return handle.call();
 }
 
 }  // namespace trp
