@@ -41,6 +41,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=unsupported))
 
 
+def pytest_collection_finish(session):
+    """Registers the emulated device before the first test runs when any selected test uses it:
+    autograd's engine sizes its per-device queues once, at the first backward pass on a device
+    other than the CPU, so a device registered after that (by a later test) would have none."""
+    if emulated_cuda.unsupported_reason() is None and any(
+            _device(item) == emulated_cuda.DEVICE for item in session.items):
+        emulated_cuda.load()
+
+
 @pytest.fixture(autouse=True)
 def _emulated_cuda_device(request):
     """Builds and loads the emulated device for the first case that runs on it, and gives each
