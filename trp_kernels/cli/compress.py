@@ -21,17 +21,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._version import __version__
-from .cli_options import (PROG, UsageError, build_model, input_shape, model_kwargs, rank,
+from .._version import __version__
+from .options import (PROG, UsageError, build_model, input_shape, model_kwargs, rank,
                           usage_error)
-from .compression import (LatencyMeter, decompose_model, export_onnx, load_file, load_model,
+from ..compression import (LatencyMeter, decompose_model, export_onnx, load_file, load_model,
                           restore_lowrank, save_model)
-from .compression.fidelity import model_outputs, warnings_silenced
-from .compression.latency import onnx_file_runner
-from .compression.onnx_extra import require
-from .ops import checks
-from .schemes import geometry
-from .training.report import model_figures, write_report
+from ..compression.fidelity import model_outputs, warnings_silenced
+from ..compression.latency import onnx_file_runner
+from ..compression.onnx_extra import require
+from ..ops import checks
+from ..schemes import geometry
+from ..training.report import model_figures, write_report
 
 OUTPUTS = ("model.pt", "model.onnx", "report.json", "report.md", "report.png")
 # Random inputs for the fidelity figures when no --calibration batch is given.

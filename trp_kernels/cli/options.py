@@ -11,9 +11,9 @@ import re
 
 from torch import nn
 
-from .compression import CheckpointError, build_arch
-from .training import TRAIN_MODELS
-from .training.config import is_model_reference
+from ..compression import CheckpointError, build_arch
+from ..training import TRAIN_MODELS
+from ..training.config import is_model_reference
 
 PROG = "trp_kernels"
 EXIT_USAGE = 2
