@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from .options import PROG, UsageError, build_model, input_shape, model_kwargs
 
@@ -34,7 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..compression import load_file
+    from ..compression import OutputPathError, check_output_file, load_file
     from ..compression.export import export_onnx, export_program, load_model
     from ..compression.onnx_extra import require
 
@@ -42,14 +41,11 @@ def run(args: argparse.Namespace) -> int:
     if not targets:
         raise UsageError(f"{PROG} export: error: nothing to do; give --onnx and/or --program")
     for option, path in (("--onnx", args.onnx), ("--program", args.program)):
-        if not path:
-            continue
-        if os.path.exists(path):
-            raise UsageError(f"{PROG} export: error: {option} {path} exists; not overwriting it")
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise UsageError(f"{PROG} export: error: {option} {path}: directory {parent} does "
-                             f"not exist")
+        if path:
+            try:
+                check_output_file(path, option)
+            except OutputPathError as exc:
+                raise UsageError(f"{PROG} export: error: {exc}") from None
     try:
         if args.onnx:
             require("onnx", "onnxscript", purpose="--onnx")
