@@ -97,17 +97,17 @@ def _unloadable(path: str, kind: str, head: bytes, exc: Exception) -> Checkpoint
     torch's own messages run to paragraphs, and for a file that is no torch file at all they
     blame the weights_only default."""
     message = str(exc)
-    if head.startswith(ZIP_MAGIC) and ("central directory" in message
-                                       or "zip archive" in message):
-        size = os.path.getsize(path)
-        return CheckpointError(f"{kind} {path} is truncated or damaged: its zip archive is "
-                               f"incomplete ({size:,} bytes), as when writing it was cut off; "
-                               f"write it again")
     if head.startswith((ZIP_MAGIC, PICKLE_MAGIC)) and "Weights only load failed" in message:
         return CheckpointError(f"{kind} {path} holds pickled Python objects other than tensors "
                                f"and plain values (such as a whole nn.Module saved with "
                                f"torch.save(model)), which trp_kernels does not unpickle: save "
                                f"the model's state_dict instead, or use trp_kernels.save_model")
+    if head.startswith(ZIP_MAGIC) and (isinstance(exc, OSError) or "central directory" in message
+                                       or "zip archive" in message):
+        size = os.path.getsize(path)
+        return CheckpointError(f"{kind} {path} is truncated or damaged: its zip archive is "
+                               f"incomplete ({size:,} bytes), as when writing it was cut off; "
+                               f"write it again")
     if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
         return CheckpointError(f"{kind} {path} is not a file written by torch.save (it is "
                                f"neither a zip archive nor a pickle)")
