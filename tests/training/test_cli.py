@@ -194,7 +194,7 @@ BAD = [
                                        "(set its classes with --model-kwargs)"),
     (["--model-kwargs", "[1]"], "--model-kwargs: must be a JSON object"),
     (["--model-kwargs", "{num_classes: 3}"], "--model-kwargs: must be a JSON object such as"),
-    (["--dataset", "mnist"], "--dataset: invalid choice"),
+    (["--dataset", "mnist"], "--dataset mnist is not a folder, nor package.module:callable"),
     (["--scheme", "diagonal"], "--scheme: invalid choice"),
     (["--method", "magic"], "--method: invalid choice"),
     (["--energy", "1.5"], "--energy must be in (0, 1]"),
@@ -234,7 +234,7 @@ BAD = [
     (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"],
      "--data-dir /nonexistent/cifar does not exist"),
     (["--device", "tpu"], "--device 'tpu' is not a torch device"),
-    (["--init", "x.pt"], "--init (a trained baseline to decompose) is for --method decomp"),
+    (["--init", "x.pt"], "--init (a model.pt to start from) is for --method decomp or finetune"),
     (["--method", "decomp", "--init", "/nonexistent/model.pt"],
      "--init: model file /nonexistent/model.pt does not exist"),
     (["--resume"], "no-such-dir"),
@@ -263,7 +263,7 @@ def test_existing_runs_and_corrupt_checkpoints_are_left_alone(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "checkpoint.pt is corrupt or unreadable" in err and err.count("\n") == 1
+    assert "checkpoint.pt is not a file written by torch.save" in err and err.count("\n") == 1
     assert snapshot(out) == before
 
 

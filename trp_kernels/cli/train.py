@@ -8,8 +8,9 @@ import os
 import sys
 
 from ..rank_training import PENALTY_KINDS
+from .. import training
 from ..training import (DATASETS, LR_SCHEDULES, METHODS, SCHEMES, TRAIN_MODELS, TrainConfig,
-                        TrainingDiverged, prepare, prepare_resume, run)
+                        TrainingDiverged, prepare, prepare_resume)
 from .options import PROG, UsageError, model_kwargs, model_reference, rank, usage_error
 
 EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 130
@@ -25,7 +26,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Train with TRP, a decomposition baseline, or low-rank from scratch. "
                     "Defaults: the main job (digits, ResNet-20, TRP+Nu, channel scheme).")
     g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", choices=DATASETS, help=f"(default {d.dataset})")
+    g.add_argument("--dataset", metavar="DATA",
+                   help=f"{', '.join(DATASETS)}, a folder of one sub-folder of images per class, "
+                        f"or package.module:callable returning a Dataset (or a pair: to train "
+                        f"on, to test on) (default {d.dataset})")
     g.add_argument("--data-dir", dest="data_dir",
                    help="cifar10: the cifar-10-batches-py directory (or its parent)")
     g.add_argument("--model", type=model_reference,
@@ -126,14 +130,14 @@ def run(args: argparse.Namespace) -> int:
             prepared = prepare_resume(args.out, options)
         else:
             config = TrainConfig.from_dict(options)
-            out = getattr(args, "out", None) or os.path.join(
+            out = args.out if hasattr(args, "out") else os.path.join(
                 "runs", f"{config.dataset}-{config.model}-{config.method}-{config.scheme}")
             prepared = prepare(config, out)
     except (ValueError, TypeError) as exc:   # bad input, found before anything is written
         raise usage_error("train", exc) from exc
     progress = False if getattr(args, "no_progress", False) else None
     try:
-        report = run(prepared, progress=progress)
+        report = training.run(prepared, progress=progress)
     except KeyboardInterrupt:
         print(f"{PROG} train: interrupted; {os.path.join(prepared.out_dir, 'checkpoint.pt')} "
               f"holds the last finished epoch: continue with `python -m {PROG} train --out "
