@@ -242,3 +242,14 @@ def test_the_sweep_is_read_back_from_its_cache(tmp_path, monkeypatch):
     other = trained_net(steps=61)                  # other weights: another sweep
     assert not run(other).selection["cached"]
     assert len(os.listdir(tmp_path)) == 2
+
+
+def test_the_report_gives_the_top1_before_the_batchnorm_adaptation():
+    model = trained_net()
+    unadapted = copy.deepcopy(model)
+    x, y = labelled(seed=6)
+    report = tk.decompose_model(model, "channel", rank=2, calibration_data=labelled(seed=7),
+                                eval_data=(x, y))
+    tk.decompose_model(unadapted, "channel", rank=2)
+    assert report.unadapted_accuracy == accuracy.measure(unadapted, [(x, y)]).top1
+    assert "BatchNorm layers were re-estimated" in str(report)

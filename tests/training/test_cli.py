@@ -328,3 +328,29 @@ def test_the_configuration_takes_the_five_schemes_and_a_stored_rank_pair():
         TrainConfig(scheme="tucker3").validate()
     with pytest.raises(ConfigError, match="pointwise must be a bool"):
         TrainConfig(pointwise="yes").validate()
+
+
+def test_finetune_a_compressed_model(main_run, tmp_path):
+    """--method finetune: the main job's compressed model.pt, its ranks kept, trained on."""
+    out = tmp_path / "tuned"
+    assert train(out, "--method", "finetune", "--init", str(main_run / "model.pt"),
+                 "--epochs", "1", "--lr", "0.01") == 0
+    r = report(out)
+    assert r["method"] == "finetune" and [h["epoch"] for h in r["history"]] == [1]
+    before = load_model(str(main_run / "model.pt"))
+    after = load_model(str(out / "model.pt"))
+    assert lowrank_layers(after) == lowrank_layers(before)
+    assert [m.rank for m in after.modules() if hasattr(m, "weight1")] == \
+        [m.rank for m in before.modules() if hasattr(m, "weight1")]
+
+
+def test_train_on_a_folder_of_images(tmp_path):
+    from test_sources import write_folder
+
+    write_folder(tmp_path / "shapes", sizes=((8, 8),) * 10, classes=("a", "b", "c"))
+    out = tmp_path / "folder"
+    assert train(out, "--dataset", str(tmp_path / "shapes"), "--model",
+                 "small_models:Classifier", "--model-kwargs", '{"classes": 3}', "--epochs", "1",
+                 "--batch-size", "8") == 0
+    r = report(out)
+    assert r["dataset"] == str(tmp_path / "shapes") and 0 <= r["test_accuracy"] <= 1

@@ -11,6 +11,8 @@ from ..rank_training import PENALTY_KINDS
 from .. import training
 from ..training import (DATASETS, LR_SCHEDULES, METHODS, SCHEMES, TRAIN_MODELS, TrainConfig,
                         TrainingDiverged, prepare, prepare_resume)
+from ..compression.latency import timing_warning
+from ..training.report import largest_spread
 from .options import PROG, UsageError, model_kwargs, model_reference, rank, usage_error
 
 EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 130
@@ -151,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"test accuracy {100 * report['test_accuracy']:.2f}% at {speed:.2f}x conv FLOP "
               f"speed-up ({report['params']:,} parameters); report: "
               f"{os.path.join(prepared.out_dir, 'report.md')}")
+        for warning in (timing_warning(largest_spread(report) or 1.0),
+                        report.get("missed_target")):
+            if warning:
+                print(f"{PROG} train: warning: {warning}", file=sys.stderr)
     return 0
 
 

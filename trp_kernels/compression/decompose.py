@@ -15,7 +15,7 @@ from ..schemes import geometry
 from ..schemes.costs import conv_costs, count_params, is_cheaper
 from ..schemes.layer_kinds import LOWRANK_LAYERS, conv_weight_shape, decompose_layers
 from . import accuracy, budget, fidelity, latency, sensitivity
-from .batchnorm import adapt_batchnorm
+from .batchnorm import adapt_batchnorm, batchnorm_layers
 from .selection import acts_on, counts_linear, decomposable_layers, layer_scheme, per_scheme
 
 
@@ -71,6 +71,7 @@ class DecompositionReport:
     timing_steady: bool | None = None
     timing_rounds: int | None = None
     batchnorm_adapted: int = 0            # BatchNorm layers re-estimated on calibration_data
+    unadapted_accuracy: float | None = None   # eval_data top-1 before they were
 
     @property
     def latency_speedup(self) -> float | None:
@@ -125,6 +126,7 @@ class DecompositionReport:
             "timing_rounds": self.timing_rounds,
             "timing_warning": self.timing_warning,
             "batchnorm_adapted": self.batchnorm_adapted,
+            "unadapted_accuracy": self.unadapted_accuracy,
         }
 
     @classmethod
@@ -203,7 +205,10 @@ class DecompositionReport:
         if self.accuracy is not None:
             lines.append(f"top-1 on {self.eval_samples} eval_data samples: dense "
                          f"{100 * self.accuracy['dense']:.2f}%, compressed "
-                         f"{100 * self.accuracy['compressed']:.2f}%")
+                         f"{100 * self.accuracy['compressed']:.2f}%"
+                         + ("" if self.unadapted_accuracy is None else
+                            f" ({100 * self.unadapted_accuracy:.2f}% before the "
+                            f"{self.batchnorm_adapted} BatchNorm layers were re-estimated)"))
         lines += self.fidelity_lines()
         return "\n".join(lines)
 
@@ -392,7 +397,10 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
         entry.params_after = count_params(layer)
         entry.energy_kept = 1.0 if entry.kept_dense else \
             fidelity.energy_kept(convs[entry.name].weight, layer)
-    if calibration_batches is not None and any(not l.kept_dense for l in report.layers):
+    if calibration_batches is not None and batchnorm_layers(model) \
+            and any(not l.kept_dense for l in report.layers):
+        if eval_batches is not None:
+            report.unadapted_accuracy = accuracy.measure(model, eval_batches).top1
         report.batchnorm_adapted = adapt_batchnorm(model, calibration_batches)
     if dense_accuracy is not None:
         report.accuracy = {"dense": dense_accuracy.top1,

@@ -105,6 +105,9 @@ def model_figures(model: nn.Module, dense_model: nn.Module, names, scheme: str,
                        missed_target=decomposition.missed_target)
     if getattr(decomposition, "selection", None) is not None:
         figures.update(select=decomposition.select, selection=decomposition.selection)
+    if getattr(decomposition, "batchnorm_adapted", 0):
+        figures.update(batchnorm_adapted=decomposition.batchnorm_adapted,
+                       unadapted_accuracy=decomposition.unadapted_accuracy)
     if getattr(decomposition, "output_error", None) is not None:
         figures.update(output_error=decomposition.output_error,
                        top1_agreement=decomposition.top1_agreement,
@@ -255,6 +258,19 @@ def accuracy_rows(report: dict) -> list[str]:
     return []
 
 
+def batchnorm_lines(report: dict) -> list[str]:
+    """The BatchNorm adaptation of a compression on calibration data, as markdown."""
+    if not report.get("batchnorm_adapted"):
+        return []
+    line = (f"BatchNorm statistics re-estimated on the calibration images "
+            f"({report['batchnorm_adapted']} layers)")
+    if report.get("unadapted_accuracy") is not None and report.get("accuracy"):
+        line += (f": held-out top-1 {_percent(report['unadapted_accuracy'])} with the dense "
+                 f"model's statistics, {_percent(report['accuracy']['compressed'])} with the "
+                 f"re-estimated ones")
+    return ["", line + "."]
+
+
 def skip_lines(report: dict) -> list[str]:
     if not report.get("skipped"):
         return []
@@ -287,7 +303,7 @@ def markdown(report: dict) -> str:
     if "onnxruntime_latency_ms" in report:
         speedups.append(f"in ONNX Runtime: {report['onnxruntime_latency_speedup']:.2f}x")
     lines += ["", "; ".join(speedups) + "."] + choice_lines(report) + timing_lines(report) \
-        + skip_lines(report) + fidelity_lines(report) + [
+        + skip_lines(report) + batchnorm_lines(report) + fidelity_lines(report) + [
         "",
         "| layer | weight | rank / full | energy kept | MMACs (dense) | FLOP speed-up "
         "| latency speed-up | params (dense) |",
