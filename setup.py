@@ -6,8 +6,8 @@ by torch's BuildExtension.
 Install with `pip install -v --no-build-isolation .` (or `-e .`) after installing torch: with
 build isolation pip builds in a fresh environment without the torch you have (and pyproject.toml
 deliberately does not ask for one: it would download a second, CUDA-enabled torch just to
-compile against), and -v shows the build's progress lines (README, "Install and build options",
-gives its measured time).
+compile against), and -v shows the build's progress lines (docs/install.md, "Building", gives
+its measured time).
 """
 
 import copy

@@ -1,5 +1,5 @@
 """pyproject.toml's extras: ONNX export is an extra of its own, which the test extra includes, and
-the README tells a user to install it (README, "Install and build options")."""
+the README tells a user to install it (README, "Install")."""
 
 import os
 import re
