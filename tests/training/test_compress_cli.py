@@ -311,14 +311,16 @@ def test_the_seed_draws_the_models_initial_weights(tmp_path):
 def test_ranks_by_accuracy_from_the_command_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TRP_KERNELS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "accuracy"
-    assert compress(out, *DIGITS, "--target-speedup", "2", "--select", "accuracy") == 0
+    assert compress(out, *DIGITS, "--target-speedup", "2", "--select", "accuracy",
+                    "--calibration-samples", "200") == 0
     r = read_report(out)
-    assert r["select"] == "accuracy" and r["selection"]["samples"] == 512
+    assert r["select"] == "accuracy" and r["selection"]["samples"] == 200
+    assert r["fidelity_samples"] == 200
     assert r["selection"]["loss"][r["selection"]["kept"]] <= r["selection"]["loss"]["energy"]
     assert all(layer["sensitivity"] for layer in r["layers"])
     assert r["flops_speedup"] >= 2 and r["accuracy"]["finetuned"] is None
     text = (out / "report.md").read_text()
-    assert "Ranks chosen by accuracy on 512 calibration images: kept the" in text
+    assert "Ranks chosen by accuracy on 200 calibration images: kept the" in text
     assert "| body.2 | 1: " in text and "| body.4 | 1: " in text
 
 

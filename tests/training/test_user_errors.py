@@ -184,6 +184,8 @@ def test_train_init_file(capsys, tmp_path, files, name):
      "--finetune-epochs must be an int >= 0"),
     (["--data", "digits", "--finetune-epochs", "1", "--finetune-batch-size", "1",
       "--energy", "0.5"], "--finetune-batch-size must be an int >= 2"),
+    (["--data", "digits", "--calibration-samples", "0", "--energy", "0.5"],
+     "--calibration-samples must be an int >= 1"),
     (["--data", "digits", "--finetune-epochs", "1", "--lr", "0", "--energy", "0.5"],
      "--lr must be a finite number > 0"),
     (["--select", "accuracy", "--energy", "0.5"],

@@ -126,6 +126,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--calibration",
                    help="without --data: a tensor file [B, C, H, W] of real inputs for the "
                         f"fidelity figures (default: {CALIBRATION_SAMPLES} random inputs)")
+    g.add_argument("--calibration-samples", dest="calibration_samples", type=int,
+                   default=DATA_CALIBRATION_SAMPLES,
+                   help="with --data: how many of the images to fit calibrate (the fidelity "
+                        "figures, BatchNorm adaptation, the sweep of --select accuracy, whose "
+                        f"cost grows with it) (default {DATA_CALIBRATION_SAMPLES})")
     g.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     g.add_argument("--seed", type=int, default=0,
                    help="of the model's initial weights, the random inputs and the fine-tuning "
@@ -161,6 +166,7 @@ def _check_options(args) -> None:
         checks.int_at_least(args.seed, 0, "seed")
         checks.int_at_least(args.finetune_epochs, 0, "finetune_epochs")
         checks.int_at_least(args.finetune_batch_size, 2, "finetune_batch_size")
+        checks.int_at_least(args.calibration_samples, 1, "calibration_samples")
         if args.threads is not None:
             checks.int_at_least(args.threads, 1, "threads")
         if not (math.isfinite(args.lr) and args.lr > 0):
@@ -179,7 +185,8 @@ def _check_options(args) -> None:
     except (ValueError, TypeError) as exc:
         raise usage_error("compress", exc, (
             "target_speedup", "energy", "rank", "pointwise", "rank_multiple", "batch_size",
-            "seed", "threads", "finetune_epochs", "finetune_batch_size", "lr", "select", "data", "calibration",
+            "seed", "threads", "finetune_epochs", "finetune_batch_size", "calibration_samples",
+            "lr", "select", "data", "calibration",
             "resume", "out")) from None
 
 
@@ -458,7 +465,7 @@ def _decompose(args, model: nn.Module, batch: torch.Tensor, calibration, data, p
     the command's own last lines."""
     labelled = {}
     if data is not None:
-        fit_x, fit_y = _labelled(data, "train", DATA_CALIBRATION_SAMPLES)
+        fit_x, fit_y = _labelled(data, "train", args.calibration_samples)
         calibration = fit_x
         labelled = {"eval_data": _labelled(data, "test"), "calibration_data": (fit_x, fit_y),
                     "select": args.select}
