@@ -3,9 +3,11 @@ is found. Environment switches: TRP_FORCE_CUDA=1 builds CUDA regardless (e.g. a 
 without a GPU), TRP_NO_CUDA=1 never builds it; TORCH_CUDA_ARCH_LIST and MAX_JOBS are honoured
 by torch's BuildExtension.
 
-Install with `pip install -v --no-build-isolation -e .` after installing torch: build isolation
-would download a second, CUDA-enabled torch just to compile against, and -v shows the build's
-progress lines (README, "Install and build options", gives its measured time).
+Install with `pip install -v --no-build-isolation .` (or `-e .`) after installing torch: with
+build isolation pip builds in a fresh environment without the torch you have (and pyproject.toml
+deliberately does not ask for one: it would download a second, CUDA-enabled torch just to
+compile against), and -v shows the build's progress lines (docs/install.md, "Building", gives
+its measured time).
 """
 
 import copy
@@ -18,10 +20,14 @@ from setuptools import find_packages, setup
 try:
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-except ImportError as exc:  # pragma: no cover - a message for the person building
+except ImportError as exc:  # a message for the person building
     raise SystemExit(
-        "trp_kernels needs torch installed before it is built: `pip install torch` "
-        "(a CPU build is enough), then `pip install --no-build-isolation -e .`"
+        "trp_kernels builds against the torch you have, and this build cannot import torch. "
+        "If torch is installed, pip is building in an isolated environment without it: install "
+        "with `pip install --no-build-isolation .` (or `pip install --no-build-isolation -e .` "
+        "for an editable install), after `pip install ninja \"setuptools>=77\"`. If torch is "
+        "not installed, install it first (a CPU build is enough, e.g. `pip install "
+        "torch==2.13.0`)."
     ) from exc
 
 ROOT = os.path.dirname(os.path.abspath(__file__))

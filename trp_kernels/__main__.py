@@ -1,4 +1,4 @@
-"""``python -m trp_kernels train ...``: see trp_kernels.cli."""
+"""``python -m trp_kernels train ...``: see trp_kernels.cli (one module per command)."""
 
 from .cli import main
 

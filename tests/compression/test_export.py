@@ -114,18 +114,52 @@ def test_files_naming_a_library_model_without_its_module_still_load(tmp_path):
     assert torch.load(path, weights_only=True)["arch"] == "trp_kernels.models:resnet20"
 
 
-def test_bad_files_are_reported(tmp_path):
-    missing = str(tmp_path / "none.pt")
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_model(missing)
-    corrupt = tmp_path / "corrupt.pt"
-    corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
-        load_model(str(corrupt))
-    other = str(tmp_path / "other.pt")
-    torch.save({"weights": torch.zeros(2)}, other)
-    with pytest.raises(CheckpointError, match="lacks the entries"):
-        load_model(other)
+def bad_model_files(directory):
+    """(name, path, the message's end) of every kind of file load_model refuses for what it
+    is, each message one complete sentence."""
+    good = str(directory / "good.pt")
+    save_model(compressed_model(), good, "resnet20", ARCH)
+    data = open(good, "rb").read()
+    files = {
+        "missing": (None, "does not exist"),
+        "a directory": ("dir", "is a directory, not a file"),
+        "empty": (b"", "is empty (0 bytes): it was never completely written; write it again"),
+        "truncated": (data[:len(data) // 2], "is truncated or damaged: its zip archive is "
+                      "incomplete"),
+        "random bytes": (bytes(range(7, 256)) * 8, "is not a file written by torch.save (it is "
+                         "neither a zip archive nor a pickle)"),
+        "text": (b"not a checkpoint", "is not a file written by torch.save"),
+        "a pickled module": ("module", "holds pickled Python objects other than tensors and "
+                             "plain values (such as a whole nn.Module saved with "
+                             "torch.save(model)), which trp_kernels does not unpickle"),
+        "a state_dict": ("state_dict", "holds a state_dict (layer names to tensors), not a "
+                         "model file written by trp_kernels"),
+        "another dict": ("dict", "lacks the entries ['format', 'state_dict']"),
+    }
+    out = []
+    for name, (content, message) in files.items():
+        path = directory / name.replace(" ", "_")
+        if content == "dir":
+            path.mkdir()
+        elif content == "module":
+            torch.save(nn.Conv2d(1, 2, 3), path)
+        elif content == "state_dict":
+            torch.save(nn.Conv2d(1, 2, 3).state_dict(), path)
+        elif content == "dict":
+            torch.save({"epochs": 3}, path)
+        elif content is not None:
+            path.write_bytes(content)
+        out.append((name, str(path), message))
+    return out
+
+
+def test_bad_files_are_reported_in_one_complete_sentence(tmp_path):
+    for name, path, message in bad_model_files(tmp_path):
+        with pytest.raises(CheckpointError) as info:
+            load_model(path)
+        text = str(info.value)
+        assert text.startswith(f"model file {path} ") and message in text, (name, text)
+        assert "\n" not in text and "weights_only" not in text, (name, text)
     wrong = str(tmp_path / "wrong.pt")
     save_model(compressed_model(), wrong, "resnet32", ARCH)
     with pytest.raises(CheckpointError, match="does not fit the model"):

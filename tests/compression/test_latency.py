@@ -231,5 +231,65 @@ def test_reports_show_flop_and_latency_speedups_and_dense_layers(tagged):
     assert figures["plan"] == "measured" and set(figures["plan_latency_ms"]) == \
         {"dense", "measured", "unmeasured"}
     assert "Measured choice in torch: kept the measured plan (whole models" in text
-    assert f"| {rows['a']['flops_speedup']:.2f}x | {rows['a']['latency_speedup']:.2f}x (torch) |" \
-        in text
+    # every timing carries its spread: the median round's excess over the best (+0% here)
+    assert f"| {rows['a']['flops_speedup']:.2f}x | {rows['a']['latency_speedup']:.2f}x (torch) " \
+           f"(+0%) |" in text
+    assert rows["a"]["latency_spread"] == 1.0
+    assert "Latencies are the best of interleaved rounds" in text
+
+
+class ScriptedClock:
+    """time.perf_counter for the meter: each call to a run advances it by the next duration of
+    its script (the run's last duration repeats)."""
+
+    def __init__(self):
+        self.now, self.pending = 0.0, 0.0
+
+    def __call__(self):
+        self.now += self.pending
+        self.pending = 0.0
+        return self.now
+
+    def run(self, durations):
+        durations = iter(durations)
+        last = [None]
+
+        def call():
+            last[0] = next(durations, last[0])
+            self.pending += last[0]
+        return call
+
+
+@pytest.mark.parametrize("noisy_rounds, rounds_run, steady", [
+    (0, 3, True),       # steady at once: no repeat
+    (3, 6, True),       # three noisy rounds, then steady ones: one repeat
+    (100, 9, False),    # never steady: stops at max_rounds and says so
+])
+def test_the_meter_repeats_rounds_until_steady(monkeypatch, noisy_rounds, rounds_run, steady):
+    clock = ScriptedClock()
+    monkeypatch.setattr(latency.time, "perf_counter", clock)
+    meter = LatencyMeter("torch", rounds=3, warmup=1, min_round_s=0, max_rounds=9)
+    # per run: warm-up, the call that sizes a round, then the rounds; two noisy rounds in three
+    # take twice the best
+    noisy = [1.0 if i % 3 == 2 else 2.0 for i in range(noisy_rounds)]
+    runs = [clock.run([1.0, 1.0] + noisy + [1.0] * 20),
+            clock.run([0.5, 0.5] + [0.5 * t for t in noisy] + [0.5] * 20)]
+    dense, other = meter.time_runs(runs, torch.zeros(1))
+    assert dense.rounds == other.rounds == rounds_run
+    assert dense.steady == other.steady == steady
+    assert dense.best == 1.0 and other.best == 0.5
+    assert latency.timing_warning(dense.spread) is None if steady else \
+        "the timings were not steady" in latency.timing_warning(dense.spread)
+
+
+def test_a_measured_choice_says_whether_its_timings_got_steady(tagged):
+    model, x = tagged(), torch.randn(2, 16, 8, 8)
+    report = tk.decompose_model(model, "channel", rank=4, example_input=x,
+                                measure=FakeMeter(spread=1.5))
+    assert report.timing_spread == pytest.approx(1.5) and report.timing_steady is False
+    assert "the timings were not steady: the median round was up to 50% slower" in \
+        report.timing_warning and report.to_dict()["timing_warning"] == report.timing_warning
+    assert f"warning: {report.timing_warning}" in str(report)
+    steady = tk.decompose_model(tagged(), "channel", rank=4, example_input=x,
+                                measure=FakeMeter())
+    assert steady.timing_steady and steady.timing_warning is None

@@ -194,7 +194,7 @@ BAD = [
                                        "(set its classes with --model-kwargs)"),
     (["--model-kwargs", "[1]"], "--model-kwargs: must be a JSON object"),
     (["--model-kwargs", "{num_classes: 3}"], "--model-kwargs: must be a JSON object such as"),
-    (["--dataset", "mnist"], "--dataset: invalid choice"),
+    (["--dataset", "mnist"], "--dataset mnist is not a folder, nor package.module:callable"),
     (["--scheme", "diagonal"], "--scheme: invalid choice"),
     (["--method", "magic"], "--method: invalid choice"),
     (["--energy", "1.5"], "--energy must be in (0, 1]"),
@@ -234,7 +234,7 @@ BAD = [
     (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"],
      "--data-dir /nonexistent/cifar does not exist"),
     (["--device", "tpu"], "--device 'tpu' is not a torch device"),
-    (["--init", "x.pt"], "--init (a trained baseline to decompose) is for --method decomp"),
+    (["--init", "x.pt"], "--init (a model.pt to start from) is for --method decomp or finetune"),
     (["--method", "decomp", "--init", "/nonexistent/model.pt"],
      "--init: model file /nonexistent/model.pt does not exist"),
     (["--resume"], "no-such-dir"),
@@ -263,7 +263,7 @@ def test_existing_runs_and_corrupt_checkpoints_are_left_alone(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "checkpoint.pt is corrupt or unreadable" in err and err.count("\n") == 1
+    assert "checkpoint.pt is not a file written by torch.save" in err and err.count("\n") == 1
     assert snapshot(out) == before
 
 
@@ -328,3 +328,29 @@ def test_the_configuration_takes_the_five_schemes_and_a_stored_rank_pair():
         TrainConfig(scheme="tucker3").validate()
     with pytest.raises(ConfigError, match="pointwise must be a bool"):
         TrainConfig(pointwise="yes").validate()
+
+
+def test_finetune_a_compressed_model(main_run, tmp_path):
+    """--method finetune: the main job's compressed model.pt, its ranks kept, trained on."""
+    out = tmp_path / "tuned"
+    assert train(out, "--method", "finetune", "--init", str(main_run / "model.pt"),
+                 "--epochs", "1", "--lr", "0.01") == 0
+    r = report(out)
+    assert r["method"] == "finetune" and [h["epoch"] for h in r["history"]] == [1]
+    before = load_model(str(main_run / "model.pt"))
+    after = load_model(str(out / "model.pt"))
+    assert lowrank_layers(after) == lowrank_layers(before)
+    assert [m.rank for m in after.modules() if hasattr(m, "weight1")] == \
+        [m.rank for m in before.modules() if hasattr(m, "weight1")]
+
+
+def test_train_on_a_folder_of_images(tmp_path):
+    from test_sources import write_folder
+
+    write_folder(tmp_path / "shapes", sizes=((8, 8),) * 10, classes=("a", "b", "c"))
+    out = tmp_path / "folder"
+    assert train(out, "--dataset", str(tmp_path / "shapes"), "--model",
+                 "small_models:Classifier", "--model-kwargs", '{"classes": 3}', "--epochs", "1",
+                 "--batch-size", "8") == 0
+    r = report(out)
+    assert r["dataset"] == str(tmp_path / "shapes") and 0 <= r["test_accuracy"] <= 1

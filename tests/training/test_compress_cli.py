@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import onnxruntime
@@ -205,3 +206,154 @@ def test_export_a_file_saved_without_its_architecture(tmp_path, capsys):
     assert "--model-kwargs do not fit small_models:Classifier" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "none.pt"), "--onnx", str(tmp_path / "y.onnx")]) == 2
     assert "none.pt does not exist" in capsys.readouterr().err
+
+
+# -- on labelled data ---------------------------------------------------------------------------
+DIGITS = ["--model", "small_models:Classifier", "--data", "digits", "--no-progress", "--threads",
+          "1"]
+TIMING_KEYS = ("latency", "spread", "rounds", "time_s")
+
+
+def without_timings(value):
+    """A report with every timing (and where it was written) left out."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items()
+                if not any(t in k for t in TIMING_KEYS) and k != "out"}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """compress --data digits --target-speedup 2 --finetune-epochs 2, straight through."""
+    out = tmp_path_factory.mktemp("digits") / "run"
+    assert compress(out, *DIGITS, "--target-speedup", "2", "--finetune-epochs", "2") == 0
+    return out
+
+
+def test_compress_on_digits_reports_dense_compressed_and_finetuned_top1(finetuned, capsys):
+    r = read_report(finetuned)
+    acc = r["accuracy"]
+    assert set(acc) == {"dense", "compressed", "finetuned"}
+    assert all(0 <= v <= 1 for v in acc.values()) and r["test_accuracy"] == acc["finetuned"]
+    assert r["eval_samples"] == 360 and r["data"] == {"source": "digits", "held_out": 360,
+                                                      "fit": 1437, "classes": 10}
+    assert r["fidelity_samples"] == 512 and r["finetune_epochs"] == 2
+    assert set(os.listdir(finetuned)) == FILES | {"compressed.pt", "checkpoint.pt"}
+    text = (finetuned / "report.md").read_text()
+    assert "| top-1 on 360 held-out images |" in text
+    assert "| top-1 after fine-tuning (2 epochs) |" in text
+    # the held-out top-1 of the files themselves
+    model = load_model(str(finetuned / "model.pt"))
+    compressed = load_model(str(finetuned / "compressed.pt"))
+    from trp_kernels.compression import accuracy
+    from trp_kernels.training import load_dataset
+    data = load_dataset("digits")
+    held_out = (data.batch_inputs(data.test_x, "cpu"), data.test_y)
+    assert accuracy.measure(model, [held_out]).top1 == acc["finetuned"]
+    assert accuracy.measure(compressed, [held_out]).top1 == acc["compressed"]
+    assert lowrank_layers(model) == lowrank_layers(compressed)
+    tuned, before = model.state_dict(), compressed.state_dict()
+    assert not all(torch.equal(tuned[k], before[k]) for k in before)     # it was fine-tuned
+
+
+def test_a_finetuning_interrupted_resumes_exactly(finetuned, tmp_path, monkeypatch, capsys):
+    import trp_kernels.training.loop as training_loop
+    real = training_loop.train_batches
+
+    def batches(data, batch_size, epoch, *args, **kwargs):
+        for i, b in enumerate(real(data, batch_size, epoch, *args, **kwargs)):
+            if (epoch, i) == (1, 3):
+                raise KeyboardInterrupt
+            yield b
+
+    monkeypatch.setattr(training_loop, "train_batches", batches)
+    out = tmp_path / "run"
+    args = [*DIGITS, "--target-speedup", "2", "--finetune-epochs", "2"]
+    assert compress(out, *args) == 130
+    assert "continue with the same command and --resume" in capsys.readouterr().err
+    assert set(os.listdir(out)) == {"compressed.pt", "checkpoint.pt"}
+    assert compress(out, *args) == 2
+    assert "already holds compressed.pt, checkpoint.pt; continue it with --resume" in \
+        capsys.readouterr().err
+    assert compress(out, *args, "--lr", "0.1", "--resume") == 2
+    assert "the interrupted run was made with other options: --lr" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert compress(out, *args, "--resume") == 0
+    assert without_timings(read_report(out))["accuracy"] == \
+        without_timings(read_report(finetuned))["accuracy"]
+    resumed = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    straight = torch.load(finetuned / "model.pt", weights_only=True)["state_dict"]
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_two_identical_commands_give_identical_reports_but_for_timings(finetuned, tmp_path):
+    again = tmp_path / "again"
+    assert compress(again, *DIGITS, "--target-speedup", "2", "--finetune-epochs", "2") == 0
+    assert without_timings(read_report(again)) == without_timings(read_report(finetuned))
+    first = torch.load(finetuned / "model.pt", weights_only=True)["state_dict"]
+    second = torch.load(again / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_the_seed_draws_the_models_initial_weights(tmp_path):
+    weights = []
+    for seed in ("0", "0", "1"):
+        out = tmp_path / f"seed{seed}-{len(weights)}"
+        assert compress(out, *REFERENCE, "--rank", "2", "--seed", seed) == 0
+        weights.append(torch.load(out / "model.pt", weights_only=True)["state_dict"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_ranks_by_accuracy_from_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRP_KERNELS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "accuracy"
+    assert compress(out, *DIGITS, "--target-speedup", "2", "--select", "accuracy",
+                    "--calibration-samples", "200") == 0
+    r = read_report(out)
+    assert r["select"] == "accuracy" and r["selection"]["samples"] == 200
+    assert r["fidelity_samples"] == 200
+    assert r["selection"]["loss"][r["selection"]["kept"]] <= r["selection"]["loss"]["energy"]
+    assert all(layer["sensitivity"] for layer in r["layers"])
+    assert r["flops_speedup"] >= 2 and r["accuracy"]["finetuned"] is None
+    text = (out / "report.md").read_text()
+    assert "Ranks chosen by accuracy on 200 calibration images: kept the" in text
+    assert "| body.2 | 1: " in text and "| body.4 | 1: " in text
+
+
+def test_timings_carry_their_spread_and_a_missed_target_is_the_last_line(
+        tmp_path, capsys, monkeypatch):
+    """Every factorised layer made 3 ms slower: the measured choice keeps the model dense, so
+    the 2x target is missed, which report.md and the command's last line say."""
+    forward = tk.LowRankConv2d.forward
+
+    def slow(self, x):
+        time.sleep(3e-3)
+        return forward(self, x)
+
+    monkeypatch.setattr(tk.LowRankConv2d, "forward", slow)
+    out = tmp_path / "missed"
+    assert compress(out, *REFERENCE, "--target-speedup", "2", "--measure", "torch") == 0
+    r = read_report(out)
+    assert r["flops_speedup"] < 2 and r["plan"] == "dense"
+    assert r["missed_target"].startswith("conv FLOP speed-up 1.00x misses target_speedup 2")
+    for key in ("latency", "dense_latency", "onnxruntime_latency", "dense_onnxruntime_latency"):
+        assert r[f"{key}_spread"] >= 1
+    assert r["plan_rounds"] >= 9 and isinstance(r["plan_steady"], bool)
+    text = (out / "report.md").read_text()
+    assert f"**Target missed**: {r['missed_target']}." in text
+    assert "(target 2x)" in text and text.count("% |") >= 2      # latency rows' spreads
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"trp_kernels compress: warning: {r['missed_target']}"
+
+
+def test_the_title_names_every_scheme_and_the_skip_list_layer_names(tmp_path):
+    out = tmp_path / "pointwise"
+    assert compress(out, "--model", "small_models:PointwiseClassifier", "--input-shape",
+                    "1,8,8", "--no-progress", "--pointwise", "--target-speedup", "2") == 0
+    text = (out / "report.md").read_text()
+    assert text.startswith("# compress / channel + pointwise: small_models:PointwiseClassifier")
+    assert "Layers left dense by skip (by name): `body.0`, `head`." in text

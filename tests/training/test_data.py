@@ -77,7 +77,8 @@ def test_cifar10_corrupt_file_is_named(tmp_path):
 
 
 def test_unknown_dataset():
-    with pytest.raises(DataError, match="dataset must be one of"):
+    with pytest.raises(DataError, match="dataset mnist is not a folder, nor "
+                                        "package.module:callable"):
         load_dataset("mnist")
 
 

@@ -10,7 +10,8 @@ from .decompose import DecompositionReport, LayerDecomposition, decompose_model
 from .export import (arch_reference, build_arch, export_onnx, export_program, load_model,
                      lowrank_layers, save_model, saved_input_shape, to_conv_pairs)
 from .fidelity import AGREEMENT_WARNING, FidelityWarning
-from .files import CheckpointError, atomic_save, atomic_write, atomic_write_text, load_file
+from .files import (CheckpointError, OutputPathError, atomic_save, atomic_write, atomic_write_text,
+                    check_output_dir, check_output_file, load_file)
 from .latency import LatencyMeter, MeasuredChoice, Timing, choose_faster
 from .onnx_extra import MissingExtra
 from .restore import restore_lowrank
@@ -26,6 +27,7 @@ __all__ = [
     "save_model", "load_model", "arch_reference", "build_arch", "lowrank_layers",
     "restore_lowrank", "saved_input_shape", "to_conv_pairs", "export_program",
     "export_onnx",
-    "CheckpointError", "atomic_write", "atomic_save", "atomic_write_text", "load_file",
+    "CheckpointError", "OutputPathError", "atomic_write", "atomic_save", "atomic_write_text",
+    "load_file", "check_output_dir", "check_output_file",
     "FidelityWarning", "AGREEMENT_WARNING", "MissingExtra",
 ]

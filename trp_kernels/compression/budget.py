@@ -141,13 +141,30 @@ class BudgetPlan:
 
     def layer(self, name: str, module: nn.Module, scheme: str):
         """The low-rank layer the plan gives ``module`` in its ``scheme`` (None: it stays
-        dense), built from the SVD already computed where the scheme has one matrix view."""
-        rank = self.ranks[name]
+        dense)."""
+        return self.layer_at(name, module, scheme, self.ranks[name])
+
+    def layer_at(self, name: str, module: nn.Module, scheme: str, rank):
+        """``module``'s low-rank layer in ``scheme`` at ``rank`` (None: None), built from the
+        SVD already computed where the scheme has one matrix view."""
         if rank is None:
             return None
         if len(self.svds[name]) == 1:
             return lowrank_from_svd(module, scheme, self.svds[name][0], rank)
         return decompose_layers([module], scheme, ranks=[rank])[0]
+
+    def with_choice(self, chosen: dict[str, int]) -> "BudgetPlan":
+        """The plan with each layer at the candidate of index ``chosen[name]`` in its chain
+        (the others as they are): ranks, energies and MACs follow."""
+        ranks, energy = dict(self.ranks), dict(self.energy)
+        after = self.conv_macs_after
+        for name, index in chosen.items():
+            old = next(c for c in self.candidates[name] if c.rank == ranks[name])
+            new = self.candidates[name][index]
+            ranks[name], energy[name] = new.rank, new.energy
+            after += new.macs - old.macs
+        return BudgetPlan(ranks, energy, self.conv_macs_before, after, self.energy_level,
+                          self.max_speedup, self.candidates, self.svds)
 
 
 def plan_budget(model: nn.Module, layers, scheme: str, example_input: torch.Tensor,

@@ -14,7 +14,8 @@ from ..ops import checks
 from ..schemes import geometry
 from ..schemes.costs import conv_costs, count_params, is_cheaper
 from ..schemes.layer_kinds import LOWRANK_LAYERS, conv_weight_shape, decompose_layers
-from . import budget, fidelity, latency
+from . import accuracy, budget, fidelity, latency, sensitivity
+from .batchnorm import adapt_batchnorm, batchnorm_layers
 from .selection import acts_on, counts_linear, decomposable_layers, layer_scheme, per_scheme
 
 
@@ -33,6 +34,10 @@ class LayerDecomposition:
     latency_factorised: float | None = None
     energy_kept: float | None = None  # fraction of the layer's spectral energy kept (1: dense)
     scheme: str | None = None         # the layer's own: "pointwise" for 1x1 convs and linears
+    latency_spread: float | None = None   # when measured: the larger of its two timings'
+    # select="accuracy": the sweep's points, [{"rank", "energy", "top1", "loss"}] measured on
+    # the calibration data with this layer alone factorised (sensitivity.py)
+    sensitivity: list | None = None
 
 
 @dataclass
@@ -53,6 +58,20 @@ class DecompositionReport:
     output_error: float | None = None     # relative L2 error of the outputs
     top1_agreement: float | None = None   # classifiers: fraction of equal top-1 classes
     fidelity_samples: int | None = None
+    target_speedup: float | None = None
+    select: str = "energy"                # how the budget's ranks were chosen
+    # with eval_data: {"dense": top-1, "compressed": top-1} on it, and its size
+    accuracy: dict | None = None
+    eval_samples: int | None = None
+    # select="accuracy": the calibration figures of the choice (sensitivity.py): the plan kept,
+    # each plan's loss and top-1, the dense model's, the samples, the cache file
+    selection: dict | None = None
+    # measured: the largest spread of the choice's timings, whether all got under 5%, rounds
+    timing_spread: float | None = None
+    timing_steady: bool | None = None
+    timing_rounds: int | None = None
+    batchnorm_adapted: int = 0            # BatchNorm layers re-estimated on calibration_data
+    unadapted_accuracy: float | None = None   # eval_data top-1 before they were
 
     @property
     def latency_speedup(self) -> float | None:
@@ -96,7 +115,52 @@ class DecompositionReport:
             "top1_agreement": self.top1_agreement,
             "fidelity_samples": self.fidelity_samples,
             "pointwise": self.pointwise,
+            "target_speedup": self.target_speedup,
+            "missed_target": self.missed_target,
+            "select": self.select,
+            "accuracy": None if self.accuracy is None else dict(self.accuracy),
+            "eval_samples": self.eval_samples,
+            "selection": None if self.selection is None else dict(self.selection),
+            "timing_spread": self.timing_spread,
+            "timing_steady": self.timing_steady,
+            "timing_rounds": self.timing_rounds,
+            "timing_warning": self.timing_warning,
+            "batchnorm_adapted": self.batchnorm_adapted,
+            "unadapted_accuracy": self.unadapted_accuracy,
         }
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "DecompositionReport":
+        """The report ``to_dict`` wrote (figures derived from others are recomputed)."""
+        names = {f for f in cls.__dataclass_fields__}
+        report = cls(**{k: v for k, v in record.items() if k in names and k != "layers"})
+        for layer in record.get("layers", []):
+            entry = LayerDecomposition(**layer)
+            entry.weight_shape = tuple(entry.weight_shape)
+            entry.rank, entry.full_rank = (tuple(r) if isinstance(r, list) else r
+                                           for r in (entry.rank, entry.full_rank))
+            report.layers.append(entry)
+        return report
+
+    @property
+    def missed_target(self) -> str | None:
+        """Why the FLOP speed-up is below ``target_speedup``, when it is (the measured choice
+        kept layers dense that the budget factorised), as one sentence; else None."""
+        if self.target_speedup is None or self.flops_speedup is None \
+                or self.flops_speedup >= self.target_speedup:
+            return None
+        return (f"conv FLOP speed-up {self.flops_speedup:.2f}x misses target_speedup "
+                f"{self.target_speedup:g}: the measured choice kept the {self.plan} plan, "
+                f"{sum(l.kept_dense for l in self.layers)} of {len(self.layers)} layers dense, "
+                f"because it ran faster in {self.measure}")
+
+    @property
+    def timing_warning(self) -> str | None:
+        """The measured choice's timings, when they did not get under 5% spread
+        (latency.timing_warning), as one sentence; else None."""
+        if self.timing_spread is None:
+            return None
+        return latency.timing_warning(self.timing_spread, self.timing_rounds)
 
     def __str__(self) -> str:
         rows = [("layer", "weight", "rank", "scheme", "energy", "params", "MMACs", "")]
@@ -118,7 +182,8 @@ class DecompositionReport:
                      f"({kept} kept dense), scheme {self.scheme}, params {self.params_before} -> "
                      f"{self.params_after}")
         if self.skipped:
-            lines.append(f"left dense by skip: {', '.join(self.skipped)}")
+            lines.append(f"layers left dense by skip (by name): "
+                         f"{', '.join(repr(name) for name in self.skipped)}")
         if self.flops_speedup is not None:
             lines.append(f"model conv MMACs {_mega(self.conv_macs_before)} -> "
                          f"{_mega(self.conv_macs_after)} (FLOP speed-up {self.flops_speedup:.2f}x)")
@@ -128,6 +193,22 @@ class DecompositionReport:
                          f"{self.latency_speedup:.2f}x); kept the {self.plan} plan of "
                          + ", ".join(f"{plan} {1e3 * t:.3f} ms"
                                      for plan, t in self.plan_latencies.items()))
+        if self.timing_warning:
+            lines.append(f"warning: {self.timing_warning}")
+        if self.missed_target:
+            lines.append(f"warning: {self.missed_target}")
+        if self.selection is not None:
+            lines.append(f"ranks by accuracy on {self.selection['samples']} calibration "
+                         f"samples: kept the {self.selection['kept']} plan (calibration loss "
+                         + ", ".join(f"{plan} {loss:.4f}"
+                                     for plan, loss in self.selection["loss"].items()) + ")")
+        if self.accuracy is not None:
+            lines.append(f"top-1 on {self.eval_samples} eval_data samples: dense "
+                         f"{100 * self.accuracy['dense']:.2f}%, compressed "
+                         f"{100 * self.accuracy['compressed']:.2f}%"
+                         + ("" if self.unadapted_accuracy is None else
+                            f" ({100 * self.unadapted_accuracy:.2f}% before the "
+                            f"{self.batchnorm_adapted} BatchNorm layers were re-estimated)"))
         lines += self.fidelity_lines()
         return "\n".join(lines)
 
@@ -161,7 +242,8 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
                     skip=None, example_input: torch.Tensor | None = None, target_speedup=None,
                     rank_multiple=1, measure=None, layers=None,
                     calibration_input: torch.Tensor | None = None,
-                    pointwise=False) -> DecompositionReport:
+                    pointwise=False, select="energy", calibration_data=None, eval_data=None,
+                    progress: bool | None = None) -> DecompositionReport:
     """Replaces, in place, decomposable convs of ``model`` (nn.Conv2d, groups 1, kernel larger
     than 1x1) by LowRankConv2d layers, and returns a report. The convs are those named in
     ``layers``, or else all but those named in ``skip`` (None: the model's
@@ -190,7 +272,16 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
     Fidelity (fidelity.py): every layer's ``energy_kept``, and, on ``calibration_input`` (a
     batch; default ``example_input``), the relative output error against the dense model and
     a classifier's top-1 agreement; a FidelityWarning when that is below
-    ``fidelity.AGREEMENT_WARNING``."""
+    ``fidelity.AGREEMENT_WARNING``.
+    Labelled data (accuracy.py: a pair (inputs, labels) of tensors, or an iterable of such
+    batches): ``eval_data``, held out, gives the report's top-1 ``accuracy`` of the dense and
+    the compressed model; ``select="accuracy"`` (with ``target_speedup``; the default "energy"
+    is the leximin-energy budget) chooses the budget's ranks by a per-layer sensitivity sweep
+    on ``calibration_data`` (sensitivity.py), each layer's points in the report. With
+    ``calibration_data``, the BatchNorm layers' running statistics are re-estimated on it once
+    the layers are factorised (batchnorm.py: the dense model's no longer fit).
+    ``progress``: bars for the measured choice and the sweep (None: when stderr is a
+    terminal)."""
     registered = geometry.scheme(scheme)
     rank = registered.check_rank_spec(rank)
     if not isinstance(pointwise, bool):
@@ -207,6 +298,21 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
                              "threshold and rank")
     if (target_speedup is not None or meter is not None) and example_input is None:
         raise ValueError("example_input is required with target_speedup or measure")
+    if select not in sensitivity.SELECTIONS:
+        raise ValueError(f"select must be one of {', '.join(sensitivity.SELECTIONS)}, got "
+                         f"{select!r}")
+    calibration_batches = None
+    if select == "accuracy":
+        if target_speedup is None:
+            raise ValueError("select='accuracy' chooses the ranks of a FLOP budget: give "
+                             "target_speedup")
+        if calibration_data is None:
+            raise ValueError("select='accuracy' needs calibration_data: labelled (inputs, "
+                             "labels) to measure each layer's sensitivity on")
+    if calibration_data is not None:
+        calibration_batches = accuracy.labelled_batches(calibration_data, "calibration_data")
+    eval_batches = None if eval_data is None else accuracy.labelled_batches(eval_data,
+                                                                            "eval_data")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, nn.Conv2d):
@@ -233,10 +339,21 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
     check_input = example_input if calibration_input is None else \
         checks.tensor(calibration_input, "calibration_input")
     dense_outputs = None if check_input is None else fidelity.model_outputs(model, check_input)
+    dense_accuracy = None if eval_batches is None else accuracy.measure(model, eval_batches)
 
     report = DecompositionReport(scheme, energy_level=plan and plan.energy_level, skipped=skipped,
-                                 pointwise=linear)
+                                 pointwise=linear, target_speedup=target_speedup, select=select)
     schemes = [layer_scheme(conv, scheme) for _, conv in targets]
+    swept = {}
+    if select == "accuracy":
+        choice = sensitivity.plan_by_accuracy(model, plan, targets, schemes, calibration_batches,
+                                              progress)
+        plan, swept = choice.plan, choice.sensitivity.layers
+        report.selection = {
+            "kept": choice.kept, "loss": choice.loss, "top1": choice.top1,
+            "dense_loss": choice.sensitivity.dense.loss, "dense_top1": choice.sensitivity.dense.top1,
+            "samples": choice.sensitivity.dense.samples, "cached": choice.sensitivity.cached,
+            "cache_file": choice.sensitivity.cache_file}
     built = _factorise(targets, schemes, energy, threshold, rank, plan)
     factorised = {}
     for (name, conv), s, layer in zip(targets, schemes, built):
@@ -255,20 +372,24 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
         report.layers.append(LayerDecomposition(
             name=name, weight_shape=tuple(conv.weight.shape), rank=full if r is None else r,
             full_rank=full, params_before=count_params(conv), params_after=count_params(conv),
-            scheme=s))
+            scheme=s, sensitivity=[vars(p) for p in swept[name]] if name in swept else None))
 
     if meter is None:
         for name, (_, layer) in factorised.items():
             model.set_submodule(name, layer)
     else:
-        choice = latency.choose_faster(model, dense_model, factorised, example_input, meter)
+        choice = latency.choose_faster(model, dense_model, factorised, example_input, meter,
+                                       progress)
         report.measure, report.plan = meter.runtime, choice.plan
         report.latency_before, report.latency_after = choice.before.best, choice.after.best
         report.plan_latencies = {plan: t.best for plan, t in choice.plans.items()}
+        report.timing_spread, report.timing_steady = choice.spread, choice.steady
+        report.timing_rounds = max(t.rounds for t in choice.timings)
         for entry in report.layers:
             if entry.name in choice.layer_times:
                 dense, fact = choice.layer_times[entry.name]
                 entry.latency_dense, entry.latency_factorised = dense.best, fact.best
+                entry.latency_spread = max(dense.spread, fact.spread)
     convs = dict(targets)
     for entry in report.layers:
         layer = model.get_submodule(entry.name)
@@ -276,6 +397,15 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
         entry.params_after = count_params(layer)
         entry.energy_kept = 1.0 if entry.kept_dense else \
             fidelity.energy_kept(convs[entry.name].weight, layer)
+    if calibration_batches is not None and batchnorm_layers(model) \
+            and any(not l.kept_dense for l in report.layers):
+        if eval_batches is not None:
+            report.unadapted_accuracy = accuracy.measure(model, eval_batches).top1
+        report.batchnorm_adapted = adapt_batchnorm(model, calibration_batches)
+    if dense_accuracy is not None:
+        report.accuracy = {"dense": dense_accuracy.top1,
+                           "compressed": accuracy.measure(model, eval_batches).top1}
+        report.eval_samples = dense_accuracy.samples
     if dense_outputs is not None:
         result = fidelity.output_fidelity(dense_outputs, fidelity.model_outputs(model, check_input),
                                           check_input.shape[0])
@@ -292,10 +422,8 @@ def decompose_model(model: nn.Module, scheme="channel", energy=None, threshold=N
             entry.macs_after = after[entry.name].macs
         report.conv_macs_before = sum(c.macs for c in before.values())
         report.conv_macs_after = sum(c.macs for c in after.values())
-        if target_speedup is not None and report.flops_speedup < target_speedup:
-            warnings.warn(f"the measured choice kept layers dense: conv FLOP speed-up "
-                          f"{report.flops_speedup:.3f}x, below target_speedup "
-                          f"{target_speedup:g}", stacklevel=2)
+        if report.missed_target:
+            warnings.warn(report.missed_target, stacklevel=2)
     return report
 
 

@@ -24,7 +24,8 @@ DIGITS_STAGE_STRIDES = (1, 1, 2)
 
 @dataclass
 class TrainConfig:
-    dataset: str = "digits"
+    dataset: str = "digits"                # or cifar10, a folder of one sub-folder per class,
+                                           # or package.module:callable returning a Dataset
     data_dir: str | None = None
     model: str = "resnet20"                # or "package.module:callable", a model of your own
     model_kwargs: dict = field(default_factory=dict)   # its keyword arguments (over the
@@ -64,7 +65,10 @@ class TrainConfig:
     # -- checking ------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raises ConfigError naming the first impossible option."""
-        _choice(self.dataset, DATASETS, "dataset")
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ConfigError(f"dataset must be {', '.join(DATASETS)}, a folder of one "
+                              f"sub-folder per class or package.module:callable, got "
+                              f"{self.dataset!r}", ["dataset"])
         if not is_model_reference(self.model):
             _choice(self.model, TRAIN_MODELS, "model", "or package.module:callable")
         if not isinstance(self.model_kwargs, dict):

@@ -1,8 +1,10 @@
 """Image classification data held in memory as tensors, and the per-epoch batches of training.
 
-Two sources: scikit-learn's bundled handwritten digits (1,797 real 8x8 grey images, no download;
-split train/test with a fixed seed) and CIFAR-10 read from a directory in the standard
-``cifar-10-batches-py`` format (training with random crops of padding 4 and horizontal flips).
+Two named sources: scikit-learn's bundled handwritten digits (1,797 real 8x8 grey images, no
+download; split train/test with a fixed seed) and CIFAR-10 read from a directory in the
+standard ``cifar-10-batches-py`` format (training with random crops of padding 4 and horizontal
+flips); and a user's own (sources.py): a folder of one sub-folder per class, or
+``package.module:callable`` returning a Dataset.
 
 Batches are drawn from a generator seeded by (seed, epoch), so an epoch's order and augmentation
 do not depend on what ran before it: a run resumed from a checkpoint sees exactly the batches an
@@ -126,12 +128,20 @@ def load_cifar10(data_dir: str) -> ImageData:
     )
 
 
-def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> ImageData:
+def load_dataset(name: str, data_dir: str | None = None, seed: int = 0, image_shape=None,
+                 progress: bool | None = None, option: str = "dataset") -> ImageData:
+    """The data ``name`` names: one of DATASETS, a folder of one sub-folder per class or
+    ``package.module:callable`` (sources.py; ``image_shape`` (C, H, W): the size a folder's
+    images are read at). DataError naming ``option`` when it cannot be read."""
     if name == "digits":
         return load_digits(seed)
     if name == "cifar10":
         return load_cifar10(data_dir)
-    raise DataError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}", ["dataset"])
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{option} must be {', '.join(DATASETS)}, a folder or "
+                        f"package.module:callable, got {name!r}", [option])
+    from .sources import load_source
+    return load_source(name, image_shape, progress, option)
 
 
 def crop_flip(x: torch.Tensor, padding: int, shift: torch.Tensor | None,
@@ -189,8 +199,15 @@ def num_train_batches(data: ImageData, batch_size: int) -> int:
     return len(data.train_y) // batch_size
 
 
+def split_batches(data: ImageData, batch_size: int, device, split: str = "test"
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The images of the ``split`` ("test" or "train") in order, normalised, unaugmented."""
+    x, y = (data.test_x, data.test_y) if split == "test" else (data.train_x, data.train_y)
+    for start in range(0, len(y), batch_size):
+        yield (data.batch_inputs(x[start:start + batch_size], device),
+               y[start:start + batch_size].to(device, non_blocking=True))
+
+
 def test_batches(data: ImageData, batch_size: int, device
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for start in range(0, len(data.test_y), batch_size):
-        x = data.batch_inputs(data.test_x[start:start + batch_size], device)
-        yield x, data.test_y[start:start + batch_size].to(device, non_blocking=True)
+    return split_batches(data, batch_size, device, "test")

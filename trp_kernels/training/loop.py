@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import torch
@@ -179,6 +180,7 @@ class Run:
             # shared cores disturb far less than wall time.
             row["train_s"] = time.perf_counter() - steps_start
             row["train_cpu_s"] = time.process_time() - steps_cpu
+            self.method.epoch_trained(self)
             if self.writer:
                 row["test_accuracy"] = evaluate(self.model, self.data, self.device)
                 row.update(self.method.epoch_metrics(self))
@@ -236,7 +238,25 @@ def run(prepared: Prepared, progress: bool | None = None, log=tqdm.write) -> dic
     """Trains (or resumes) the prepared run to the end and writes its files; returns the report
     (None on the ranks other than 0 under torchrun). KeyboardInterrupt leaves the checkpoint of
     the last completed epoch."""
-    threads = torch.get_num_threads()   # a setting of the process: restored on the way out
+    with _running(prepared, progress, log) as run_:
+        run_.fit()
+        return run_.finish() if run_.writer else None
+
+
+def fit(prepared: Prepared, progress: bool | None = None, log=tqdm.write) -> nn.Module:
+    """Trains (or resumes) the prepared run to its last epoch, a checkpoint after each, and
+    returns the model, without the method's end and the report files: for a caller that
+    reports itself (the compress command's fine-tuning)."""
+    with _running(prepared, progress, log) as run_:
+        run_.fit()
+        return run_.model.eval()
+
+
+@contextmanager
+def _running(prepared: Prepared, progress: bool | None, log):
+    """A Run of ``prepared``; torch's thread count (a setting of the process) is restored and
+    the process group left on the way out."""
+    threads = torch.get_num_threads()
     run_ = None
     try:
         run_ = Run(prepared, progress, log)
@@ -245,10 +265,7 @@ def run(prepared: Prepared, progress: bool | None = None, log=tqdm.write) -> dic
             log(f"{prepared.config.method} / {prepared.config.scheme}: {prepared.config.model} on "
                 f"{prepared.config.dataset}, {prepared.config.total_epochs} epochs on "
                 f"{run_.device}{done}; writing to {prepared.out_dir}")
-        run_.fit()
-        if not run_.writer:
-            return None
-        return run_.finish()
+        yield run_
     finally:
         torch.set_num_threads(threads)
         if run_ is not None:

@@ -8,6 +8,8 @@ fixed order; the loop never asks which method runs.
     before_forward()           every step, before the forward pass
     extra_loss(model)          a term added to the loss (or None)
     after_backward()           every step, between backward and the optimizer step
+    epoch_trained(run)         every process, after an epoch's steps, before it is evaluated:
+                               finetune re-estimates the BatchNorm statistics here
     epoch_metrics(run)         figures for the epoch's log line and history (rank 0 only)
     epoch_end(run)             every process, after each epoch: the place to change the
                                method's own settings between epochs (a TRP energy schedule)
@@ -23,9 +25,11 @@ import copy
 
 import torch
 
-from ..compression import decompose_model, energy_for_budget
+from ..compression import decompose_model, energy_for_budget, lowrank_layers, restore_lowrank
+from ..compression.batchnorm import adapt_batchnorm
 from ..compression.fidelity import warnings_silenced
 from ..rank_training import TRPRegularizer, make_lowrank, orthogonality_penalty
+from .data import split_batches
 from .errors import ConfigError
 from .evaluate import evaluate
 
@@ -43,6 +47,7 @@ class Method:
     budget_options: tuple[str, ...] = ()
     # Why the method refuses rank (None: it takes it), and the options the reason names.
     rank_refusal: tuple[str, tuple[str, ...]] | None = None
+    takes_init = False        # init: a model.pt the method starts from
 
     # -- the configuration ---------------------------------------------------------------------
     @classmethod
@@ -53,9 +58,13 @@ class Method:
             reason, options = cls.rank_refusal
             raise ConfigError(f"rank does not apply to method {config.method}: {reason}; "
                               f"methods decomp and lowrank take it", ["rank", "method", *options])
-        if config.init is not None:
-            raise ConfigError(f"init (a trained baseline to decompose) is for method decomp, "
-                              f"not {config.method}", ["init", "method"])
+        if config.init is not None and not cls.takes_init:
+            raise ConfigError(f"init (a model.pt to start from) is for method decomp or "
+                              f"finetune, not {config.method}", ["init", "method"])
+
+    @classmethod
+    def check_init(cls, config, init_model) -> None:
+        """Raises ConfigError when the model loaded from ``init`` does not suit the method."""
 
     @classmethod
     def check_budget_options(cls, config) -> None:
@@ -103,6 +112,9 @@ class Method:
         return None
 
     def after_backward(self) -> None:
+        pass
+
+    def epoch_trained(self, run) -> None:
         pass
 
     def epoch_metrics(self, run) -> dict:
@@ -232,14 +244,21 @@ class Decomp(Method):
 
     name = "decomp"
     budget_options = ("target_speedup", "rank_multiple", "measure")
+    takes_init = True
 
     @classmethod
     def check(cls, config) -> None:
-        cls.check_budget_options(config)   # init is this method's option
+        super().check(config)
         if config.target_speedup is not None and (config.energy is not None
                                                   or config.rank is not None):
             raise ConfigError("target_speedup chooses the ranks itself; give it without energy "
                               "and rank", ["target_speedup", "energy", "rank"])
+
+    @classmethod
+    def check_init(cls, config, init_model) -> None:
+        if lowrank_layers(init_model):
+            raise ConfigError(f"init {config.init!r} is already compressed; decomp starts from "
+                              f"a dense (baseline) model", ["init"])
 
     @classmethod
     def min_epochs(cls, config) -> int:
@@ -331,7 +350,35 @@ class LowRank(Method):
                                                                    self.config.penalty_kind)
         return None
 
-METHODS_BY_NAME = {cls.name: cls for cls in (Baseline, TRP, Decomp, LowRank)}
+class Finetune(Method):
+    """Fine-tuning of a given model (``init``: its model.pt, compressed or not) for ``epochs``,
+    its layers and ranks as they are: what follows a compression (the compress command's
+    --finetune-epochs runs it). After every epoch the BatchNorm layers' running statistics
+    are re-estimated on the training split (compression/batchnorm.py): the weights move
+    faster after a compression than the running averages follow, and a model evaluated with
+    statistics that lag its weights loses what the epoch gained."""
+
+    name = "finetune"
+    rank_refusal = ("finetune keeps the ranks of the model it is given (init)", ("init",))
+    takes_init = True
+
+    @classmethod
+    def check(cls, config) -> None:
+        super().check(config)
+        if config.init is None:
+            raise ConfigError("method finetune needs init: the model.pt to fine-tune",
+                              ["method", "init"])
+
+    def setup_model(self, run, model) -> None:
+        state = run.prepared.init_model.state_dict()
+        restore_lowrank(model, state)
+        model.load_state_dict(state)
+
+    def epoch_trained(self, run) -> None:
+        adapt_batchnorm(run.model, split_batches(run.data, 500, run.device, "train"))
+
+
+METHODS_BY_NAME = {cls.name: cls for cls in (Baseline, TRP, Decomp, LowRank, Finetune)}
 METHODS = tuple(METHODS_BY_NAME)
 
 

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..compression import (CheckpointError, budget, build_arch, decomposable_layers,
-                           layer_scheme, load_model, lowrank_layers)
+from ..compression import (CheckpointError, OutputPathError, budget, build_arch,
+                           check_output_dir, decomposable_layers, layer_scheme, load_model)
 from ..compression.fidelity import model_outputs
 from ..schemes import geometry
 from ..schemes.layer_kinds import conv_weight_shape
@@ -19,6 +19,7 @@ from .checkpoints import CHECKPOINT, MODEL_FILE, REPORT, read_checkpoint
 from .config import DIGITS_STAGE_STRIDES, TrainConfig, is_model_reference
 from .data import ImageData, load_dataset, num_train_batches
 from .errors import ConfigError
+from .methods import method_class
 
 # Where a run executes may change when it resumes; what it computes may not.
 RESUME_MAY_CHANGE = ("device", "threads")
@@ -70,7 +71,8 @@ def _check_outputs(model: nn.Module, config: TrainConfig, data: ImageData) -> No
         raise ConfigError(f"model {config.model} cannot run a batch of {config.dataset} images "
                           f"{list(x.shape)}: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}", ["model"]) from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, data.num_classes):
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2 \
+            or out.shape[1] < data.num_classes:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"model {config.model} gives {shape} for a batch of 2 "
                           f"{config.dataset} images; training needs [2, {data.num_classes}] "
@@ -99,8 +101,7 @@ def prepare(config: TrainConfig, out_dir: str, resume: bool = False) -> Prepared
     repeat (``device`` and ``threads`` may change)."""
     if resume:
         return prepare_resume(out_dir, asdict(config))
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"out {out_dir!r} exists and is not a directory", ["out"])
+    _check_out(out_dir)
     taken = [name for name in (CHECKPOINT, MODEL_FILE, REPORT)
              if os.path.exists(os.path.join(out_dir, name))]
     if taken:
@@ -114,6 +115,7 @@ def prepare_resume(out_dir: str, options: dict | None = None) -> Prepared:
     ``options`` (any subset of TrainConfig's fields) must agree with it, except ``device``
     and ``threads``, which they replace."""
     checkpoint = read_checkpoint(out_dir)
+    _check_out(out_dir)
     stored = checkpoint["config"]
     options = dict(options or {})
     changed = sorted(k for k, v in options.items()
@@ -125,6 +127,15 @@ def prepare_resume(out_dir: str, options: dict | None = None) -> Prepared:
     config = TrainConfig.from_dict({**stored, **{k: options[k] for k in RESUME_MAY_CHANGE
                                                  if k in options}})
     return _prepare(config, out_dir, checkpoint)
+
+
+def _check_out(out_dir: str) -> None:
+    """The run's directory is one, or can be made, and takes files: checked before any work,
+    not found out when the first checkpoint is due."""
+    try:
+        check_output_dir(out_dir)
+    except OutputPathError as exc:
+        raise ConfigError(str(exc), ["out"]) from None
 
 
 def _prepare(config: TrainConfig, out_dir: str, checkpoint: dict | None) -> Prepared:
@@ -150,9 +161,7 @@ def _prepare(config: TrainConfig, out_dir: str, checkpoint: dict | None) -> Prep
             init_model = load_model(config.init, build_model(config, data))
         except CheckpointError as exc:
             raise ConfigError(f"init: {exc}", ["init"]) from None
-        if lowrank_layers(init_model):
-            raise ConfigError(f"init {config.init!r} is already compressed; decomp starts from "
-                              f"a dense (baseline) model", ["init"])
+        method_class(config.method).check_init(config, init_model)
     return Prepared(config, out_dir, data, device, checkpoint, init_model)
 
 

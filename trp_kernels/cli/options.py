@@ -11,9 +11,9 @@ import re
 
 from torch import nn
 
-from .compression import CheckpointError, build_arch
-from .training import TRAIN_MODELS
-from .training.config import is_model_reference
+from ..compression import CheckpointError, build_arch
+from ..training import TRAIN_MODELS
+from ..training.config import is_model_reference
 
 PROG = "trp_kernels"
 EXIT_USAGE = 2
@@ -40,7 +40,7 @@ def usage_error(command: str, exc: Exception, options=()) -> UsageError:
     names (its ``options`` attribute, and ``options``) are spelled as the command line's, each
     at its first occurrence."""
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    for field in (*getattr(exc, "options", ()), *options):
+    for field in dict.fromkeys((*getattr(exc, "options", ()), *options)):
         message = re.sub(rf"(?<![\w-]){re.escape(field)}\b", option_name(field), message,
                          count=1)
     return UsageError(f"{PROG} {command}: error: {message}")

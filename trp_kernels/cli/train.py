@@ -1,11 +1,5 @@
-"""Command line: ``python -m trp_kernels train ...``, ``python -m trp_kernels compress ...`` and
-``python -m trp_kernels export ...`` (also installed as ``trp-kernels``). docs/training.md
-documents train and export, docs/compression.md compress.
-
-Exit codes: 0 done; 1 training diverged; 2 bad input (a one-line error naming the problem by
-its command-line option; nothing is written); 130 interrupted (the checkpoint of the last
-finished epoch remains).
-"""
+"""``python -m trp_kernels train``: the trainer's options, and the run they configure
+(docs/training.md, "The command line")."""
 
 from __future__ import annotations
 
@@ -13,17 +7,18 @@ import argparse
 import os
 import sys
 
-from . import compress_job
-from .cli_options import (EXIT_USAGE, PROG, Parser, UsageError, build_model, input_shape,
-                          model_kwargs, model_reference, rank, usage_error)
-from .rank_training import PENALTY_KINDS
-from .training import (DATASETS, LR_SCHEDULES, METHODS, SCHEMES, TRAIN_MODELS, TrainConfig,
-                       TrainingDiverged, prepare, prepare_resume, run)
+from ..rank_training import PENALTY_KINDS
+from .. import training
+from ..training import (DATASETS, LR_SCHEDULES, METHODS, SCHEMES, TRAIN_MODELS, TrainConfig,
+                        TrainingDiverged, prepare, prepare_resume)
+from ..compression.latency import timing_warning
+from ..training.report import largest_spread
+from .options import PROG, UsageError, model_kwargs, model_reference, rank, usage_error
 
 EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 130
 
 
-def _train_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     d = TrainConfig()
     # SUPPRESS: only the options given on the command line appear in the namespace, so a
     # resumed run can tell a repeated option from a changed one.
@@ -33,7 +28,10 @@ def _train_parser(subparsers) -> argparse.ArgumentParser:
         description="Train with TRP, a decomposition baseline, or low-rank from scratch. "
                     "Defaults: the main job (digits, ResNet-20, TRP+Nu, channel scheme).")
     g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", choices=DATASETS, help=f"(default {d.dataset})")
+    g.add_argument("--dataset", metavar="DATA",
+                   help=f"{', '.join(DATASETS)}, a folder of one sub-folder of images per class, "
+                        f"or package.module:callable returning a Dataset (or a pair: to train "
+                        f"on, to test on) (default {d.dataset})")
     g.add_argument("--data-dir", dest="data_dir",
                    help="cifar10: the cifar-10-batches-py directory (or its parent)")
     g.add_argument("--model", type=model_reference,
@@ -119,38 +117,7 @@ def _train_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _export_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "export", help="export a model.pt written by train or compress to ONNX and/or "
-                       "torch.export",
-        description="Export a saved model. ONNX files hold plain conv pairs; torch.export "
-                    "programs keep the library's low-rank op unless --conv-pairs is given.")
-    p.add_argument("file", metavar="MODEL_FILE",
-                   help="a model.pt written by train or compress (or export.save_model)")
-    p.add_argument("--onnx", help="write an ONNX file here")
-    p.add_argument("--program", help="write a torch.export program (.pt2) here")
-    p.add_argument("--conv-pairs", dest="conv_pairs", action="store_true",
-                   help="torch.export: replace the low-rank op by plain nn.Conv2d pairs")
-    p.add_argument("--model", dest="arch",
-                   help="package.module:callable that builds the dense model, for a file saved "
-                        "without its architecture")
-    p.add_argument("--model-kwargs", dest="arch_kwargs", type=model_kwargs, default={},
-                   help="keyword arguments of --model as a JSON object")
-    p.add_argument("--input-shape", dest="input_shape", type=input_shape,
-                   help="C,H,W of one input, for a file that does not record it")
-    return p
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog=PROG, description="Trained Rank Pruning and low-rank training.")
-    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    _train_parser(subparsers)
-    compress_job.add_parser(subparsers)
-    _export_parser(subparsers)
-    return parser
-
-
-def _train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     options = {k: v for k, v in vars(args).items()
                if k not in ("command", "out", "resume", "no_progress")}
     if "final_energy" in options and "final_threshold" not in options:
@@ -165,14 +132,14 @@ def _train(args: argparse.Namespace) -> int:
             prepared = prepare_resume(args.out, options)
         else:
             config = TrainConfig.from_dict(options)
-            out = getattr(args, "out", None) or os.path.join(
+            out = args.out if hasattr(args, "out") else os.path.join(
                 "runs", f"{config.dataset}-{config.model}-{config.method}-{config.scheme}")
             prepared = prepare(config, out)
     except (ValueError, TypeError) as exc:   # bad input, found before anything is written
         raise usage_error("train", exc) from exc
     progress = False if getattr(args, "no_progress", False) else None
     try:
-        report = run(prepared, progress=progress)
+        report = training.run(prepared, progress=progress)
     except KeyboardInterrupt:
         print(f"{PROG} train: interrupted; {os.path.join(prepared.out_dir, 'checkpoint.pt')} "
               f"holds the last finished epoch: continue with `python -m {PROG} train --out "
@@ -186,64 +153,10 @@ def _train(args: argparse.Namespace) -> int:
         print(f"test accuracy {100 * report['test_accuracy']:.2f}% at {speed:.2f}x conv FLOP "
               f"speed-up ({report['params']:,} parameters); report: "
               f"{os.path.join(prepared.out_dir, 'report.md')}")
+        for warning in (timing_warning(largest_spread(report) or 1.0),
+                        report.get("missed_target")):
+            if warning:
+                print(f"{PROG} train: warning: {warning}", file=sys.stderr)
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
-    import torch
-
-    from .compression import load_file
-    from .compression.export import export_onnx, export_program, load_model
-    from .compression.onnx_extra import require
-
-    targets = [p for p in (args.onnx, args.program) if p]
-    if not targets:
-        raise UsageError(f"{PROG} export: error: nothing to do; give --onnx and/or --program")
-    for option, path in (("--onnx", args.onnx), ("--program", args.program)):
-        if not path:
-            continue
-        if os.path.exists(path):
-            raise UsageError(f"{PROG} export: error: {option} {path} exists; not overwriting it")
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise UsageError(f"{PROG} export: error: {option} {path}: directory {parent} does "
-                             f"not exist")
-    try:
-        if args.onnx:
-            require("onnx", "onnxscript", purpose="--onnx")
-        saved = load_file(args.file, "model file", ("format", "state_dict"))
-    except ValueError as exc:
-        raise UsageError(f"{PROG} export: error: {exc}") from exc
-    if args.arch is None and not saved.get("arch"):
-        raise UsageError(f"{PROG} export: error: {args.file} names no architecture; give "
-                         f"--model package.module:callable (and --model-kwargs) that builds "
-                         f"its dense model")
-    model = None if args.arch is None else build_model("export", args.arch, args.arch_kwargs)
-    try:
-        model = load_model(args.file, model)
-    except ValueError as exc:
-        raise UsageError(f"{PROG} export: error: {exc}") from exc
-    shape = args.input_shape or saved.get("input_shape")
-    if shape is None:
-        raise UsageError(f"{PROG} export: error: {args.file} does not record its input shape; "
-                         f"give --input-shape C,H,W")
-    example = torch.randn(2, *shape)
-    if args.onnx:
-        export_onnx(model, example, args.onnx)
-        print(f"wrote {args.onnx}")
-    if args.program:
-        torch.export.save(export_program(model, example, conv_pairs=args.conv_pairs),
-                          args.program)
-        print(f"wrote {args.program}")
-    return 0
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        return {"train": _train, "compress": compress_job.run, "export": _export}[
-            args.command](args)
-    except UsageError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_USAGE
