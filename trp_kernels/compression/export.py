@@ -42,15 +42,22 @@ def arch_reference(arch) -> str:
     return arch if ":" in arch else f"{LIBRARY_MODELS}:{arch}"
 
 
+def import_reference(reference: str):
+    """The object "package.module:name" (the name may be dotted, "module:Class.method") names;
+    ImportError or AttributeError when it cannot be imported."""
+    module_name, _, name = reference.partition(":")
+    target = importlib.import_module(module_name)
+    for part in name.split("."):
+        target = getattr(target, part)
+    return target
+
+
 def build_arch(arch, arch_kwargs: dict) -> nn.Module:
     """The dense model ``arch`` (see ``arch_reference``) builds from ``arch_kwargs``, imported
     by name: no import of the model zoo here. CheckpointError if it cannot be imported."""
     reference = arch_reference(arch)
-    module_name, _, name = reference.partition(":")
     try:
-        target = importlib.import_module(module_name)
-        for part in name.split("."):
-            target = getattr(target, part)
+        target = import_reference(reference)
     except (ImportError, AttributeError) as exc:
         raise CheckpointError(f"architecture {reference!r} cannot be imported: {exc}") from None
     return target(**arch_kwargs)

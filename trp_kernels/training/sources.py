@@ -17,13 +17,13 @@ takes (its transforms, normalisation included, are the Dataset's) and the label 
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..compression.export import import_reference
 from .data import DataError, ImageData
 
 HELD_OUT = 0.2
@@ -124,11 +124,8 @@ def load_folder(root: str, image_shape=None, progress: bool | None = None,
 
 def load_callable(reference: str, progress: bool | None = None,
                   option: str = "dataset") -> ImageData:
-    module_name, _, name = reference.partition(":")
     try:
-        target = importlib.import_module(module_name)
-        for part in name.split("."):
-            target = getattr(target, part)
+        target = import_reference(reference)
     except (ImportError, AttributeError) as exc:
         raise DataError(f"{option} {reference} cannot be imported: {exc}", [option]) from None
     try:
