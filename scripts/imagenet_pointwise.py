@@ -12,7 +12,7 @@ weights; no download) at 224x224, in two tables.
            and the dense and compressed models' latency in torch and ONNX Runtime (batch 1,
            --threads threads, the two models timed in interleaved rounds, median).
 
-    pip install pytorchcv      # the model definitions only; not a dependency of trp_kernels
+    pip install --no-deps pytorchcv   # the model definitions only; not a dependency of trp_kernels
     OMP_WAIT_POLICY=PASSIVE python scripts/imagenet_pointwise.py reach budget
 
 (OMP_WAIT_POLICY=PASSIVE: on cores shared with other jobs, torch's OpenMP threads spin-waiting
@@ -64,7 +64,7 @@ def network(name: str) -> nn.Module:
     try:
         models = importlib.import_module(f"pytorchcv.models.{module}")
     except ImportError:
-        sys.exit("this script needs pytorchcv's model definitions: pip install pytorchcv")
+        sys.exit("this script needs pytorchcv's model definitions: pip install --no-deps pytorchcv")
     torch.manual_seed(0)
     return getattr(models, constructor)(pretrained=False).eval()
 
