@@ -101,12 +101,14 @@ class SvdWorkspace {
                const double* start, MatrixSVD& out) {
     const int64_t count = m * n;
     a_.resize(count);
-    bool finite = true;
+    // An integer OR of comparisons, which the compiler vectorises (std::isfinite it does not).
+    int nonfinite = 0;
     for (int64_t i = 0; i < count; ++i) {
-      a_[i] = static_cast<double>(M[i]);
-      finite &= std::isfinite(M[i]);
+      const scalar_t x = M[i];
+      a_[i] = static_cast<double>(x);
+      nonfinite |= !(std::abs(x) <= std::numeric_limits<scalar_t>::max());
     }
-    if (!finite) return false;
+    if (nonfinite) return false;
     out.m = m;
     out.n = n;
     out.k = std::min(m, n);

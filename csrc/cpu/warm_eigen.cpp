@@ -17,9 +17,9 @@
 //     Rayleigh quotients, Cholesky QR twice): each step shrinks what lies outside the true
 //     leading subspace by the ratio of the largest value of the rest to the block's smallest,
 //     below 1e-3 in the TRP steps above;
-//  3. after two steps, and after each further step (at most kMaxSteps), a Rayleigh-Ritz solve
-//     of the p x p projected matrix (syevd) gives Ritz pairs (theta_i, x_i) and residuals
-//     ||G x_i - theta_i x_i||;
+//  3. after three steps, and after each further step (at most kMaxSteps), a Rayleigh-Ritz
+//     solve of the p x p projected matrix (a Jacobi method: it is nearly diagonal) gives Ritz
+//     pairs (theta_i, x_i) and residuals ||G x_i - theta_i x_i||;
 //  4. certifies the result, or gives the matrix to the cold solve:
 //      - the rest of the spectrum lies in [0, tail + ||R||] (tail = trace - sum theta, G being
 //        positive semi-definite; Weyl's bound with the residual R), strictly below the smallest
@@ -30,7 +30,7 @@
 //      - the kept subspace is within 1e-9 of the exact one (Davis-Kahan: ||R_kept||_F over the
 //        gap between the kept and the dropped values).
 //
-// All heavy work is BLAS 3 on k x p blocks (gemm, trsm) and one p x p syevd per
+// All heavy work is BLAS 3 on k x p blocks (gemm, trsm) and one p x p eigensolve per
 // Rayleigh-Ritz solve, instead of syevd on k x k. Nothing here depends on the start being
 // right: a wrong start fails the certificate (or the scan) and costs the scan and a few steps.
 
@@ -42,6 +42,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <optional>
 
 #include "blas.h"
@@ -59,14 +60,67 @@ constexpr double kRestRatio = 0.05;
 // small part of the spectrum: a block that did not qualify before it will not after it.
 constexpr double kDrop = 1e-2;
 constexpr double kStartOrthogonality = 1e-6;  // max |Z0^T Z0 - I| of a usable start block
-constexpr int kFirstRitz = 2;           // power steps before the first Rayleigh-Ritz solve
-constexpr int kMaxSteps = 5;
+constexpr int kFirstRitz = 3;           // power steps before the first Rayleigh-Ritz solve
+constexpr int kMaxSteps = 6;
+// Rayleigh-Ritz: the p x p matrix is nearly diagonal (the block follows the previous
+// eigenvectors' order), which a cyclic Jacobi method diagonalises in two or three sweeps, several
+// times faster than syevd at these sizes; syevd above kJacobiOrder or without convergence.
+constexpr int64_t kJacobiOrder = 96;
+constexpr int kJacobiSweeps = 12;
 // Bound on the sine of the angle between the kept subspace and the exact one: the projected
 // weights differ from the exact projection by at most this, relative, two orders of magnitude
 // below float32 rounding.
 constexpr double kSubspaceTolerance = 1e-9;
 
 std::array<std::atomic<int64_t>, 5> counts{};
+
+// Cyclic Jacobi on the symmetric n x n matrix `a` (column-major, both triangles, destroyed),
+// rotations accumulated into `v` (set to the identity first); the eigenvalues in `w`, in the
+// order of v's columns. Returns false if it did not converge in kJacobiSweeps sweeps.
+bool jacobi_eigen(int64_t n, double* a, double* v, double* w) {
+  std::fill(v, v + n * n, 0.0);
+  for (int64_t i = 0; i < n; ++i) v[i + i * n] = 1.0;
+  for (int sweep = 0; sweep < kJacobiSweeps; ++sweep) {
+    bool rotated = false;
+    for (int64_t p = 0; p + 1 < n; ++p) {
+      for (int64_t q = p + 1; q < n; ++q) {
+        const double apq = a[p + q * n], app = a[p + p * n], aqq = a[q + q * n];
+        // the CUDA kernels' relative rule (trp/svd/jacobi_eigen.cuh)
+        if (!(std::abs(apq) > 8.0 * kEps * std::sqrt(std::abs(app)) * std::sqrt(std::abs(aqq)))) {
+          continue;
+        }
+        rotated = true;
+        const double theta = (aqq - app) / (2.0 * apq);
+        // |theta| > 1e150 only where apq is below 1e-150 of the diagonal: sqrt would overflow
+        const double root = std::abs(theta) < 1e150 ? std::sqrt(theta * theta + 1.0)
+                                                     : std::abs(theta);
+        const double t = std::copysign(1.0, theta) / (std::abs(theta) + root);
+        const double c = 1.0 / std::sqrt(1.0 + t * t), sn = t * c;
+        for (int64_t i = 0; i < n; ++i) {  // columns p, q
+          const double x = a[i + p * n], y = a[i + q * n];
+          a[i + p * n] = c * x - sn * y;
+          a[i + q * n] = sn * x + c * y;
+        }
+        for (int64_t j = 0; j < n; ++j) {  // rows p, q
+          const double x = a[p + j * n], y = a[q + j * n];
+          a[p + j * n] = c * x - sn * y;
+          a[q + j * n] = sn * x + c * y;
+        }
+        a[p + q * n] = a[q + p * n] = 0.0;
+        for (int64_t i = 0; i < n; ++i) {
+          const double x = v[i + p * n], y = v[i + q * n];
+          v[i + p * n] = c * x - sn * y;
+          v[i + q * n] = sn * x + c * y;
+        }
+      }
+    }
+    if (!rotated) {
+      for (int64_t i = 0; i < n; ++i) w[i] = a[i + i * n];
+      return true;
+    }
+  }
+  return false;
+}
 
 double dot(const double* a, const double* b, int64_t n) {
   double s = 0.0;
@@ -197,15 +251,38 @@ bool WarmEigenSolver::power_step(const double* g, int64_t k, int64_t p, const do
 void WarmEigenSolver::rayleigh_ritz(int64_t k, int64_t p) {
   s_.resize(p * p);
   blas::gemm<double>(blas::kT, blas::kN, p, p, k, z_.data(), k, tz_.data(), k, s_.data(), p);
-  theta_.resize(p);
-  blas::syevd(p, s_.data(), p, theta_.data(), work_, iwork_);
-  // Ascending from syevd: reverse the columns of W and the values.
-  for (int64_t j = 0; j < p / 2; ++j) {
-    std::swap_ranges(s_.data() + j * p, s_.data() + (j + 1) * p, s_.data() + (p - 1 - j) * p);
-    std::swap(theta_[j], theta_[p - 1 - j]);
+  for (int64_t j = 0; j < p; ++j) {  // symmetric to the bit: the Jacobi method reads both
+    for (int64_t i = j + 1; i < p; ++i) s_[j + i * p] = s_[i + j * p];
   }
-  // syevd's signs are arbitrary: keep each vector's start's (x_j . z_j = W_jj >= 0), so that a
-  // basis carried from step to step does not flip.
+  theta_.resize(p);
+  w_.resize(p * p);
+  bool solved = false;
+  if (p <= kJacobiOrder) {
+    rr_.assign(s_.begin(), s_.end());
+    if (jacobi_eigen(p, rr_.data(), w_.data(), theta_.data())) {
+      // descending, vectors with their values
+      order_.resize(p);
+      std::iota(order_.begin(), order_.end(), 0);
+      std::stable_sort(order_.begin(), order_.end(),
+                       [&](int64_t a, int64_t b) { return theta_[a] > theta_[b]; });
+      rr_.assign(theta_.begin(), theta_.end());
+      for (int64_t j = 0; j < p; ++j) {
+        theta_[j] = rr_[order_[j]];
+        std::copy_n(w_.data() + order_[j] * p, p, s_.data() + j * p);
+      }
+      solved = true;
+    }
+  }
+  if (!solved) {
+    blas::syevd(p, s_.data(), p, theta_.data(), work_, iwork_);
+    // Ascending from syevd: reverse the columns of W and the values.
+    for (int64_t j = 0; j < p / 2; ++j) {
+      std::swap_ranges(s_.data() + j * p, s_.data() + (j + 1) * p, s_.data() + (p - 1 - j) * p);
+      std::swap(theta_[j], theta_[p - 1 - j]);
+    }
+  }
+  // syevd's signs are arbitrary (and a Jacobi rotation may flip one): keep each vector's
+  // start's (x_j . z_j = W_jj >= 0), so that a basis carried from step to step does not flip.
   for (int64_t j = 0; j < p; ++j) {
     double* w = s_.data() + j * p;
     if (w[j] < 0.0) {

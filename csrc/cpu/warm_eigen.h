@@ -47,7 +47,8 @@ class WarmEigenSolver {
   void rayleigh_ritz(int64_t k, int64_t p);
 
   std::vector<double> t_, d_, sorted_, rule_values_;
-  std::vector<double> z_, tz_, x_, gx_, s_, theta_, res_, work_, tau_;
+  std::vector<double> z_, tz_, x_, gx_, s_, theta_, res_, work_, tau_, w_, rr_;
+  std::vector<int64_t> order_;
   std::vector<int> iwork_;
 };
 
