@@ -20,7 +20,7 @@
 //    number, which float64 callers would notice).
 //  * float32 with a start basis (the previous projection's eigenvectors): the warm, rank-aware
 //    eigensolver of warm_eigen.cpp replaces syevd where it certifies its result (same rank as
-//    syevd would give, kept subspace to 1e-9), and syevd runs where it does not.
+//    syevd would give, kept subspace to 1e-7), and syevd runs where it does not.
 // LAPACK and BLAS are called on raw pointers (blas.h): a small matrix costs no dispatcher or
 // tensor overhead.
 

@@ -13,7 +13,7 @@ namespace trp::cpu {
 
 // How a warm solve ended. Anything but kAccepted leaves the matrix to the cold eigensolver.
 enum class WarmOutcome : int {
-  kAccepted = 0,     // certified: same rank as the cold solve, kept subspace to 1e-9
+  kAccepted = 0,     // certified: same rank as the cold solve, kept subspace to 1e-7
   kBadStart = 1,     // the start basis holds inf/nan, or its leading columns are not orthonormal
   kNoGap = 2,        // no leading block of the start holds the kept spectrum with a small rest
   kNotCertified = 3  // the iteration did not certify the rank or the kept subspace in time

@@ -57,11 +57,13 @@ def _k(W: torch.Tensor) -> int:
     return min(W.shape[-2:]) if W.dim() >= 2 else 0
 
 
-def _marks_nonfinite(device: torch.device, k: int) -> bool:
-    """Whether the path selected for ``device`` and k reports a matrix holding inf/nan with rank
-    -1 (and NaN factors) instead of raising: every path but the compiled CPU op, which raises
-    ValueError itself. A device cannot raise without a host synchronisation."""
-    return device.type != "cpu" or svd_impl(device, k) is SvdImpl.EIGH
+def _marks_nonfinite(device: torch.device, k: int, path: SvdImpl | None = None) -> bool:
+    """Whether the path selected for ``device`` and k (``path``, where already known) reports
+    a matrix holding inf/nan with rank -1 (and NaN factors) instead of raising: every path but
+    the compiled CPU op, which raises ValueError itself. A device cannot raise without a host
+    synchronisation."""
+    path = svd_impl(device, k) if path is None else path
+    return device.type != "cpu" or path is SvdImpl.EIGH
 
 
 def _raise_if_nonfinite(rank: torch.Tensor, name: str = "W") -> None:
@@ -157,9 +159,10 @@ def lowrank_project_groups(groups: Sequence[torch.Tensor], energy=None, threshol
             checks.start_basis(groups[i], b, f"basis[{i}]")
     rule = _rule(energy, threshold, max_rank)
     # each group on its path (on CUDA the path depends on k): one call per path
+    paths = [svd_impl(g.device, _k(g)) for g in groups]
     results = [None] * len(groups)
     for impl, module in ((SvdImpl.JACOBI, ops), (SvdImpl.EIGH, svd_composite)):
-        picked = [i for i, g in enumerate(groups) if svd_impl(g.device, _k(g)) is impl]
+        picked = [i for i, path in enumerate(paths) if path is impl]
         if picked:
             starts = None if basis is None else [basis[i] for i in picked]
             out = module.lowrank_project_groups([groups[i] for i in picked], *rule, starts)
@@ -167,8 +170,8 @@ def lowrank_project_groups(groups: Sequence[torch.Tensor], energy=None, threshol
                 results[i] = tuple(o[j] for o in out)
     lows, subs, ranks, bases = ([r[n] for r in results] for n in range(4))
     if check_finite:
-        for i, (group, rank) in enumerate(zip(groups, ranks)):
-            if _marks_nonfinite(group.device, _k(group)):
+        for i, (group, rank, path) in enumerate(zip(groups, ranks, paths)):
+            if _marks_nonfinite(group.device, _k(group), path):
                 _raise_if_nonfinite(rank, f"groups[{i}]")
     if return_basis:
         return lows, subs, ranks, bases
