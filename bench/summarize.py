@@ -1,5 +1,6 @@
 """Prints a benchmark result file as one table per case: each impl's median and its speed-up
-over the slowest impl of the case. Reads both formats under bench/results/: pytest-benchmark
+over the slowest impl of the case (for bench/bench_warm_start.py also warm against cold, and
+whether their ranks agree). Reads both formats under bench/results/: pytest-benchmark
 JSON (bench_*.py) and the GPU timing JSON of bench/gpu_timings.py ({"machine", "measurements"}).
 
     python bench/summarize.py RESULT.json [...]
@@ -41,6 +42,36 @@ def print_tables(path):
         slowest = max(t for _, t in entries)
         cells = "  ".join(f"{impl} {t * 1e3:.3f} ms ({slowest / t:.1f}x)" for impl, t in entries)
         print(f"{case:<34} {cells}")
+    for line in warm_start_lines(path):
+        print(line)
+
+
+def warm_start_lines(path) -> list[str]:
+    """bench/bench_warm_start.py's cases: warm against cold (median time ratio), whether every
+    round's layer ranks were the same, and the CPU kernel's warm-start outcomes."""
+    with open(path) as f:
+        data = json.load(f)
+    by_case = defaultdict(dict)
+    for b in data.get("benchmarks", []):
+        params, info = b.get("params") or {}, b.get("extra_info") or {}
+        if "ranks" in info and params.get("impl") in ("warm", "cold"):
+            by_case[b["group"]][params["impl"]] = (b["stats"]["median"], info)
+    out = []
+    for case, impls in sorted(by_case.items()):
+        if set(impls) != {"warm", "cold"}:
+            continue
+        (warm, warm_info), (cold, cold_info) = impls["warm"], impls["cold"]
+        same = warm_info["ranks"] == cold_info["ranks"]
+        counts = warm_info.get("warm_start_counts", [])
+        outcome = ""
+        if len(counts) >= 5:
+            solves = sum(counts[:4])
+            outcome = (f"; warm solves accepted {counts[0]} of {solves}, "
+                       f"{counts[4] / max(counts[0], 1):.2f} power steps each")
+        out.append(f"{case}: warm {warm * 1e3:.3f} ms, cold {cold * 1e3:.3f} ms, cold/warm "
+                   f"{cold / warm:.2f}x; ranks {'identical' if same else 'DIFFERENT'} in "
+                   f"{len(warm_info['ranks'])} rounds{outcome}")
+    return out
 
 
 def geomean(values):
