@@ -30,7 +30,21 @@ groups (in run order):
 stride-1 ResNet-18 layers in channels_last); --skip-quick runs the others, so that the two
 runs together are the whole table.
 
+Two more groups, only when named (--groups project,pstep; bench/run_gpu.sh phase
+timings_project), time warm starts beside cold ones (docs/cuda_svd.md, "Warm start"): 50
+back-to-back calls between two events, held and replayed from a CUDA graph as well where the call
+never synchronises (the compiled op), the host's time per call apart:
+  project  the projection of ResNet-20/18/50 (both schemes) one training step after a
+           projection: the cold projection's W_low moved by 2e-3 of its norm (bench/
+           layer_sets.json, energy 0.9). impls trp_jacobi-cold / trp_jacobi-warm (the compiled op
+           forced, without and with the previous projection's bases), trp_eigh-cold, and the
+           baselines torch_gram and torch_svd (svd_baselines.py)
+  pstep    a TRP+Nu training step beside a plain one (batch 128): ResNet-20 on CIFAR-sized
+           input in float32, ResNet-18 on ImageNet-sized input under bf16 autocast; per scheme,
+           warm_start True and False, each SVD on the default path
+
     python bench/gpu_timings.py --out timings.jsonl [--groups step,svd,conv] [--quick]
+    python bench/gpu_timings.py --out timings.jsonl --groups project
     python bench/gpu_timings.py --list [--quick]        # the measurements, no GPU needed
     python bench/gpu_timings.py --fold timings.jsonl NVIDIA-H200-20261201.json
 """
@@ -40,7 +54,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -53,8 +66,12 @@ import cuda_timing  # noqa: E402
 from gpu_env import device_slug, machine_info, require_cuda  # noqa: E402
 
 GROUPS = ("step", "svd", "conv")  # run order: cheapest headline first
+EXTRA_GROUPS = ("project", "pstep")  # only when named: bench/run_gpu.sh's timings_project
 SVD_NETWORKS = ("resnet20", "resnet18", "resnet50")
 SVD_IMPLS = ("trp_jacobi", "trp_eigh", "torch_gram", "torch_svd")
+PROJECT_IMPLS = ("trp_jacobi-cold", "trp_jacobi-warm", "trp_eigh-cold", "torch_gram", "torch_svd")
+PSTEP_CASES = ("resnet20-b128", "resnet18-imagenet-b128-bf16")
+PSTEP_IMPLS = ("plain", "trp-cold", "trp-warm")
 CONV_IMPLS = ("fused", "two_convs", "two_convs_r8", "dense", "auto")
 CONV_FORCED = {"two_convs_r8": "two_convs"}   # the implementation an extra impl runs
 CONV_DTYPES = ("bf16", "f32")
@@ -106,10 +123,32 @@ def cases(groups=GROUPS) -> list[dict]:
     return out
 
 
+def extra_cases(groups=EXTRA_GROUPS) -> list[dict]:
+    """The measurements of the groups run only when named, in run order."""
+    out = []
+    if "project" in groups:
+        for network in SVD_NETWORKS:
+            for scheme in SCHEMES:
+                for impl in PROJECT_IMPLS:
+                    out.append({"group": "project", "case": f"{network}-{scheme}", "impl": impl,
+                                "network": network, "scheme": scheme, "quick": False})
+    if "pstep" in groups:
+        for case in PSTEP_CASES:
+            for scheme in SCHEMES:
+                for impl in PSTEP_IMPLS:
+                    if impl == "plain" and scheme != SCHEMES[0]:
+                        continue  # the plain step has no scheme
+                    name = case + ("" if impl == "plain" else f"-{scheme}")
+                    out.append({"group": "pstep", "case": name, "impl": impl, "scheme": scheme,
+                                "model": case, "quick": False})
+    return out
+
+
 def selected(groups=GROUPS, quick=False, skip_quick=False) -> list[dict]:
     """The cases of a run: all, the quick ones, or all but the quick ones."""
-    return [c for c in cases(groups) if not (quick and not c["quick"])
-            and not (skip_quick and c["quick"])]
+    extra = extra_cases([g for g in groups if g in EXTRA_GROUPS])
+    return [c for c in cases([g for g in groups if g in GROUPS]) + extra
+            if not (quick and not c["quick"]) and not (skip_quick and c["quick"])]
 
 
 def measure_ceilings(copy_elements: int = 2**28, n: int = 8192) -> dict:
@@ -146,6 +185,73 @@ def ceilings_of(measured: dict):
 def time_device(fn, **options) -> dict:
     """cuda_timing.time_calls on this script's clock (CLOCK)."""
     return cuda_timing.time_calls(fn, CLOCK, **options)
+
+
+def one_step_later(low: torch.Tensor, change: float = 2e-3, seed: int = 0) -> torch.Tensor:
+    """A batch of projected matrices as the next TRP step sees them: plus a random change of
+    ``change`` times each matrix's norm (an SGD step of ResNet-20 under TRP+Nu moves a layer by
+    about 2e-3 of its norm)."""
+    g = torch.Generator(device=low.device).manual_seed(seed)
+    noise = torch.randn(low.shape, device=low.device, dtype=low.dtype, generator=g)
+    scale = torch.linalg.matrix_norm(low, keepdim=True) / torch.linalg.matrix_norm(noise, keepdim=True)
+    return low + change * scale * noise
+
+
+def project_fn(case):
+    """(fn, TRP_SVD_IMPL, record extras) of a projection case: the inputs one step after a
+    projection, and for a warm start that projection's bases."""
+    from svd_baselines import ENERGY, torch_gram, torch_svd
+    from layer_sets import groups, weights
+    from trp_kernels.ops.svd import lowrank_project_groups
+
+    first = groups(weights(case["network"], case["scheme"], device=DEVICE))
+    with svd_impl_env("jacobi"):
+        lows, _, _, bases = lowrank_project_groups(first, energy=ENERGY, check_finite=False,
+                                                   return_basis=True)
+    stacked = [one_step_later(low, seed=i) for i, low in enumerate(lows)]
+    impl, _, start = case["impl"].partition("-")
+    extra = {"min_bytes": sum(3 * G.numel() * G.element_size() for G in stacked),
+             "gram_flops": sum(G.shape[0] * (2 * min(G.shape[1:]) ** 2 * max(G.shape[1:])
+                                             + 4 * G.shape[1] * G.shape[2] * min(G.shape[1:]))
+                               for G in stacked), "start": start or "cold"}
+    if impl.startswith("trp_"):
+        warm = {"basis": bases} if start == "warm" else {}
+
+        def fn():
+            return lowrank_project_groups(stacked, energy=ENERGY, check_finite=False, **warm)
+        return fn, impl[len("trp_"):], extra
+    baseline = {"torch_gram": torch_gram, "torch_svd": torch_svd}[impl]
+    return (lambda: baseline(stacked)), None, extra
+
+
+def pstep_fn(case):
+    """A training step of the case's model, TRP+Nu (warm or cold starts) or plain."""
+    from trp_kernels import TRPRegularizer
+    from trp_kernels.models import resnet18, resnet20
+
+    torch.manual_seed(0)
+    imagenet = case["model"].startswith("resnet18")
+    model = (resnet18() if imagenet else resnet20()).to(DEVICE)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    size = 224 if imagenet else 32
+    x = torch.randn(128, 3, size, size, device=DEVICE)
+    y = torch.randint(0, 1000 if imagenet else 10, (128,), device=DEVICE)
+    criterion = torch.nn.CrossEntropyLoss()
+    trp = None if case["impl"] == "plain" else TRPRegularizer(
+        model, scheme=case["scheme"], energy=0.9, nuclear_weight=3e-4, period=1,
+        warm_start=case["impl"] == "trp-warm")
+
+    def fn():
+        if trp is not None:
+            trp.before_forward()
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=imagenet):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if trp is not None:
+            trp.after_backward()
+        optimizer.step()
+    return fn
 
 
 class svd_impl_env:
@@ -244,6 +350,24 @@ def measure(case, ceilings) -> dict:
     if "layer" in case:
         record["layer"] = case["layer"].name
     svd_impl = None
+    if case["group"] == "project":
+        fn, svd_impl, extra = project_fn(case)
+        record.update(extra)
+        # The compiled op on CUDA never synchronises (check_finite=False): held batches and a
+        # graph replay. The composite path and the baselines synchronise in eigh: no hold.
+        held = svd_impl == "jacobi"
+        with svd_impl_env(svd_impl):
+            record["svd_impl"] = os.environ.get("TRP_SVD_IMPL")
+            record.update(time_device(fn, warmup=3, calls=cuda_timing.MIN_CALLS,
+                                      batches=2 if held else 1, hold=held, replay=held))
+        return record
+    if case["group"] == "pstep":
+        fn = pstep_fn(case)
+        record["svd_impl"] = os.environ.get("TRP_SVD_IMPL")
+        # steps whose projection takes the composite path synchronise: all without a hold, so
+        # that the plain, warm and cold steps are timed alike
+        record.update(time_device(fn, warmup=5, calls=STEP_CALLS, batches=1, hold=False))
+        return record
     if case["group"] == "svd":
         fn, svd_impl, extra = svd_fn(case)
         record.update(extra)
@@ -303,7 +427,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="JSON-lines file to append to (default: stdout only)")
     parser.add_argument("--groups", default=",".join(GROUPS),
-                        help=f"comma-separated subset of {','.join(GROUPS)}")
+                        help=f"comma-separated subset of {','.join(GROUPS + EXTRA_GROUPS)}")
     parser.add_argument("--quick", action="store_true",
                         help="only the cases the speed goals are judged on")
     parser.add_argument("--skip-quick", action="store_true",
@@ -316,9 +440,10 @@ def main(argv=None) -> int:
         fold(*args.fold)
         return 0
     groups = [g for g in args.groups.split(",") if g]
-    unknown = sorted(set(groups) - set(GROUPS))
+    unknown = sorted(set(groups) - set(GROUPS + EXTRA_GROUPS))
     if unknown:
-        parser.error(f"--groups: unknown {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+        parser.error(f"--groups: unknown {', '.join(unknown)}; choose from "
+                     f"{', '.join(GROUPS + EXTRA_GROUPS)}")
     if args.quick and args.skip_quick:
         parser.error("--quick and --skip-quick exclude each other")
     todo = selected(groups, args.quick, args.skip_quick)

@@ -11,6 +11,12 @@
 #   memcheck       compute-sanitizer memcheck over tools/sanitize.py (SVD and conv paths), only
 #                  our kernels (namespace trp::cuda) instrumented, caching allocator off
 #   timings_full   bench/gpu_timings.py: the remaining cases, appended to the same JSON
+#   timings_project bench/gpu_timings.py --groups project,pstep: device time (50 back-to-back
+#                  calls; held and graph-replayed where the call never synchronises) of the
+#                  projections warm and cold beside the baselines,
+#                  and TRP+Nu steps warm and cold beside plain ones (ResNet-20, ResNet-18 ImageNet
+#                  bf16), appended to the same JSON; last, with what the budget leaves, or alone:
+#                  TRP_GPU_PHASES=timings_project (about 4 minutes on an H200, build included)
 #   racecheck      compute-sanitizer racecheck, same script and filter: only when asked
 # The caps (PLAN below) are upper estimates; a global deadline (TRP_GPU_BUDGET_S, default 510 s)
 # caps each phase further, and a phase left with less than MIN_PHASE seconds is SKIPPED.
@@ -41,9 +47,9 @@ RESERVE=10     # seconds kept for the EXIT trap
 MIN_PHASE=15   # a phase with less time than this left is SKIPPED
 
 # name:cap in run order. The caps of the phases up to timings_quick fit the default budget;
-# memcheck and timings_full use what they leave.
+# memcheck, timings_full and timings_project use what they leave.
 PLAN="build:60 import:15 smoke:90 tests_svd:130 tests_conv:140 timings_quick:60 memcheck:150 \
-timings_full:240 racecheck:300"
+timings_full:240 timings_project:300 racecheck:300"
 ALL_PHASES=$(for p in $PLAN; do printf '%s ' "${p%%:*}"; done)
 DEFAULT_PHASES=${ALL_PHASES/racecheck /}
 # TRP_GPU_CAPS="build:120 tests_conv:200" overrides caps (a slower machine, a longer budget).
@@ -271,7 +277,8 @@ fi
 
 # The CUDA cases of each family; tests/test_gpu_scripts.py checks that together they are every
 # cuda-marked test. TRP_SVD_IMPL=jacobi: the compiled kernels are what this run validates.
-SVD_TESTS="tests/ops/test_svd_contract.py tests/ops/test_svd_cuda.py tests/ops/test_opcheck.py::test_svd_ops"
+SVD_TESTS="tests/ops/test_svd_contract.py tests/ops/test_svd_cuda.py tests/ops/test_svd_warm.py \
+tests/ops/test_opcheck.py::test_svd_ops"
 CONV_TESTS="tests/ops/test_conv_contract.py tests/ops/test_conv_dense.py tests/ops/test_conv_cuda.py \
 tests/ops/test_backends.py tests/ops/test_conv_choice.py tests/ops/test_opcheck.py::test_lowrank_conv2d \
 tests/ops/test_opcheck.py::test_lowrank_conv2d_backward"
@@ -337,6 +344,7 @@ sanitize() {
 }
 sanitize memcheck
 timings timings_full --skip-quick
+timings timings_project --groups project,pstep
 sanitize racecheck
 
 exit "$FAILED"

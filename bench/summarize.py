@@ -1,5 +1,6 @@
 """Prints a benchmark result file as one table per case: each impl's median and its speed-up
-over the slowest impl of the case. Reads both formats under bench/results/: pytest-benchmark
+over the slowest impl of the case (for bench/bench_warm_start.py also warm against cold, and
+whether their ranks agree). Reads both formats under bench/results/: pytest-benchmark
 JSON (bench_*.py) and the GPU timing JSON of bench/gpu_timings.py ({"machine", "measurements"}).
 
     python bench/summarize.py RESULT.json [...]
@@ -59,6 +60,8 @@ def print_tables(path):
         if ratios.get(case):
             cells = "  ".join(f"{k} {v:.2f}" for k, v in sorted(ratios[case].items()))
             print(f"{'':<34} interleaved: {cells}")
+    for line in warm_start_lines(path):
+        print(line)
 
 
 def cudnn_pair(t: dict):
@@ -66,6 +69,34 @@ def cudnn_pair(t: dict):
     rank padded to a multiple of 8), whichever were measured; None if neither."""
     times = [t[i] for i in ("two_convs", "two_convs_r8") if i in t]
     return min(times) if times else None
+
+
+def warm_start_lines(path) -> list[str]:
+    """bench/bench_warm_start.py's cases: warm against cold (median time ratio), whether every
+    round's layer ranks were the same, and the CPU kernel's warm-start outcomes."""
+    with open(path) as f:
+        data = json.load(f)
+    by_case = defaultdict(dict)
+    for b in data.get("benchmarks", []):
+        params, info = b.get("params") or {}, b.get("extra_info") or {}
+        if "ranks" in info and params.get("impl") in ("warm", "cold"):
+            by_case[b["group"]][params["impl"]] = (b["stats"]["median"], info)
+    out = []
+    for case, impls in sorted(by_case.items()):
+        if set(impls) != {"warm", "cold"}:
+            continue
+        (warm, warm_info), (cold, cold_info) = impls["warm"], impls["cold"]
+        same = warm_info["ranks"] == cold_info["ranks"]
+        counts = warm_info.get("warm_start_counts", [])
+        outcome = ""
+        if len(counts) >= 5:
+            solves = sum(counts[:4])
+            outcome = (f"; warm solves accepted {counts[0]} of {solves}, "
+                       f"{counts[4] / max(counts[0], 1):.2f} power steps each")
+        out.append(f"{case}: warm {warm * 1e3:.3f} ms, cold {cold * 1e3:.3f} ms, cold/warm "
+                   f"{cold / warm:.2f}x; ranks {'identical' if same else 'DIFFERENT'} in "
+                   f"{len(warm_info['ranks'])} rounds{outcome}")
+    return out
 
 
 def geomean(values):
@@ -85,10 +116,13 @@ def print_headline(path):
     by_case = defaultdict(dict)
     for m in measured:
         by_case[(m["group"], m["case"])][m["impl"]] = m
-    for group in ("step", "svd"):
+    for group in ("step", "svd", "project", "pstep"):
         for (g, case), impls in sorted(by_case.items()):
             if g == group:
-                cells = "  ".join(f"{i} {m['median_ms']:.3f}" for i, m in impls.items())
+                # device time, with the host's time per call apart where it was measured
+                cells = "  ".join(f"{i} {m['median_ms']:.3f}"
+                                  + (f" (host {m['host_ms']:.3f})" if "host_ms" in m else "")
+                                  for i, m in impls.items())
                 print(f"{group} {case:<24} ms: {cells}")
     conv = defaultdict(lambda: defaultdict(list))
     for (g, case), impls in by_case.items():
@@ -122,6 +156,13 @@ RESNET20_CHANNEL_MS = 0.5   # the ResNet-20 channel projection under 0.5 ms
 STEP_OVERHEAD = 1.15        # a TRP+Nu step at most 1.15x a plain step
 FUSED_OVER_TWO_CONVS = 1.2  # the fused forward at least 1.2x faster than two cuDNN convs
 AUTO_OVER_BEST = 1.05       # the automatic choice at most 5% slower than the best of three
+# The goals of the warm start (docs/cuda_svd.md, "Warm start"), judged on the GPU time of
+# bench/gpu_timings.py's project and pstep groups:
+COLD_OVER_TORCH_SVD = 10.0  # ResNet-18/50: trp_jacobi-cold at least 10x torch.linalg.svd
+COLD_OVER_GRAM = 2.0        # ... and 2x float64 Gram + torch.linalg.eigh
+WARM_OVER_GRAM = 5.0        # ... trp_jacobi-warm at least 5x Gram + eigh
+RESNET20_WARM_MS = 0.3      # the ResNet-20 channel projection, warm, under 0.3 ms
+PSTEP_OVERHEAD = {"resnet20-b128": 1.10, "resnet18-imagenet-b128-bf16": 1.30}  # TRP+Nu / plain
 
 
 def goal_rows(data) -> list[tuple[str, float, str, bool]]:
@@ -147,6 +188,28 @@ def goal_rows(data) -> list[tuple[str, float, str, bool]]:
             for impl, v in t.items():
                 ratio = v / plain
                 out.append((f"step {case} {impl}/plain", ratio, f"<= {STEP_OVERHEAD}", ratio <= STEP_OVERHEAD))
+    for (group, case), t in sorted(ms.items()):
+        if group != "project":
+            continue
+        if case.split("-")[0] in ("resnet18", "resnet50"):
+            for impl, base, target in (("trp_jacobi-cold", "torch_svd", COLD_OVER_TORCH_SVD),
+                                       ("trp_jacobi-cold", "torch_gram", COLD_OVER_GRAM),
+                                       ("trp_jacobi-warm", "torch_gram", WARM_OVER_GRAM)):
+                if impl in t and base in t:
+                    ratio = t[base] / t[impl]
+                    out.append((f"project {case} {base}/{impl}", ratio, f">= {target}",
+                                ratio >= target))
+        if case == "resnet20-channel" and "trp_jacobi-warm" in t:
+            out.append((f"project {case} trp_jacobi-warm ms", t["trp_jacobi-warm"],
+                        f"< {RESNET20_WARM_MS}", t["trp_jacobi-warm"] < RESNET20_WARM_MS))
+    plain_steps = {case: t["plain"] for (g, case), t in ms.items() if g == "pstep" and "plain" in t}
+    for (group, case), t in sorted(ms.items()):
+        model = next((m for m in plain_steps if case.startswith(m + "-")), None)
+        if group != "pstep" or model is None:
+            continue
+        for impl, v in t.items():
+            ratio, target = v / plain_steps[model], PSTEP_OVERHEAD[model]
+            out.append((f"pstep {case} {impl}/plain", ratio, f"<= {target}", ratio <= target))
     for (group, case), t in sorted(ms.items()):
         if group != "conv":
             continue

@@ -12,15 +12,21 @@ TORCH_LIBRARY(trp, m) {
   m.def(
       "truncated_svd(Tensor W, float? energy=None, float? threshold=None, int? max_rank=None)"
       " -> (Tensor U, Tensor S, Tensor V, Tensor rank)");
-  // TRP projection W_low = U_r S_r V_r^T and nuclear-norm sub-gradient U_r V_r^T in one call.
+  // TRP projection W_low = U_r S_r V_r^T and nuclear-norm sub-gradient U_r V_r^T in one call,
+  // and the basis to start the next projection of this matrix from: float64 [..., k, k], k =
+  // min(m, n), orthonormal columns, the short side's singular vectors largest first (past the
+  // rank, after a warm solve, an orthonormal basis of the rest). `basis`: that of the previous
+  // projection (a warm start, docs/svd_paths.md "Warm start"); the result is the cold one's to
+  // tolerance, with the same rank, and a start that does not help is ignored.
   m.def(
-      "lowrank_project(Tensor W, float? energy=None, float? threshold=None, int? max_rank=None)"
-      " -> (Tensor W_low, Tensor subgrad, Tensor rank)");
+      "lowrank_project(Tensor W, float? energy=None, float? threshold=None, int? max_rank=None,"
+      " Tensor? basis=None) -> (Tensor W_low, Tensor subgrad, Tensor rank, Tensor basis)");
   // lowrank_project of several groups (one [..., m_i, n_i] tensor per shape) in one call, so a
-  // whole model's layers are projected by a single op.
+  // whole model's layers are projected by a single op; `basis`: one start (or None) per group.
   m.def(
       "lowrank_project_groups(Tensor[] W, float? energy=None, float? threshold=None,"
-      " int? max_rank=None) -> (Tensor[] W_low, Tensor[] subgrad, Tensor[] rank)");
+      " int? max_rank=None, Tensor?[]? basis=None)"
+      " -> (Tensor[] W_low, Tensor[] subgrad, Tensor[] rank, Tensor[] basis)");
   // Low-rank convolution: conv(x, weight1) followed by conv(., weight2) + bias, with the
   // geometry split of the scheme ("channel" or "spatial").
   m.def(
@@ -49,4 +55,9 @@ TORCH_LIBRARY(trp, m) {
   m.def("_stored_conv_choice(str key) -> str?");
   m.def("_store_conv_choice(str key, str impl, str details) -> ()");
   m.def("_conv_choice_generation() -> int");
+  // The CPU kernel's warm starts since the process started (or the last reset): solves
+  // accepted, starts rejected (non-finite or not orthonormal), starts without a usable leading
+  // block, solves not certified (the last three ran the cold eigensolver), and the power steps
+  // of the accepted ones (csrc/cpu/warm_eigen.h).
+  m.def("warm_start_counts(bool reset=False) -> int[]");
 }

@@ -109,6 +109,26 @@ def test_timing_cases():
         for i in ("fused", "two_convs", "two_convs_r8", "dense", "auto")}
 
 
+def test_warm_start_timing_cases():
+    """The groups run only when named: every network, scheme and impl of the projection (the
+    compiled op cold and warm beside the baselines), and the training steps of ResNet-20 and
+    ResNet-18 ImageNet, TRP+Nu warm and cold per scheme beside one plain step each."""
+    extra = gpu_timings.selected(["project", "pstep"])
+    assert extra == gpu_timings.extra_cases() and not any(c["quick"] for c in extra)
+    project = {(c["network"], c["scheme"], c["impl"]) for c in extra if c["group"] == "project"}
+    assert project == {(n, s, i) for n in ("resnet20", "resnet18", "resnet50")
+                       for s in ("channel", "spatial") for i in gpu_timings.PROJECT_IMPLS}
+    assert {"trp_jacobi-cold", "trp_jacobi-warm", "torch_gram", "torch_svd"} <= {
+        i for _, _, i in project}
+    steps = {(c["model"], c["impl"], c["scheme"]) for c in extra if c["group"] == "pstep"}
+    for model in ("resnet20-b128", "resnet18-imagenet-b128-bf16"):
+        assert (model, "plain", "channel") in steps
+        assert {(model, i, s) for i in ("trp-cold", "trp-warm") for s in ("channel", "spatial")} <= steps
+    # the default run (and --quick / --skip-quick) leaves them out
+    assert not {c["group"] for c in gpu_timings.selected()} & {"project", "pstep"}
+    assert not {c["group"] for c in gpu_timings.selected(skip_quick=True)} & {"project", "pstep"}
+
+
 def test_timings_rejects_unknown_groups_and_needs_cuda(capsys):
     with pytest.raises(SystemExit) as exit_:
         gpu_timings.main(["--groups", "svd,speed"])
@@ -176,6 +196,33 @@ def test_goals_compare_each_case_with_its_target():
     }
 
 
+def test_warm_start_goals():
+    import summarize
+
+    timing = lambda group, case, impl, ms: {"group": group, "case": case, "impl": impl,  # noqa: E731
+                                            "median_ms": ms}
+    data = {"measurements": [
+        timing("project", "resnet18-spatial", "trp_jacobi-cold", 10.0),
+        timing("project", "resnet18-spatial", "trp_jacobi-warm", 4.0),
+        timing("project", "resnet18-spatial", "torch_svd", 120.0),     # 12x: meets 10x
+        timing("project", "resnet18-spatial", "torch_gram", 15.0),     # 1.5x cold, 3.75x warm
+        timing("project", "resnet20-channel", "trp_jacobi-warm", 0.25),
+        timing("pstep", "resnet20-b128", "plain", 10.0),
+        timing("pstep", "resnet20-b128-channel", "trp-warm", 10.5),
+        timing("pstep", "resnet18-imagenet-b128-bf16", "plain", 100.0),
+        timing("pstep", "resnet18-imagenet-b128-bf16-spatial", "trp-cold", 140.0),
+    ]}
+    rows = {goal: met for goal, _, _, met in summarize.goal_rows(data)}
+    assert rows == {
+        "project resnet18-spatial torch_svd/trp_jacobi-cold": True,
+        "project resnet18-spatial torch_gram/trp_jacobi-cold": False,
+        "project resnet18-spatial torch_gram/trp_jacobi-warm": False,
+        "project resnet20-channel trp_jacobi-warm ms": True,
+        "pstep resnet20-b128-channel trp-warm/plain": True,
+        "pstep resnet18-imagenet-b128-bf16-spatial trp-cold/plain": False,
+    }
+
+
 def collected(*args):
     """The test ids pytest collects for args (run from the repository root)."""
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
@@ -228,6 +275,19 @@ def test_every_kind_of_measurement_runs_on_the_cpu(monkeypatch):
             assert record["batch"] == 2
             assert ("auto_chose" in record) == (key[2] == "auto")   # the CPU has no choice: {}
         if key[0] == "svd":
+            assert record["min_bytes"] > 0 and record["gram_flops"] > 0
+    # the warm-start groups: inputs one step after a projection and its bases; steps with warm
+    # and cold regularizers (ResNet-20 only: ResNet-18 at 224 pixels is too slow on a CPU)
+    extra = {(c["group"], c["case"], c["impl"]): c for c in gpu_timings.extra_cases()}
+    for key in [("project", "resnet20-channel", "trp_jacobi-warm"),
+                ("project", "resnet20-spatial", "trp_jacobi-cold"),
+                ("project", "resnet20-channel", "torch_gram"),
+                ("pstep", "resnet20-b128-spatial", "trp-warm"), ("pstep", "resnet20-b128", "plain")]:
+        record = gpu_timings.measure(extra[key], ceilings)
+        assert record["median_ms"] > 0, key
+        assert record["held"] == key[2].startswith("trp_jacobi")  # the op that never syncs
+        if key[0] == "project":
+            assert record["start"] == (key[2].partition("-")[2] or "cold")
             assert record["min_bytes"] > 0 and record["gram_flops"] > 0
 
 

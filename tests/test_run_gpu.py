@@ -18,7 +18,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "bench", "run_gpu.sh")
 ORDER = ["build", "import", "smoke", "tests_svd", "tests_conv", "timings_quick", "memcheck",
-         "timings_full"]
+         "timings_full", "timings_project"]
 # Upper estimates of each phase on the H200 machine (16 cores), from a review of the scripts.
 ESTIMATES = {"build": 60, "import": 15, "smoke": 90, "tests_svd": 130, "tests_conv": 140,
              "timings_quick": 60}
@@ -49,6 +49,7 @@ phase = ("build" if "setup.py" in args else "import" if "import ok" in code
          else "tests_conv" if "pytest" in args and "test_conv" in text
          else "timings_quick" if "--quick" in args
          else "timings_full" if "--skip-quick" in args
+         else "timings_project" if "project,pstep" in args
          else os.environ.get("FAKE_SANITIZER_TOOL", "sanitize") if "sanitize.py" in text
          else None)
 if phase is None:
@@ -144,6 +145,9 @@ def test_dry_run_plan_is_in_order_and_fits_the_budget():
     assert all(caps[p] >= ESTIMATES[p] for p in ESTIMATES)
     assert sum(caps[p] for p in ESTIMATES) <= DEFAULT_BUDGET - 10
     assert ORDER.index("timings_quick") < ORDER.index("memcheck") < ORDER.index("timings_full")
+    # the warm-start timings come last, with what is left, and fit a device call of their own
+    assert ORDER[-1] == "timings_project" and caps["timings_project"] + ESTIMATES["build"] \
+        <= DEFAULT_BUDGET - 10
 
 
 def test_dry_run_of_chosen_phases_and_caps():
@@ -212,7 +216,7 @@ def test_a_phase_past_its_cap_times_out(fake):
     done, summary, calls = fake(TRP_GPU_CAPS="smoke:1", FAKE_smoke="sleep 20")
     assert done.returncode == 1
     assert verdicts(summary)["smoke"][0] == "TIMEOUT"
-    assert calls[-1] == "timings_full"  # the later phases still ran
+    assert calls[-1] == "timings_project"  # the later phases still ran
 
 
 def test_a_rerun_on_a_fresh_machine_builds_first(fake, tmp_path):
@@ -226,6 +230,14 @@ def test_a_rerun_on_a_fresh_machine_builds_first(fake, tmp_path):
     (tmp_path / "calls").unlink()
     done, summary, calls = fake(TRP_GPU_PHASES="tests_conv")
     assert done.returncode == 0 and calls == ["tests_conv"]
+
+
+def test_the_warm_start_timings_run_in_a_call_of_their_own(fake):
+    done, summary, calls = fake(TRP_GPU_PHASES="timings_project")
+    assert done.returncode == 0 and calls == ["build", "timings_project"]
+    table = verdicts(summary)
+    assert table["timings_project"][0] == "PASSED" and "1 measured" in table["timings_project"][1]
+    assert table["timings_quick"][0] == "NOT ASKED"
 
 
 @pytest.mark.parametrize("git_dir", ["/nonexistent", None], ids=["no-git", "git"])

@@ -178,3 +178,15 @@ def diag_matrix(values, m=6, n=8, dtype=torch.float64):
     for i, v in enumerate(values):
         W[i, i] = v
     return W
+
+
+def one_step_later(low, change=2e-3, seed=0):
+    """Matrices [..., m, n] as TRP meets them one training step after projecting them to
+    ``low``: low plus a random change of ``change`` times its size, per matrix (an SGD step of
+    ResNet-20 under TRP+Nu, lr 0.1, moves a layer by about 2e-3 of its norm)."""
+    g = torch.Generator().manual_seed(seed)
+    low = low.detach().cpu()
+    noise = torch.randn(low.shape, dtype=torch.float64, generator=g)
+    size = torch.linalg.matrix_norm(low.double(), keepdim=True)
+    noise *= change * size / torch.linalg.matrix_norm(noise, keepdim=True)
+    return (low.double() + noise).to(low.dtype)

@@ -37,12 +37,12 @@ NOT_EMULATED = {f"csrc/include/{p.relative_to(_EMULATION_INCLUDE).as_posix()}"
                 for p in _EMULATION_INCLUDE.glob("trp/**/*.cuh")}
 # The emulated tests of the kernels, in the order that fails a mutant soonest: the block
 # reductions' own checks (seconds), the blocked Jacobi's three launch paths on small matrices,
-# the SVD contract and CUDA-only cases, the conv kernel's own harness and the conv launcher's
+# the warm starts, the SVD contract and CUDA-only cases, the conv kernel's own harness and the conv launcher's
 # cases, and the tour of every kernel (its 520x530 calls take half a minute each).
 _OPTIONS = ["-m", "emulated_cuda", "-x", "-v", "-p", "no:cacheprovider"]
 _REDUCTIONS = ["tests/emulation/test_block_reductions.py"]
 _SVD = ["tests/ops/test_kernel_tour.py::test_blocked_jacobi_launch_paths",
-        "tests/ops/test_svd_contract.py", "tests/ops/test_svd_cuda.py"]
+        "tests/ops/test_svd_warm.py", "tests/ops/test_svd_contract.py", "tests/ops/test_svd_cuda.py"]
 _CONV = ["tests/ops/test_fused_conv_emulation.py", "tests/ops/test_conv_cuda.py",
          "tests/ops/test_conv_contract.py", "tests/ops/test_conv_dense.py"]
 _TOUR = ["tests/ops/test_kernel_tour.py::test_every_kernel_instantiation_runs"]

@@ -18,14 +18,15 @@
 //  * float64: LAPACK's divide-and-conquer SVD (gesdd) on the matrix itself, so the small
 //    singular values keep full float64 accuracy (the Gram route would square the condition
 //    number, which float64 callers would notice).
-// Both call LAPACK through ATen's thin wrappers (at::native::lapackSyevd / lapackSvd) and BLAS
-// through its standard Fortran entry point dgemm_, all resolved from the LAPACK/BLAS that torch
-// links (MKL or OpenBLAS), on raw pointers: a small matrix costs no dispatcher or tensor overhead.
+//  * float32 with a start basis (the previous projection's eigenvectors): the warm, rank-aware
+//    eigensolver of warm_eigen.cpp replaces syevd where it certifies its result (same rank as
+//    syevd would give, kept subspace to 1e-7), and syevd runs where it does not.
+// LAPACK and BLAS are called on raw pointers (blas.h): a small matrix costs no dispatcher or
+// tensor overhead.
 
 #include "svd_core.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/native/BatchLinearAlgebra.h>
 
 #include <algorithm>
 #include <atomic>
@@ -38,13 +39,10 @@
 #include <thread>
 #include <tuple>
 
+#include "blas.h"
+#include "warm_eigen.h"
+
 extern "C" {
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
-            const double* beta, double* c, const int* ldc);
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc);
 // The calling thread's own BLAS thread count, where the library torch links has the setter
 // (MKL's C entry point -- mkl_service.h maps mkl_set_num_threads_local to it, while the lowercase
 // symbol is the Fortran one, which takes a pointer; OpenBLAS >= 0.3.27): weak, so a null pointer
@@ -56,33 +54,9 @@ int openblas_set_num_threads_local(int) __attribute__((weak));
 namespace trp::cpu {
 namespace {
 
-int lapack_int(int64_t v) {
-  TORCH_CHECK(v <= std::numeric_limits<int>::max(), "matrix dimension ", v,
-              " is too large for LAPACK");
-  return static_cast<int>(v);
-}
-
-constexpr char kN = 'N';
-constexpr char kT = 'T';
-
-// C = op(A) op(B), column-major, BLAS conventions, in float32 or float64.
-template <typename T>
-void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
-          const T* b, int64_t ldb, T* c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) {
-    for (int64_t j = 0; j < n; ++j) std::fill_n(c + j * ldc, m, T(0));
-    return;
-  }
-  const int im = lapack_int(m), in = lapack_int(n), ik = lapack_int(k);
-  const int ilda = lapack_int(lda), ildb = lapack_int(ldb), ildc = lapack_int(ldc);
-  const T one = 1, zero = 0;
-  if constexpr (std::is_same_v<T, double>) {
-    dgemm_(&ta, &tb, &im, &in, &ik, &one, a, &ilda, b, &ildb, &zero, c, &ildc);
-  } else {
-    sgemm_(&ta, &tb, &im, &in, &ik, &one, a, &ilda, b, &ildb, &zero, c, &ildc);
-  }
-}
+using blas::gemm;
+using blas::kN;
+using blas::kT;
 
 // Makes column j of the n-row column-major `basis` a unit vector orthogonal to its columns
 // 0..j-1 (already orthonormal). The seed is the canonical vector e_t with the largest component
@@ -119,25 +93,31 @@ void complete_column(double* basis, int64_t n, int64_t j) {
 // Reusable buffers of one worker thread; one matrix at a time.
 class SvdWorkspace {
  public:
-  // Fills `out` for the row-major m x n matrix M; returns false if M holds a non-finite value.
+  // Fills `out` for the row-major m x n matrix M, warm-started from the column-major k x k
+  // basis `start` where it is not null (float32 only); returns false if M holds a non-finite
+  // value.
   template <typename scalar_t>
-  bool compute(const scalar_t* M, int64_t m, int64_t n, const RankRule& rule, MatrixSVD& out) {
+  bool compute(const scalar_t* M, int64_t m, int64_t n, const RankRule& rule,
+               const double* start, MatrixSVD& out) {
     const int64_t count = m * n;
     a_.resize(count);
-    bool finite = true;
+    // An integer OR of comparisons, which the compiler vectorises (std::isfinite it does not).
+    int nonfinite = 0;
     for (int64_t i = 0; i < count; ++i) {
-      a_[i] = static_cast<double>(M[i]);
-      finite &= std::isfinite(M[i]);
+      const scalar_t x = M[i];
+      a_[i] = static_cast<double>(x);
+      nonfinite |= !(std::abs(x) <= std::numeric_limits<scalar_t>::max());
     }
-    if (!finite) return false;
+    if (nonfinite) return false;
     out.m = m;
     out.n = n;
     out.k = std::min(m, n);
     out.sigma.assign(out.k, 0.0);
     out.rank = 0;
+    out.basis = nullptr;
     if (out.k == 0) return true;
     if constexpr (std::is_same_v<scalar_t, float>) {
-      gram_svd(out, rule);
+      gram_svd(out, rule, start);
     } else {
       lapack_svd(out, rule);
     }
@@ -146,7 +126,7 @@ class SvdWorkspace {
 
  private:
   // The row-major m x n input in a_ is, read column-major, the n x m matrix M^T (ld n).
-  void gram_svd(MatrixSVD& out, const RankRule& rule) {
+  void gram_svd(MatrixSVD& out, const RankRule& rule, const double* start) {
     const int64_t m = out.m, n = out.n, k = out.k;
     const int64_t L = std::max(m, n);
     const bool wide = m <= n;  // the short side is the rows of M
@@ -156,29 +136,40 @@ class SvdWorkspace {
     } else {
       gemm<double>(kN, kT, n, n, m, a_.data(), n, a_.data(), n, g_.data(), n);  // M^T M
     }
-    w_.resize(k);
-    syevd(k);
-    // Descending order; eigenvalues in the rounding noise of G are exact zeros.
-    const double floor =
-        std::max(w_[k - 1], 0.0) * static_cast<double>(L + k) * std::numeric_limits<double>::epsilon();
-    sigma_sq_.resize(k);
-    for (int64_t i = 0; i < k; ++i) {
-      const double v = w_[k - 1 - i];
-      sigma_sq_[i] = v > floor ? v : 0.0;
+    int64_t r = 0;
+    bool solved = false;
+    if (start != nullptr) {
+      int64_t steps = 0;
+      const WarmOutcome outcome =
+          warm_.solve(g_.data(), k, L, start, rule, basis_, sigma_sq_, r, steps);
+      count_warm_outcome(outcome, steps);
+      solved = outcome == WarmOutcome::kAccepted;
     }
-    const int64_t r = select_rank(sigma_sq_.data(), k, rule);
+    if (!solved) {
+      w_.resize(k);
+      blas::syevd(k, g_.data(), k, w_.data(), work_, iwork_);
+      // Descending order; eigenvalues in the rounding noise of G are exact zeros.
+      const double floor = std::max(w_[k - 1], 0.0) * static_cast<double>(L + k) *
+                           std::numeric_limits<double>::epsilon();
+      sigma_sq_.resize(k);
+      basis_.resize(k * k);
+      for (int64_t i = 0; i < k; ++i) {
+        const double v = w_[k - 1 - i];
+        sigma_sq_[i] = v > floor ? v : 0.0;
+        std::copy_n(g_.data() + (k - 1 - i) * k, k, basis_.data() + i * k);
+      }
+      r = select_rank(sigma_sq_.data(), k, rule);
+    }
     out.rank = r;
+    out.basis = basis_.data();
     for (int64_t i = 0; i < r; ++i) out.sigma[i] = std::sqrt(sigma_sq_[i]);
     if (r == 0) return;
-    q_.resize(k * r);  // short-side vectors, descending
-    for (int64_t i = 0; i < r; ++i) {
-      std::copy_n(g_.data() + (k - 1 - i) * k, k, q_.data() + i * k);
-    }
+    const double* q = basis_.data();  // short-side vectors, descending: its first r columns
     y_.resize(L * r);  // long-side vectors: M^T q_i (wide) or M q_i (tall), then / s_i
     if (wide) {
-      gemm<double>(kN, kN, n, r, m, a_.data(), n, q_.data(), m, y_.data(), n);
+      gemm<double>(kN, kN, n, r, m, a_.data(), n, q, m, y_.data(), n);
     } else {
-      gemm<double>(kT, kN, m, r, n, a_.data(), n, q_.data(), n, y_.data(), m);
+      gemm<double>(kT, kN, m, r, n, a_.data(), n, q, n, y_.data(), m);
     }
     for (int64_t i = 0; i < r; ++i) {
       double* y = y_.data() + i * L;
@@ -189,31 +180,15 @@ class SvdWorkspace {
         complete_column(y_.data(), L, i);
       }
     }
-    out.left = wide ? q_.data() : y_.data();
-    out.right = wide ? y_.data() : q_.data();
-  }
-
-  void syevd(int64_t k) {
-    const int nk = lapack_int(k);
-    int info = 0;
-    double work_query = 0.0;
-    int iwork_query = 0;
-    at::native::lapackSyevd<double, double>('V', 'L', nk, g_.data(), nk, w_.data(), &work_query,
-                                            -1, nullptr, 0, &iwork_query, -1, &info);
-    TORCH_CHECK(info == 0, "syevd workspace query failed with info ", info);
-    work_.resize(static_cast<size_t>(work_query));
-    iwork_.resize(static_cast<size_t>(iwork_query));
-    at::native::lapackSyevd<double, double>('V', 'L', nk, g_.data(), nk, w_.data(), work_.data(),
-                                            lapack_int(work_.size()), nullptr, 0, iwork_.data(),
-                                            lapack_int(iwork_.size()), &info);
-    TORCH_CHECK(info == 0, "the symmetric eigensolver (syevd) did not converge, info ", info);
+    out.left = wide ? q : y_.data();
+    out.right = wide ? y_.data() : q;
   }
 
   // gesdd on M^T (n x m, column-major, the input as stored): M^T = u diag(s) vt, so
-  // U = vt^T (m x k) and V = u (n x k).
+  // U = vt^T (m x k) and V = u (n x k); the short side's (square) is the basis.
   void lapack_svd(MatrixSVD& out, const RankRule& rule) {
     const int64_t m = out.m, n = out.n, k = out.k;
-    const int nn = lapack_int(n), nm = lapack_int(m), nk = lapack_int(k);
+    const int nn = blas::lapack_int(n), nm = blas::lapack_int(m), nk = blas::lapack_int(k);
     y_.resize(n * k);  // u
     g_.resize(k * m);  // vt
     iwork_.resize(8 * k);
@@ -226,23 +201,26 @@ class SvdWorkspace {
     work_.resize(static_cast<size_t>(work_query));
     at::native::lapackSvd<double, double>('S', nn, nm, a_.data(), nn, out.sigma.data(), y_.data(),
                                           nn, g_.data(), nk, work_.data(),
-                                          lapack_int(work_.size()), nullptr, iwork_.data(), &info);
+                                          blas::lapack_int(work_.size()), nullptr, iwork_.data(),
+                                          &info);
     TORCH_CHECK(info == 0, "the SVD (gesdd) did not converge, info ", info);
     sigma_sq_.resize(k);
     for (int64_t i = 0; i < k; ++i) sigma_sq_[i] = out.sigma[i] * out.sigma[i];
     const int64_t r = select_rank(sigma_sq_.data(), k, rule);
     out.rank = r;
     std::fill(out.sigma.begin() + r, out.sigma.end(), 0.0);
-    q_.resize(m * r);
-    for (int64_t j = 0; j < r; ++j) {
-      for (int64_t i = 0; i < m; ++i) q_[i + j * m] = g_[j + i * k];
+    basis_.resize(m * k);  // U = vt^T: square (the basis) when m <= n
+    for (int64_t j = 0; j < k; ++j) {
+      for (int64_t i = 0; i < m; ++i) basis_[i + j * m] = g_[j + i * k];
     }
-    out.left = q_.data();
+    out.left = basis_.data();
     out.right = y_.data();
+    out.basis = m <= n ? basis_.data() : y_.data();
   }
 
-  std::vector<double> a_, g_, w_, q_, y_, work_, sigma_sq_;
+  std::vector<double> a_, g_, w_, y_, work_, sigma_sq_, basis_;
   std::vector<int> iwork_;
+  WarmEigenSolver warm_;
 };
 
 }  // namespace
@@ -323,8 +301,10 @@ void run_workers(int64_t workers, const std::function<void()>& work) {
 
 }  // namespace
 
-void batched_svd(at::TensorList inputs, const RankRule& rule, const char* name,
+void batched_svd(at::TensorList inputs, const std::vector<at::Tensor>& starts,
+                 const RankRule& rule, const char* name,
                  const std::function<void(MatrixId, const MatrixSVD&)>& emit) {
+  TORCH_INTERNAL_ASSERT(starts.empty() || starts.size() == inputs.size());
   std::vector<Task> tasks;
   for (int64_t t = 0; t < static_cast<int64_t>(inputs.size()); ++t) {
     const at::Tensor& W = inputs[t];
@@ -344,14 +324,25 @@ void batched_svd(at::TensorList inputs, const RankRule& rule, const char* name,
   auto work = [&]() {
     SvdWorkspace ws;
     MatrixSVD svd;
+    std::vector<double> start;  // column-major copy of the matrix's start basis
     for (int64_t i = next.fetch_add(1); i < static_cast<int64_t>(tasks.size());
          i = next.fetch_add(1)) {
       const Task& task = tasks[i];
       const at::Tensor& W = inputs[task.id.tensor];
+      const double* start_ptr = nullptr;
+      if (!starts.empty() && starts[task.id.tensor].defined() && W.scalar_type() == at::kFloat) {
+        const int64_t k = std::min(task.m, task.n);
+        const double* rows = starts[task.id.tensor].const_data_ptr<double>() + task.id.index * k * k;
+        start.resize(k * k);
+        for (int64_t r = 0; r < k; ++r) {
+          for (int64_t c = 0; c < k; ++c) start[r + c * k] = rows[r * k + c];
+        }
+        start_ptr = start.data();
+      }
       bool finite = true;
       AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "trp_batched_svd", [&] {
         const scalar_t* data = W.const_data_ptr<scalar_t>() + task.id.index * task.m * task.n;
-        finite = ws.compute(data, task.m, task.n, rule, svd);
+        finite = ws.compute(data, task.m, task.n, rule, start_ptr, svd);
       });
       if (!finite) {
         std::lock_guard<std::mutex> lock(bad_mutex);

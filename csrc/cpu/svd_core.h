@@ -19,6 +19,10 @@ struct MatrixSVD {
   std::vector<double> sigma;  // k values, descending; exact zeros past the rank
   const double* left = nullptr;
   const double* right = nullptr;
+  // k x k, column-major, orthonormal columns: the eigenvectors of the Gram matrix of the short
+  // side in descending order (the short side's singular vectors); past the rank, after a warm
+  // solve, an orthonormal basis of the rest. What the next projection may start from.
+  const double* basis = nullptr;
 };
 
 // Matrix `index` of input tensor `tensor`.
@@ -33,7 +37,14 @@ struct MatrixId {
 // threads largest first and claimed dynamically, so a list of groups of different sizes keeps
 // every thread busy. Raises ValueError naming `name` (or `name[t]` for a list) if a matrix holds
 // a non-finite value.
-void batched_svd(at::TensorList inputs, const RankRule& rule, const char* name,
+//
+// `starts` (empty, or one entry per input; an undefined entry: none): start bases, float64
+// [..., k, k] contiguous with the batch of the input, columns largest first (a previous
+// MatrixSVD::basis). A float32 matrix with a start tries the warm eigensolver (warm_eigen.h)
+// and falls back to the cold one when it does not certify its result; float64 matrices keep
+// LAPACK's SVD, whose accuracy the Gram matrix would lose, and ignore their start.
+void batched_svd(at::TensorList inputs, const std::vector<at::Tensor>& starts,
+                 const RankRule& rule, const char* name,
                  const std::function<void(MatrixId, const MatrixSVD&)>& emit);
 
 // Writes left_r diag(sigma_r) right_r^T (with_sigma) or left_r right_r^T (the nuclear-norm

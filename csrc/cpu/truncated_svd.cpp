@@ -31,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> truncated_svd_cpu(
     scalar_t* s = S.mutable_data_ptr<scalar_t>();
     scalar_t* v = V.mutable_data_ptr<scalar_t>();
     int64_t* r_out = rank.mutable_data_ptr<int64_t>();
-    batched_svd({input}, rule, "W", [&](MatrixId id, const MatrixSVD& svd) {
+    batched_svd({input}, {}, rule, "W", [&](MatrixId id, const MatrixSVD& svd) {
       const int64_t b = id.index;
       const int64_t r = svd.rank;
       r_out[b] = r;

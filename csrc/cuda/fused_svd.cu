@@ -28,6 +28,7 @@
 #include "trp/svd/svd_cuda.h"
 #include "trp/svd/svd_scaling.cuh"
 #include "trp/svd/svd_spectrum.cuh"
+#include "trp/svd/warm_start.cuh"
 
 namespace trp::cuda {
 namespace fused_svd {
@@ -43,6 +44,9 @@ __device__ void write_nonfinite(const FusedSvdArgs<T, F>& args, int64_t b, int k
   for (int64_t e = threadIdx.x; e < n * k; e += kThreads) args.v[b * n * k + e] = nan_f;
   if (args.s) {
     for (int64_t e = threadIdx.x; e < k; e += kThreads) args.s[b * k + e] = nan_f;
+  }
+  if (args.basis) {
+    for (int64_t e = threadIdx.x; e < k * k; e += kThreads) args.basis[b * k * k + e] = NAN;
   }
   if (args.low) {
     const T nan_t = static_cast<T>(NAN);
@@ -68,7 +72,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bool wide = m <= n;
   const int k = static_cast<int>(wide ? m : n);
   const int64_t L = wide ? n : m;
-  const FusedShared<V> sh(smem, FusedLayout(k, kRefine, sizeof(V)));
+  const FusedShared<V> sh(smem, FusedLayout(k, kRefine, sizeof(V), args.start != nullptr));
   const T* w = args.w + b * m * n;
 
   // 1. Power-of-two scale and finiteness (trp/svd/svd_scaling.cuh).
@@ -89,9 +93,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int exponent = scale_exponent(block_max(local_max, sh.reduce_v));
   const Oriented<T> a{w, wide ? n : 1, wide ? 1 : n, ldexp(1.0, -exponent)};
 
-  // 2. Eigen-decomposition of the Gram matrix of the short side.
-  gram_upper(a, k, L, sh.g, sh);
-  set_identity(sh.vt, sh);
+  // 2. Eigen-decomposition of the Gram matrix G of the short side: from the identity, or,
+  // given a usable start basis Q0, of Q0^T G Q0 with the rotations accumulated onto Q0 (a few
+  // sweeps where the matrix changed little since Q0 was its eigenvectors).
+  const bool warm =
+      args.start != nullptr && load_start_basis(args.start + b * static_cast<int64_t>(k) * k, k, sh);
+  gram_upper(a, k, L, sh.g, sh, warm ? sh.qt : nullptr);
+  if (warm) {
+    for (int u = threadIdx.x; u < sh.order_n * sh.order_n; u += kThreads) {
+      const int c = u / sh.order_n, i = u - c * sh.order_n;
+      sh.vt[c * sh.ld + i] = static_cast<V>(sh.qt[c * sh.ld + i]);
+    }
+  } else {
+    set_identity(sh.vt, sh);
+  }
   jacobi_diagonalize(sh.jacobi(sh.g, sh.vt), kMaxSweeps);
 
   F* short_out = (wide ? args.u : args.v) + b * k * k;
@@ -111,8 +126,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     for (int e = threadIdx.x; e < k * k; e += kThreads) {
       const int i = e / k, j = e - i * k;
-      const double value = j < r ? static_cast<double>(short_vecs[sh.order[j] * sh.ld + i]) : 0.0;
-      short_out[e] = static_cast<F>(value);
+      const double value = static_cast<double>(short_vecs[sh.order[j] * sh.ld + i]);
+      short_out[e] = static_cast<F>(j < r ? value : 0.0);
+      if (args.basis) args.basis[b * k * k + e] = value;
     }
     if (threadIdx.x == 0) args.rank[b] = r;
     __syncthreads();  // column_scale
@@ -163,11 +179,18 @@ cudaError_t launch_fused_svd(const FusedSvdArgs<T, F>& args, cudaStream_t stream
   const int k = static_cast<int>(args.m < args.n ? args.m : args.n);
   constexpr bool kRefine = std::is_same_v<T, double>;
   using V = std::conditional_t<kRefine, double, float>;
-  const int64_t bytes = fused_svd::FusedLayout(k, kRefine, sizeof(V)).bytes;
   auto kernel = fused_svd::fused_svd_kernel<T, F>;
+  FusedSvdArgs<T, F> run = args;
+  int64_t bytes = fused_svd::FusedLayout(k, kRefine, sizeof(V), run.start != nullptr).bytes;
+  if (run.start != nullptr && allow_dynamic_smem(kernel, bytes) == cudaErrorInvalidValue) {
+    // The warm layout's extra 50 KB do not fit this device's shared memory (float64 at k = 64
+    // on an sm_80 part): solve cold.
+    run.start = nullptr;
+    bytes = fused_svd::FusedLayout(k, kRefine, sizeof(V), false).bytes;
+  }
   TRP_CUDA_TRY(allow_dynamic_smem(kernel, bytes));
   const auto blocks = static_cast<unsigned int>(args.batch);
-  TRP_LAUNCH(kernel, blocks, fused_svd::kThreads, bytes, stream)(args);
+  TRP_LAUNCH(kernel, blocks, fused_svd::kThreads, bytes, stream)(run);
   return TRP_LAUNCH_STATUS();
 }
 

@@ -1,5 +1,6 @@
 // trp::lowrank_project and trp::lowrank_project_groups on CUDA: W_low = U_r S_r V_r^T and
-// subgrad = U_r V_r^T shaped like W, and the ranks (the pipeline: csrc/cuda/svd_launch.cpp).
+// subgrad = U_r V_r^T shaped like W, the ranks, and the basis to start the next call from (the
+// pipeline, warm start included: csrc/cuda/svd_launch.cpp).
 //
 // The list variant runs every group on its own stream forked from the current one and joins
 // them before returning: a network's projection is a handful of groups of a few matrices, each
@@ -10,6 +11,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "svd_launch.h"
@@ -19,13 +21,14 @@
 namespace trp::cuda {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lowrank_project_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_project_cuda(
     const at::Tensor& W, std::optional<double> energy, std::optional<double> threshold,
-    std::optional<int64_t> max_rank) {
+    std::optional<int64_t> max_rank, const std::optional<at::Tensor>& basis) {
   check_matrix_batch(W);
   const RankRule rule = make_rank_rule(energy, threshold, max_rank);
-  DeviceSvd out = device_svd(W, rule, SvdProducts::kProjection);
-  return {out.low, out.subgrad, out.rank};
+  const at::Tensor start = basis.has_value() ? check_start_basis(W, *basis, "basis") : at::Tensor();
+  DeviceSvd out = device_svd(W, rule, SvdProducts::kProjection, start);
+  return {out.low, out.subgrad, out.rank, out.basis};
 }
 
 // An event marking the work enqueued on `stream` so far; destroy it once waited for (CUDA
@@ -37,17 +40,29 @@ cudaEvent_t mark(const c10::cuda::CUDAStream& stream) {
   return event;
 }
 
-std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           std::vector<at::Tensor>>
 lowrank_project_groups_cuda(at::TensorList W, std::optional<double> energy,
-                            std::optional<double> threshold, std::optional<int64_t> max_rank) {
+                            std::optional<double> threshold, std::optional<int64_t> max_rank,
+                            const std::optional<c10::List<std::optional<at::Tensor>>>& basis) {
   const RankRule rule = make_rank_rule(energy, threshold, max_rank);
   for (const at::Tensor& group : W) {
     check_matrix_batch(group);
     TORCH_CHECK_VALUE(group.device() == W[0].device(), "every group must be on one device; W[0] "
                       "is on ", W[0].device(), ", another on ", group.device());
   }
-  std::vector<at::Tensor> low(W.size()), subgrad(W.size()), rank(W.size());
-  if (W.empty()) return {low, subgrad, rank};
+  std::vector<at::Tensor> starts(W.size());
+  if (basis.has_value()) {
+    TORCH_CHECK_VALUE(basis->size() == W.size(), "basis must have one entry per group of W (",
+                      W.size(), "), got ", basis->size());
+    for (size_t i = 0; i < W.size(); ++i) {
+      const std::optional<at::Tensor> start = (*basis)[i];
+      const std::string where = "basis[" + std::to_string(i) + "]";
+      if (start.has_value()) starts[i] = check_start_basis(W[i], *start, where.c_str());
+    }
+  }
+  std::vector<at::Tensor> low(W.size()), subgrad(W.size()), rank(W.size()), bases(W.size());
+  if (W.empty()) return {low, subgrad, rank, bases};
   const c10::cuda::CUDAGuard guard(W[0].device());
   const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
   // The longest groups (k^2 L grows with their latency) are enqueued first.
@@ -67,14 +82,17 @@ lowrank_project_groups_cuda(at::TensorList W, std::optional<double> energy,
     sides.push_back(side);
     {
       const c10::cuda::CUDAStreamGuard on_side(side);
-      DeviceSvd out = device_svd(W[i], rule, SvdProducts::kProjection);
+      // The start is read on the side stream: its block must outlive that use.
+      if (starts[i].defined()) starts[i].record_stream(side);
+      DeviceSvd out = device_svd(W[i], rule, SvdProducts::kProjection, starts[i]);
       low[i] = out.low;
       subgrad[i] = out.subgrad;
       rank[i] = out.rank;
+      bases[i] = out.basis;
     }
     // Allocated on the side stream, used on the main one: their blocks must not be reused by
     // the side stream before the main stream is done with them.
-    for (at::Tensor* t : {&low[i], &subgrad[i], &rank[i]}) t->record_stream(main);
+    for (at::Tensor* t : {&low[i], &subgrad[i], &rank[i], &bases[i]}) t->record_stream(main);
   }
   TRP_CUDA_CHECK(cudaEventDestroy(forked));
   for (const c10::cuda::CUDAStream& side : sides) {
@@ -82,7 +100,7 @@ lowrank_project_groups_cuda(at::TensorList W, std::optional<double> energy,
     TRP_CUDA_CHECK(cudaStreamWaitEvent(main.stream(), done, 0));
     TRP_CUDA_CHECK(cudaEventDestroy(done));
   }
-  return {low, subgrad, rank};
+  return {low, subgrad, rank, bases};
 }
 
 }  // namespace

@@ -4,12 +4,15 @@
 //    the blocked Jacobi eigensolver, for float64 inputs a second (refinement) pass on
 //    Y = A^T Q1, then the spectrum, the factors, and for the projection two cuBLAS GEMMs.
 // Everything runs on the current stream with no host synchronisation and allocates only
-// through the caching allocator, so a call can be captured in a CUDA graph.
+// through the caching allocator, so a call can be captured in a CUDA graph. With a start basis
+// Q0 (the projection's warm start) both eigensolvers begin from Q0 instead of the identity.
+
 #include "svd_launch.h"
 
 #include <c10/util/accumulate.h>
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -49,7 +52,8 @@ at::Tensor top_left(const at::Tensor& t, int64_t k) { return t.narrow(1, 0, k).n
 
 template <typename T, typename F>
 void run_fused(const at::Tensor& input, const Shape& s, const RankRule& rule, const at::Tensor& u,
-               const at::Tensor& v, const at::Tensor& sv, DeviceSvd& out) {
+               const at::Tensor& v, const at::Tensor& sv, const at::Tensor& start,
+               DeviceSvd& out) {
   const at::Tensor scratch = at::empty({s.batch, fused_svd_scratch_elems<T>(s.m, s.n)},
                                        input.options().dtype(at::kDouble));
   FusedSvdArgs<T, F> args{};
@@ -65,16 +69,38 @@ void run_fused(const at::Tensor& input, const Shape& s, const RankRule& rule, co
   args.low = out.low.defined() ? out.low.mutable_data_ptr<T>() : nullptr;
   args.subgrad = out.subgrad.defined() ? out.subgrad.mutable_data_ptr<T>() : nullptr;
   args.scratch = scratch.mutable_data_ptr<double>();
+  args.start = start.defined() ? start.const_data_ptr<double>() : nullptr;
+  args.basis = out.basis.defined() ? out.basis.mutable_data_ptr<double>() : nullptr;
   TRP_CUDA_CHECK((launch_fused_svd<T, F>(args, current_stream())));
 }
 
-// Eigen-decomposition of the k x k top-left blocks of g (zero elsewhere) by the blocked Jacobi;
-// returns the eigenvectors (columns, dim x dim); the eigenvalues are left on g's diagonal.
-at::Tensor block_eigenvectors(const at::Tensor& g, int64_t k) {
+// The largest |Q0^T Q0 - I| of a usable start basis: the fused kernel's rule
+// (trp/svd/warm_start.cuh), one Newton-Schulz step from orthonormal to rounding.
+constexpr double kStartOrthogonality = 1e-6;
+
+// The rotation to start the blocked Jacobi of the k x k Gram matrices `gram` [batch, k, k]
+// from: each matrix's start basis made orthonormal (Q0 (3 I - Q0^T Q0) / 2) where it is finite
+// and orthonormal to kStartOrthogonality, the identity elsewhere. All on the device.
+at::Tensor start_rotation(const at::Tensor& start, int64_t k) {
+  const at::Tensor q0 = start.reshape({-1, k, k});
+  const at::Tensor eye = at::eye(k, q0.options());
+  const at::Tensor c = at::bmm(q0.mT(), q0);
+  // NaN compares false: a non-finite start is never usable.
+  const at::Tensor usable = (c - eye).abs().amax({1, 2}).le(kStartOrthogonality);
+  const at::Tensor orthonormal = at::bmm(q0, eye * 1.5 - c * 0.5);
+  return at::where(usable.view({-1, 1, 1}), orthonormal, eye);
+}
+
+// Eigen-decomposition of the k x k top-left blocks of g (zero elsewhere) by the blocked Jacobi,
+// its rotations accumulated onto `rotation` ([batch, k, k]; undefined: the identity); returns
+// the eigenvectors (columns, dim x dim); the eigenvalues are left on g's diagonal.
+at::Tensor block_eigenvectors(const at::Tensor& g, int64_t k,
+                              const at::Tensor& rotation = at::Tensor()) {
   const int64_t batch = g.size(0), dim = g.size(1);
   const int tile = block_jacobi_tile(k);
   const auto f64 = g.options();
   at::Tensor q = at::eye(dim, f64).expand({batch, dim, dim}).contiguous();
+  if (rotation.defined()) top_left(q, k).copy_(rotation);
   const at::Tensor rotations = at::empty({batch, dim / tile, tile, tile}, f64);
   const at::Tensor rotating = at::empty({batch, dim / tile}, f64.dtype(at::kInt));
   // Rows 0 .. batch-1: each matrix's rotations per sweep; row `batch`: the whole batch's.
@@ -123,7 +149,8 @@ void write_factors(const at::Tensor& short_vecs, const at::Tensor& long_vecs,
 }
 
 template <typename T>
-void run_blocked(const at::Tensor& input, const Shape& s, const RankRule& rule, DeviceSvd& out) {
+void run_blocked(const at::Tensor& input, const Shape& s, const RankRule& rule,
+                 const at::Tensor& start, DeviceSvd& out) {
   const cudaStream_t stream = current_stream();
   const auto f64 = input.options().dtype(at::kDouble);
   const at::Tensor max_bits = at::zeros({s.batch}, input.options().dtype(at::kLong));
@@ -138,11 +165,17 @@ void run_blocked(const at::Tensor& input, const Shape& s, const RankRule& rule, 
   const at::Tensor A = s.wide ? scaled : scaled.mT();  // [batch, k, L]
   const int64_t dim = block_jacobi_dim(s.k);
 
-  // Pass 1: eigenvectors Q1 of G = A A^T; Y = A^T Q1.
+  // Pass 1: eigenvectors Q1 of G = A A^T (of Q0^T G Q0, rotated back, from a start Q0);
+  // Y = A^T Q1.
   at::Tensor g = at::zeros({s.batch, dim, dim}, f64);
   at::Tensor gk = top_left(g, s.k);
   at::bmm_out(gk, A, A.mT());
-  at::Tensor short_vecs = top_left(block_eigenvectors(g, s.k), s.k);
+  at::Tensor rotation;
+  if (start.defined()) {
+    rotation = start_rotation(start, s.k);
+    gk.copy_(at::bmm(rotation.mT(), at::bmm(gk, rotation)));
+  }
+  at::Tensor short_vecs = top_left(block_eigenvectors(g, s.k, rotation), s.k);
   at::Tensor long_vecs = at::bmm(A.mT(), short_vecs);
   if constexpr (std::is_same_v<T, double>) {
     // Pass 2 (float64): eigenvectors Q2 of Y^T Y computed from Y; U = Q1 Q2, V = Y Q2 / s.
@@ -170,6 +203,15 @@ void run_blocked(const at::Tensor& input, const Shape& s, const RankRule& rule, 
   spectrum.sigma = sigma.mutable_data_ptr<double>();
   spectrum.rank = out.rank.mutable_data_ptr<int64_t>();
   TRP_CUDA_CHECK(launch_spectrum(spectrum, stream));
+  if (out.basis.defined()) {
+    // Every eigenvector, largest first (columns in the order of the spectrum); NaN for a
+    // non-finite matrix, as its other outputs.
+    const at::Tensor by_size = order.to(at::kLong).unsqueeze(1).expand({s.batch, s.k, s.k});
+    const at::Tensor ordered = short_vecs.gather(2, by_size);
+    out.basis.view({s.batch, s.k, s.k})
+        .copy_(at::where(nonfinite.view({-1, 1, 1}).ne(0),
+                         at::full({}, std::numeric_limits<double>::quiet_NaN(), f64), ordered));
+  }
 
   if (out.U.defined()) {
     write_factors<T>(short_vecs, long_vecs, order, sigma, max_bits, s, out.rank, out.U, out.V,
@@ -196,7 +238,8 @@ void run_blocked(const at::Tensor& input, const Shape& s, const RankRule& rule, 
 
 }  // namespace
 
-DeviceSvd device_svd(const at::Tensor& W, const RankRule& rule, SvdProducts products) {
+DeviceSvd device_svd(const at::Tensor& W, const RankRule& rule, SvdProducts products,
+                     const at::Tensor& start) {
   const c10::cuda::CUDAGuard guard(W.device());
   const at::Tensor input = W.contiguous();
   const Shape s(input);
@@ -209,6 +252,7 @@ DeviceSvd device_svd(const at::Tensor& W, const RankRule& rule, SvdProducts prod
   } else {
     out.low = at::empty_like(input);
     out.subgrad = at::empty_like(input);
+    out.basis = at::empty(s.with({s.k, s.k}), input.options().dtype(at::kDouble));
   }
   if (s.batch == 0) return out;
   if (s.k == 0) {  // empty matrices: rank 0; the factors and products have no entries
@@ -217,13 +261,13 @@ DeviceSvd device_svd(const at::Tensor& W, const RankRule& rule, SvdProducts prod
   }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "trp_device_svd", [&] {
     if (s.k > kFusedSvdMaxK) {
-      run_blocked<scalar_t>(input, s, rule, out);
+      run_blocked<scalar_t>(input, s, rule, start, out);
     } else if (products == SvdProducts::kFactors) {
-      run_fused<scalar_t, scalar_t>(input, s, rule, out.U, out.V, out.S, out);
+      run_fused<scalar_t, scalar_t>(input, s, rule, out.U, out.V, out.S, at::Tensor(), out);
     } else {
       const auto f64 = input.options().dtype(at::kDouble);
       run_fused<scalar_t, double>(input, s, rule, at::empty({s.batch, s.m, s.k}, f64),
-                                  at::empty({s.batch, s.n, s.k}, f64), at::Tensor(), out);
+                                  at::empty({s.batch, s.n, s.k}, f64), at::Tensor(), start, out);
     }
   });
   return out;

@@ -16,10 +16,15 @@ struct DeviceSvd {
   at::Tensor U, S, V;        // [..., m, k], [..., k], [..., n, k]
   at::Tensor low, subgrad;   // [..., m, n]
   at::Tensor rank;           // [...] int64
+  at::Tensor basis;          // [..., k, k] float64 (the projection): the next call's start
 };
 
 // W: a CUDA float32/float64 tensor [..., m, n] (checked by the caller). Enqueues the whole
-// computation on the current stream without synchronising.
-DeviceSvd device_svd(const at::Tensor& W, const RankRule& rule, SvdProducts products);
+// computation on the current stream without synchronising. `start` (the projection only;
+// undefined: none): a start basis checked by check_start_basis, float64 [..., k, k] -- the
+// eigensolvers start from it where it is finite and orthonormal (docs/cuda_svd.md, "Warm
+// start").
+DeviceSvd device_svd(const at::Tensor& W, const RankRule& rule, SvdProducts products,
+                     const at::Tensor& start = at::Tensor());
 
 }  // namespace trp::cuda

@@ -1,4 +1,5 @@
-"""The compiled CPU SVD ops at the sizes users run, on 1, 2 and 4 threads, against float64.
+"""The compiled CPU SVD ops at the sizes users run, on 1, 2 and 4 threads, against float64,
+cold and warm-started.
 
 The CPU kernel spreads the matrices of a batch over worker threads and calls LAPACK in each.
 Small cases hide what goes wrong there: MKL's symmetric eigensolver returned garbage for
@@ -6,7 +7,8 @@ k >= 512 when it was called from inside an OpenMP parallel region, so these case
 k = 1600 (the ResNet-18/50 layer sets have k up to 1536) with batches of 1 to 5 matrices, in
 both dtypes (float32 takes the Gram + syevd route, float64 gesdd), on every thread count, and
 a repeated call must give the same bits. A whole layer set of mixed groups goes through
-``lowrank_project_groups`` the same way.
+``lowrank_project_groups`` the same way, cold and warm-started from the bases of a projection
+one training step earlier (the warm solver's own BLAS and LAPACK calls run in the same workers).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 import torch
 
 import trp_kernels as tk
-from testing import assert_svd_contract, float64_svd
+from testing import assert_svd_contract, float64_svd, one_step_later
 from trp_kernels.ops import backends
 from trp_kernels.ops.svd import lowrank_project_groups, reference_lowrank_project
 
@@ -110,5 +112,45 @@ def test_project_groups_at_scale(on_threads):
         sub_scale = torch.linalg.matrix_norm(ref.subgrad.double()).max()
         assert (sub.double() - ref.subgrad.double()).abs().max() <= 1e-4 * sub_scale, where
     again = on_threads(lowrank_project_groups, groups, energy=ENERGY)
+    for first, second in zip((lows, subgrads, ranks), again):
+        assert all(torch.equal(a, b) for a, b in zip(first, second)), "a repeated call changed"
+
+
+@functools.lru_cache(maxsize=None)
+def _warm_groups():
+    """The ResNet-18 channel set and the largest spatial groups of the ResNet-18/50 sets (k = 768
+    and 1536) one TRP step after a projection, with the bases of that projection: what a warm
+    start sees at the sizes users run. Each matrix is a random one projected (energy 0.9) and
+    then moved by 2e-3 of its norm; the float64 references are of the moved matrices."""
+    with open(os.path.join(ROOT, "bench", "layer_sets.json")) as f:
+        layers = json.load(f)["resnet18"]
+    shapes = [tuple(layer["channel_matrix"]) for layer in layers] + [(768, 768)] * 2 + [(1536, 1536)]
+    g = torch.Generator().manual_seed(50)
+    by_shape: dict[tuple, list] = {}
+    for shape in shapes:
+        by_shape.setdefault(shape, []).append(torch.randn(shape, generator=g) / max(shape) ** 0.5)
+    first = [torch.stack(v) for v in by_shape.values()]
+    lows, _, _, bases = lowrank_project_groups(first, energy=ENERGY, return_basis=True)
+    moved = [one_step_later(low, seed=i) for i, low in enumerate(lows)]
+    return moved, bases, [reference_lowrank_project(G, energy=ENERGY) for G in moved]
+
+
+def test_warm_project_groups_at_scale(on_threads):
+    """Every matrix takes the warm solver (counted), on every thread count, with the float64
+    reference's ranks and projection."""
+    groups, bases, references = _warm_groups()
+    torch.ops.trp.warm_start_counts(True)
+    lows, subgrads, ranks = on_threads(lowrank_project_groups, groups, energy=ENERGY,
+                                       basis=bases)
+    accepted = torch.ops.trp.warm_start_counts(True)[0]
+    assert accepted == sum(G.shape[0] for G in groups)
+    for G, low, sub, rank, ref in zip(groups, lows, subgrads, ranks, references):
+        where = f"group {tuple(G.shape)}"
+        assert torch.equal(rank, ref.rank), where
+        scale = torch.linalg.matrix_norm(G.double()).max()
+        assert (low.double() - ref.W_low.double()).abs().max() <= 1e-5 * scale, where
+        sub_scale = torch.linalg.matrix_norm(ref.subgrad.double()).max()
+        assert (sub.double() - ref.subgrad.double()).abs().max() <= 1e-4 * sub_scale, where
+    again = on_threads(lowrank_project_groups, groups, energy=ENERGY, basis=bases)
     for first, second in zip((lows, subgrads, ranks), again):
         assert all(torch.equal(a, b) for a, b in zip(first, second)), "a repeated call changed"

@@ -7,14 +7,14 @@ from .conv import composite_conv2d, lowrank_conv2d, reference_lowrank_conv2d
 from .conv_geometry import ThinConv, chain_out_hw, conv_out_size, op_convs
 from .library import memory_format_of, ops
 from .rank_rule import select_rank
-from .svd import (LowRankProjection, TruncatedSVD, lowrank_project, lowrank_project_groups,
+from .svd import (LowRankProjection, ProjectionWithBasis, TruncatedSVD, lowrank_project, lowrank_project_groups,
                   project_matrices, reference_lowrank_project, reference_rank,
                   reference_truncated_svd, truncated_svd)
 
 __all__ = [
     "backends", "checks", "ops", "memory_format_of",
     "truncated_svd", "lowrank_project", "lowrank_project_groups", "project_matrices",
-    "TruncatedSVD", "LowRankProjection", "select_rank",
+    "TruncatedSVD", "LowRankProjection", "ProjectionWithBasis", "select_rank",
     "reference_truncated_svd", "reference_lowrank_project", "reference_rank",
     "lowrank_conv2d", "composite_conv2d", "reference_lowrank_conv2d",
     "ThinConv", "chain_out_hw", "conv_out_size", "op_convs",

@@ -34,6 +34,32 @@ def optional_int(value, name: str):
     return _optional_number(value, name, numbers.Integral, "an int", int)
 
 
+def start_basis(W: torch.Tensor, basis, name: str):
+    """A start basis of the projection ops for W [..., m, n] (what they returned as ``basis``
+    for W's previous value): None, or a float64 tensor [..., k, k] with W's batch shape,
+    k = min(m, n), on W's device. The same checks as the compiled ops (csrc/aten/trp/checks.h),
+    for the composite path."""
+    if basis is None:
+        return None
+    tensor(basis, name)
+    if basis.dtype != torch.float64:
+        raise TypeError(f"{name} must be float64, got {basis.dtype}")
+    if basis.device != W.device:
+        raise ValueError(f"{name} must be on W's device {W.device}, got {basis.device}")
+    k = min(W.shape[-2:])
+    shape = (*W.shape[:-2], k, k)
+    if tuple(basis.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)} (W's batch, then k x k with "
+                         f"k = min(m, n)), got {list(basis.shape)}")
+    return basis
+
+
+def flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
 def same_device(reference: torch.Tensor, reference_name: str, **others) -> None:
     for name, t in others.items():
         if t is not None and t.device != reference.device:

@@ -52,19 +52,21 @@ def _truncated_svd_fake(W, energy=None, threshold=None, max_rank=None):
 
 
 @torch.library.register_fake("trp::lowrank_project")
-def _lowrank_project_fake(W, energy=None, threshold=None, max_rank=None):
-    batch = W.shape[:-2]
+def _lowrank_project_fake(W, energy=None, threshold=None, max_rank=None, basis=None):
+    *batch, m, n = W.shape
+    k = torch.sym_min(m, n)
     return (
         torch.empty_like(W, memory_format=torch.contiguous_format),
         torch.empty_like(W, memory_format=torch.contiguous_format),
         W.new_empty(batch, dtype=torch.int64),
+        W.new_empty((*batch, k, k), dtype=torch.float64),
     )
 
 
 @torch.library.register_fake("trp::lowrank_project_groups")
-def _lowrank_project_groups_fake(W, energy=None, threshold=None, max_rank=None):
+def _lowrank_project_groups_fake(W, energy=None, threshold=None, max_rank=None, basis=None):
     outs = [_lowrank_project_fake(group) for group in W]
-    return [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs]
+    return tuple([o[i] for o in outs] for i in range(4))
 
 
 @torch.library.register_fake("trp::lowrank_conv2d")

@@ -35,6 +35,16 @@ class LowRankProjection(NamedTuple):
     rank: torch.Tensor
 
 
+class ProjectionWithBasis(NamedTuple):
+    """``lowrank_project(..., return_basis=True)``: the projection and the basis to start the
+    next projection of the same matrices from."""
+
+    W_low: torch.Tensor
+    subgrad: torch.Tensor
+    rank: torch.Tensor
+    basis: torch.Tensor
+
+
 def _rule(energy, threshold, max_rank):
     return (
         checks.optional_real(energy, "energy"),
@@ -47,11 +57,13 @@ def _k(W: torch.Tensor) -> int:
     return min(W.shape[-2:]) if W.dim() >= 2 else 0
 
 
-def _marks_nonfinite(device: torch.device, k: int) -> bool:
-    """Whether the path selected for ``device`` and k reports a matrix holding inf/nan with rank
-    -1 (and NaN factors) instead of raising: every path but the compiled CPU op, which raises
-    ValueError itself. A device cannot raise without a host synchronisation."""
-    return device.type != "cpu" or svd_impl(device, k) is SvdImpl.EIGH
+def _marks_nonfinite(device: torch.device, k: int, path: SvdImpl | None = None) -> bool:
+    """Whether the path selected for ``device`` and k (``path``, where already known) reports
+    a matrix holding inf/nan with rank -1 (and NaN factors) instead of raising: every path but
+    the compiled CPU op, which raises ValueError itself. A device cannot raise without a host
+    synchronisation."""
+    path = svd_impl(device, k) if path is None else path
+    return device.type != "cpu" or path is SvdImpl.EIGH
 
 
 def _raise_if_nonfinite(rank: torch.Tensor, name: str = "W") -> None:
@@ -90,18 +102,33 @@ def truncated_svd(W, energy=None, threshold=None, max_rank=None, *,
     return TruncatedSVD(*_run("truncated_svd", W, energy, threshold, max_rank, check_finite))
 
 
-def lowrank_project(W, energy=None, threshold=None, max_rank=None, *,
-                    check_finite=True) -> LowRankProjection:
+def lowrank_project(W, energy=None, threshold=None, max_rank=None, *, check_finite=True,
+                    basis=None, return_basis=False):
     """TRP projection of every matrix of ``W``: ``W_low = U_r S_r V_r^T`` and the nuclear-norm
     sub-gradient ``subgrad = U_r V_r^T``, both shaped like ``W``, and the ranks.
-    Path and ``check_finite`` as in ``truncated_svd``."""
-    return LowRankProjection(*_run("lowrank_project", W, energy, threshold, max_rank,
-                                   check_finite))
+    Path and ``check_finite`` as in ``truncated_svd``.
+
+    Warm start (docs/svd_paths.md, "Warm start"): ``return_basis=True`` also returns ``basis``,
+    float64 [..., k, k] with orthonormal columns, the short side's singular vectors largest
+    first (past the rank possibly any orthonormal basis of the rest); passing it back as
+    ``basis`` when projecting the same matrices after a small change lets the compiled CPU
+    kernel (float32 inputs) and the CUDA kernels start from it. The result is the cold one's:
+    the same ranks, the projection to the float tolerance of the contract; a start that does
+    not help (stale, unrelated, not orthonormal, NaN) costs a little time and changes nothing.
+    """
+    checks.tensor(W, "W")
+    start = checks.start_basis(W, basis, "basis")
+    checks.flag(return_basis, "return_basis")
+    impl = svd_composite if svd_impl(W.device, _k(W)) is SvdImpl.EIGH else ops
+    out = impl.lowrank_project(W, *_rule(energy, threshold, max_rank), start)
+    if check_finite and _marks_nonfinite(W.device, _k(W)):
+        _raise_if_nonfinite(out[2])
+    return ProjectionWithBasis(*out) if return_basis else LowRankProjection(*out[:3])
 
 
 def _run(op: str, W, energy, threshold, max_rank, check_finite):
-    """``op`` (truncated_svd or lowrank_project) of W on the path backends.py picks; its last
-    output is the rank, checked for the non-finite mark when ``check_finite``."""
+    """``op`` (truncated_svd) of W on the path backends.py picks; its last output is the rank,
+    checked for the non-finite mark when ``check_finite``."""
     checks.tensor(W, "W")
     impl = svd_composite if svd_impl(W.device, _k(W)) is SvdImpl.EIGH else ops
     out = getattr(impl, op)(W, *_rule(energy, threshold, max_rank))
@@ -111,29 +138,43 @@ def _run(op: str, W, energy, threshold, max_rank, check_finite):
 
 
 def lowrank_project_groups(groups: Sequence[torch.Tensor], energy=None, threshold=None,
-                           max_rank=None, *, check_finite=True):
+                           max_rank=None, *, check_finite=True, basis=None, return_basis=False):
     """``lowrank_project`` of several groups (one [..., m_i, n_i] tensor each, one device) in a
     single call per path: the CPU kernel pools the matrices of all groups over its threads, the
     CUDA kernels run the groups on parallel streams, and the composite path diagonalises all
     groups with the same k in one eigh call (on CUDA each group takes the path backends.py picks
-    for its k). Returns lists (W_low, subgrad, rank), one entry per group."""
+    for its k). Returns lists (W_low, subgrad, rank), one entry per group, and the bases as a
+    fourth list with ``return_basis=True``; ``basis``: None, or a start (or None) per group, as
+    in ``lowrank_project``."""
     groups = list(groups)
     for i, group in enumerate(groups):
         checks.tensor(group, f"groups[{i}]")
+    checks.flag(return_basis, "return_basis")
+    if basis is not None:
+        basis = list(basis)
+        if len(basis) != len(groups):
+            raise ValueError(f"basis must have one entry per group ({len(groups)}), "
+                             f"got {len(basis)}")
+        for i, b in enumerate(basis):
+            checks.start_basis(groups[i], b, f"basis[{i}]")
     rule = _rule(energy, threshold, max_rank)
     # each group on its path (on CUDA the path depends on k): one call per path
+    paths = [svd_impl(g.device, _k(g)) for g in groups]
     results = [None] * len(groups)
     for impl, module in ((SvdImpl.JACOBI, ops), (SvdImpl.EIGH, svd_composite)):
-        picked = [i for i, g in enumerate(groups) if svd_impl(g.device, _k(g)) is impl]
+        picked = [i for i, path in enumerate(paths) if path is impl]
         if picked:
-            out = module.lowrank_project_groups([groups[i] for i in picked], *rule)
+            starts = None if basis is None else [basis[i] for i in picked]
+            out = module.lowrank_project_groups([groups[i] for i in picked], *rule, starts)
             for j, i in enumerate(picked):
-                results[i] = (out[0][j], out[1][j], out[2][j])
-    lows, subs, ranks = ([r[n] for r in results] for n in range(3))
+                results[i] = tuple(o[j] for o in out)
+    lows, subs, ranks, bases = ([r[n] for r in results] for n in range(4))
     if check_finite:
-        for i, (group, rank) in enumerate(zip(groups, ranks)):
-            if _marks_nonfinite(group.device, _k(group)):
+        for i, (group, rank, path) in enumerate(zip(groups, ranks, paths)):
+            if _marks_nonfinite(group.device, _k(group), path):
                 _raise_if_nonfinite(rank, f"groups[{i}]")
+    if return_basis:
+        return lows, subs, ranks, bases
     return lows, subs, ranks
 
 

@@ -42,6 +42,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from .checks import start_basis
 from .rank_rule import FLOAT64_EPS, select_rank
 
 
@@ -76,13 +77,16 @@ def _times_power_of_two(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor
 
 class _Factors(NamedTuple):
     """Float64 SVD factors of a batch [B] of oriented k x L matrices, exact zeros past the rank;
-    short [B, k, k], sigma [B, k], long [B, L, k], rank int64 [B] (-1: non-finite), finite [B]."""
+    short [B, k, k], sigma [B, k], long [B, L, k], rank int64 [B] (-1: non-finite), finite [B],
+    and basis [B, k, k]: every eigenvector of the Gram matrix, in the order of sigma (the
+    projection ops' ``basis``)."""
 
     short: torch.Tensor
     sigma: torch.Tensor
     long: torch.Tensor
     rank: torch.Tensor
     finite: torch.Tensor
+    basis: torch.Tensor
 
 
 def _oriented(W: torch.Tensor) -> torch.Tensor:
@@ -126,7 +130,7 @@ def _factors(A, eigvals, eigvecs, exponent, finite, flush_noise, rule) -> _Facto
     rank = select_rank(sigma, energy, threshold, max_rank)
     rank = torch.where(finite, rank, torch.full_like(rank, -1))
     keep = torch.arange(k, device=A.device) < rank[:, None]        # nothing kept at rank -1
-    return _Factors(Q * keep[:, None, :], sigma * keep, V * keep[:, None, :], rank, finite)
+    return _Factors(Q * keep[:, None, :], sigma * keep, V * keep[:, None, :], rank, finite, Q)
 
 
 def _factor_batches(Ws: Sequence[torch.Tensor], rule) -> list[_Factors]:
@@ -140,7 +144,8 @@ def _factor_batches(Ws: Sequence[torch.Tensor], rule) -> list[_Factors]:
         if B == 0 or k == 0:   # nothing to decompose: rank 0, empty or all-zero factors
             out[i] = _Factors(A.new_zeros(B, k, k), A.new_zeros(B, k), A.new_zeros(B, L, k),
                               torch.zeros(B, dtype=torch.int64, device=A.device),
-                              torch.ones(B, dtype=torch.bool, device=A.device))
+                              torch.ones(B, dtype=torch.bool, device=A.device),
+                              A.new_zeros(B, k, k))
             continue
         prepared[i] = _prepare(A)
         by_k.setdefault(k, []).append(i)
@@ -182,24 +187,34 @@ def _projection(W: torch.Tensor, f: _Factors):
         low, sub = low.mT, sub.mT
     low = _nan_where_nonfinite(low, f.finite).to(W.dtype).contiguous().reshape(W.shape)
     sub = _nan_where_nonfinite(sub, f.finite).to(W.dtype).contiguous().reshape(W.shape)
-    return low, sub, f.rank.reshape(W.shape[:-2])
+    k = min(m, n)
+    basis = _nan_where_nonfinite(f.basis, f.finite).reshape(*W.shape[:-2], k, k)
+    return low, sub, f.rank.reshape(W.shape[:-2]), basis
 
 
-def lowrank_project(W: torch.Tensor, energy=None, threshold=None, max_rank=None):
-    """(W_low, subgrad, rank) of ``svd.lowrank_project`` by the composite path."""
+def lowrank_project(W: torch.Tensor, energy=None, threshold=None, max_rank=None, basis=None):
+    """(W_low, subgrad, rank, basis) of ``svd.lowrank_project`` by the composite path. A start
+    ``basis`` is checked and not used: eigh has no use for one."""
     _check_batch(W)
     check_rule(energy, threshold, max_rank)
+    start_basis(W, basis, "basis")
     (f,) = _factor_batches([W], (energy, threshold, max_rank))
     return _projection(W, f)
 
 
 def lowrank_project_groups(groups: Sequence[torch.Tensor], energy=None, threshold=None,
-                           max_rank=None):
-    """Lists (W_low, subgrad, rank) of ``lowrank_project`` of every group, with one eigh call
-    per distinct k."""
+                           max_rank=None, basis=None):
+    """Lists (W_low, subgrad, rank, basis) of ``lowrank_project`` of every group, with one eigh
+    call per distinct k. Start bases (``basis``: None or one per group) are checked, not used."""
     for W in groups:
         _check_batch(W)
     check_rule(energy, threshold, max_rank)
+    if basis is not None:
+        if len(basis) != len(groups):
+            raise ValueError(f"basis must have one entry per group of W ({len(groups)}), "
+                             f"got {len(basis)}")
+        for i, (W, b) in enumerate(zip(groups, basis)):
+            start_basis(W, b, f"basis[{i}]")
     factors = _factor_batches(groups, (energy, threshold, max_rank))
     outs = [_projection(W, f) for W, f in zip(groups, factors)]
-    return [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs]
+    return tuple([o[i] for o in outs] for i in range(4))

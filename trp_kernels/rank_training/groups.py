@@ -16,6 +16,11 @@ device. Each layer's weight is laid over its slot of the buffer as a strided vie
 
 and a DDP broadcast is one collective on the flat tensor. Half-precision weights are gathered
 into float32 buffers (the SVD ops take float32/float64) by the same copies.
+
+With ``warm_start``, each group also keeps the basis the op returned for its matrices
+([G, ..., k, k], float64, on the group's device) and passes it back at the next projection
+(docs/svd_paths.md, "Warm start"); ``layer_basis`` / ``set_layer_basis`` read and write one
+layer's part of it (a layer without one gets NaN, which the op treats as no start).
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ class StackedGroups:
     several schemes share a group where their matrices have one shape). Built for one set of
     weight shapes, dtypes and devices (``fits``)."""
 
-    def __init__(self, weights: list[torch.Tensor], views: MatrixView | list[MatrixView]):
+    def __init__(self, weights: list[torch.Tensor], views: MatrixView | list[MatrixView],
+                 warm_start: bool = False):
         self.signature = self._signature(weights)
+        self.warm_start = warm_start
         keys: dict[tuple, list[int]] = defaultdict(list)   # first-seen order, as the model's
         if isinstance(views, MatrixView):
             views = [views] * len(weights)
@@ -81,6 +88,7 @@ class StackedGroups:
                 self.where[i] = (g, j)
         self.slots: list[torch.Tensor] = slots            # type: ignore[assignment]
         self.subgrad_slots: list[torch.Tensor] = subgrad_slots   # type: ignore[assignment]
+        self.bases: list[torch.Tensor | None] = [None] * len(self.buffers)  # warm starts
 
     @staticmethod
     def _signature(weights) -> tuple:
@@ -88,6 +96,35 @@ class StackedGroups:
 
     def fits(self, weights: list[torch.Tensor]) -> bool:
         return self._signature(weights) == self.signature
+
+    def layer_basis(self, i: int) -> torch.Tensor | None:
+        """Layer i's warm-start basis (a view into its group's), or None where it has none:
+        before the first projection, or NaN (never set, or the op's mark of a non-finite
+        matrix). Reads the device (a synchronisation); not for every step."""
+        g, j = self.where[i]
+        if self.bases[g] is None or torch.isnan(self.bases[g][j]).any():
+            return None
+        return self.bases[g][j]
+
+    def basis_shape(self, i: int) -> tuple[int, ...]:
+        """The shape of layer i's warm-start basis: [..., k, k] for its matrices [..., m, n]."""
+        buffer = self.buffers[self.where[i][0]]
+        k = min(buffer.shape[-2:])
+        return (*buffer.shape[1:-2], k, k)
+
+    def set_layer_basis(self, i: int, basis: torch.Tensor) -> None:
+        """Sets layer i's warm-start basis (copied to the group's device); ValueError if its
+        shape is not ``basis_shape(i)``."""
+        g, j = self.where[i]
+        buffer = self.buffers[g]
+        shape = self.basis_shape(i)
+        if tuple(basis.shape) != shape:
+            raise ValueError(f"a basis of shape {list(basis.shape)} does not fit a layer whose "
+                             f"matrices need {list(shape)}")
+        if self.bases[g] is None:
+            self.bases[g] = torch.full((buffer.shape[0], *shape), float("nan"),
+                                       dtype=torch.float64, device=buffer.device)
+        self.bases[g][j].copy_(basis)
 
     @torch.no_grad()
     def project(self, weights: list[torch.Tensor], energy: float, keep_low: bool,
@@ -100,8 +137,14 @@ class StackedGroups:
         lows, subs, low_buffers, subgrad_buffers = [], [], [], []
         for device in dict.fromkeys(self.devices):
             groups = [g for g, d in enumerate(self.devices) if d == device]
-            low, sub, rank = svd.lowrank_project_groups([self.buffers[g] for g in groups],
-                                                        energy, check_finite=False)
+            warm = {}
+            if self.warm_start:
+                warm = {"basis": [self.bases[g] for g in groups], "return_basis": True}
+            low, sub, rank, *bases = svd.lowrank_project_groups(
+                [self.buffers[g] for g in groups], energy, check_finite=False, **warm)
+            if bases:
+                for g, new in zip(groups, bases[0]):
+                    self.bases[g] = new
             for g, l, s, r in zip(groups, low, sub, rank):
                 lows.append(l)
                 subs.append(s)

@@ -18,7 +18,9 @@ pointwise) gets one projection per kind, behind a ``ProjectionSet``.
 
 Every projection object has the same face, so TRPRegularizer never asks which scheme runs:
 ``compute`` (one SVD pass on the current weights), ``low_flats`` / ``subgrad_flats`` (the flat
-buffers a DDP broadcast sends), ``write_low``, ``add_subgrad`` and ``layer_ranks``. On a
+buffers a DDP broadcast sends), ``write_low``, ``add_subgrad``, ``layer_ranks`` and, for warm
+starts, ``stacks`` (its StackedGroups, each with a tag and the layers it holds), through which
+``layer_bases`` / ``load_layer_bases`` read and write every layer's start bases. On a
 projection step the sub-gradient comes from the SVD of the weights before the projection, as
 in the official TRP code; for the matrix schemes it is also the sub-gradient at the projected
 weights (same singular vectors).
@@ -38,12 +40,16 @@ class MatrixProjection:
     """channel, spatial and pointwise: one matrix view per weight (``views``: one for all, or a
     list), one ``lowrank_project_groups`` call per device."""
 
-    def __init__(self, weights: list[torch.Tensor], views: MatrixView | list[MatrixView]):
-        self.groups = StackedGroups(weights, views)
+    def __init__(self, weights: list[torch.Tensor], views: MatrixView | list[MatrixView],
+                 warm_start: bool = False):
+        self.groups = StackedGroups(weights, views, warm_start)
         self.ranks: list[torch.Tensor] | None = None
 
     def fits(self, weights) -> bool:
         return self.groups.fits(weights)
+
+    def stacks(self):
+        return [("", self.groups, range(len(self.groups.where)))]
 
     def compute(self, weights, energy: float, keep_low: bool, keep_subgrad: bool) -> None:
         self.ranks = self.groups.project(weights, energy, keep_low, keep_subgrad)
@@ -78,13 +84,17 @@ class Tucker2Projection:
     """Both mode unfoldings of each weight, gathered from the same current weights into two
     stacked groups (output mode [N, C*kh*kw], input mode [C, N*kh*kw])."""
 
-    def __init__(self, weights: list[torch.Tensor]):
-        self.out_mode = StackedGroups(weights, OUT_MODE)
-        self.in_mode = StackedGroups(weights, IN_MODE)
+    def __init__(self, weights: list[torch.Tensor], warm_start: bool = False):
+        self.out_mode = StackedGroups(weights, OUT_MODE, warm_start)
+        self.in_mode = StackedGroups(weights, IN_MODE, warm_start)
         self.ranks: tuple | None = None
 
     def fits(self, weights) -> bool:
         return self.out_mode.fits(weights)
+
+    def stacks(self):
+        layers = range(len(self.out_mode.where))
+        return [("out", self.out_mode, layers), ("in", self.in_mode, layers)]
 
     def compute(self, weights, energy: float, keep_low: bool, keep_subgrad: bool) -> None:
         # The input mode's U_r V_r^T is needed for P_in even without the nuclear term.
@@ -129,8 +139,8 @@ class DecoupledProjection(MatrixProjection):
     as [G*N, C, kh*kw] so that the rank-r products are single ``bmm`` calls. Gathering,
     writing and the flat buffers are the matrix projection's; the rank is shared per layer."""
 
-    def __init__(self, weights: list[torch.Tensor]):
-        super().__init__(weights, PER_FILTER)
+    def __init__(self, weights: list[torch.Tensor], warm_start: bool = False):
+        super().__init__(weights, PER_FILTER, warm_start)
         # Built once: per group the flat batch views and the positions 0..k-1 of the singular
         # values, [1, 1, k], for the rank masks.
         self._flat_buffers = [b.view(-1, *b.shape[-2:]) for b in self.groups.buffers]
@@ -176,6 +186,10 @@ class ProjectionSet:
     def fits(self, weights) -> bool:
         return all(p.fits([weights[i] for i in indices]) for indices, p in self.parts)
 
+    def stacks(self):
+        return [(tag, stack, [indices[i] for i in layers])
+                for indices, p in self.parts for tag, stack, layers in p.stacks()]
+
     def compute(self, weights, energy: float, keep_low: bool, keep_subgrad: bool) -> None:
         for indices, p in self.parts:
             p.compute([weights[i] for i in indices], energy, keep_low, keep_subgrad)
@@ -207,10 +221,45 @@ class ProjectionSet:
         return ranks
 
 
-def projection_for(schemes: list[Scheme], weights: list[torch.Tensor]):
+def layer_bases(projection) -> dict[tuple[int, str], torch.Tensor]:
+    """Every warm-start basis the projection holds: (layer index, tag) -> basis (a view)."""
+    out = {}
+    for tag, stack, layers in projection.stacks():
+        for local, i in enumerate(layers):
+            basis = stack.layer_basis(local)
+            if basis is not None:
+                out[(i, tag)] = basis
+    return out
+
+
+def layer_signatures(projection) -> dict[int, tuple]:
+    """(shape, dtype, device) of every layer's weight when the projection was built."""
+    return {i: stack.signature[local] for _, stack, layers in projection.stacks()
+            for local, i in enumerate(layers)}
+
+
+def layer_basis_shape(projection, key: tuple[int, str]) -> tuple[int, ...] | None:
+    """The shape of the basis (layer index, tag) needs, None if the projection has no such."""
+    for tag, stack, layers in projection.stacks():
+        for local, i in enumerate(layers):
+            if (i, tag) == key:
+                return stack.basis_shape(local)
+    return None
+
+
+def load_layer_bases(projection, bases: dict[tuple[int, str], torch.Tensor]) -> None:
+    """Sets the warm-start bases given as in ``layer_bases`` (copies; missing ones stay)."""
+    for tag, stack, layers in projection.stacks():
+        for local, i in enumerate(layers):
+            if (i, tag) in bases:
+                stack.set_layer_basis(local, bases[(i, tag)])
+
+
+def projection_for(schemes: list[Scheme], weights: list[torch.Tensor], warm_start: bool = False):
     """The projection of ``weights`` (4-D conv weights; a linear layer's as its 1x1 conv view),
     each in its scheme (entries of the scheme registry): the matrix schemes' layers in one
-    MatrixProjection, tucker2's and decoupled's in their own; one object, or a ProjectionSet."""
+    MatrixProjection, tucker2's and decoupled's in their own; one object, or a ProjectionSet.
+    ``warm_start``: every SVD pass starts from the previous one's bases."""
     kinds: dict[str, list[int]] = {}
     for i, s in enumerate(schemes):
         kinds.setdefault(s.name if s.name in ("tucker2", "decoupled") else "matrix", []).append(i)
@@ -218,10 +267,10 @@ def projection_for(schemes: list[Scheme], weights: list[torch.Tensor]):
     for kind, indices in kinds.items():
         subset = [weights[i] for i in indices]
         if kind == "tucker2":
-            parts.append((indices, Tucker2Projection(subset)))
+            parts.append((indices, Tucker2Projection(subset, warm_start)))
         elif kind == "decoupled":
-            parts.append((indices, DecoupledProjection(subset)))
+            parts.append((indices, DecoupledProjection(subset, warm_start)))
         else:
             parts.append((indices, MatrixProjection(subset, [schemes[i].views[0]
-                                                             for i in indices])))
+                                                             for i in indices], warm_start)))
     return parts[0][1] if len(parts) == 1 else ProjectionSet(parts)

@@ -23,6 +23,13 @@ nothing. The ops run with ``check_finite=False``: no host synchronisation in a s
 Tucker-2 and network decoupling project differently (two mode unfoldings; per-filter matrices
 at one rank per layer): projections.py holds each scheme's projection.
 
+Warm start (``warm_start=True``, the default): each SVD pass starts from the bases the previous
+one returned, one per layer (two for tucker2), kept on the layer's device and saved in
+``state_dict()``, so that a resumed run computes exactly what the uninterrupted one would. The
+ranks are those of a cold start and the projected weights agree to the float tolerance of the
+SVD contract; where a start does not help, the op solves cold (docs/svd_paths.md, "Warm
+start"). A layer whose shape, dtype or device changes loses its basis.
+
 Under DistributedDataParallel every process holds the same weights, so every process computes
 the same projection. By default the projected weights and the nuclear sub-gradients are also
 broadcast from rank 0 (one collective per projection and one per sub-gradient step), so replicas
@@ -40,7 +47,8 @@ from ..compression.selection import layer_scheme
 from ..ops import checks
 from ..schemes import geometry
 from ..schemes.matrix_views import weight_as_conv
-from .projections import projection_for
+from .projections import (layer_basis_shape, layer_bases, layer_signatures, load_layer_bases,
+                          projection_for)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -68,15 +76,17 @@ class TRPRegularizer:
     pointwise: also the 1x1 convs (groups 1) and linear layers, in scheme "pointwise" (their
         weights W [N, C] are projected like channel's matrices, in the same batched call for
         the matrix schemes).
+    warm_start: start each SVD from the previous one's bases (see above); False solves every
+        projection from scratch.
     """
 
     def __init__(self, model: nn.Module, scheme: str = "channel", energy: float = 0.9,
                  nuclear_weight: float = 3e-4, period: int = 1, skip=None,
-                 broadcast: bool | None = None, pointwise: bool = False):
+                 broadcast: bool | None = None, pointwise: bool = False,
+                 warm_start: bool = True):
         self.scheme = geometry.scheme(scheme).name
-        if not isinstance(pointwise, bool):
-            raise TypeError(f"pointwise must be a bool, got {pointwise!r}")
-        self.pointwise = pointwise
+        self.pointwise = checks.flag(pointwise, "pointwise")
+        self.warm_start = checks.flag(warm_start, "warm_start")
         self.energy = energy
         self.nuclear_weight = checks.non_negative(nuclear_weight, "nuclear_weight")
         self.period = checks.int_at_least(period, 1, "period")
@@ -93,7 +103,7 @@ class TRPRegularizer:
             broadcast = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.broadcast = bool(broadcast)
         self.step = 0               # completed training steps (after_backward calls)
-        self._projection = projection_for(self._schemes, self._weights())
+        self._projection = projection_for(self._schemes, self._weights(), self.warm_start)
         self._subgrads_ready = False   # the sub-gradient buffers hold the current weights'
 
     @property
@@ -118,11 +128,16 @@ class TRPRegularizer:
         return [weight_as_conv(layer.weight.grad) for _, layer in self.layers]
 
     def _current_projection(self):
-        """The weights and their projection (stacked groups), rebuilt if the weights moved or changed dtype since
-        (model.to(...) after construction)."""
+        """The weights and their projection (stacked groups), rebuilt if the weights moved or
+        changed dtype or shape since (model.to(...) after construction); the warm-start bases
+        of the layers that did not change are kept."""
         weights = self._weights()
         if not self._projection.fits(weights):
-            self._projection = projection_for(self._schemes, weights)
+            before = layer_signatures(self._projection)
+            kept = {(i, tag): basis for (i, tag), basis in layer_bases(self._projection).items()
+                    if before[i] == (tuple(weights[i].shape), weights[i].dtype, weights[i].device)}
+            self._projection = projection_for(self._schemes, weights, self.warm_start)
+            load_layer_bases(self._projection, kept)
         return weights, self._projection
 
     # -- the two hooks -------------------------------------------------------------------------
@@ -195,9 +210,35 @@ class TRPRegularizer:
                                measure=measure, layers=[name for name, _ in self.layers],
                                pointwise=self.pointwise)
 
+    def _basis_keys(self) -> dict[tuple[int, str], str]:
+        """(layer index, tag) of every basis the projection may hold -> its state_dict key: the
+        layer's name, with the tag (tucker2's "out" / "in" mode) after a colon."""
+        return {(i, tag): self.layers[i][0] + (f":{tag}" if tag else "")
+                for tag, _, layers in self._projection.stacks() for i in layers}
+
     def state_dict(self) -> dict:
-        return {"step": self.step}
+        """The step count and, with warm starts, every layer's basis (``"bases"``: key -> a
+        float64 tensor on the layer's device): what a resumed run needs to compute exactly what
+        the uninterrupted one would."""
+        state = {"step": self.step}
+        if self.warm_start:
+            keys = self._basis_keys()
+            state["bases"] = {keys[key]: basis.clone()
+                              for key, basis in layer_bases(self._projection).items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores ``state_dict()``'s state. Bases of layers this regularizer does not have,
+        or of another shape, are left out (those layers start cold)."""
         self.step = int(state["step"])
         self._subgrads_ready = False
+        bases = state.get("bases", {}) if self.warm_start else {}
+        if not isinstance(bases, dict):
+            raise TypeError(f"state['bases'] must be a dict, got {type(bases).__name__}")
+        by_name = {name: key for key, name in self._basis_keys().items()}
+        fitting = {}
+        for name, basis in bases.items():
+            key = by_name.get(name)
+            if key is not None and layer_basis_shape(self._projection, key) == tuple(basis.shape):
+                fitting[key] = basis
+        load_layer_bases(self._projection, fitting)

@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string_view>
+#include <vector>
 
 #include "trp/conv/conv_geometry.h"
 #include "trp/rank_rule.h"
@@ -42,6 +43,23 @@ inline void check_matrix_batch(const at::Tensor& W) {
                     W.sizes());
   TORCH_CHECK_TYPE(W.scalar_type() == at::kFloat || W.scalar_type() == at::kDouble,
                    "W must be float32 or float64, got ", W.scalar_type());
+}
+
+// A start basis of the projection ops (the `basis` they returned for W's previous value): float64
+// [..., k, k] with W's batch shape, k = min(m, n), on W's device. Returns it contiguous.
+inline at::Tensor check_start_basis(const at::Tensor& W, const at::Tensor& basis,
+                                    const char* name) {
+  TORCH_CHECK_TYPE(basis.scalar_type() == at::kDouble, name, " must be float64, got ",
+                   basis.scalar_type());
+  TORCH_CHECK_VALUE(basis.device() == W.device(), name, " must be on W's device ", W.device(),
+                    ", got ", basis.device());
+  const int64_t k = std::min(W.size(-2), W.size(-1));
+  std::vector<int64_t> shape(W.sizes().begin(), W.sizes().end() - 2);
+  shape.insert(shape.end(), {k, k});
+  TORCH_CHECK_VALUE(basis.sizes() == c10::IntArrayRef(shape), name, " must have shape ",
+                    c10::IntArrayRef(shape), " (W's batch, then k x k with k = min(m, n)), got ",
+                    basis.sizes());
+  return basis.contiguous();
 }
 
 inline Scheme parse_scheme(std::string_view scheme) {

@@ -35,10 +35,11 @@ struct FusedLayout {
   int stage_rows;   // order_n rounded up to the Gram tile (4)
   int stage_ld;     // odd, so that strided stores spread over the banks
   int64_t g, vt, vt2, stage, lambda, sigma, column_scale, reduce_v, jacobi_scratch, order, rank,
-      reduce_i;
+      reduce_i, qt, stage2;
   int64_t bytes;
 
-  __host__ __device__ FusedLayout(int k, bool refine, int64_t v_size) {
+  // warm: a start basis is given (its float64 copy and a second staging buffer).
+  __host__ __device__ FusedLayout(int k, bool refine, int64_t v_size, bool warm) {
     order_n = k + (k & 1);
     ld = order_n + 1;
     stage_rows = (order_n + 3) / 4 * 4;
@@ -63,6 +64,8 @@ struct FusedLayout {
     order = take(order_n, 4);
     rank = take(1, 8);
     reduce_i = take(kWarps, 8);
+    qt = take(warm ? square : 0, 8);
+    stage2 = take(warm ? static_cast<int64_t>(kChunk) * stage_ld : 0, 8);
     bytes = at;
   }
 };
@@ -85,6 +88,8 @@ struct FusedShared {
   int32_t* order;
   int64_t* rank;
   int64_t* reduce_i;
+  double* qt;       // warm start only: the start basis, vectors as rows (order_n x ld)
+  double* stage2;   // warm start only: the staged columns rotated into that basis
 
   __device__ FusedShared(unsigned char* smem, const FusedLayout& at)
       : order_n(at.order_n),
@@ -102,7 +107,9 @@ struct FusedShared {
         jacobi_scratch(smem + at.jacobi_scratch),
         order(reinterpret_cast<int32_t*>(smem + at.order)),
         rank(reinterpret_cast<int64_t*>(smem + at.rank)),
-        reduce_i(reinterpret_cast<int64_t*>(smem + at.reduce_i)) {}
+        reduce_i(reinterpret_cast<int64_t*>(smem + at.reduce_i)),
+        qt(reinterpret_cast<double*>(smem + at.qt)),
+        stage2(reinterpret_cast<double*>(smem + at.stage2)) {}
 
   __device__ JacobiShared<V> jacobi(double* matrix, V* vectors) const {
     JacobiShared<V> s;

@@ -32,18 +32,41 @@ __device__ void stage_columns(const Src& src, int k, int64_t L, int64_t l0,
   __syncthreads();
 }
 
-// g (upper triangle, order_n x order_n, zero padding) = src src^T.
+// stage2 = rotation (order_n x order_n, rows, stride ld) times the staged columns, in the
+// staging layout; rows past order_n zero.
+template <typename Shared>
+__device__ void rotate_stage(const double* rotation, const Shared& sh) {
+  const int items = kChunk * sh.stage_rows;
+  for (int u = threadIdx.x; u < items; u += kThreads) {
+    const int lc = u / sh.stage_rows, c = u - lc * sh.stage_rows;
+    double acc = 0.0;
+    if (c < sh.order_n) {
+      const double* row = rotation + c * sh.ld;
+      const double* col = sh.stage + lc * sh.stage_ld;
+      for (int i = 0; i < sh.order_n; ++i) acc += row[i] * col[i];
+    }
+    sh.stage2[lc * sh.stage_ld + c] = acc;
+  }
+  __syncthreads();
+}
+
+// g (upper triangle, order_n x order_n, zero padding) = B B^T with B = src, or, given a
+// `rotation` R (rows, order_n x order_n; a warm start), B = R src: the Gram matrix in the
+// rotated basis, R G R^T, formed from the input itself.
 template <typename Src, typename Shared>
-__device__ void gram_upper(const Src& src, int k, int64_t L, double* g, const Shared& sh) {
+__device__ void gram_upper(const Src& src, int k, int64_t L, double* g, const Shared& sh,
+                           const double* rotation = nullptr) {
   const int tiles = sh.stage_rows / 4;
   const int ti = threadIdx.x / 16, tj = threadIdx.x % 16;
   const bool mine = ti < tiles && tj < tiles && ti <= tj;
   double acc[4][4] = {};
   for (int64_t l0 = 0; l0 < L; l0 += kChunk) {
     stage_columns(src, k, L, l0, sh);
+    if (rotation != nullptr) rotate_stage(rotation, sh);
+    const double* staged = rotation != nullptr ? sh.stage2 : sh.stage;
     if (mine) {
       for (int lc = 0; lc < kChunk; ++lc) {
-        const double* row = sh.stage + lc * sh.stage_ld;
+        const double* row = staged + lc * sh.stage_ld;
         double a[4], b[4];
 #pragma unroll
         for (int r = 0; r < 4; ++r) {

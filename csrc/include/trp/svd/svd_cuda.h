@@ -35,6 +35,10 @@ struct FusedSvdArgs {
   T* low;              // [batch, m, n] U_r S_r V_r^T, or null
   T* subgrad;          // [batch, m, n] U_r V_r^T, or null (null exactly when low is)
   double* scratch;     // [batch, fused_svd_scratch_elems<T>(m, n)]
+  // Warm start (docs/cuda_svd.md, "Warm start"), both optional:
+  const double* start;  // [batch, k, k] row-major, vectors as columns: where to start from
+  double* basis;        // [batch, k, k] out: every eigenvector of the short side's Gram
+                        // matrix, largest first, as columns (the next call's start)
 };
 
 // Per matrix: the completion's two L-vectors, and for float64 the refinement pass's L x k
