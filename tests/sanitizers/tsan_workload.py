@@ -4,8 +4,8 @@ Run by test_thread_sanitizer.py as ``python tsan_workload.py LIBRARY`` with libt
 LIBRARY is the instrumented build of the CPU sources, loaded in place of trp_kernels._C (which
 this process never imports: both register the ``trp`` namespace), so the ops are called through
 ``torch.ops.trp`` directly. What runs: the SVD ops' worker pool (batches of 1-5 matrices, k up to
-768, both dtypes, 1, 2 and 4 threads), the pooling of mixed groups, two Python threads calling
-the ops at once, and the conv op's forward and backward. Prints "workload done" at the end.
+768, both dtypes, 1, 2 and 4 threads), the pooling of mixed groups, cold and warm-started, two
+Python threads calling the ops at once, and the conv op's forward and backward. Prints "workload done" at the end.
 """
 
 import sys
@@ -29,7 +29,12 @@ def svd_calls(generator):
               torch.randn(2, 48, 48, generator=generator),
               torch.randn(2, 512, 1024, generator=generator),
               torch.randn(4, 32, 288, generator=generator).double()]
-    ops.lowrank_project_groups(groups, ENERGY, None, None)
+    lows, _, _, bases = ops.lowrank_project_groups(groups, ENERGY, None, None)
+    # warm starts, as in TRP: the projected weights one training step later (a change of 2e-3
+    # of their norm), from the bases just returned (csrc/cpu/warm_eigen.cpp)
+    moved = [L + 2e-3 * L.norm() / L.numel() ** 0.5 * torch.randn(L.shape, generator=generator)
+             .to(L.dtype) for L in lows]
+    ops.lowrank_project_groups(moved, ENERGY, None, None, list(bases))
 
 
 def conv_calls(generator):
@@ -57,4 +62,6 @@ for caller in callers:
     caller.start()
 for caller in callers:
     caller.join()
-print("workload done")
+accepted = ops.warm_start_counts(False)[0]
+assert accepted > 0, "no warm solve was accepted: the warm path did not run"
+print(f"workload done ({accepted} warm solves)")
