@@ -75,48 +75,59 @@ constexpr double kSubspaceTolerance = 1e-7;
 
 std::array<std::atomic<int64_t>, 5> counts{};
 
-// Cyclic Jacobi on the symmetric n x n matrix `a` (column-major, both triangles, destroyed),
-// rotations accumulated into `v` (set to the identity first); the eigenvalues in `w`, in the
-// order of v's columns. Returns false if it did not converge in kJacobiSweeps sweeps.
+// Cyclic Jacobi on the symmetric n x n matrix `a` (column-major; its upper triangle is read and
+// destroyed), rotations accumulated into `v` (set to the identity first); the eigenvalues in
+// `w`, in the order of v's columns. Returns false if it did not converge in kJacobiSweeps
+// sweeps. Each rotation updates the upper triangle only (the diagonal pair by the closed form),
+// half the matrix work of rotating whole rows and columns, with most accesses down a column.
 bool jacobi_eigen(int64_t n, double* a, double* v, double* w) {
   std::fill(v, v + n * n, 0.0);
   for (int64_t i = 0; i < n; ++i) v[i + i * n] = 1.0;
+  auto at = [&](int64_t i, int64_t j) -> double& { return a[i + j * n]; };  // i <= j
+  // sqrt|a_ii|, kept with the diagonal: the test of a pair, most of a sweep once few rotate,
+  // then takes no square root
+  for (int64_t i = 0; i < n; ++i) w[i] = std::sqrt(std::abs(at(i, i)));
   for (int sweep = 0; sweep < kJacobiSweeps; ++sweep) {
     bool rotated = false;
     for (int64_t p = 0; p + 1 < n; ++p) {
       for (int64_t q = p + 1; q < n; ++q) {
-        const double apq = a[p + q * n], app = a[p + p * n], aqq = a[q + q * n];
+        const double apq = at(p, q);
         // the CUDA kernels' relative rule (trp/svd/jacobi_eigen.cuh)
-        if (!(std::abs(apq) > 8.0 * kEps * std::sqrt(std::abs(app)) * std::sqrt(std::abs(aqq)))) {
-          continue;
-        }
+        if (!(std::abs(apq) > 8.0 * kEps * w[p] * w[q])) continue;
         rotated = true;
+        const double app = at(p, p), aqq = at(q, q);
         const double theta = (aqq - app) / (2.0 * apq);
         // |theta| > 1e150 only where apq is below 1e-150 of the diagonal: sqrt would overflow
         const double root = std::abs(theta) < 1e150 ? std::sqrt(theta * theta + 1.0)
                                                      : std::abs(theta);
         const double t = std::copysign(1.0, theta) / (std::abs(theta) + root);
         const double c = 1.0 / std::sqrt(1.0 + t * t), sn = t * c;
-        for (int64_t i = 0; i < n; ++i) {  // columns p, q
-          const double x = a[i + p * n], y = a[i + q * n];
-          a[i + p * n] = c * x - sn * y;
-          a[i + q * n] = sn * x + c * y;
-        }
-        for (int64_t j = 0; j < n; ++j) {  // rows p, q
-          const double x = a[p + j * n], y = a[q + j * n];
-          a[p + j * n] = c * x - sn * y;
-          a[q + j * n] = sn * x + c * y;
-        }
-        a[p + q * n] = a[q + p * n] = 0.0;
+        // (x, y) <- (c x - sn y, sn x + c y) on the pairs (a_jp, a_jq) of rows j != p, q, read
+        // from the upper triangle
+        auto rotate = [&](double& x, double& y) {
+          const double x0 = x, y0 = y;
+          x = c * x0 - sn * y0;
+          y = sn * x0 + c * y0;
+        };
+        for (int64_t j = 0; j < p; ++j) rotate(at(j, p), at(j, q));
+        for (int64_t j = p + 1; j < q; ++j) rotate(at(p, j), at(j, q));
+        for (int64_t j = q + 1; j < n; ++j) rotate(at(p, j), at(q, j));
+        at(p, p) = app - t * apq;
+        at(q, q) = aqq + t * apq;
+        at(p, q) = 0.0;
+        w[p] = std::sqrt(std::abs(at(p, p)));
+        w[q] = std::sqrt(std::abs(at(q, q)));
+        double* vp = v + p * n;
+        double* vq = v + q * n;
         for (int64_t i = 0; i < n; ++i) {
-          const double x = v[i + p * n], y = v[i + q * n];
-          v[i + p * n] = c * x - sn * y;
-          v[i + q * n] = sn * x + c * y;
+          const double x = vp[i], y = vq[i];
+          vp[i] = c * x - sn * y;
+          vq[i] = sn * x + c * y;
         }
       }
     }
     if (!rotated) {
-      for (int64_t i = 0; i < n; ++i) w[i] = a[i + i * n];
+      for (int64_t i = 0; i < n; ++i) w[i] = at(i, i);
       return true;
     }
   }
@@ -252,7 +263,9 @@ bool WarmEigenSolver::power_step(const double* g, int64_t k, int64_t p, const do
 void WarmEigenSolver::rayleigh_ritz(int64_t k, int64_t p) {
   s_.resize(p * p);
   blas::gemm<double>(blas::kT, blas::kN, p, p, k, z_.data(), k, tz_.data(), k, s_.data(), p);
-  for (int64_t j = 0; j < p; ++j) {  // symmetric to the bit: the Jacobi method reads both
+  // Z^T G Z is symmetric only to rounding: the lower triangle copied over the upper, so that the
+  // Jacobi method (upper) and syevd (lower) solve the same matrix.
+  for (int64_t j = 0; j < p; ++j) {
     for (int64_t i = j + 1; i < p; ++i) s_[j + i * p] = s_[i + j * p];
   }
   theta_.resize(p);
