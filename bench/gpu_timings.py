@@ -37,8 +37,10 @@ never synchronises (the compiled op), the host's time per call apart:
   project  the projection of ResNet-20/18/50 (both schemes) one training step after a
            projection: the cold projection's W_low moved by 2e-3 of its norm (bench/
            layer_sets.json, energy 0.9). impls trp_jacobi-cold / trp_jacobi-warm (the compiled op
-           forced, without and with the previous projection's bases), trp_eigh-cold, and the
-           baselines torch_gram and torch_svd (svd_baselines.py)
+           forced, without and with the previous projection's bases), trp_eigh-cold (the
+           composite path; trp_eigh_xsyev-cold: with TRP_EIGH_IMPL=cusolver_batched), and the
+           baselines torch_gram, gram_xsyev (torch_gram on cusolverDnXsyevBatched) and
+           torch_svd (svd_baselines.py)
   pstep    a TRP+Nu training step beside a plain one (batch 128): ResNet-20 on CIFAR-sized
            input in float32, ResNet-18 on ImageNet-sized input under bf16 autocast; per scheme,
            warm_start True and False, each SVD on the default path
@@ -69,7 +71,8 @@ GROUPS = ("step", "svd", "conv")  # run order: cheapest headline first
 EXTRA_GROUPS = ("project", "pstep")  # only when named: bench/run_gpu.sh's timings_project
 SVD_NETWORKS = ("resnet20", "resnet18", "resnet50")
 SVD_IMPLS = ("trp_jacobi", "trp_eigh", "torch_gram", "torch_svd")
-PROJECT_IMPLS = ("trp_jacobi-cold", "trp_jacobi-warm", "trp_eigh-cold", "torch_gram", "torch_svd")
+PROJECT_IMPLS = ("trp_jacobi-cold", "trp_jacobi-warm", "trp_eigh-cold", "trp_eigh_xsyev-cold",
+                 "torch_gram", "gram_xsyev", "torch_svd")
 PSTEP_CASES = ("resnet20-b128", "resnet18-imagenet-b128-bf16")
 PSTEP_IMPLS = ("plain", "trp-cold", "trp-warm")
 CONV_IMPLS = ("fused", "two_convs", "two_convs_r8", "dense", "auto")
@@ -200,7 +203,7 @@ def one_step_later(low: torch.Tensor, change: float = 2e-3, seed: int = 0) -> to
 def project_fn(case):
     """(fn, TRP_SVD_IMPL, record extras) of a projection case: the inputs one step after a
     projection, and for a warm start that projection's bases."""
-    from svd_baselines import ENERGY, torch_gram, torch_svd
+    from svd_baselines import ENERGY, gram_xsyev, torch_gram, torch_svd
     from layer_sets import groups, weights
     from trp_kernels.ops.svd import lowrank_project_groups
 
@@ -214,13 +217,15 @@ def project_fn(case):
              "gram_flops": sum(G.shape[0] * (2 * min(G.shape[1:]) ** 2 * max(G.shape[1:])
                                              + 4 * G.shape[1] * G.shape[2] * min(G.shape[1:]))
                                for G in stacked), "start": start or "cold"}
+    if impl == "trp_eigh_xsyev":   # the composite path on cuSOLVER's batched eigensolver
+        impl, extra["eigh_impl"] = "trp_eigh", "cusolver_batched"
     if impl.startswith("trp_"):
         warm = {"basis": bases} if start == "warm" else {}
 
         def fn():
             return lowrank_project_groups(stacked, energy=ENERGY, check_finite=False, **warm)
         return fn, impl[len("trp_"):], extra
-    baseline = {"torch_gram": torch_gram, "torch_svd": torch_svd}[impl]
+    baseline = {"torch_gram": torch_gram, "gram_xsyev": gram_xsyev, "torch_svd": torch_svd}[impl]
     return (lambda: baseline(stacked)), None, extra
 
 
@@ -356,7 +361,9 @@ def measure(case, ceilings) -> dict:
         # The compiled op on CUDA never synchronises (check_finite=False): held batches and a
         # graph replay. The composite path and the baselines synchronise in eigh: no hold.
         held = svd_impl == "jacobi"
-        with svd_impl_env(svd_impl):
+        from trp_kernels.ops import backends
+
+        with svd_impl_env(svd_impl), backends.forced(eigh=extra.get("eigh_impl")):
             record["svd_impl"] = os.environ.get("TRP_SVD_IMPL")
             record.update(time_device(fn, warmup=3, calls=cuda_timing.MIN_CALLS,
                                       batches=2 if held else 1, hold=held, replay=held))

@@ -278,7 +278,7 @@ fi
 # The CUDA cases of each family; tests/test_gpu_scripts.py checks that together they are every
 # cuda-marked test. TRP_SVD_IMPL=jacobi: the compiled kernels are what this run validates.
 SVD_TESTS="tests/ops/test_svd_contract.py tests/ops/test_svd_cuda.py tests/ops/test_svd_warm.py \
-tests/ops/test_opcheck.py::test_svd_ops"
+tests/ops/test_cusolver_eigh.py tests/ops/test_opcheck.py::test_svd_ops"
 CONV_TESTS="tests/ops/test_conv_contract.py tests/ops/test_conv_dense.py tests/ops/test_conv_cuda.py \
 tests/ops/test_backends.py tests/ops/test_conv_choice.py tests/ops/test_opcheck.py::test_lowrank_conv2d \
 tests/ops/test_opcheck.py::test_lowrank_conv2d_backward"

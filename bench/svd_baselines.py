@@ -8,6 +8,8 @@ returns (W_low, subgrad) per group at energy 0.9.
   torch_gram     per group: float64 Gram matrix of the short side + torch.linalg.eigh,
                  vectorised energy cut, projection with the eigenvectors (the library's CPU
                  algorithm written as plain torch)
+  gram_xsyev     torch_gram with cuSOLVER's cusolverDnXsyevBatched for torch.linalg.eigh
+                 (trp_kernels/ops/cusolver_eigh.py; CUDA only)
 """
 
 from __future__ import annotations
@@ -49,12 +51,12 @@ def torch_svd(stacked, driver=None):
     return out
 
 
-def torch_gram(stacked):
+def torch_gram(stacked, eigh=torch.linalg.eigh):
     out = []
     for W in stacked:
         tall = W.shape[-2] > W.shape[-1]
         A = (W.mT if tall else W).double()
-        lam, Q = torch.linalg.eigh(A @ A.mT)
+        lam, Q = eigh(A @ A.mT)
         lam, Q = lam.flip(-1).clamp_min(0), Q.flip(-1)
         mask = energy_mask(lam)
         Qr = Q * mask.unsqueeze(-2)
@@ -65,3 +67,9 @@ def torch_gram(stacked):
             low, sub = low.mT, sub.mT
         out.append((low.to(W.dtype), sub.to(W.dtype)))
     return out
+
+
+def gram_xsyev(stacked):
+    from trp_kernels.ops.cusolver_eigh import syev_batched
+
+    return torch_gram(stacked, eigh=syev_batched)

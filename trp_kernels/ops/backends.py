@@ -14,6 +14,10 @@ per problem; Python tells it whether ``fused`` may be a candidate (``apply_valid
 in which file its choices are kept across processes (``TRP_CONV_CHOICES``,
 ``apply_conv_choice_file``; ``conv_choices`` lists them, ``clear_conv_choices`` forgets them).
 
+``TRP_EIGH_IMPL`` (``EighImpl``) for the eigensolver of the composite path: ``torch``
+(``torch.linalg.eigh``) or ``cusolver_batched`` (cuSOLVER's cusolverDnXsyevBatched on CUDA,
+cusolver_eigh.py; ``torch.linalg.eigh`` elsewhere). Python chooses it (``eigh_function``).
+
 ``auto`` (or unset) means the default policy of docs/design.md, "CUDA defaults and switches":
 a custom CUDA kernel becomes a default only once a committed GPU run has validated it. The
 record of those runs is the two ``*_VALIDATED_BY`` constants below.
@@ -37,6 +41,7 @@ ops = torch.ops.trp
 CUDA_SVD_VALIDATED_BY: str | None = (       # the Jacobi SVD kernels
     "bench/results/NVIDIA-H200-20261204/validation-summary.txt")
 FUSED_CONV_VALIDATED_BY: str | None = None   # the fused low-rank conv kernel
+CUSOLVER_EIGH_VALIDATED_BY: str | None = None   # cusolverDnXsyevBatched through cusolver_eigh.py
 
 
 class SvdImpl(str, Enum):
@@ -56,7 +61,15 @@ class ConvImpl(str, Enum):
     DENSE = "dense"           # the dense weight rebuilt from the factors, one convolution
 
 
-SVD_ENV, CONV_ENV = "TRP_SVD_IMPL", "TRP_CONV_IMPL"
+class EighImpl(str, Enum):
+    """The values of ``TRP_EIGH_IMPL``."""
+
+    AUTO = "auto"                          # the default policy (``default_eigh_impl``)
+    TORCH = "torch"                        # torch.linalg.eigh
+    CUSOLVER_BATCHED = "cusolver_batched"  # cusolverDnXsyevBatched (cusolver_eigh.py) on CUDA
+
+
+SVD_ENV, CONV_ENV, EIGH_ENV = "TRP_SVD_IMPL", "TRP_CONV_IMPL", "TRP_EIGH_IMPL"
 
 
 def _choice(choices: type[Enum], value, name: str):
@@ -76,6 +89,42 @@ def svd_setting() -> SvdImpl:
 def conv_setting() -> ConvImpl:
     """What ``TRP_CONV_IMPL`` says now (``AUTO`` when unset or empty)."""
     return _choice(ConvImpl, os.environ.get(CONV_ENV, ""), CONV_ENV)
+
+
+def eigh_setting() -> EighImpl:
+    """What ``TRP_EIGH_IMPL`` says now (``AUTO`` when unset or empty)."""
+    return _choice(EighImpl, os.environ.get(EIGH_ENV, ""), EIGH_ENV)
+
+
+def default_eigh_impl(device: torch.device) -> EighImpl:
+    """The composite path's eigensolver on ``device`` when nothing is forced: cuSOLVER's batched
+    one on CUDA once a committed GPU run has validated it (``CUSOLVER_EIGH_VALIDATED_BY``) and
+    where this process's cuSOLVER has it; ``torch.linalg.eigh`` everywhere else."""
+    from .cusolver_eigh import unavailable_reason
+
+    if (device.type == "cuda" and CUSOLVER_EIGH_VALIDATED_BY is not None
+            and unavailable_reason(device) is None):
+        return EighImpl.CUSOLVER_BATCHED
+    return EighImpl.TORCH
+
+
+def eigh_function(device):
+    """The function the composite path diagonalises its Gram matrices on ``device`` with, by
+    ``TRP_EIGH_IMPL``: ``torch.linalg.eigh`` or ``cusolver_eigh.syev_batched`` (same contract).
+    ``cusolver_batched`` forced on a CPU tensor means ``torch.linalg.eigh``, as cuSOLVER has no
+    CPU side; forced on a CUDA device whose cuSOLVER lacks the routine, RuntimeError saying
+    why."""
+    from .cusolver_eigh import syev_batched, unavailable_reason
+
+    device = torch.device(device)
+    setting = eigh_setting()
+    impl = default_eigh_impl(device) if setting is EighImpl.AUTO else setting
+    if impl is EighImpl.TORCH or device.type != "cuda":
+        return torch.linalg.eigh
+    reason = unavailable_reason(device)
+    if reason is not None:
+        raise RuntimeError(f"{EIGH_ENV}=cusolver_batched: {reason}")
+    return syev_batched
 
 
 # The largest k = min(m, n) of the fused SVD kernel, one thread block per matrix
@@ -103,15 +152,18 @@ def svd_impl(device, k: int) -> SvdImpl:
 
 
 @contextmanager
-def forced(*, svd=None, conv=None):
-    """Runs the block with ``TRP_SVD_IMPL`` = ``svd`` and ``TRP_CONV_IMPL`` = ``conv`` (an enum
-    member or its value; ``"auto"``: the default policy; None: left as it is), then restores the
-    previous settings. Sets the process environment, so it is not thread-local."""
+def forced(*, svd=None, conv=None, eigh=None):
+    """Runs the block with ``TRP_SVD_IMPL`` = ``svd``, ``TRP_CONV_IMPL`` = ``conv`` and
+    ``TRP_EIGH_IMPL`` = ``eigh`` (an enum member or its value; ``"auto"``: the default policy;
+    None: left as it is), then restores the previous settings. Sets the process environment, so
+    it is not thread-local."""
     changes = {}
     if svd is not None:
         changes[SVD_ENV] = _choice(SvdImpl, svd, "svd").value
     if conv is not None:
         changes[CONV_ENV] = _choice(ConvImpl, conv, "conv").value
+    if eigh is not None:
+        changes[EIGH_ENV] = _choice(EighImpl, eigh, "eigh").value
     previous = {env: os.environ.get(env) for env in changes}
     os.environ.update(changes)
     try:

@@ -7,7 +7,8 @@ of W (k = min(m, n), L = max(m, n); A = W if m <= n, else W^T):
 1. Non-finite matrices are flagged and replaced by zeros (their outputs become NaN and rank -1
    at the end, as the CUDA op does); A is multiplied by 2^-e, e the exponent of its largest
    magnitude, so that the Gram matrix can neither overflow nor underflow (exact: a power of two).
-2. G = A A^T (k x k) and ``torch.linalg.eigh(G)`` = Q diag(lambda) Q^T.
+2. G = A A^T (k x k) and ``torch.linalg.eigh(G)`` = Q diag(lambda) Q^T (or cuSOLVER's batched
+   eigensolver, by ``TRP_EIGH_IMPL``: backends.py).
 3. Long side: y_i = A^T q_i, and s_i = ||y_i||. Why the norm and not sqrt(lambda_i): lambda_i
    carries an absolute error of about eps lambda_1, so sqrt(lambda_i) errs by eps s_1^2 / s_i
    (a null direction reads ~1e-8 s_1), whereas the error of q_i along a direction j,
@@ -42,6 +43,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from .backends import eigh_function
 from .checks import start_basis
 from .rank_rule import FLOAT64_EPS, select_rank
 
@@ -151,7 +153,8 @@ def _factor_batches(Ws: Sequence[torch.Tensor], rule) -> list[_Factors]:
         by_k.setdefault(k, []).append(i)
     for members in by_k.values():
         grams = [prepared[i][0] @ prepared[i][0].mT for i in members]
-        lam, Q = torch.linalg.eigh(torch.cat(grams) if len(grams) > 1 else grams[0])
+        eigh = eigh_function(grams[0].device)
+        lam, Q = eigh(torch.cat(grams) if len(grams) > 1 else grams[0])
         sizes = [G.shape[0] for G in grams]
         for i, l, q in zip(members, lam.split(sizes), Q.split(sizes)):
             A, exponent, finite = prepared[i]
