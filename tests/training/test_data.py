@@ -6,8 +6,9 @@ import pytest
 import torch
 from testing import devices
 
-from trp_kernels.training.data import (DataError, crop_flip, load_cifar10, load_dataset, load_digits,
+from trp_kernels.training.data import (DataError, crop_flip, load_cifar10, load_digits,
                               num_train_batches, train_batches)
+from trp_kernels.training.sources import load_dataset
 
 
 def write_fake_cifar(root, per_batch=6, seed=0):

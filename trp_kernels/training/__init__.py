@@ -28,7 +28,8 @@ own data: a folder of images or a Dataset callable).
 
 from .checkpoints import CHECKPOINT, CHECKPOINT_FORMAT, MODEL_FILE, REPORT, read_checkpoint
 from .config import DIGITS_STAGE_STRIDES, LR_SCHEDULES, SCHEMES, TRAIN_MODELS, TrainConfig
-from .data import DATASETS, DataError, ImageData, load_dataset
+from .data import DATASETS, DataError, ImageData
+from .sources import load_dataset
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import evaluate
 from .loop import Run, cpu_threads, fit, make_optimizer, run, train

@@ -3,8 +3,8 @@
 Two named sources: scikit-learn's bundled handwritten digits (1,797 real 8x8 grey images, no
 download; split train/test with a fixed seed) and CIFAR-10 read from a directory in the
 standard ``cifar-10-batches-py`` format (training with random crops of padding 4 and horizontal
-flips); and a user's own (sources.py): a folder of one sub-folder per class, or
-``package.module:callable`` returning a Dataset.
+flips). A user's own data, and ``load_dataset`` that reads any of them by name, are in
+sources.py.
 
 Batches are drawn from a generator seeded by (seed, epoch), so an epoch's order and augmentation
 do not depend on what ran before it: a run resumed from a checkpoint sees exactly the batches an
@@ -126,22 +126,6 @@ def load_cifar10(data_dir: str) -> ImageData:
         test_x=test_x, test_y=test_y, num_classes=10, scale=255.0,
         mean=CIFAR10_MEAN, std=CIFAR10_STD, crop_padding=4, flip=True,
     )
-
-
-def load_dataset(name: str, data_dir: str | None = None, seed: int = 0, image_shape=None,
-                 progress: bool | None = None, option: str = "dataset") -> ImageData:
-    """The data ``name`` names: one of DATASETS, a folder of one sub-folder per class or
-    ``package.module:callable`` (sources.py; ``image_shape`` (C, H, W): the size a folder's
-    images are read at). DataError naming ``option`` when it cannot be read."""
-    if name == "digits":
-        return load_digits(seed)
-    if name == "cifar10":
-        return load_cifar10(data_dir)
-    if not isinstance(name, str) or not name:
-        raise DataError(f"{option} must be {', '.join(DATASETS)}, a folder or "
-                        f"package.module:callable, got {name!r}", [option])
-    from .sources import load_source
-    return load_source(name, image_shape, progress, option)
 
 
 def crop_flip(x: torch.Tensor, padding: int, shift: torch.Tensor | None,

@@ -17,7 +17,8 @@ from ..schemes.layer_kinds import conv_weight_shape
 from . import distributed
 from .checkpoints import CHECKPOINT, MODEL_FILE, REPORT, read_checkpoint
 from .config import DIGITS_STAGE_STRIDES, TrainConfig, is_model_reference
-from .data import ImageData, load_dataset, num_train_batches
+from .data import ImageData, num_train_batches
+from .sources import load_dataset
 from .errors import ConfigError
 from .methods import method_class
 

@@ -1,4 +1,5 @@
-"""A user's own labelled data as the trainer's ImageData (data.py): a folder of one sub-folder
+"""The data a run names, as the trainer's ImageData (data.py): ``load_dataset`` reads a named
+source (data.py's digits and CIFAR-10) or a user's own labelled data: a folder of one sub-folder
 per class, read with Pillow, or ``package.module:callable`` returning a torch Dataset (or a pair
 of them: the data to fit and the data held out). The data is held in memory, the folder's
 images as uint8.
@@ -24,13 +25,28 @@ import torch
 from tqdm.auto import tqdm
 
 from ..compression.export import import_reference
-from .data import DataError, ImageData
+from .data import DATASETS, DataError, ImageData, load_cifar10, load_digits
 
 HELD_OUT = 0.2
 SPLIT_SEED = 0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def load_dataset(name: str, data_dir: str | None = None, seed: int = 0, image_shape=None,
+                 progress: bool | None = None, option: str = "dataset") -> ImageData:
+    """The data ``name`` names: one of DATASETS, a folder of one sub-folder per class or
+    ``package.module:callable`` (below; ``image_shape`` (C, H, W): the size a folder's
+    images are read at). DataError naming ``option`` when it cannot be read."""
+    if name == "digits":
+        return load_digits(seed)
+    if name == "cifar10":
+        return load_cifar10(data_dir)
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{option} must be {', '.join(DATASETS)}, a folder or "
+                        f"package.module:callable, got {name!r}", [option])
+    return load_source(name, image_shape, progress, option)
 
 
 def is_reference(source: str) -> bool:
