@@ -1,5 +1,6 @@
 """TRPRegularizer.project() during TRP+Nu training of ResNet-20, warm-started against cold
-(docs/svd_paths.md, "Warm start").
+(docs/svd_paths.md, "Warm start"); and the projection of the ResNet-18/50 layer sets one step
+after a projection (test_project_layer_set, at the end).
 
 case: resnet20-channel, resnet20-spatial (ResNet-20 on CIFAR-sized input, the scheme of TRP).
 impl:
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from trp_kernels.models import resnet20
+from trp_kernels.ops.svd import lowrank_project_groups
 from trp_kernels.rank_training.trp import TRPRegularizer
 
 from conftest import QUICK
@@ -106,4 +108,45 @@ def test_project_in_training(benchmark, scheme, impl):
                        warmup_rounds=WARMUP, iterations=1)
     rounds.ranks.append(list(rounds.run.trp.ranks().values()))
     benchmark.extra_info["ranks"] = rounds.ranks
+    benchmark.extra_info["warm_start_counts"] = torch.ops.trp.warm_start_counts(True)
+
+
+# -- the ResNet-18/50 layer sets -------------------------------------------------------------
+# lowrank_project_groups on every decomposable conv of the network (bench/layer_sets.json, the
+# layers of one shape stacked, weights random as layer_sets.weights draws them), one training
+# step after a projection: the projection's W_low moved by 2e-3 of its norm, warm from that
+# projection's bases against cold. Random weights keep about 75% of k at energy 0.9, past the
+# largest block the CPU warm solver takes above k = 64 (0.35 k): the case where a warm start must
+# cost next to nothing when it cannot help. extra_info as above, the ranks per group.
+LAYER_SETS = ("resnet18", "resnet50")
+SET_ROUNDS = 1 if QUICK else 5
+
+
+@functools.lru_cache(maxsize=None)
+def layer_set_one_step_later(network: str, scheme: str):
+    from gpu_timings import one_step_later
+    from layer_sets import groups, weights
+
+    first = groups(weights(network, scheme))
+    lows, _, _, bases = lowrank_project_groups(first, energy=0.9, check_finite=False,
+                                               return_basis=True)
+    return [one_step_later(low, seed=i) for i, low in enumerate(lows)], bases
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("network", LAYER_SETS)
+def test_project_layer_set(benchmark, network, scheme, impl):
+    stacked, bases = layer_set_one_step_later(network, scheme)
+    warm = {"basis": bases} if impl == "warm" else {}
+    ranks = []
+
+    def project():
+        ranks.append([r.tolist() for r in lowrank_project_groups(
+            stacked, energy=0.9, check_finite=False, **warm)[2]])
+    benchmark.group = f"{network}-{scheme}-set@cpu"
+    torch.ops.trp.warm_start_counts(True)
+    benchmark.pedantic(project, rounds=SET_ROUNDS, warmup_rounds=0 if QUICK else 1,
+                       iterations=1)
+    benchmark.extra_info["ranks"] = ranks
     benchmark.extra_info["warm_start_counts"] = torch.ops.trp.warm_start_counts(True)

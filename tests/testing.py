@@ -75,6 +75,14 @@ def with_spectrum(shape, sigma, generator=None, dtype=torch.float64):
     return ((U * s.unsqueeze(-2)) @ V.mT).to(dtype)
 
 
+def trained_spectrum(k, share=0.2, energy=0.9):
+    """k singular values decaying geometrically so that the rank rule at ``energy`` keeps about
+    ``share`` of them: the shape of a trained layer's spectrum, where a random matrix's is
+    nearly flat (and its rank at energy 0.9 near 0.75 k, above what the CPU warm start takes)."""
+    i = torch.arange(k, dtype=torch.float64)
+    return (1.0 - energy) ** (i / (2 * max(1.0, share * k)))
+
+
 def adversarial(shape, dtype, seed=0):
     """(name, matrix batch) pairs: random, low-rank + noise, exactly rank-deficient, repeated
     singular values, ill-conditioned (1 .. 1e-6), zero, and scaled by 1e4 and 1e-4."""

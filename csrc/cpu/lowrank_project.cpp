@@ -41,9 +41,7 @@ Outputs project(const std::vector<at::Tensor>& inputs, const std::vector<at::Ten
     // Row-major [k, k] with the vectors as columns, from the column-major basis.
     const int64_t k = svd.k;
     double* basis = out.basis[id.tensor].mutable_data_ptr<double>() + id.index * k * k;
-    for (int64_t r = 0; r < k; ++r) {
-      for (int64_t c = 0; c < k; ++c) basis[r * k + c] = svd.basis[r + c * k];
-    }
+    transpose_square(svd.basis, k, basis);
   });
   return out;
 }

@@ -334,9 +334,7 @@ void batched_svd(at::TensorList inputs, const std::vector<at::Tensor>& starts,
         const int64_t k = std::min(task.m, task.n);
         const double* rows = starts[task.id.tensor].const_data_ptr<double>() + task.id.index * k * k;
         start.resize(k * k);
-        for (int64_t r = 0; r < k; ++r) {
-          for (int64_t c = 0; c < k; ++c) start[r + c * k] = rows[r * k + c];
-        }
+        transpose_square(rows, k, start.data());
         start_ptr = start.data();
       }
       bool finite = true;

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <functional>
 #include <vector>
 
@@ -30,6 +31,20 @@ struct MatrixId {
   int64_t tensor;
   int64_t index;
 };
+
+// dst = src^T for k x k matrices (either storage order), in 32 x 32 tiles: a plain double loop
+// misses the cache on every element of one side once k x k no longer fits in it (k >= 512).
+inline void transpose_square(const double* src, int64_t k, double* dst) {
+  constexpr int64_t kTile = 32;
+  for (int64_t r0 = 0; r0 < k; r0 += kTile) {
+    for (int64_t c0 = 0; c0 < k; c0 += kTile) {
+      const int64_t r1 = std::min(r0 + kTile, k), c1 = std::min(c0 + kTile, k);
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t c = c0; c < c1; ++c) dst[c * k + r] = src[r * k + c];
+      }
+    }
+  }
+}
 
 // Computes the SVD of every matrix of every tensor of `inputs` (each [..., m, n], contiguous,
 // float32 or float64; shapes and dtypes may differ between tensors) and calls

@@ -12,7 +12,8 @@
 //
 //  1. scans the start basis (the previous eigenvectors, largest first) for the shortest leading
 //     block of p columns whose Rayleigh quotients hold the rank rule's cut and leave a rest
-//     (trace of G minus their sum) below 5% of the smallest of them; none: cold;
+//     (trace of G minus their sum) below 5% of the smallest of them, among the blocks small
+//     enough to pay (p <= 0.35 k above k = 64: leading_block); none: cold;
 //  2. runs subspace iteration on that block (G times the block, columns rescaled by their
 //     Rayleigh quotients, Cholesky QR twice): each step shrinks what lies outside the true
 //     leading subspace by the ratio of the largest value of the rest to the block's smallest,
@@ -60,6 +61,7 @@ constexpr double kRestRatio = 0.05;
 // small part of the spectrum: a block that did not qualify before it will not after it.
 constexpr double kDrop = 1e-2;
 constexpr double kStartOrthogonality = 1e-6;  // max |Z0^T Z0 - I| of a usable start block
+constexpr int64_t kWholeBlockMaxK = 64;  // above: blocks of at most 0.35 k (leading_block)
 constexpr int kFirstRitz = 2;           // power steps before the first Rayleigh-Ritz solve
 constexpr int kMaxSteps = 6;
 // Rayleigh-Ritz: the p x p matrix is nearly diagonal (the block follows the previous
@@ -207,11 +209,28 @@ void count_warm_outcome(WarmOutcome outcome, int64_t steps) {
 // t_ = G times those columns (and a few more) and d_ = their Rayleigh quotients.
 int64_t WarmEigenSolver::leading_block(const double* g, int64_t k, const double* start,
                                        double trace, const RankRule& rule) {
-  // A block nearly as large as G gains nothing over the cold solve.
-  const int64_t limit = k - std::max<int64_t>(1, k / 8);
+  // The largest block that pays. Its power steps, Rayleigh-Ritz solve and completion grow as
+  // k^2 p and k p^2 and overtake syevd on all of G, on one thread with torch's MKL, near
+  // p = 0.35 k for k of 128 to 768 (bench/warm_block_sizes.py: square 192-768 matrices
+  // 1.2-1.4x at p = 0.30 k, wide 128 x 1152 to 512 x 4608 ones 0.94-1.06x at 0.37 k, every
+  // shape 0.72-0.93x at 0.5 k and above); up to k = 64, where syevd is mostly call overhead and
+  // the Rayleigh-Ritz solve a Jacobi method, blocks of 7/8 k still gain in TRP (ResNet-20).
+  const int64_t limit = k <= kWholeBlockMaxK ? k - std::max<int64_t>(1, k / 8)
+                                             : std::max<int64_t>(1, k * 7 / 20);
   t_.resize(k * k);
   d_.resize(k);
   sorted_.clear();
+  // The start's first column outside the allowed blocks: G being positive semi-definite and the
+  // start orthonormal, its Rayleigh quotient is part of the rest of every allowed block, and a
+  // usable block's rest is at most kRestRatio of its smallest value, itself at most
+  // trace / limit. One product with G shows that no allowed block can hold the kept spectrum
+  // (the rank is too large for the warm start to pay) before any scan.
+  if (limit < k) {
+    double* probe = t_.data() + limit * k;
+    blas::gemm<double>(blas::kN, blas::kN, k, 1, k, g, k, start + limit * k, k, probe, k);
+    const double outside = dot(start + limit * k, probe, k);
+    if (outside > kRestRatio * trace / static_cast<double>(limit)) return 0;
+  }
   double prefix = 0.0, smallest = std::numeric_limits<double>::infinity();
   for (int64_t j0 = 0; j0 < limit; j0 += kChunk) {
     const int64_t j1 = std::min(j0 + kChunk, limit);
@@ -237,6 +256,13 @@ int64_t WarmEigenSolver::leading_block(const double* g, int64_t k, const double*
           select_rank(rule_values_.data(), static_cast<int64_t>(rule_values_.size()), rule);
       if (estimate <= j + 1) return j + 1;
     }
+    // No block within the limit can leave a rest below kRestRatio of its smallest value if the
+    // columns still to come, each at most the last one's value (the start is ordered), cannot
+    // bring the rest down to it: stop after a chunk or two, not the whole scan, where the rank
+    // is too large for the warm start to pay.
+    const double last = d_[j1 - 1];
+    const double remaining = static_cast<double>(limit - j1);
+    if (trace - prefix > (remaining + kRestRatio) * last) return 0;
   }
   return 0;
 }

@@ -15,7 +15,8 @@ namespace trp::cpu {
 enum class WarmOutcome : int {
   kAccepted = 0,     // certified: same rank as the cold solve, kept subspace to 1e-7
   kBadStart = 1,     // the start basis holds inf/nan, or its leading columns are not orthonormal
-  kNoGap = 2,        // no leading block of the start holds the kept spectrum with a small rest
+  kNoGap = 2,        // no leading block of the start small enough to pay (at most 0.35 k above
+                     // k = 64) holds the kept spectrum with a small rest
   kNotCertified = 3  // the iteration did not certify the rank or the kept subspace in time
 };
 

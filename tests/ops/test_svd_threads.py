@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import trp_kernels as tk
-from testing import assert_svd_contract, float64_svd, one_step_later
+from testing import (assert_svd_contract, float64_svd, one_step_later, trained_spectrum,
+                     with_spectrum)
 from trp_kernels.ops import backends
 from trp_kernels.ops.svd import lowrank_project_groups, reference_lowrank_project
 
@@ -96,7 +97,8 @@ def _layer_set_groups():
     g = torch.Generator().manual_seed(18)
     by_shape: dict[tuple, list] = {}
     for shape in shapes:
-        by_shape.setdefault(shape, []).append(torch.randn(shape, generator=g) / max(shape) ** 0.5)
+        by_shape.setdefault(shape, []).append(
+            with_spectrum(shape, trained_spectrum(min(shape)), g).float())
     groups = [torch.stack(v) for v in by_shape.values()]
     return groups, [reference_lowrank_project(G, energy=ENERGY) for G in groups]
 
@@ -120,15 +122,17 @@ def test_project_groups_at_scale(on_threads):
 def _warm_groups():
     """The ResNet-18 channel set and the largest spatial groups of the ResNet-18/50 sets (k = 768
     and 1536) one TRP step after a projection, with the bases of that projection: what a warm
-    start sees at the sizes users run. Each matrix is a random one projected (energy 0.9) and
-    then moved by 2e-3 of its norm; the float64 references are of the moved matrices."""
+    start sees at the sizes users run. Each matrix has a trained layer's decaying spectrum
+    (testing.trained_spectrum), is projected (energy 0.9) and then moved by 2e-3 of its norm;
+    the float64 references are of the moved matrices."""
     with open(os.path.join(ROOT, "bench", "layer_sets.json")) as f:
         layers = json.load(f)["resnet18"]
     shapes = [tuple(layer["channel_matrix"]) for layer in layers] + [(768, 768)] * 2 + [(1536, 1536)]
     g = torch.Generator().manual_seed(50)
     by_shape: dict[tuple, list] = {}
     for shape in shapes:
-        by_shape.setdefault(shape, []).append(torch.randn(shape, generator=g) / max(shape) ** 0.5)
+        by_shape.setdefault(shape, []).append(
+            with_spectrum(shape, trained_spectrum(min(shape)), g).float())
     first = [torch.stack(v) for v in by_shape.values()]
     lows, _, _, bases = lowrank_project_groups(first, energy=ENERGY, return_basis=True)
     moved = [one_step_later(low, seed=i) for i, low in enumerate(lows)]

@@ -12,7 +12,8 @@ import contextlib
 import pytest
 import torch
 
-from testing import EMULATED_CUDA, cpu_and_cuda, dtypes, one_step_later, with_spectrum
+from testing import (EMULATED_CUDA, cpu_and_cuda, dtypes, one_step_later, trained_spectrum,
+                     with_spectrum)
 from trp_kernels.ops import backends
 from trp_kernels.ops.svd import (lowrank_project, lowrank_project_groups,
                                  reference_lowrank_project)
@@ -56,7 +57,7 @@ def previous_and_next(shape, dtype, device, seed=0):
     """(start basis, W): the basis of the projection of a random batch, and that projection one
     training step later -- what a TRP step hands the op."""
     g = torch.Generator().manual_seed(seed)
-    W0 = torch.randn(shape, dtype=torch.float64, generator=g).to(dtype)
+    W0 = with_spectrum(shape, trained_spectrum(min(shape[-2:])), g).to(dtype)
     first = lowrank_project(W0.to(device), energy=ENERGY, return_basis=True)
     return first.basis, one_step_later(first.W_low, seed=seed).to(device)
 
@@ -295,3 +296,22 @@ def test_composite_path_returns_the_basis_and_checks_the_start():
     for a, b in zip(out, cold):
         assert torch.equal(a, b)
     assert_basis(out.basis, W, out.rank, torch.float32)
+
+
+def test_cpu_turns_down_blocks_too_large_to_pay():
+    """Above k = 64 the CPU warm solver iterates on at most 0.35 k start columns: a random
+    matrix's rank at energy 0.9 (about 0.75 k) is past that, so the start is turned down (one
+    probe, counted as no gap) and the cold result comes back; a trained layer's decaying
+    spectrum of the same shape is solved warm."""
+    g = torch.Generator().manual_seed(3)
+    flat = torch.randn(2, 192, 192, dtype=torch.float64, generator=g).float()
+    first = lowrank_project(flat, energy=ENERGY, return_basis=True)
+    W = one_step_later(first.W_low, seed=1)
+    assert int(first.rank.min()) > 0.35 * 192
+    with cpu_warm_counts("cpu", {"no_gap": 2, "accepted": 0}):
+        warm = lowrank_project(W, energy=ENERGY, basis=first.basis, return_basis=True)
+    assert_same_as_cold(W, warm, lowrank_project(W, energy=ENERGY, return_basis=True),
+                        torch.float32)
+    start, W = previous_and_next((2, 192, 192), torch.float32, "cpu")
+    with cpu_warm_counts("cpu", {"accepted": 2}):
+        lowrank_project(W, energy=ENERGY, basis=start)
