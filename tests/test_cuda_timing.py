@@ -124,7 +124,13 @@ def test_device_timer_in_a_pytest_benchmark_run(benchmark):
     assert benchmark.stats.stats.median == pytest.approx(3.0e-3)
     assert benchmark.stats.stats.rounds == 4
     info = benchmark.extra_info
-    assert info["calls_per_round"] == 50 and info["short_holds"] == 0 and info["host_ms"] > 0
+    assert info["calls_per_round"] == 50 and info["host_ms"] > 0
+    # A round whose issue took the host (real time) as long as its hold (virtual time, sized
+    # from the host's first call) is short, and the next hold twice as long: how many there are
+    # depends on the machine's load, but every one of them but a last round's doubled a hold.
+    doubled = sum(b == 2 * a for a, b in zip(clock.holds, clock.holds[1:]))
+    assert all(b in (a, 2 * a) for a, b in zip(clock.holds, clock.holds[1:])), clock.holds
+    assert doubled <= info["short_holds"] <= doubled + 1
     # each timed round: the timer holds and starts, 50 calls, the timer ends and synchronises
     rounds = "".join("S" if op == "sync" else "h" if op == "hold" else "c" if op == "call" else ""
                      for op in clock.log)
