@@ -5,7 +5,6 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <string>
 #include <vector>
 
 #include "svd_core.h"
@@ -68,18 +67,7 @@ lowrank_project_groups_cpu(at::TensorList W, std::optional<double> energy,
     check_matrix_batch(group);
     inputs.push_back(group.contiguous());
   }
-  std::vector<at::Tensor> starts;
-  if (basis.has_value()) {
-    TORCH_CHECK_VALUE(basis->size() == W.size(), "basis must have one entry per group of W (",
-                      W.size(), "), got ", basis->size());
-    for (size_t i = 0; i < W.size(); ++i) {
-      const std::optional<at::Tensor> start = (*basis)[i];
-      const std::string where = "basis[" + std::to_string(i) + "]";
-      starts.push_back(start.has_value() ? check_start_basis(W[i], *start, where.c_str())
-                                         : at::Tensor());
-    }
-  }
-  Outputs out = project(inputs, starts, rule, "W");
+  Outputs out = project(inputs, check_start_bases(W, basis), rule, "W");
   return {out.low, out.subgrad, out.rank, out.basis};
 }
 

@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <numeric>
-#include <string>
 #include <vector>
 
 #include "svd_launch.h"
@@ -51,16 +50,7 @@ lowrank_project_groups_cuda(at::TensorList W, std::optional<double> energy,
     TORCH_CHECK_VALUE(group.device() == W[0].device(), "every group must be on one device; W[0] "
                       "is on ", W[0].device(), ", another on ", group.device());
   }
-  std::vector<at::Tensor> starts(W.size());
-  if (basis.has_value()) {
-    TORCH_CHECK_VALUE(basis->size() == W.size(), "basis must have one entry per group of W (",
-                      W.size(), "), got ", basis->size());
-    for (size_t i = 0; i < W.size(); ++i) {
-      const std::optional<at::Tensor> start = (*basis)[i];
-      const std::string where = "basis[" + std::to_string(i) + "]";
-      if (start.has_value()) starts[i] = check_start_basis(W[i], *start, where.c_str());
-    }
-  }
+  std::vector<at::Tensor> starts = check_start_bases(W, basis);
   std::vector<at::Tensor> low(W.size()), subgrad(W.size()), rank(W.size()), bases(W.size());
   if (W.empty()) return {low, subgrad, rank, bases};
   const c10::cuda::CUDAGuard guard(W[0].device());

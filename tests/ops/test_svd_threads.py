@@ -87,19 +87,25 @@ def test_truncated_svd_at_scale(on_threads, m, n, batch, dtype):
         assert torch.equal(first, second), "a repeated call changed the result"
 
 
+def _resnet18_channel_groups(extra_shapes, matrix):
+    """The ResNet-18 channel set's matrix shapes (bench/layer_sets.json) and ``extra_shapes``,
+    one ``matrix(shape)`` each, stacked by shape in first-seen order as the trainer stacks
+    them."""
+    with open(os.path.join(ROOT, "bench", "layer_sets.json")) as f:
+        layers = json.load(f)["resnet18"]
+    by_shape: dict[tuple, list] = {}
+    for shape in [tuple(layer["channel_matrix"]) for layer in layers] + list(extra_shapes):
+        by_shape.setdefault(shape, []).append(matrix(shape))
+    return [torch.stack(v) for v in by_shape.values()]
+
+
 @functools.lru_cache(maxsize=None)
 def _layer_set_groups():
     """The ResNet-18 channel set (k up to 512, L up to 4608) as the trainer stacks it, with two
     spatial groups of the ResNet-18 set (k = 768) beside: groups of mixed shapes in one call."""
-    with open(os.path.join(ROOT, "bench", "layer_sets.json")) as f:
-        layers = json.load(f)["resnet18"]
-    shapes = [tuple(layer["channel_matrix"]) for layer in layers] + [(768, 768)] * 3 + [(384, 768)]
     g = torch.Generator().manual_seed(18)
-    by_shape: dict[tuple, list] = {}
-    for shape in shapes:
-        by_shape.setdefault(shape, []).append(
-            with_spectrum(shape, trained_spectrum(min(shape)), g).float())
-    groups = [torch.stack(v) for v in by_shape.values()]
+    groups = _resnet18_channel_groups([(768, 768)] * 3 + [(384, 768)],
+                                      lambda shape: torch.randn(shape, generator=g) / max(shape) ** 0.5)
     return groups, [reference_lowrank_project(G, energy=ENERGY) for G in groups]
 
 
@@ -125,15 +131,9 @@ def _warm_groups():
     start sees at the sizes users run. Each matrix has a trained layer's decaying spectrum
     (testing.trained_spectrum), is projected (energy 0.9) and then moved by 2e-3 of its norm;
     the float64 references are of the moved matrices."""
-    with open(os.path.join(ROOT, "bench", "layer_sets.json")) as f:
-        layers = json.load(f)["resnet18"]
-    shapes = [tuple(layer["channel_matrix"]) for layer in layers] + [(768, 768)] * 2 + [(1536, 1536)]
     g = torch.Generator().manual_seed(50)
-    by_shape: dict[tuple, list] = {}
-    for shape in shapes:
-        by_shape.setdefault(shape, []).append(
-            with_spectrum(shape, trained_spectrum(min(shape)), g).float())
-    first = [torch.stack(v) for v in by_shape.values()]
+    first = _resnet18_channel_groups([(768, 768)] * 2 + [(1536, 1536)], lambda shape: with_spectrum(
+        shape, trained_spectrum(min(shape)), g).float())
     lows, _, _, bases = lowrank_project_groups(first, energy=ENERGY, return_basis=True)
     moved = [one_step_later(low, seed=i) for i, low in enumerate(lows)]
     return moved, bases, [reference_lowrank_project(G, energy=ENERGY) for G in moved]

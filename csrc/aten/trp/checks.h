@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -60,6 +61,22 @@ inline at::Tensor check_start_basis(const at::Tensor& W, const at::Tensor& basis
                     c10::IntArrayRef(shape), " (W's batch, then k x k with k = min(m, n)), got ",
                     basis.sizes());
   return basis.contiguous();
+}
+
+// The start bases of lowrank_project_groups: none, or one entry (a basis or none) per group of
+// W, each checked as above. Returns one entry per group, undefined where there is none.
+inline std::vector<at::Tensor> check_start_bases(
+    at::TensorList W, const std::optional<c10::List<std::optional<at::Tensor>>>& basis) {
+  std::vector<at::Tensor> starts(W.size());
+  if (!basis.has_value()) return starts;
+  TORCH_CHECK_VALUE(basis->size() == W.size(), "basis must have one entry per group of W (",
+                    W.size(), "), got ", basis->size());
+  for (size_t i = 0; i < W.size(); ++i) {
+    const std::optional<at::Tensor> start = (*basis)[i];
+    const std::string where = "basis[" + std::to_string(i) + "]";
+    if (start.has_value()) starts[i] = check_start_basis(W[i], *start, where.c_str());
+  }
+  return starts;
 }
 
 inline Scheme parse_scheme(std::string_view scheme) {
